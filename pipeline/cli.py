@@ -1,0 +1,255 @@
+"""The `clickstream` command line: thin wrappers that parse flags, build `Settings`,
+call one stage function and print its one-line summary.
+
+Heavy libraries (polars, torch, mlflow, airflow) are imported inside the commands,
+so `clickstream --help` answers instantly. A `ClickstreamError` becomes a one-line
+message on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import Settings, load_settings
+from pipeline.errors import ClickstreamError
+
+app = typer.Typer(
+    name="clickstream",
+    help="Raw click logs -> events -> sequences -> buying-intent LSTM -> scored sessions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+LakeOpt = Annotated[
+    str | None,
+    typer.Option("--lake", help="Lake root: a path or fsspec URL [env CLICKSTREAM_LAKE, default ./lake]."),
+]
+StartOpt = Annotated[str | None, typer.Option("--start", help="First date, YYYY-MM-DD (inclusive).")]
+EndOpt = Annotated[str | None, typer.Option("--end", help="Last date, YYYY-MM-DD (inclusive).")]
+
+
+class RawFormat(str, Enum):
+    yoochoose = "yoochoose"
+    events = "events"
+    retailrocket = "retailrocket"
+
+
+class GenerateFormat(str, Enum):
+    yoochoose = "yoochoose"
+    events = "events"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def parse_date(value: str | None, flag: str) -> dt.date | None:
+    """A YYYY-MM-DD flag value as a date; a ClickstreamError names the flag otherwise."""
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ClickstreamError(f"{flag} {value!r} is not a date (expected YYYY-MM-DD)") from None
+
+
+def _settings(lake: str | None) -> Settings:
+    return load_settings(lake=lake)
+
+
+def _done(summary: object) -> None:
+    typer.echo(str(summary))
+
+
+@app.command()
+def generate(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the synthetic logs to.")],
+    sessions: Annotated[int, typer.Option(min=1, help="Number of sessions.")] = 10_000,
+    days: Annotated[int, typer.Option(min=1, help="Days the sessions spread over.")] = 7,
+    start_date: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2014-04-01",
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
+    format: Annotated[GenerateFormat, typer.Option("--format", help="Output format.")] = GenerateFormat.yoochoose,
+    lake: LakeOpt = None,
+) -> None:
+    """Write synthetic logs with YOOCHOOSE's statistics and a known buying signal."""
+    from pipeline.generate import generate_logs
+
+    start = parse_date(start_date, "--start-date")
+    assert start is not None
+    _done(generate_logs(out_dir, sessions=sessions, days=days, start_date=start, seed=seed, fmt=format.value))
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help="Raw log files (plain or .gz).")],
+    format: Annotated[RawFormat, typer.Option("--format", help="Input format.")],
+    buys: Annotated[list[Path] | None, typer.Option("--buys", help="YOOCHOOSE buys file(s).")] = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Validate raw logs into events/ (bad rows to quarantine/)."""
+    from pipeline.ingest import ingest_files
+
+    _done(ingest_files(_settings(lake), format.value, files, buys or []))
+
+
+@app.command()
+def sequences(start: StartOpt = None, end: EndOpt = None, lake: LakeOpt = None) -> None:
+    """Build per-session sequences from events/ into sequences/."""
+    from features.sequences import build_sequences
+
+    _done(build_sequences(_settings(lake), parse_date(start, "--start"), parse_date(end, "--end")))
+
+
+@app.command()
+def train(
+    start: StartOpt = None,
+    end: EndOpt = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs.")] = None,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    promote: Annotated[bool, typer.Option(help="Make it champion if it beats the current one.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint of this window.")] = False,
+    lake: LakeOpt = None,
+) -> None:
+    """Train the LSTM on sessions starting in the window and register it in MLflow."""
+    from models.train import train_and_register
+
+    _done(
+        train_and_register(
+            _settings(lake),
+            parse_date(start, "--start"),
+            parse_date(end, "--end"),
+            epochs=epochs,
+            device=device.value,
+            promote=promote,
+            resume=resume,
+        )
+    )
+
+
+@app.command()
+def score(
+    start: StartOpt = None,
+    end: EndOpt = None,
+    model: Annotated[str | None, typer.Option(help="Model URI [models:/clickstream-buy-intent@champion].")] = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Score the sessions of those dates into scores/."""
+    from pipeline.scoring import score_dates
+
+    _done(score_dates(_settings(lake), parse_date(start, "--start"), parse_date(end, "--end"), model))
+
+
+@app.command()
+def scores(
+    start: StartOpt = None,
+    end: EndOpt = None,
+    top: Annotated[int | None, typer.Option(min=1, help="Only the N highest scores.")] = None,
+    min_score: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Only scores >= X.")] = None,
+    cookie: Annotated[str | None, typer.Option(help="Only this cookie's sessions.")] = None,
+    session: Annotated[str | None, typer.Option(help="Only this session.")] = None,
+    format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Scored sessions for analysts (latest day by default)."""
+    from pipeline.analytics import query_scores, write_output
+
+    frame = query_scores(
+        _settings(lake),
+        parse_date(start, "--start"),
+        parse_date(end, "--end"),
+        top=top,
+        min_score=min_score,
+        cookie=cookie,
+        session=session,
+    )
+    _done(write_output(frame, format.value, out))
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL over tables events, sequences, scores, cookie_intent.")],
+    format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    lake: LakeOpt = None,
+) -> None:
+    """Run a SQL query over the lake."""
+    from pipeline.analytics import run_sql, write_output
+
+    _done(write_output(run_sql(_settings(lake), query), format.value, out))
+
+
+@app.command("session")
+def session_trace(
+    session_id: Annotated[str, typer.Argument(help="The session to explain.")],
+    model: Annotated[str | None, typer.Option(help="Model URI [champion].")] = None,
+    lake: LakeOpt = None,
+) -> None:
+    """A session's events in order with the model's running buying intent."""
+    from pipeline.analytics import explain_session, write_output
+
+    _done(write_output(explain_session(_settings(lake), session_id, model), "table", None))
+
+
+@app.command()
+def report(
+    start: StartOpt = None,
+    end: EndOpt = None,
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
+    lake: LakeOpt = None,
+) -> None:
+    """One self-contained HTML report with plots of scores, lift and model quality."""
+    from pipeline.report import write_report
+
+    _done(write_report(_settings(lake), parse_date(start, "--start"), parse_date(end, "--end"), out))
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(min=2, help="Days of landing data to generate and run.")] = 5,
+    sessions_per_day: Annotated[int, typer.Option(min=100, help="Sessions per generated day.")] = 4_000,
+    lake: LakeOpt = None,
+) -> None:
+    """The main job end to end on embedded defaults, through the Airflow DAG."""
+    from pipeline.demo import run_demo
+
+    _done(run_demo(_settings(lake), days=days, sessions_per_day=sessions_per_day))
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except ClickstreamError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as error:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(error, click.ClickException):
+            typer.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The one place clickstream's settings are defined.
+
+Every stage receives a `Settings` (built once from flags and the environment by
+the CLI or the DAG) instead of reading the environment itself, so a value has
+exactly one default and one way to override it.
+
+Environment variables:
+    CLICKSTREAM_HOME      local state folder (Airflow db, MLflow db, checkpoints)  [./.clickstream]
+    CLICKSTREAM_LAKE      lake root, a path or an fsspec URL such as s3://bucket/lake  [./lake]
+    CLICKSTREAM_LANDING   landing root with one folder per day, <landing>/YYYY-MM-DD/  [$CLICKSTREAM_HOME/landing]
+    MLFLOW_TRACKING_URI   MLflow tracking store  [sqlite:///$CLICKSTREAM_HOME/mlflow.db]
+    CLICKSTREAM_BAD_ROW_THRESHOLD   share of bad rows that fails an ingest  [0.05]
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+MODEL_NAME = "clickstream-buy-intent"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """How events become per-session sequences."""
+
+    session_gap_minutes: float = 30.0  # inactivity that ends a cookie's session
+    max_events: int = 200  # longer sessions keep their last `max_events` events
+    exclude_event_types: tuple[str, ...] = ()  # e.g. ("add_to_cart",): left out of the input
+    item_min_count: int = 2  # items seen fewer times in the training window map to OOV
+    category_min_count: int = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """LSTM sizes; the defaults are chosen by validation (see README)."""
+
+    item_dim: int = 64
+    category_dim: int = 16
+    event_type_dim: int = 4
+    hidden_size: int = 128
+    num_layers: int = 1
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings for one training run."""
+
+    epochs: int = 8
+    batch_size: int = 4096
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    patience: int = 2  # epochs without val AUC gain before stopping
+    validation_days: int = 2  # the last days of the window validate
+    seed: int = 7
+    device: str = "auto"  # auto | cpu | cuda
+    min_positives: int = 10  # fewer buyers than this in train or validation ends the run
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where clickstream reads and writes, and how each stage behaves."""
+
+    home: Path = Path(".clickstream")
+    lake: str = "lake"
+    landing: str = ".clickstream/landing"
+    tracking_uri: str = "sqlite:///.clickstream/mlflow.db"
+    model_name: str = MODEL_NAME
+    bad_row_threshold: float = 0.05
+    sequences: SequenceConfig = field(default_factory=SequenceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.home / "checkpoints"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with the given fields replaced (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_settings(
+    lake: str | None = None,
+    home: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Settings from explicit values, then the environment, then the defaults."""
+    env = os.environ if environ is None else environ
+    home_path = Path(home or env.get("CLICKSTREAM_HOME") or ".clickstream").absolute()
+    lake_root = lake or env.get("CLICKSTREAM_LAKE") or "lake"
+    if "://" not in lake_root:
+        lake_root = str(Path(lake_root).absolute())
+    landing = env.get("CLICKSTREAM_LANDING") or str(home_path / "landing")
+    tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_path / 'mlflow.db'}"
+    threshold = float(env.get("CLICKSTREAM_BAD_ROW_THRESHOLD", "0.05"))
+    return Settings(
+        home=home_path,
+        lake=lake_root,
+        landing=landing,
+        tracking_uri=tracking,
+        bad_row_threshold=threshold,
+    )

@@ -1,0 +1,34 @@
+"""Errors a user can cause. The CLI turns them into one-line messages and exit code 2;
+anything else is a bug and fails loudly with its traceback."""
+
+
+class ClickstreamError(Exception):
+    """Base for user-facing errors: the message is the whole story, one line."""
+
+
+class InputError(ClickstreamError):
+    """A raw input file cannot be read at all (missing, corrupt gzip, wrong format)."""
+
+
+class BadRowThresholdError(ClickstreamError):
+    """Too large a share of an ingest's rows went to the quarantine."""
+
+
+class NoDataError(ClickstreamError):
+    """A requested date range holds nothing to work on."""
+
+
+class TrainingError(ClickstreamError):
+    """A training run cannot produce a trustworthy model (NaN loss, one class, too few buyers)."""
+
+
+class ModelNotFoundError(ClickstreamError):
+    """The model URI does not resolve in the configured registry."""
+
+
+class LakePathError(ClickstreamError):
+    """A path would escape the lake root."""
+
+
+class LockedError(ClickstreamError):
+    """Another live process holds the lock on a partition."""

@@ -1,0 +1,208 @@
+"""The lake layout: Hive-style date partitions of Parquet files under one root.
+
+    <root>/<table>/date=YYYY-MM-DD/<part>.parquet
+
+The root is a local path or any fsspec URL (``s3://bucket/lake``). Every write goes
+to a temporary name beside its target and is then moved into place, so a reader
+(or a crash) sees either the previous complete file or the new complete file,
+never a half-written one. Temporary names do not end in ``.parquet`` and so are
+never read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.errors import LakePathError, LockedError
+
+if TYPE_CHECKING:
+    import fsspec
+    import polars as pl
+
+TABLES = ("events", "quarantine", "sequences", "scores", "cookie_intent", "reports")
+_PART_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+
+
+class Lake:
+    """A lake root and the operations every stage needs on it."""
+
+    def __init__(self, root: str | Path) -> None:
+        import fsspec
+
+        self.root = str(root).rstrip("/")
+        self.fs: fsspec.AbstractFileSystem
+        self.fs, self._path = fsspec.core.url_to_fs(self.root)
+        self.is_local = "://" not in self.root or self.root.startswith("file://")
+
+    # ---- layout -------------------------------------------------------------
+    def table_dir(self, table: str) -> str:
+        if table not in TABLES:
+            raise LakePathError(f"unknown lake table {table!r}; expected one of {', '.join(TABLES)}")
+        return f"{self._path}/{table}"
+
+    def partition_dir(self, table: str, day: dt.date) -> str:
+        return f"{self.table_dir(table)}/date={day.isoformat()}"
+
+    def partition_file(self, table: str, day: dt.date, part: str = "data") -> str:
+        if not _PART_NAME.match(part) or part.startswith("."):
+            raise LakePathError(f"invalid partition file name {part!r}")
+        return f"{self.partition_dir(table, day)}/{part}.parquet"
+
+    def url(self, path: str) -> str:
+        """The path as a URL that polars and pyarrow open with this lake's filesystem."""
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    # ---- reading ------------------------------------------------------------
+    def dates(self, table: str) -> list[dt.date]:
+        """Dates that hold at least one committed Parquet file, ascending."""
+        base = self.table_dir(table)
+        if not self.fs.exists(base):
+            return []
+        days = []
+        for entry in self.fs.ls(base, detail=False):
+            match = _DATE_DIR.match(entry.rstrip("/").rsplit("/", 1)[-1])
+            if match and self.fs.glob(f"{entry.rstrip('/')}/*.parquet"):
+                days.append(dt.date.fromisoformat(match.group(1)))
+        return sorted(days)
+
+    def partition_files(self, table: str, day: dt.date) -> list[str]:
+        """Committed files of one partition, sorted by name (stable read order)."""
+        return sorted(self.fs.glob(f"{self.partition_dir(table, day)}/*.parquet"))
+
+    def files(self, table: str, start: dt.date | None = None, end: dt.date | None = None) -> list[str]:
+        """Committed files of the partitions in [start, end] (inclusive), in date order."""
+        return [
+            path
+            for day in self.dates(table)
+            if (start is None or day >= start) and (end is None or day <= end)
+            for path in self.partition_files(table, day)
+        ]
+
+    def scan(
+        self, table: str, start: dt.date | None = None, end: dt.date | None = None
+    ) -> pl.LazyFrame | None:
+        """A lazy frame over [start, end] with the partition `date` column, or None if empty."""
+        import polars as pl
+
+        paths = self.files(table, start, end)
+        if not paths:
+            return None
+        if self.is_local:
+            return pl.scan_parquet(paths, hive_partitioning=True)
+        return pl.concat(
+            [self.read_file(p).lazy().with_columns(pl.lit(_date_of(p)).alias("date")) for p in paths],
+            how="vertical_relaxed",
+        )
+
+    def read_file(self, path: str) -> pl.DataFrame:
+        import polars as pl
+
+        if self.is_local:
+            return pl.read_parquet(path)
+        with self.fs.open(path, "rb") as handle:
+            return pl.read_parquet(handle)
+
+    # ---- writing ------------------------------------------------------------
+    def write_partition(self, table: str, day: dt.date, frame: pl.DataFrame, part: str = "data") -> str:
+        """Atomically replace one partition file; returns its path.
+
+        The frame is written as given: callers sort it first so that the same
+        input always yields the same file.
+        """
+        return self.write_file(self.partition_file(table, day, part), frame)
+
+    def write_file(self, path: str, frame: pl.DataFrame) -> str:
+        """Write `frame` to a temporary name beside `path`, then move it into place."""
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        try:
+            if self.is_local:
+                frame.write_parquet(tmp, statistics=True)
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            else:
+                with self.fs.open(tmp, "wb") as handle:
+                    frame.write_parquet(handle, statistics=True)
+                self.fs.mv(tmp, path)
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+        return path
+
+    def remove_partition_file(self, table: str, day: dt.date, part: str) -> None:
+        path = self.partition_file(table, day, part)
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
+    # ---- locking ------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, table: str, day: dt.date | None = None) -> Iterator[None]:
+        """Hold an exclusive lock on a partition (or a whole table) while writing it.
+
+        A lock left by a process that no longer runs on this host is taken over.
+        Locks are files under ``<root>/_locks``; on object stores, where exclusive
+        creation is not atomic, the DAG's one-active-run rule is the guard.
+        """
+        name = f"{table}-{day.isoformat() if day else 'all'}.lock"
+        lock_dir = f"{self._path}/_locks"
+        self.fs.makedirs(lock_dir, exist_ok=True)
+        path = f"{lock_dir}/{name}"
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        _acquire(self, path, owner)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(path)
+
+
+def _acquire(lake: Lake, path: str, owner: str) -> None:
+    for _ in range(2):
+        try:
+            if lake.is_local:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(owner)
+            else:
+                if lake.fs.exists(path):
+                    raise FileExistsError(path)
+                lake.fs.pipe(path, owner.encode())
+            return
+        except FileExistsError:
+            holder = lake.fs.cat(path).decode(errors="replace").strip()
+            if _is_alive(holder):
+                raise LockedError(f"{path.rsplit('/', 1)[-1]} is held by process {holder}") from None
+            lake.fs.rm(path)  # stale: its process is gone
+    raise LockedError(f"could not take lock {path}")
+
+
+def _is_alive(holder: str) -> bool:
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # cannot check another host's processes: assume alive
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _date_of(path: str) -> dt.date:
+    for piece in path.split("/"):
+        match = _DATE_DIR.match(piece)
+        if match:
+            return dt.date.fromisoformat(match.group(1))
+    raise LakePathError(f"{path} is not inside a date partition")
