@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-HEADER = "# Benchmark results\n\nEach section is rewritten by the benchmark named in it (`python -m benchmarks.NAME`).\n"
+HEADER = "# Benchmark results\n\nEach section is rewritten by its benchmark (`python -m benchmarks.NAME`).\n"
 
 
 def machine() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -35,24 +35,24 @@ StartOpt = Annotated[str | None, typer.Option("--start", help="First date, YYYY-
 EndOpt = Annotated[str | None, typer.Option("--end", help="Last date, YYYY-MM-DD (inclusive).")]
 
 
-class RawFormat(str, Enum):
+class RawFormat(StrEnum):
     yoochoose = "yoochoose"
     events = "events"
     retailrocket = "retailrocket"
 
 
-class GenerateFormat(str, Enum):
+class GenerateFormat(StrEnum):
     yoochoose = "yoochoose"
     events = "events"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -88,10 +88,10 @@ def generate(
     lake: LakeOpt = None,
 ) -> None:
     """Write synthetic logs with YOOCHOOSE's statistics and a known buying signal."""
-    from pipeline.generate import generate_logs
-
     start = parse_date(start_date, "--start-date")
     assert start is not None
+    from pipeline.generate import generate_logs
+
     _done(generate_logs(out_dir, sessions=sessions, days=days, start_date=start, seed=seed, fmt=format.value))
 
 
@@ -111,9 +111,10 @@ def ingest(
 @app.command()
 def sequences(start: StartOpt = None, end: EndOpt = None, lake: LakeOpt = None) -> None:
     """Build per-session sequences from events/ into sequences/."""
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
     from features.sequences import build_sequences
 
-    _done(build_sequences(_settings(lake), parse_date(start, "--start"), parse_date(end, "--end")))
+    _done(build_sequences(_settings(lake), first, last))
 
 
 @app.command()
@@ -127,13 +128,14 @@ def train(
     lake: LakeOpt = None,
 ) -> None:
     """Train the LSTM on sessions starting in the window and register it in MLflow."""
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
     from models.train import train_and_register
 
     _done(
         train_and_register(
             _settings(lake),
-            parse_date(start, "--start"),
-            parse_date(end, "--end"),
+            first,
+            last,
             epochs=epochs,
             device=device.value,
             promote=promote,
@@ -150,9 +152,10 @@ def score(
     lake: LakeOpt = None,
 ) -> None:
     """Score the sessions of those dates into scores/."""
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
     from pipeline.scoring import score_dates
 
-    _done(score_dates(_settings(lake), parse_date(start, "--start"), parse_date(end, "--end"), model))
+    _done(score_dates(_settings(lake), first, last, model))
 
 
 @app.command()
@@ -168,12 +171,13 @@ def scores(
     lake: LakeOpt = None,
 ) -> None:
     """Scored sessions for analysts (latest day by default)."""
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
     from pipeline.analytics import query_scores, write_output
 
     frame = query_scores(
         _settings(lake),
-        parse_date(start, "--start"),
-        parse_date(end, "--end"),
+        first,
+        last,
         top=top,
         min_score=min_score,
         cookie=cookie,
@@ -215,9 +219,10 @@ def report(
     lake: LakeOpt = None,
 ) -> None:
     """One self-contained HTML report with plots of scores, lift and model quality."""
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
     from pipeline.report import write_report
 
-    _done(write_report(_settings(lake), parse_date(start, "--start"), parse_date(end, "--end"), out))
+    _done(write_report(_settings(lake), first, last, out))
 
 
 @app.command()
@@ -237,18 +242,22 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except ClickstreamError as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except Exception as error:  # click usage errors carry their own exit code
-        import click
+        _fail(str(error))
+    except typer.TyperException as error:  # usage errors: unknown flag, missing argument, bad value
+        ctx = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            sys.exit(0)
+        command = f" {ctx.command_path}" if ctx is not None else ""
+        _fail(f"{error.format_message()} (see{command} --help)")
+    except KeyboardInterrupt:
+        _fail("interrupted", code=130)
 
-        if isinstance(error, click.ClickException):
-            typer.echo(f"error: {error.format_message()}", err=True)
-            sys.exit(error.exit_code)
-        raise
+
+def _fail(message: str, code: int = 2) -> None:
+    first_line = " ".join(message.split())
+    typer.echo(f"error: {first_line}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
