@@ -1,0 +1,52 @@
+"""The CLI contract: every command has --help and takes --lake; user errors are one line and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ["generate", "ingest", "sequences", "train", "score", "scores", "sql", "session", "report", "demo"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "from pipeline.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_and_a_lake_option(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--lake" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["sequences", "--start", "2014-13-01"], "--start '2014-13-01' is not a date"),
+        (["ingest"], "Missing argument"),
+        (["no-such-command"], "No such command"),
+        (["generate", "out", "--sessions", "0"], "--sessions"),
+        (["ingest", "x.csv", "--format", "xml"], "--format"),
+    ],
+)
+def test_user_error_is_one_line_and_exit_code_2(args: list[str], fragment: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ")
+    assert fragment in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_help_does_not_import_heavy_libraries() -> None:
+    code = (
+        "import sys; from pipeline.cli import app; "
+        "heavy = [m for m in ('torch', 'polars', 'mlflow', 'airflow', 'pyarrow') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
