@@ -6,8 +6,14 @@ per-event tensor, in time order. No per-session Python object exists anywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from features.vocabulary import Vocabulary
 
 # Index 0 is padding in every categorical tensor (only the naive padded path uses it);
 # index 1 is "out of vocabulary".
@@ -50,8 +56,9 @@ class SequenceTensors:
     def pin_memory(self) -> SequenceTensors:
         return SequenceTensors(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
-    def select(self, sessions: torch.Tensor) -> SequenceTensors:
-        """The given sessions (int64 indices, any order), re-packed flat in that order."""
+    def event_rows(self, sessions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(offsets of the selected sessions re-packed flat, the flat row of each of their events),
+        sessions in the given order and each session's events in time order."""
         starts = self.offsets[:-1][sessions]
         lengths = self.lengths[sessions]
         offsets = torch.zeros(sessions.numel() + 1, dtype=torch.int64, device=self.offsets.device)
@@ -59,7 +66,11 @@ class SequenceTensors:
         # event index of every selected event: start of its session + position within it
         session_of_event = torch.repeat_interleave(torch.arange(sessions.numel(), device=starts.device), lengths)
         position = torch.arange(int(offsets[-1]), device=starts.device) - offsets[:-1][session_of_event]
-        events = starts[session_of_event] + position
+        return offsets, starts[session_of_event] + position
+
+    def select(self, sessions: torch.Tensor) -> SequenceTensors:
+        """The given sessions (int64 indices, any order), re-packed flat in that order."""
+        offsets, events = self.event_rows(sessions)
         return SequenceTensors(
             offsets=offsets,
             item=self.item[events],
@@ -68,3 +79,49 @@ class SequenceTensors:
             continuous=self.continuous[events],
             label=self.label[sessions],
         )
+
+
+def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary) -> SequenceTensors:
+    """Flat CPU tensors of the sessions of a SEQUENCES frame, sessions in the frame's row order and
+    each session's events in list order; items and categories through `vocabulary`.
+
+    No Python runs per session or event: list columns are taken as flat values plus offsets.
+    `continuous` holds features.sequences.CONTINUOUS_FEATURES; `label` is NaN where unknown.
+    """
+    import polars as pl
+
+    from features.sequences import CONTINUOUS_FEATURES
+
+    def tensor(values: pl.Series) -> torch.Tensor:
+        return torch.from_numpy(values.to_numpy(writable=True))
+
+    lengths = tensor(sequences.get_column("item_id").list.len().cast(pl.Int64))
+    offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+
+    def flat(name: str) -> pl.Series:
+        return sequences.get_column(name).explode(empty_as_null=False, keep_nulls=True)
+
+    n_events = int(offsets[-1])
+    continuous = torch.empty(n_events, len(CONTINUOUS_FEATURES), dtype=torch.float32)
+    column = {name: continuous[:, i] for i, name in enumerate(CONTINUOUS_FEATURES)}
+    for name in ("log_gap_prev", "log_dwell", "dwell_known"):  # straight from the Arrow values, one copy
+        column[name].numpy()[:] = flat(name).to_numpy()
+    position = torch.arange(n_events) - torch.repeat_interleave(offsets[:-1], lengths)
+    torch.log1p(position.float(), out=column["log_position"])
+    from_end = torch.repeat_interleave(lengths - 1, lengths) - position
+    torch.log1p(from_end.float(), out=column["log_position_from_end"])
+    # the session start on the unit circle, computed once per session and broadcast to its events
+    hour = tensor(sequences.get_column("start_hour").cast(pl.Float32)) * (2 * torch.pi / 24)
+    weekday = (tensor(sequences.get_column("start_weekday").cast(pl.Float32)) - 1) * (2 * torch.pi / 7)
+    start = torch.stack([hour.sin(), hour.cos(), weekday.sin(), weekday.cos()], dim=1)
+    first_start_column = CONTINUOUS_FEATURES.index("start_hour_sin")
+    continuous[:, first_start_column : first_start_column + 4] = torch.repeat_interleave(start, lengths, dim=0)
+    return SequenceTensors(
+        offsets=offsets,
+        item=tensor(vocabulary.item_index(flat("item_id"))),
+        category=tensor(vocabulary.category_index(flat("category"))),
+        event_type=tensor(flat("event_type").cast(pl.Int64)) + 1,
+        continuous=continuous,
+        label=tensor(sequences.get_column("label").cast(pl.Float32).fill_null(float("nan"))),
+    )

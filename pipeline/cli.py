@@ -74,7 +74,9 @@ def _settings(lake: str | None) -> Settings:
 
 
 def _done(summary: object) -> None:
-    typer.echo(str(summary))
+    text = str(summary)
+    if text:  # "" when the command already wrote its summary to stderr (data on stdout)
+        typer.echo(text)
 
 
 @app.command()

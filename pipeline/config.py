@@ -32,6 +32,7 @@ class SequenceConfig:
     exclude_event_types: tuple[str, ...] = ()  # e.g. ("add_to_cart",): left out of the input
     item_min_count: int = 2  # items seen fewer times in the training window map to OOV
     category_min_count: int = 1
+    item_hash_buckets: int = 0  # > 0: unseen items share this many hashed indices instead of one OOV
 
 
 @dataclass(frozen=True)

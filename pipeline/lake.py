@@ -7,6 +7,10 @@ to a temporary name beside its target and is then moved into place, so a reader
 (or a crash) sees either the previous complete file or the new complete file,
 never a half-written one. Temporary names do not end in ``.parquet`` and so are
 never read.
+
+On S3 the endpoint and credentials come only from the environment (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``), read by both
+s3fs (writes, listings) and polars (scans); nothing here names a credential.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ if TYPE_CHECKING:
     import fsspec
     import polars as pl
 
+# A lock whose holder runs on another host cannot be checked; after this long it is taken over
+# (longer than any task's timeout, so a live holder would already have been stopped by Airflow).
+STALE_LOCK_AGE = dt.timedelta(hours=6)
 TABLES = ("events", "quarantine", "sequences", "scores", "cookie_intent", "reports")
 _PART_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -39,9 +46,12 @@ class Lake:
         import fsspec
 
         self.root = str(root).rstrip("/")
-        self.fs: fsspec.AbstractFileSystem
-        self.fs, self._path = fsspec.core.url_to_fs(self.root)
         self.is_local = "://" not in self.root or self.root.startswith("file://")
+        self.fs: fsspec.AbstractFileSystem
+        # Other processes (Airflow tasks, workers on other hosts) write the same lake: cached
+        # object-store listings would hide their partitions, so every listing asks the store.
+        options = {} if self.is_local else {"use_listings_cache": False}
+        self.fs, self._path = fsspec.core.url_to_fs(self.root, **options)
 
     # ---- layout -------------------------------------------------------------
     def table_dir(self, table: str) -> str:
@@ -96,12 +106,16 @@ class Lake:
         paths = self.files(table, start, end)
         if not paths:
             return None
-        if self.is_local:
-            return pl.scan_parquet(paths, hive_partitioning=True)
-        return pl.concat(
-            [self.read_file(p).lazy().with_columns(pl.lit(_date_of(p)).alias("date")) for p in paths],
-            how="vertical_relaxed",
+        return pl.scan_parquet(
+            [self.url(p) for p in paths], hive_partitioning=True, storage_options=self._storage_options()
         )
+
+    def _storage_options(self) -> dict[str, str] | None:
+        """Options polars' object store needs beyond the AWS_* environment (plain-HTTP endpoints)."""
+        if self.is_local:
+            return None
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+        return {"aws_allow_http": "true"} if endpoint.startswith("http://") else None
 
     def read_file(self, path: str) -> pl.DataFrame:
         import polars as pl
@@ -131,6 +145,7 @@ class Lake:
                 with open(tmp, "rb") as handle:
                     os.fsync(handle.fileno())
                 os.replace(tmp, path)
+                _fsync_dir(parent)  # the rename itself survives a power cut
             else:
                 with self.fs.open(tmp, "wb") as handle:
                     frame.write_parquet(handle, statistics=True)
@@ -150,9 +165,10 @@ class Lake:
     def lock(self, table: str, day: dt.date | None = None) -> Iterator[None]:
         """Hold an exclusive lock on a partition (or a whole table) while writing it.
 
-        A lock left by a process that no longer runs on this host is taken over.
-        Locks are files under ``<root>/_locks``; on object stores, where exclusive
-        creation is not atomic, the DAG's one-active-run rule is the guard.
+        Locks are files under ``<root>/_locks`` created exclusively (``O_EXCL`` locally,
+        a conditional ``If-None-Match`` put on S3), so two writers never both hold one.
+        A lock left by a process that no longer runs on this host is taken over at once;
+        one from another host after `STALE_LOCK_AGE`.
         """
         name = f"{table}-{day.isoformat() if day else 'all'}.lock"
         lock_dir = f"{self._path}/_locks"
@@ -175,34 +191,43 @@ def _acquire(lake: Lake, path: str, owner: str) -> None:
                 with os.fdopen(fd, "w") as handle:
                     handle.write(owner)
             else:
-                if lake.fs.exists(path):
-                    raise FileExistsError(path)
-                lake.fs.pipe(path, owner.encode())
+                with lake.fs.open(path, "xb") as handle:
+                    handle.write(owner.encode())
             return
         except FileExistsError:
-            holder = lake.fs.cat(path).decode(errors="replace").strip()
-            if _is_alive(holder):
+            try:
+                holder = lake.fs.cat(path).decode(errors="replace").strip()
+                age = dt.datetime.now(dt.UTC) - _as_utc(lake.fs.modified(path))
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            if not _is_stale(holder, age):
                 raise LockedError(f"{path.rsplit('/', 1)[-1]} is held by process {holder}") from None
             lake.fs.rm(path)  # stale: its process is gone
     raise LockedError(f"could not take lock {path}")
 
 
-def _is_alive(holder: str) -> bool:
+def _is_stale(holder: str, age: dt.timedelta) -> bool:
+    """A holder on this host is stale once its process is gone; one elsewhere after STALE_LOCK_AGE."""
     host, _, pid = holder.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
-        return True  # cannot check another host's processes: assume alive
+        return age >= STALE_LOCK_AGE  # cannot check another host's processes
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
-    return True
+    except PermissionError:
+        return False  # alive, owned by another user
+    return False
 
 
-def _date_of(path: str) -> dt.date:
-    for piece in path.split("/"):
-        match = _DATE_DIR.match(piece)
-        if match:
-            return dt.date.fromisoformat(match.group(1))
-    raise LakePathError(f"{path} is not inside a date partition")
+def _as_utc(moment: dt.datetime) -> dt.datetime:
+    """Filesystems report naive local times (local disk) or aware UTC ones (S3)."""
+    return moment.astimezone(dt.UTC) if moment.tzinfo else moment.astimezone().astimezone(dt.UTC)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -12,6 +12,7 @@ import pytest
 # Airflow reads its configuration once, at import: point it at a private home first.
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="clickstream-airflow-")
 os.environ.setdefault("AIRFLOW_HOME", _AIRFLOW_HOME)
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(Path(__file__).resolve().parents[1] / "dags"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -24,4 +25,38 @@ from pipeline.config import Settings, load_settings  # noqa: E402
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings with the lake, state folder and MLflow store inside tmp_path."""
-    return load_settings(lake=str(tmp_path / "lake"), home=tmp_path / "state")
+    # environ={}: mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which would leak an
+    # earlier test's store into this one
+    return load_settings(lake=str(tmp_path / "lake"), home=tmp_path / "state", environ={})
+
+
+@pytest.fixture(scope="session")
+def champion_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state folder whose MLflow store holds a tiny LSTM trained for one epoch on
+    `fixtures.synthetic_sequences(sessions=1500, days=3)` and promoted to champion.
+    Trained once per test process; tests use it through `champion_settings` (a private lake
+    with this MLflow store) and must not register or promote models in it."""
+    from dataclasses import replace
+
+    from fixtures import synthetic_sequences, write_sequences
+
+    from models.train import train_and_register
+    from pipeline.config import ModelConfig
+    from pipeline.lake import Lake
+
+    home = tmp_path_factory.mktemp("champion")
+    base = load_settings(lake=str(home / "training-lake"), home=home, environ={})
+    tiny = replace(
+        base,
+        model=ModelConfig(item_dim=8, category_dim=4, event_type_dim=2, hidden_size=16),
+        train=replace(base.train, batch_size=512, validation_days=1, min_positives=5),
+    )
+    write_sequences(Lake(tiny.lake), synthetic_sequences(sessions=1500, days=3))
+    train_and_register(tiny, None, None, epochs=1, device="cpu", promote=True)
+    return home
+
+
+@pytest.fixture
+def champion_settings(tmp_path: Path, champion_home: Path) -> Settings:
+    """Settings with a private, empty lake and the MLflow store of `champion_home`."""
+    return load_settings(lake=str(tmp_path / "lake"), home=champion_home, environ={})

@@ -1,0 +1,228 @@
+"""events/ -> sequences/ and Parquet -> tensors at YOOCHOOSE scale, against plain pandas.
+
+    python -m benchmarks.sequences [--sessions 9250000] [--days 183] [--pandas-days 3]
+
+Generates (once, cached under benchmarks/data/) a YOOCHOOSE-like events/ lake with a
+vectorised numpy generator: 9.25M sessions, ~33M clicks, 5.5% buying sessions, Zipf item
+popularity, categories of every kind. Each timed step runs in its own process so that its
+peak memory is its own. The pandas baseline (sort, groupby().apply(list)) runs on the first
+`--pandas-days` days, against polars on the same days; the ratio comes from that run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from queue import SimpleQueue
+from typing import Any
+
+import numpy as np
+
+DATA = Path(__file__).with_name("data")
+START = dt.date(2014, 4, 1)
+
+
+def generate_events_lake(root: Path, sessions: int, days: int, seed: int = 0) -> int:
+    """Write a YOOCHOOSE-like events/ lake under `root`; returns the number of events."""
+    import polars as pl
+
+    from pipeline.lake import Lake
+    from pipeline.schemas import EVENTS, conform
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.geometric(0.28, sessions)  # mean ~3.6 clicks, like YOOCHOOSE
+    long = rng.random(sessions) < 0.001  # a few very long sessions exercise truncation
+    lengths[long] += rng.integers(150, 400, int(long.sum()))
+    n = int(lengths.sum())
+    session = np.repeat(np.arange(sessions), lengths)
+    first = np.cumsum(lengths) - lengths
+    start = (rng.integers(0, days, sessions) * 86_400 + rng.integers(0, 86_400, sessions)) * 10**6
+    seconds = np.cumsum(rng.exponential(90.0, n))
+    offset_us = ((seconds - seconds[first][session]) * 1e6).astype(np.int64)
+    epoch_us = (START - dt.date(1970, 1, 1)).days * 86_400 * 10**6
+    ts = epoch_us + start[session] + offset_us
+
+    n_items = 52_739
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    item = rng.choice(n_items, n, p=popularity / popularity.sum())
+    brands = (10**7 + rng.integers(0, 9 * 10**9, 300)).astype(str)
+    kinds = np.array(["0", *map(str, range(1, 13)), "S"])
+    category_of_item = np.where(
+        rng.random(n_items) < 0.9,
+        kinds[rng.choice(14, n_items, p=[0.6, *[0.025] * 12, 0.1])],
+        brands[rng.integers(0, 300, n_items)],
+    )
+    buyer = np.flatnonzero(rng.random(sessions) < 0.055)
+    last = first[buyer] + lengths[buyer] - 1
+
+    def frame(sessions_: np.ndarray, ts_: np.ndarray, items: np.ndarray, kind: str) -> pl.DataFrame:
+        purchase = kind == "purchase"
+        columns = pl.DataFrame(
+            {
+                "session_id": pl.Series(sessions_ + 1).cast(pl.String),
+                "ts": pl.Series(ts_).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+                "event_type": kind,
+                "item_id": pl.Series(items + 214_500_000).cast(pl.String),
+                "category": None if purchase else pl.Series(category_of_item).gather(items),
+                "price": pl.Series(rng.integers(100, 10_000, items.size).astype(float)) if purchase else None,
+                "quantity": pl.Series(np.ones(items.size, dtype=np.int32)) if purchase else None,
+                "cookie_id": None,
+                "source": "yoochoose",
+                "labelled": True,
+            }
+        )
+        return conform(columns, EVENTS)
+
+    events = pl.concat(
+        [frame(session, ts, item, "view"), frame(buyer, ts[last] + 60 * 10**6, item[last], "purchase")]
+    )
+    lake = Lake(root)
+    for (day,), part in events.group_by(pl.col("ts").dt.date()):
+        lake.write_partition("events", day, part.sort("session_id", "ts"), "part-0")
+    return events.height
+
+
+def _time_build(root: str, start: dt.date | None, end: dt.date | None, queue: SimpleQueue) -> None:
+    from features.sequences import build_sequences
+    from pipeline.config import load_settings
+
+    began, cpu = time.perf_counter(), time.process_time()
+    summary = build_sequences(load_settings(lake=root, home=Path(root) / "state"), start, end)
+    queue.put((time.perf_counter() - began, time.process_time() - cpu, str(summary)))
+
+
+def _time_tensors(root: str, queue: SimpleQueue) -> None:
+    from features.sequences import read_sequences
+    from features.tensors import load_tensors
+    from features.vocabulary import build_vocabulary
+    from pipeline.config import SequenceConfig
+    from pipeline.lake import Lake
+
+    lake = Lake(root)
+    began, cpu = time.perf_counter(), time.process_time()
+    sequences = read_sequences(lake, None, None)
+    read_s, read_cpu = time.perf_counter() - began, time.process_time() - cpu
+    began = time.perf_counter()
+    vocabulary = build_vocabulary(sequences, SequenceConfig())
+    vocabulary_s = time.perf_counter() - began
+    began, cpu = time.perf_counter(), time.process_time()
+    tensors = load_tensors(sequences, vocabulary)
+    load_s, load_cpu = time.perf_counter() - began, time.process_time() - cpu
+    queue.put((read_s, load_s, read_cpu + load_cpu, vocabulary_s, int(tensors.offsets[-1])))
+
+
+def _time_pandas(root: str, start: dt.date, end: dt.date, queue: SimpleQueue) -> None:
+    """The same step written the plain pandas way: sort, groupby().apply(list) per column."""
+    import pandas as pd
+
+    from pipeline.lake import Lake
+
+    lake = Lake(root)
+    began = time.perf_counter()
+    paths = lake.files("events", start - dt.timedelta(days=1), end + dt.timedelta(days=1))
+    events = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    events = events.sort_values(["session_id", "ts", "event_type", "item_id"])
+    grouped = events.groupby("session_id", sort=False)
+    sessions = grouped["ts"].agg(["min", "max", "size"])
+    sessions["label"] = grouped["event_type"].apply(lambda types: (types == "purchase").any())
+    views = events[events["event_type"] != "purchase"].copy()
+    seconds = views.groupby("session_id", sort=False)["ts"].diff().dt.total_seconds()
+    views["log_gap_prev"] = np.log1p(seconds.fillna(0.0))
+    views["log_dwell"] = np.log1p(-views.groupby("session_id", sort=False)["ts"].diff(-1).dt.total_seconds())
+    by_session = views.groupby("session_id", sort=False)
+    for column in ("item_id", "category", "event_type", "log_gap_prev", "log_dwell"):
+        sessions[column] = by_session[column].apply(list)
+    sessions = sessions[(sessions["min"].dt.date >= start) & (sessions["min"].dt.date <= end)].dropna()
+    sessions = sessions.reset_index().sort_values(["min", "session_id"])
+    for day, part in sessions.groupby(sessions["min"].dt.date):
+        part.to_parquet(Path(root) / f"pandas-{day}.parquet")
+    queue.put((time.perf_counter() - began, len(sessions)))
+
+
+def _in_child(target: Callable[..., None], *args: object) -> tuple[Any, float]:
+    """Run target(*args, queue) in a fresh process; its result and its own peak RSS in GiB."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_measured, args=(target, *args, queue))
+    process.start()
+    result, peak = queue.get()
+    process.join()
+    return result, peak
+
+
+def _measured(target: Callable[..., None], *args: Any) -> None:
+    """In the child: run target, then report its result with this process's peak RSS."""
+    import resource
+
+    *arguments, out = args
+    inner: SimpleQueue = SimpleQueue()
+    target(*arguments, inner)
+    out.put((inner.get(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=9_250_000)
+    parser.add_argument("--days", type=int, default=183)
+    parser.add_argument("--pandas-days", type=int, default=3)
+    parser.add_argument("--no-record", action="store_true", help="Print the figures only.")
+    args = parser.parse_args()
+
+    root = DATA / f"yoochoose-{args.sessions}-{args.days}d"
+    if not (root / "events").exists():
+        began = time.perf_counter()
+        n = generate_events_lake(root, args.sessions, args.days)
+        print(f"generated {n:,} events in {time.perf_counter() - began:.0f} s under {root}")
+    threads = os.environ.get("POLARS_MAX_THREADS", str(os.cpu_count()))
+
+    (build_s, build_cpu, summary), build_peak = _in_child(_time_build, str(root), None, None)
+    print(f"build: {build_s:.1f} s ({build_cpu:.0f} CPU s), peak {build_peak:.2f} GiB: {summary}")
+    (read_s, load_s, tensors_cpu, vocabulary_s, n_events), tensors_peak = _in_child(
+        _time_tensors, str(root)
+    )
+    print(f"tensors: read {read_s:.1f} s + load {load_s:.1f} s ({tensors_cpu:.0f} CPU s), peak {tensors_peak:.2f} GiB")
+
+    first, last = START, START + dt.timedelta(days=args.pandas_days - 1)
+    (subset_s, _, _), _ = _in_child(_time_build, str(root), first, last)
+    (pandas_s, pandas_sessions), _ = _in_child(_time_pandas, str(root), first, last)
+    ratio = pandas_s / subset_s
+    print(f"first {args.pandas_days} days: polars {subset_s:.1f} s, pandas {pandas_s:.1f} s ({ratio:.1f}x)")
+    load = os.getloadavg()[0]
+
+    body = f"""
+Synthetic YOOCHOOSE-scale events/ lake ({args.sessions:,} sessions, {n_events:,} input events over {args.days}
+days, generated by `benchmarks/sequences.py`), POLARS_MAX_THREADS={threads}; each step in a fresh process.
+Wall time and the CPU seconds of all its threads (on an idle 2-core machine, wall >= CPU / 2). Load average
+when it ended: {load:.1f}.
+
+| step | wall | CPU | peak RSS | target |
+|---|---|---|---|---|
+| events/ -> sequences/ (all dates) | {build_s:.1f} s | {build_cpu:.0f} s | {build_peak:.2f} GiB | <= 30 s, <= 6 GB |
+| sequences/ -> SequenceTensors (read {read_s:.1f} s + load {load_s:.1f} s) | {read_s + load_s:.1f} s \
+| {tensors_cpu:.0f} s | {tensors_peak:.2f} GiB | <= 5 s |
+| build_vocabulary on the whole window (not in the load) | {vocabulary_s:.1f} s | | | |
+| pandas groupby().apply(list), first {args.pandas_days} days ({pandas_sessions:,} sessions) | {pandas_s:.1f} s \
+| | | |
+| clickstream, the same {args.pandas_days} days | {subset_s:.1f} s | | | |
+| speed-up over pandas (same run, same days) | **{ratio:.1f}x** | | | >= 10x |
+
+Build summary: `{summary}`
+
+pandas on all {args.days} days would take about {pandas_s * args.days / args.pandas_days:.0f} s (extrapolated
+linearly from the {args.pandas_days} days; not run).
+"""
+    if args.no_record:
+        print(body)
+    else:
+        from benchmarks.results import record
+
+        record("sequences", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Training throughput of the packed-sequence LSTM (forward + backward + step, sessions/s)
+beside the naive loop everyone writes first, in the same run on the same data.
+
+    python -m benchmarks.train_throughput [--device cpu|cuda] [--sessions N] [--naive-sessions N]
+
+Fast path: the whole set resident on the device as flat tensors, length-bucketed batches
+gathered from offsets, embeddings on the packed events only (models.batching + models.lstm).
+Naive path: a per-session Dataset and a collate that pads each batch to its longest
+session, embeds every padded slot and calls pack_padded_sequence (the model's reference path).
+Both use the default ModelConfig and TrainConfig.batch_size. On CUDA the fast path is also
+timed under bf16 autocast and on the machine's CPU cores (on a subset). Data is synthetic
+with YOOCHOOSE's shape: mean 3.6 events per session, lengths capped at 200, Zipf items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from features.tensors import SequenceTensors
+
+N_ITEMS = 52_000  # YOOCHOOSE's catalogue size, order of magnitude
+N_CATEGORIES = 340
+N_EVENT_TYPES = 6  # PAD + EVENT_TYPES
+N_CONTINUOUS = 9  # len(features.sequences.CONTINUOUS_FEATURES)
+MAX_LENGTH = 200
+
+
+def synthetic_tensors(
+    n_sessions: int, *, seed: int = 0, n_items: int = N_ITEMS, mean_length: float = 3.6
+) -> SequenceTensors:
+    """YOOCHOOSE-shaped sessions: lengths mix two geometric distributions (90% short, 10%
+    long-tailed) with the requested mean, capped at 200; events as in `sessions_with_lengths`."""
+    rng = np.random.default_rng(seed)
+    short = rng.geometric(1 / (mean_length * 0.83), n_sessions)
+    long = rng.geometric(1 / (mean_length * 2.5), n_sessions)
+    lengths = np.minimum(np.where(rng.random(n_sessions) < 0.9, short, long), MAX_LENGTH)
+    return sessions_with_lengths(lengths, seed=seed + 1, n_items=n_items)
+
+
+def sessions_with_lengths(lengths: np.ndarray, *, seed: int = 0, n_items: int = N_ITEMS) -> SequenceTensors:
+    """Sessions of the given lengths (0 allowed) with a planted, learnable, order-dependent label.
+
+    Items are Zipf-distributed over `n_items`; a quarter of them are "hot" (index divisible
+    by 4) and a session is likelier to buy when its last event is hot and when it is longer.
+    Same lengths and seed, same tensors.
+    """
+    import torch
+
+    from features.tensors import SequenceTensors
+
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n_sessions = lengths.size
+    offsets = np.zeros(n_sessions + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    n_events = int(offsets[-1])
+    item = np.minimum(rng.zipf(1.3, n_events), n_items - 2) + 1  # 0 is PAD; 1 (OOV) is rare
+    category = (item * 7919) % (N_CATEGORIES - 2) + 2
+    event_type = np.full(n_events, 1, dtype=np.int64) + (rng.random(n_events) < 0.05)
+    continuous = rng.normal(0.0, 1.0, (n_events, N_CONTINUOUS)).astype(np.float32)
+    last_item = np.append(item, 1)[np.where(lengths > 0, offsets[1:] - 1, n_events)]  # 1: empty session
+    logit = -4.0 + 5.0 * (last_item % 4 == 0) + 0.2 * np.minimum(lengths, 10)
+    label = (rng.random(n_sessions) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return SequenceTensors(
+        offsets=torch.from_numpy(offsets),
+        item=torch.from_numpy(item.astype(np.int64)),
+        category=torch.from_numpy(category.astype(np.int64)),
+        event_type=torch.from_numpy(event_type),
+        continuous=torch.from_numpy(continuous),
+        label=torch.from_numpy(label),
+    )
+
+
+def _default_model(device: torch.device) -> torch.nn.Module:
+    import torch
+
+    from models.lstm import BuyIntentLSTM
+    from pipeline.config import ModelConfig
+
+    torch.manual_seed(0)
+    return BuyIntentLSTM(ModelConfig(), N_ITEMS, N_CATEGORIES, N_EVENT_TYPES, N_CONTINUOUS).to(device)
+
+
+def _sync(device: torch.device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def fast_throughput(
+    tensors: SequenceTensors, device: torch.device, batch_size: int, *, bf16: bool = False
+) -> float:
+    """Sessions/s of one epoch of the production training step over resident, bucketed batches."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from models.batching import iterate_batches, resident
+
+    model = _default_model(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+    data = resident(tensors, device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def epoch(generator: torch.Generator, limit: int | None = None) -> None:
+        for step, (_, batch) in enumerate(
+            iterate_batches(data, batch_size, shuffle=True, generator=generator), 1
+        ):
+            with autocast:
+                logits = model(batch)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            if limit is not None and step >= limit:
+                break
+
+    epoch(torch.Generator().manual_seed(1), limit=5)  # warm-up: allocator, cuDNN plans
+    _sync(device)
+    start = time.perf_counter()
+    epoch(torch.Generator().manual_seed(2))
+    _sync(device)
+    return tensors.n_sessions / (time.perf_counter() - start)
+
+
+class _SessionDataset:
+    """The naive per-session Dataset: one Python object per session."""
+
+    def __init__(self, tensors: SequenceTensors) -> None:
+        self.tensors = tensors
+        self.offsets = tensors.offsets.tolist()
+
+    def __len__(self) -> int:
+        return self.tensors.n_sessions
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        lo, hi = self.offsets[i], self.offsets[i + 1]
+        t = self.tensors
+        return {
+            "item": t.item[lo:hi],
+            "category": t.category[lo:hi],
+            "event_type": t.event_type[lo:hi],
+            "continuous": t.continuous[lo:hi],
+            "label": t.label[i],
+        }
+
+
+def _collate(samples: list[dict[str, torch.Tensor]]) -> SequenceTensors:
+    """Per-sample collate back into a SequenceTensors (what forward_padded pads from)."""
+    import torch
+
+    from features.tensors import SequenceTensors
+
+    lengths = torch.tensor([len(s["item"]) for s in samples])
+    offsets = torch.zeros(len(samples) + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=offsets[1:])
+    return SequenceTensors(
+        offsets=offsets,
+        item=torch.cat([s["item"] for s in samples]),
+        category=torch.cat([s["category"] for s in samples]),
+        event_type=torch.cat([s["event_type"] for s in samples]),
+        continuous=torch.cat([s["continuous"] for s in samples]),
+        label=torch.stack([s["label"] for s in samples]),
+    )
+
+
+def naive_throughput(tensors: SequenceTensors, device: torch.device, batch_size: int) -> float:
+    """Sessions/s of the naive loop: DataLoader + per-sample collate, pad to the batch's
+    longest session, embed every padded slot, pack_padded_sequence."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    model = _default_model(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader = DataLoader(
+        _SessionDataset(tensors),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=_collate,
+        generator=torch.Generator().manual_seed(2),
+    )
+    _sync(device)
+    start = time.perf_counter()
+    for batch in loader:
+        batch = batch.to(device)
+        loss = F.binary_cross_entropy_with_logits(model.forward_padded(batch), batch.label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    _sync(device)
+    return tensors.n_sessions / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    from benchmarks.results import record
+    from models.device import resolve_device
+    from pipeline.config import ModelConfig, TrainConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--sessions", type=int, default=200_000, help="sessions in the timed epoch")
+    parser.add_argument("--naive-sessions", type=int, default=50_000, help="sessions the naive loop runs")
+    parser.add_argument("--cpu-sessions", type=int, default=100_000, help="CPU comparison subset on --device cuda")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--note", default="", help="a sentence recorded with the figures (e.g. machine load)")
+    parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+
+    device = resolve_device(args.device)
+    tensors = synthetic_tensors(args.sessions)
+    lengths = tensors.lengths.double()
+    batch = args.batch_size
+    rows = [("packed, resident, bucketed", device.type, args.sessions, fast_throughput(tensors, device, batch))]
+    if device.type == "cuda":
+        bf16 = fast_throughput(tensors, device, batch, bf16=True)
+        rows.append(("same, bf16 autocast", "cuda", args.sessions, bf16))
+        cpu = fast_throughput(synthetic_tensors(args.cpu_sessions), torch.device("cpu"), batch)
+        rows.append(("same code on CPU", "cpu", args.cpu_sessions, cpu))
+    naive = naive_throughput(synthetic_tensors(args.naive_sessions), device, batch)
+    rows.append(("naive: Dataset + collate + pad", device.type, args.naive_sessions, naive))
+
+    fast, naive_rate = rows[0][3], rows[-1][3]
+    table = "\n".join(f"| {name} | {dev} | {n:,} | {rate:,.0f} |" for name, dev, n, rate in rows)
+    body = f"""Model {ModelConfig()}, batch size {args.batch_size}, torch {torch.__version__}, \
+{torch.get_num_threads()} CPU threads. Synthetic YOOCHOOSE-shaped sessions: mean length \
+{lengths.mean():.2f}, max {int(lengths.max())}.
+
+| loop | device | sessions timed | sessions/s (forward + backward + step) |
+|---|---|---:|---:|
+{table}
+
+Packed vs naive on {device.type}: **{fast / naive_rate:.1f}x**."""
+    if device.type == "cuda":
+        body += f" GPU vs the same code on this machine's CPU cores: **{fast / rows[2][3]:.0f}x**."
+    else:
+        body += (
+            " GPU figures (the issue's targets are for one H100) need a GPU machine: run"
+            " `python -m benchmarks.train_throughput --device cuda --sessions 9250000` there."
+        )
+    if args.note:
+        body += f"\n\n{args.note}"
+    print(body)
+    if not args.no_record:
+        record(f"train_throughput ({device.type})", body)
+
+
+if __name__ == "__main__":
+    main()

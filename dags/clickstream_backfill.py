@@ -1,0 +1,98 @@
+"""Re-processing DAGs: a manual backfill of a date range, and re-scoring when a new champion lands.
+
+clickstream_backfill (manual trigger only; params `start`, `end` as YYYY-MM-DD): re-ingests each
+day's landing files (one mapped task per date; a date without landing files is skipped with the
+reason), rebuilds sequences/ for the range and the day before it, then re-scores the range with the
+champion in one task (one model load, one cookie_intent/ rebuild). Idempotent: re-running a range
+replaces the same partitions.
+
+clickstream_rescore (runs whenever clickstream_nightly publishes the `clickstream-champion` Asset,
+i.e. after a promotion): re-scores the latest `NIGHTLY.rescore_days` days of sequences/ with the
+new champion, so recent scores all come from the model now in charge.
+
+Both wire the functions of `pipeline.nightly` and share its task defaults (retries, timeouts,
+failure callback); one active run each.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import Asset, Param, dag, task
+
+from pipeline import nightly
+from pipeline.config import load_settings
+from pipeline.nightly import NIGHTLY
+
+SCORES = Asset(nightly.SCORES_ASSET)
+CHAMPION = Asset(nightly.CHAMPION_ASSET)
+START_DATE = dt.datetime(2014, 1, 1, tzinfo=dt.UTC)
+
+
+@dag(
+    dag_id="clickstream_backfill",
+    schedule=None,
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=nightly.task_defaults(),
+    params={
+        "start": Param("2014-04-01", type="string", format="date", description="first day, YYYY-MM-DD"),
+        "end": Param("2014-04-01", type="string", format="date", description="last day, YYYY-MM-DD"),
+    },
+    doc_md=__doc__,
+    tags=["clickstream"],
+)
+def clickstream_backfill() -> None:
+    @task
+    def dates(params: dict[str, Any] | None = None) -> list[str]:
+        params = params or {}
+        return nightly.backfill_dates(str(params["start"]), str(params["end"]))
+
+    @task(max_active_tis_per_dagrun=1)  # ingests of neighbouring days may touch the same events/ partition
+    def ingest_day(day: str) -> dict[str, Any]:
+        settings = load_settings()
+        with nightly.skip_when_no_data():
+            batch = nightly.find_landing(settings, dt.date.fromisoformat(day))
+        return nightly.ingest_landing(settings, batch)
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def build_sequences(days: list[str]) -> dict[str, Any]:
+        first, last = dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1])
+        return nightly.rebuild_sequences(load_settings(), first, last)
+
+    @task(outlets=[SCORES])
+    def score(days: list[str]) -> dict[str, Any]:
+        with nightly.skip_when_no_data():
+            return nightly.score_days(
+                load_settings(), dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1])
+            )
+
+    days = dates()
+    built = build_sequences(days)
+    ingest_day.expand(day=days) >> built
+    built >> score(days)
+
+
+@dag(
+    dag_id="clickstream_rescore",
+    schedule=[CHAMPION],
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=nightly.task_defaults(),
+    doc_md=__doc__,
+    tags=["clickstream"],
+)
+def clickstream_rescore() -> None:
+    @task(outlets=[SCORES])
+    def rescore() -> dict[str, Any]:
+        with nightly.skip_when_no_data():
+            return nightly.rescore_recent(load_settings(), NIGHTLY.rescore_days)
+
+    rescore()
+
+
+clickstream_backfill()
+clickstream_rescore()

@@ -1,0 +1,125 @@
+"""clickstream_nightly: every night, the day's click logs become fresh scores and, when it beats the
+champion, a new buying-intent model.
+
+When: daily (`NIGHTLY.schedule`, default `@daily` UTC), no catch-up, one active run at a time.
+A run covers the UTC day its data interval starts on (`airflow dags test clickstream_nightly
+2014-04-08` covers 2014-04-07), never the wall clock.
+
+What, in order:
+1. find_landing: the day's raw files in `<landing>/YYYY-MM-DD/`. None there: the task is
+   SKIPPED with the reason and so is everything after it (the run still succeeds).
+2. ingest: raw files -> events/ (bad rows -> quarantine/).
+3. build_sequences: sequences/ for the day and the day before (sessions crossing midnight).
+4. train: a challenger on the rolling window (param `window_days`, default 30) ending at the day,
+   in pool/queue `gpu`. Skipped, with the reason, until the window holds validation_days + 1 days.
+5. promote_if_better: the challenger becomes `champion` only if it beats it on the same
+   validation sessions; announce_champion then publishes the `clickstream-champion` Asset
+   (which triggers clickstream_rescore) and is skipped when the champion stays.
+6. score: the day's (and the rebuilt previous day's) sessions with the champion -> scores/,
+   publishing the `clickstream-scores` Asset; skipped while there is no champion yet. It runs
+   even when training failed, so analysts still get scores from the current champion.
+7. report: the HTML report of the last days under <CLICKSTREAM_HOME>/reports/.
+
+Every task is idempotent for its day and passes only small values through XCom. Input/data
+errors fail at once; other errors retry with exponential back-off. The steps are the functions of
+`pipeline.nightly`; schedule, window and resources are `pipeline.nightly.NIGHTLY`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+
+from pipeline import nightly
+from pipeline.config import load_settings
+from pipeline.nightly import NIGHTLY
+
+SCORES = Asset(nightly.SCORES_ASSET)
+CHAMPION = Asset(nightly.CHAMPION_ASSET)
+
+
+@dag(
+    dag_id="clickstream_nightly",
+    schedule=CronDataIntervalTimetable(NIGHTLY.schedule, timezone="UTC"),
+    start_date=dt.datetime(2014, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args=nightly.task_defaults(),
+    params={
+        "window_days": Param(NIGHTLY.window_days, type="integer", minimum=1, description="training window in days"),
+        "epochs": Param(NIGHTLY.epochs, type=["null", "integer"], minimum=1, description="max epochs (null: default)"),
+        "device": Param(NIGHTLY.device, type="string", enum=["auto", "cpu", "cuda"], description="where to train"),
+    },
+    deadline=nightly.late_run_deadline(),
+    doc_md=__doc__,
+    tags=["clickstream"],
+)
+def clickstream_nightly() -> None:
+    @task
+    def find_landing(data_interval_start: dt.datetime | None = None) -> dict[str, Any]:
+        with nightly.skip_when_no_data():
+            return nightly.find_landing(load_settings(), nightly.run_day(data_interval_start))
+
+    @task
+    def ingest(batch: dict[str, Any]) -> dict[str, Any]:
+        return nightly.ingest_landing(load_settings(), batch)
+
+    @task
+    def build_sequences(ingested: dict[str, Any]) -> dict[str, Any]:
+        day = dt.date.fromisoformat(ingested["day"])
+        return nightly.rebuild_sequences(load_settings(), day, day)
+
+    @task(
+        pool=NIGHTLY.gpu_pool,
+        queue=NIGHTLY.gpu_queue,
+        executor_config=nightly.gpu_executor_config(NIGHTLY.gpus_per_training),
+        execution_timeout=NIGHTLY.train_timeout,
+    )
+    def train(built: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        params = params or {}
+        with nightly.skip_when_no_data():
+            return nightly.train_for_day(
+                load_settings(),
+                dt.date.fromisoformat(built["end"]),
+                window_days=int(params.get("window_days") or NIGHTLY.window_days),
+                epochs=params.get("epochs"),
+                device=params.get("device") or NIGHTLY.device,
+            )
+
+    @task
+    def promote_if_better(trained: dict[str, Any]) -> dict[str, Any]:
+        return nightly.promote_challenger(load_settings(), trained)
+
+    @task(outlets=[CHAMPION])
+    def announce_champion(decision: dict[str, Any], outlet_events: Any = None) -> str:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not decision["promoted"]:
+            raise AirflowSkipException(f"champion unchanged: {decision['reason']}")
+        outlet_events[CHAMPION].extra = {"version": decision["version"]}
+        return decision["version"]
+
+    @task(trigger_rule="all_done", outlets=[SCORES])
+    def score(built: dict[str, Any] | None) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not built:
+            raise AirflowSkipException("no sequences were built in this run: nothing to score")
+        with nightly.skip_when_no_data():
+            return nightly.score_days(
+                load_settings(), dt.date.fromisoformat(built["dates"][0]), dt.date.fromisoformat(built["end"])
+            )
+
+    @task
+    def report(built: dict[str, Any]) -> dict[str, Any]:
+        return nightly.write_day_report(load_settings(), dt.date.fromisoformat(built["end"]), NIGHTLY.report_days)
+
+    built = build_sequences(ingest(find_landing()))
+    decision = promote_if_better(train(built))
+    announce_champion(decision)
+    decision >> score(built) >> report(built)
+
+
+clickstream_nightly()

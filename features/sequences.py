@@ -1,0 +1,305 @@
+"""events/ -> sequences/: one row per session with its input events as list columns.
+
+A session belongs to the UTC date of its first event (of any type) and is written to
+``sequences/date=YYYY-MM-DD/data.parquet``, rows sorted by (session_start, session_id).
+Building dates [start, end] reads events of start - 1 (a cookie session begun the day
+before is not cut in two) through end + 1 (a session crossing midnight is complete).
+
+Labels, without leakage:
+- YOOCHOOSE sessions are buyers when they hold any purchase; the input is their clicks,
+  purchases removed.
+- Cookie-log sessions are buyers when they hold a purchase; the purchase and every event
+  at or after the first purchase leave the input.
+- The label is null when unknown: an event came without its outcome (``labelled`` False),
+  or a cookie-log session without a purchase may still be open (its last event is within
+  the session gap of the newest event read).
+Sessions left with no input event (a purchase first, or only excluded event types) are
+dropped and counted. Longer sessions keep their last `max_events` input events.
+
+Per-event features are computed on a session's whole input sequence before truncation:
+the log1p gap in seconds to the previous input event (0 for the first), the log1p dwell to
+the next one (0 and dwell_known False for the last: the time to a purchase would leak).
+The whole step is vectorised: sessions are runs of a sorted flat event table, list columns
+are built from their offsets, no Python runs per session or event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from features.sessionize import sessionize
+from pipeline.config import SequenceConfig, Settings
+from pipeline.errors import NoDataError
+from pipeline.lake import Lake
+from pipeline.schemas import EVENT_TYPE_CODE, SEQUENCES, UTC_TS, conform
+
+# Columns of SequenceTensors.continuous, in order (computed by features.tensors.load_tensors).
+CONTINUOUS_FEATURES: tuple[str, ...] = (
+    "log_gap_prev",  # log1p(seconds since the previous input event), 0 for the first
+    "log_dwell",  # log1p(seconds to the next input event), 0 for the last
+    "dwell_known",  # 1.0 where log_dwell is known, 0.0 for the last event
+    "log_position",  # log1p(events before this one in the input sequence)
+    "log_position_from_end",  # log1p(events after this one)
+    "start_hour_sin",  # hour of the session start (UTC) on the unit circle
+    "start_hour_cos",
+    "start_weekday_sin",  # weekday of the session start on the unit circle
+    "start_weekday_cos",
+)
+
+# Days are built in batches of consecutive dates holding at most this many events,
+# which bounds memory whatever the size of the window.
+BATCH_EVENTS = 8_000_000
+
+_US_PER_DAY = 86_400 * 10**6
+_NEVER = np.iinfo(np.int64).max
+_LIST_COLUMNS = ("item_id", "category", "event_type", "log_gap_prev", "log_dwell", "dwell_known")
+
+
+@dataclass
+class SequenceSummary:
+    """What a `build_sequences` run wrote."""
+
+    dates: list[dt.date] = field(default_factory=list)
+    sessions: int = 0
+    events: int = 0  # input events written (after leakage removal and truncation)
+    buyers: int = 0
+    unknown_labels: int = 0
+    truncated: int = 0
+    dropped_empty: int = 0  # sessions without any input event (purchase first, or all excluded)
+
+    def add(self, other: SequenceSummary) -> None:
+        self.dates += other.dates
+        for name in ("sessions", "events", "buyers", "unknown_labels", "truncated", "dropped_empty"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def __str__(self) -> str:
+        span = f"{self.dates[0]}..{self.dates[-1]}" if self.dates else "no dates"
+        return (
+            f"sequences {span} ({len(self.dates)} dates): {self.sessions:,} sessions, {self.events:,} events, "
+            f"{self.buyers:,} buyers, {self.unknown_labels:,} unknown labels, {self.truncated:,} truncated, "
+            f"{self.dropped_empty:,} dropped without input events"
+        )
+
+
+def build_sequences(settings: Settings, start: dt.date | None, end: dt.date | None) -> SequenceSummary:
+    """Write sequences/ for every events/ date in [start, end] (default: all), one partition per date.
+
+    Idempotent: each date's partition is replaced atomically with the same rows for the same
+    events, whatever range it is built in. A date with events but no session starting on it
+    gets an empty partition. Raises NoDataError when events/ holds no date in the range.
+    """
+    lake = Lake(settings.lake)
+    days = [d for d in lake.dates("events") if (start is None or d >= start) and (end is None or d <= end)]
+    if not days:
+        window = f"{start or 'the beginning'} .. {end or 'the end'}"
+        raise NoDataError(f"no events in events/ for {window}; run `clickstream ingest` first")
+    summary = SequenceSummary()
+    with lake.lock("sequences"):
+        for batch in _batches(lake, days):
+            events = _read_events(lake, batch[0] - dt.timedelta(days=1), batch[-1] + dt.timedelta(days=1))
+            frame, counts = sessions_of(events, batch[0], batch[-1], settings.sequences)
+            start_day = frame.get_column("session_start").to_physical().to_numpy() // _US_PER_DAY
+            for day in batch:  # rows are sorted by session_start: each day is one slice
+                lo, hi = np.searchsorted(start_day, [_epoch_day(day), _epoch_day(day) + 1])
+                lake.write_partition("sequences", day, _unsliced(frame.slice(lo, hi - lo)))
+            counts.dates = list(batch)
+            summary.add(counts)
+    return summary
+
+
+def read_sequences(lake: Lake, start: dt.date | None, end: dt.date | None) -> pl.DataFrame:
+    """Sessions starting in [start, end] (default: all), SEQUENCES columns, sorted by
+    (session_start, session_id); an empty frame when there are none."""
+    scan = lake.scan("sequences", start, end)
+    if scan is None:
+        return SEQUENCES.to_frame()
+    frame = conform(scan.collect(), SEQUENCES)
+    return frame if _in_session_order(frame) else frame.sort("session_start", "session_id")
+
+
+def _in_session_order(frame: pl.DataFrame) -> bool:
+    """Whether rows are sorted by (session_start, session_id): partitions are written that way
+    and read in date order, so checking is much cheaper than sorting the list columns again."""
+    start = frame.get_column("session_start").to_physical().to_numpy()
+    if np.any(start[1:] < start[:-1]):
+        return False
+    tied = np.flatnonzero(start[1:] == start[:-1])
+    session_id = frame.get_column("session_id")
+    return bool((session_id.gather(tied) < session_id.gather(tied + 1)).all())
+
+
+def sessions_of(
+    events: pl.DataFrame, first_day: dt.date, last_day: dt.date, config: SequenceConfig
+) -> tuple[pl.DataFrame, SequenceSummary]:
+    """SEQUENCES rows of the sessions whose first event falls on [first_day, last_day], sorted
+    by (session_start, session_id), with their counts.
+
+    `events` holds EVENTS columns (any row order); it should include the day before and the
+    day after, so that sessions are whole. Its newest event decides which cookie-log
+    sessions may still be open.
+    """
+    ev = _with_event_codes(events)
+    grouped = sessionize(ev, config.session_gap_minutes)
+    first, lengths = grouped.offsets[:-1], np.diff(grouped.offsets)
+    of_event = np.repeat(np.arange(first.size), lengths)
+    # every per-event array below is in session order (grouped.rows), not in the frame's row order
+    ts = ev.get_column("ts").to_physical().to_numpy()[grouped.rows]
+    code = ev.get_column("event_type").to_numpy()[grouped.rows]
+    purchase = code == EVENT_TYPE_CODE["purchase"]
+    start, end = ts[first], ts[first + lengths - 1]
+    first_purchase = np.minimum.reduceat(np.where(purchase, ts, _NEVER), first) if ts.size else start
+    labelled = ev.get_column("labelled").fill_null(False).to_numpy()[grouped.rows]
+    labelled = np.minimum.reduceat(labelled, first) if ts.size else start
+    yoochoose = (ev.get_column("source") == "yoochoose").to_numpy()[grouped.first_rows]
+    start_day = start // _US_PER_DAY
+    in_window = (start_day >= _epoch_day(first_day)) & (start_day <= _epoch_day(last_day))
+
+    # input events: no purchase, nothing excluded; event logs also drop everything from the first purchase on
+    excluded = [EVENT_TYPE_CODE[name] for name in config.exclude_event_types]
+    keep = ~purchase & ~np.isin(code, excluded) & in_window[of_event]
+    keep &= yoochoose[of_event] | (ts < first_purchase[of_event])
+    inputs = np.flatnonzero(keep)
+    n_input = np.bincount(of_event[inputs], minlength=first.size)
+    log_gap_prev, log_dwell, dwell_known = _gap_features(ts[inputs], of_event[inputs])
+    kept = _last_events(of_event[inputs], n_input, config.max_events)
+
+    # sessions in output order: (session_start, session_id)
+    chosen = np.flatnonzero(n_input > 0)
+    order = (
+        pl.DataFrame({"start": start[chosen], "session_id": grouped.session_id.gather(chosen)})
+        .with_row_index()
+        .sort("start", "session_id")
+        .get_column("index")
+        .to_numpy()
+    )
+    sessions = chosen[order]
+    n_events = np.minimum(n_input, config.max_events)[sessions]
+    offsets = np.zeros(sessions.size + 1, dtype=np.int64)
+    np.cumsum(n_events, out=offsets[1:])
+    # position of each output event among the kept inputs, which are in session order
+    kept_offsets = np.zeros(first.size + 1, dtype=np.int64)
+    np.cumsum(np.minimum(n_input, config.max_events), out=kept_offsets[1:])
+    flat = np.repeat(kept_offsets[sessions] - offsets[:-1], n_events) + np.arange(offsets[-1])
+    at = kept[flat]  # position of each output event among the inputs
+    event_rows = grouped.rows[inputs[at]]  # its row in `events`
+
+    label = ~np.equal(first_purchase, _NEVER)
+    newest = ts.max() if ts.size else 0
+    gap_us = round(config.session_gap_minutes * 60e6)
+    known = labelled.astype(bool) & (yoochoose | label | (end <= newest - gap_us))
+    label_values = pa.array(label[sessions], mask=~known[sessions])
+
+    session_rows = grouped.first_rows[sessions]
+    frame = pl.DataFrame(
+        {
+            "session_id": grouped.session_id.gather(sessions),
+            "cookie_id": ev.get_column("cookie_id").gather(session_rows),
+            "session_start": pl.Series(start[sessions]).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+            "session_end": pl.Series(end[sessions]).cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+            "n_events": n_events.astype(np.int32),
+            "n_events_total": lengths[sessions].astype(np.int32),
+            "truncated": n_input[sessions] > config.max_events,
+            "label": pl.Series(label_values, dtype=pl.Boolean),
+            "source": ev.get_column("source").gather(session_rows),
+            "start_hour": ((start[sessions] // 3_600_000_000) % 24).astype(np.int8),
+            "start_weekday": ((start_day[sessions] + 3) % 7 + 1).astype(np.int8),  # 1970-01-01 was a Thursday
+            "item_id": _lists(ev.get_column("item_id").gather(event_rows), offsets),
+            "category": _lists(ev.get_column("category").gather(event_rows), offsets),
+            "event_type": _lists(pl.Series(code[inputs[at]]), offsets),
+            "log_gap_prev": _lists(pl.Series(log_gap_prev[at]), offsets),
+            "log_dwell": _lists(pl.Series(log_dwell[at]), offsets),
+            "dwell_known": _lists(pl.Series(dwell_known[at]), offsets),
+        }
+    )
+    counts = SequenceSummary(
+        sessions=frame.height,
+        events=int(offsets[-1]),
+        buyers=int((label & known)[sessions].sum()),
+        unknown_labels=int((~known)[sessions].sum()),
+        truncated=int((n_input[sessions] > config.max_events).sum()),
+        dropped_empty=int((in_window & (n_input == 0)).sum()),
+    )
+    return conform(frame, SEQUENCES), counts
+
+
+def _gap_features(ts: np.ndarray, session: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log_gap_prev, log_dwell, dwell_known) of events given in session runs, time order within each run."""
+    same_as_previous = np.zeros(ts.size, dtype=bool)
+    same_as_previous[1:] = session[1:] == session[:-1]
+    log_gap = np.zeros(ts.size, dtype=np.float32)
+    seconds = np.maximum(np.diff(ts), 0).astype(np.float32) * np.float32(1e-6)  # < 0 only across sessions
+    log_gap[1:] = np.log1p(seconds)
+    log_gap[~same_as_previous] = 0.0
+    # the dwell on an event is the gap before the next one: 0 where the next event starts another session
+    return log_gap, np.append(log_gap[1:], np.float32(0.0)), np.append(same_as_previous[1:], False)
+
+
+def _last_events(session: np.ndarray, n_input: np.ndarray, max_events: int) -> np.ndarray:
+    """Indices of the events (in session runs) among the last `max_events` of their session."""
+    if n_input.max(initial=0) <= max_events:
+        return np.arange(session.size)
+    ends = np.cumsum(n_input)  # one past each session's last event
+    return np.flatnonzero(ends[session] - np.arange(session.size) <= max_events)
+
+
+def _with_event_codes(events: pl.DataFrame) -> pl.DataFrame:
+    return events.with_columns(
+        pl.col("event_type").replace_strict(EVENT_TYPE_CODE, default=EVENT_TYPE_CODE["other"], return_dtype=pl.Int8)
+    )
+
+
+def _read_events(lake: Lake, first_day: dt.date, last_day: dt.date) -> pl.DataFrame:
+    scan = lake.scan("events", first_day, last_day)
+    assert scan is not None  # the caller only asks for ranges around dates that hold events
+    return scan.select(
+        "session_id",
+        "cookie_id",
+        pl.col("ts").cast(UTC_TS),
+        "event_type",
+        "item_id",
+        "category",
+        "source",
+        "labelled",
+    ).collect()
+
+
+def _batches(lake: Lake, days: list[dt.date]) -> list[list[dt.date]]:
+    """Consecutive runs of `days` holding at most BATCH_EVENTS events each (a bigger day alone)."""
+    import pyarrow.parquet as pq
+
+    batches: list[list[dt.date]] = []
+    size = 0
+    for day in days:
+        rows = 0
+        for path in lake.partition_files("events", day):
+            with lake.fs.open(path, "rb") as handle:
+                rows += pq.ParquetFile(handle).metadata.num_rows
+        if not batches or size + rows > BATCH_EVENTS:
+            batches.append([])
+            size = 0
+        batches[-1].append(day)
+        size += rows
+    return batches
+
+
+def _unsliced(part: pl.DataFrame) -> pl.DataFrame:
+    """`part` with list columns that hold only their own values: polars writes a slice of a list
+    column in time proportional to the whole column, which would make a batch's writes quadratic."""
+    offsets = np.zeros(part.height + 1, dtype=np.int64)
+    np.cumsum(part.get_column("n_events").to_numpy(), out=offsets[1:])
+    return part.with_columns(_lists(part.get_column(c).explode(empty_as_null=False), offsets) for c in _LIST_COLUMNS)
+
+
+def _lists(values: pl.Series, offsets: np.ndarray) -> pl.Series:
+    """A list column whose row i holds values[offsets[i]:offsets[i + 1]] (no copy per row)."""
+    flat = values.to_arrow(compat_level=pl.CompatLevel.newest())
+    return pl.Series(values.name, pa.LargeListArray.from_arrays(pa.array(offsets), flat))
+
+
+def _epoch_day(day: dt.date) -> int:
+    return (day - dt.date(1970, 1, 1)).days

@@ -1,0 +1,158 @@
+"""Item and category vocabularies: raw ids -> embedding indices, built from a training window.
+
+Indices 0 (PAD) and 1 (OOV) are reserved in both (features.tensors). Items seen at least
+`item_min_count` times get 2, 3, ... by descending count (ties by id); every other item maps to
+OOV, or, with `item_hash_buckets` > 0, to one of that many buckets after the known items by a
+stable hash of its id (the same id lands in the same bucket in every process and version).
+
+Category kinds stay apart: unknown ("0" or missing), the numbered categories "1".."12" and the
+special offer "S" have fixed indices, always present; brands (8-10 digit ids) and any other
+category strings seen at least `category_min_count` times are learned; an unseen brand maps to
+its own OOV_BRAND index, an unseen other string to OOV.
+
+A vocabulary is saved as two small Parquet tables and a JSON file; its `version` is a hash of
+its content, so a model records exactly which vocabulary it was trained with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from features.tensors import OOV
+from pipeline.config import SequenceConfig
+
+OOV_BRAND = 2
+UNKNOWN_CATEGORY = "0"
+FIXED_CATEGORIES = (UNKNOWN_CATEGORY, *(str(n) for n in range(1, 13)), "S")  # indices 3 .. 16
+BRAND_PATTERN = r"^\d{8,10}$"
+_FIRST_ITEM = 2
+_FIRST_CATEGORY = OOV_BRAND + 1
+_FILES = ("items.parquet", "categories.parquet", "vocabulary.json")
+
+
+@dataclass(frozen=True, eq=False)
+class Vocabulary:
+    """Raw id -> index tables (columns `id`, `index`, ascending index) and how unseen ids map."""
+
+    items: pl.DataFrame
+    categories: pl.DataFrame
+    item_hash_buckets: int = 0
+
+    @property
+    def n_items(self) -> int:
+        """Size of the item embedding table (PAD, OOV, known items, hash buckets)."""
+        return _FIRST_ITEM + self.items.height + self.item_hash_buckets
+
+    @property
+    def n_categories(self) -> int:
+        """Size of the category embedding table (PAD, OOV, OOV_BRAND, fixed and learned categories)."""
+        return _FIRST_CATEGORY + self.categories.height
+
+    @property
+    def version(self) -> str:
+        """12 hex digits of a SHA-256 over the content: equal vocabularies, equal versions."""
+        digest = hashlib.sha256(f"buckets={self.item_hash_buckets}\n".encode())
+        for table in (self.items, self.categories):
+            digest.update(table.get_column("id").str.join("\n").item().encode())
+            digest.update(b"\x00")
+        return digest.hexdigest()[:12]
+
+    def item_index(self, ids: pl.Series) -> pl.Series:
+        """Int64 index of every raw item id, same length and order as `ids` (null -> OOV)."""
+        index = ids.replace_strict(self.items.get_column("id"), self.items.get_column("index"), default=None)
+        if self.item_hash_buckets:
+            unseen = index.is_null() & ids.is_not_null()
+            hashed = _FIRST_ITEM + self.items.height + stable_hash(ids.filter(unseen)) % self.item_hash_buckets
+            index = index.scatter(unseen.arg_true(), pl.Series(hashed.astype(np.int64)))
+        return index.fill_null(OOV).cast(pl.Int64)
+
+    def category_index(self, ids: pl.Series) -> pl.Series:
+        """Int64 index of every raw category, same length and order as `ids` (null -> unknown "0")."""
+        raw = ids.fill_null(UNKNOWN_CATEGORY)
+        distinct = raw.unique()  # a few hundred values: classify those, then map every event once
+        table = self.categories
+        known = distinct.replace_strict(table.get_column("id"), table.get_column("index"), default=None)
+        unseen_brand = known.is_null() & distinct.str.contains(BRAND_PATTERN)
+        index = pl.select(pl.when(unseen_brand).then(OOV_BRAND).otherwise(known).fill_null(OOV)).to_series()
+        return raw.replace_strict(distinct, index, return_dtype=pl.Int64).cast(pl.Int64)  # also when empty
+
+    def save(self, directory: Path) -> list[Path]:
+        """Write the vocabulary into `directory` (created if needed); returns the files written."""
+        directory.mkdir(parents=True, exist_ok=True)
+        items, categories, meta = (directory / name for name in _FILES)
+        self.items.write_parquet(items)
+        self.categories.write_parquet(categories)
+        meta.write_text(
+            json.dumps(
+                {
+                    "version": self.version,
+                    "item_hash_buckets": self.item_hash_buckets,
+                    "n_items": self.n_items,
+                    "n_categories": self.n_categories,
+                },
+                indent=2,
+            )
+        )
+        return [items, categories, meta]
+
+    @classmethod
+    def load(cls, directory: Path) -> Vocabulary:
+        """The vocabulary `save` wrote; ValueError if its files do not match their recorded version."""
+        items, categories, meta = (directory / name for name in _FILES)
+        recorded = json.loads(meta.read_text())
+        vocabulary = cls(pl.read_parquet(items), pl.read_parquet(categories), int(recorded["item_hash_buckets"]))
+        if vocabulary.version != recorded["version"]:
+            raise ValueError(f"vocabulary in {directory} does not match its version {recorded['version']}")
+        return vocabulary
+
+
+def build_vocabulary(sequences: pl.DataFrame, config: SequenceConfig) -> Vocabulary:
+    """The vocabulary of the items and categories in `sequences` (the training window's input events).
+
+    Deterministic: the same sessions in any row order give the same vocabulary and version.
+    """
+    items = _counted(sequences.get_column("item_id").explode().drop_nulls(), config.item_min_count)
+    learned = _counted(
+        _learnable(sequences.get_column("category").explode().drop_nulls()), config.category_min_count
+    )
+    categories = pl.concat([pl.Series("id", FIXED_CATEGORIES, dtype=pl.String), learned])
+    return Vocabulary(
+        items=_indexed(items, _FIRST_ITEM),
+        categories=_indexed(categories, _FIRST_CATEGORY),
+        item_hash_buckets=config.item_hash_buckets,
+    )
+
+
+def stable_hash(ids: pl.Series) -> np.ndarray:
+    """uint64 FNV-1a-style hash of each string's UTF-8 bytes, vectorised; the same in every process."""
+    array = ids.cast(pl.String).to_arrow().cast("large_string")
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64, count=len(array) + 1, offset=array.offset * 8)
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8) if len(array) else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    result = np.full(len(array), 0xCBF29CE484222325, dtype=np.uint64)
+    # one pass per byte position (ids are short), vectorised over all strings of at least that length
+    for position in range(int(lengths.max()) if lengths.size else 0):
+        alive = lengths > position
+        byte = data[offsets[:-1][alive] + position].astype(np.uint64)
+        result[alive] = (result[alive] ^ byte) * np.uint64(0x100000001B3)
+    return result
+
+
+def _counted(values: pl.Series, min_count: int) -> pl.Series:
+    """Distinct values seen at least `min_count` times, by descending count then value."""
+    counts = values.rename("id").value_counts(name="count")
+    return counts.filter(pl.col("count") >= min_count).sort(["count", "id"], descending=[True, False])["id"]
+
+
+def _learnable(categories: pl.Series) -> pl.Series:
+    return categories.filter(~categories.is_in(FIXED_CATEGORIES))
+
+
+def _indexed(ids: pl.Series, first: int) -> pl.DataFrame:
+    return pl.DataFrame({"id": ids.cast(pl.String), "index": np.arange(first, first + ids.len(), dtype=np.int64)})

@@ -1,0 +1,198 @@
+"""The LightGBM baseline the LSTM must beat: gradient-boosted trees on per-session
+aggregates in the style of the RecSys Challenge 2015 winners (Romov & Sokolov):
+counts, distinct items and categories, duration, dwell and gap statistics, item and
+category buy rates, last-item features, start hour and weekday.
+
+Only the input events describe a session: `session_end` and `n_events_total` also count
+a YOOCHOOSE session's purchases, so they would leak the label and are never used.
+
+Buy rates come from the TRAINING sessions only. On the training sessions
+themselves they are computed out of fold (5 folds), so a session's own label
+never feeds its features; validation and test sessions use all training sessions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.schemas import EVENT_TYPE_CODE
+
+if TYPE_CHECKING:
+    import lightgbm
+    import polars as pl
+
+FOLDS = 5
+SMOOTHING = 20.0  # pseudo-sessions at the prior buy rate added to every item's counts
+KEYS = ("item_id", "category")
+LIST_COLUMNS = ("item_id", "category", "event_type", "log_gap_prev", "log_dwell", "dwell_known")
+PARAMS = {
+    "objective": "binary",
+    "metric": "auc",
+    "learning_rate": 0.05,
+    "num_leaves": 63,
+    "min_data_in_leaf": 50,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "deterministic": True,
+    "force_row_wise": True,
+    "num_threads": max(1, (os.cpu_count() or 2) // 2),  # OpenMP on every core thrashes a shared box
+    "verbose": -1,
+}
+MAX_ROUNDS = 1000
+EARLY_STOPPING_ROUNDS = 50
+
+
+@dataclass(frozen=True)
+class BuyRates:
+    """Per item and per category: training sessions containing it and how many of them bought."""
+
+    counts: dict[str, pl.DataFrame]  # key -> (fold, key, sessions, buyers)
+    prior: float  # buyer share of the training sessions
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A fitted baseline: the booster and the training-window buy rates it was fitted with."""
+
+    booster: lightgbm.Booster
+    rates: BuyRates
+    feature_names: tuple[str, ...]
+
+    def predict(self, sequences: pl.DataFrame) -> np.ndarray:
+        """Buy probabilities (float32) for the sessions of a SEQUENCES frame, in its row order."""
+        features = session_features(sequences, self.rates, out_of_fold=False)
+        return self.booster.predict(_matrix(features)).astype(np.float32)
+
+
+def fit_baseline(train: pl.DataFrame, val: pl.DataFrame, *, seed: int = 7) -> Baseline:
+    """LightGBM fitted on labelled `train` sessions, early-stopped on validation AUC. Deterministic per seed."""
+    import lightgbm as lgb
+
+    rates = buy_rates(train)
+    train_x = _matrix(session_features(train, rates, out_of_fold=True))
+    val_features = session_features(val, rates, out_of_fold=False)
+    train_set = lgb.Dataset(train_x, label=train["label"].to_numpy(), feature_name=val_features.columns)
+    val_set = lgb.Dataset(_matrix(val_features), label=val["label"].to_numpy(), reference=train_set)
+    booster = lgb.train(
+        {**PARAMS, "seed": seed},
+        train_set,
+        num_boost_round=MAX_ROUNDS,
+        valid_sets=[val_set],
+        callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
+    )
+    return Baseline(booster=booster, rates=rates, feature_names=tuple(val_features.columns))
+
+
+def buy_rates(train: pl.DataFrame) -> BuyRates:
+    """Session and buyer counts per fold for every item and category of the labelled training sessions."""
+    import polars as pl
+
+    events = _events(train)
+    counts = {
+        key: events.unique(["row", key])
+        .group_by("fold", key)
+        .agg(pl.len().alias("sessions"), pl.col("label").cast(pl.Int64).sum().alias("buyers"))
+        for key in KEYS
+    }
+    return BuyRates(counts=counts, prior=float(train["label"].cast(pl.Float64).mean()))
+
+
+def session_features(sequences: pl.DataFrame, rates: BuyRates, *, out_of_fold: bool) -> pl.DataFrame:
+    """One row of float features per session, in the frame's row order.
+
+    With `out_of_fold`, each session's buy rates leave out its own fold (use for the
+    training sessions the rates were counted on); otherwise all training counts apply.
+    """
+    import polars as pl
+
+    events = _events(sequences)
+    for key in KEYS:
+        events = _with_rate(events, rates, key, out_of_fold)
+    last = pl.col("position") == pl.col("position").max()
+    last_item = pl.col("item_id").filter(last).first()
+    known_dwell = pl.col("log_dwell").filter(pl.col("dwell_known"))
+    per_session = events.group_by("row").agg(
+        pl.col("item_id").n_unique().alias("distinct_items"),
+        pl.col("category").n_unique().alias("distinct_categories"),
+        (pl.col("category") == "S").mean().alias("special_offer_share"),
+        *[
+            (pl.col("event_type") == code).sum().alias(f"n_{name}")
+            for name, code in EVENT_TYPE_CODE.items()
+            if name != "purchase"
+        ],
+        known_dwell.mean().alias("dwell_mean"),
+        known_dwell.max().alias("dwell_max"),
+        known_dwell.sum().alias("dwell_sum"),
+        (pl.col("log_gap_prev").exp() - 1).sum().alias("duration_s"),
+        pl.col("log_gap_prev").max().alias("gap_max"),
+        pl.col("log_gap_prev").filter(last).first().alias("gap_last"),
+        (pl.col("item_id") == last_item).sum().alias("last_item_views"),
+        *[
+            expr
+            for key in KEYS
+            for expr in (
+                pl.col(f"{key}_rate").mean().alias(f"{key}_rate_mean"),
+                pl.col(f"{key}_rate").max().alias(f"{key}_rate_max"),
+                pl.col(f"{key}_rate").min().alias(f"{key}_rate_min"),
+                pl.col(f"{key}_rate").filter(last).first().alias(f"{key}_rate_last"),
+                pl.col(f"{key}_rate").filter(pl.col("position") == 0).first().alias(f"{key}_rate_first"),
+                pl.col(f"{key}_popularity").mean().alias(f"{key}_popularity_mean"),
+                pl.col(f"{key}_popularity").filter(last).first().alias(f"{key}_popularity_last"),
+            )
+        ],
+    )
+    sessions = sequences.with_row_index("row").select("row", "n_events", "start_hour", "start_weekday")
+    return (
+        sessions.join(per_session, on="row", how="left")
+        .sort("row")
+        .drop("row")
+        .with_columns((pl.col("n_events") - pl.col("distinct_items")).alias("repeated_items"))
+        .cast(pl.Float32)
+    )
+
+
+def _events(sequences: pl.DataFrame) -> pl.DataFrame:
+    """One row per event: session row, fold, position within the session, label and per-event columns."""
+    import polars as pl
+
+    return (
+        sequences.with_row_index("row")
+        .select(
+            "row",
+            (pl.col("row") % FOLDS).alias("fold"),
+            pl.col("label").fill_null(False),
+            pl.int_ranges(0, pl.col("n_events").cast(pl.Int64)).alias("position"),
+            *LIST_COLUMNS,
+        )
+        .explode(["position", *LIST_COLUMNS])
+        .drop_nulls("position")
+    )
+
+
+def _with_rate(events: pl.DataFrame, rates: BuyRates, key: str, out_of_fold: bool) -> pl.DataFrame:
+    """`events` with `<key>_rate` (smoothed buyer share) and `<key>_popularity` (log1p sessions)."""
+    import polars as pl
+
+    counts = rates.counts[key]
+    totals = counts.group_by(key).agg(pl.col("sessions").sum(), pl.col("buyers").sum())
+    joined = events.join(totals, on=key, how="left")
+    sessions, buyers = pl.col("sessions").fill_null(0), pl.col("buyers").fill_null(0)
+    if out_of_fold:
+        own = counts.rename({"sessions": "own_sessions", "buyers": "own_buyers"})
+        joined = joined.join(own, on=["fold", key], how="left")
+        sessions = sessions - pl.col("own_sessions").fill_null(0)
+        buyers = buyers - pl.col("own_buyers").fill_null(0)
+    return joined.with_columns(
+        ((buyers + rates.prior * SMOOTHING) / (sessions + SMOOTHING)).alias(f"{key}_rate"),
+        sessions.cast(pl.Float64).log1p().alias(f"{key}_popularity"),
+    ).select(*events.columns, f"{key}_rate", f"{key}_popularity")
+
+
+def _matrix(features: pl.DataFrame) -> np.ndarray:
+    return features.fill_null(float("nan")).to_numpy().astype(np.float32)

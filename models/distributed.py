@@ -1,0 +1,176 @@
+"""Data-parallel training across processes: the same `fit` under DistributedDataParallel.
+
+    torchrun --standalone --nproc_per_node N -m models.distributed JOB.pt OUT_DIR
+
+JOB.pt (written by `write_job`) holds the train/validation tensors, the configs and the
+model's initial weights; every rank loads it, joins the process group (nccl on CUDA, one
+GPU per rank; gloo on CPU), trains on its strided shard of each epoch's batches, and rank 0
+writes checkpoints and OUT_DIR/result.pt. `fit_distributed` does all of that from Python
+and hands back a FitResult like `fit`'s.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.errors import ClickstreamError, TrainingError
+
+if TYPE_CHECKING:
+    from features.tensors import SequenceTensors
+    from models.fit import FitResult
+    from models.lstm import BuyIntentLSTM
+    from pipeline.config import TrainConfig
+
+RESULT = "result.pt"
+ERROR = "error.txt"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _flat(tensors: SequenceTensors) -> dict:
+    return {f.name: getattr(tensors, f.name) for f in fields(tensors)}
+
+
+def write_job(
+    path: Path,
+    train: SequenceTensors,
+    val: SequenceTensors,
+    model: BuyIntentLSTM,
+    config: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+) -> None:
+    """Save everything a rank needs to run `fit` (tensors, configs, initial weights) to `path`."""
+    import torch
+
+    job = {
+        "train": _flat(train),
+        "val": _flat(val),
+        "model_config": asdict(model.config),
+        "model_sizes": [
+            model.item.num_embeddings,
+            model.category.num_embeddings,
+            model.event_type.num_embeddings,
+            model.n_continuous,
+        ],
+        "initial_weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train_config": asdict(config),
+        "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
+        "resume": resume,
+    }
+    torch.save(job, path)
+
+
+def load_job(path: Path) -> dict:
+    """The job `write_job` saved (tensors on CPU)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train_rank(job: dict) -> FitResult:
+    """Run this rank's part of the job; the process group must already be initialised."""
+    from features.tensors import SequenceTensors
+    from models.fit import fit
+    from models.lstm import BuyIntentLSTM
+    from pipeline.config import ModelConfig, TrainConfig
+
+    model = BuyIntentLSTM(ModelConfig(**job["model_config"]), *job["model_sizes"])
+    model.load_state_dict(job["initial_weights"])
+    checkpoint_dir = job["checkpoint_dir"]
+    return fit(
+        SequenceTensors(**job["train"]),
+        SequenceTensors(**job["val"]),
+        model,
+        TrainConfig(**job["train_config"]),
+        checkpoint_dir=None if checkpoint_dir is None else Path(checkpoint_dir),
+        resume=job["resume"],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for each torchrun rank: join the group, train, rank 0 writes the result."""
+    import argparse
+
+    import torch
+    import torch.distributed as dist
+
+    from models.device import resolve_device
+
+    parser = argparse.ArgumentParser(description="One rank of a DDP training job (run under torchrun).")
+    parser.add_argument("job", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+
+    job = load_job(args.job)
+    use_cuda = resolve_device(job["train_config"]["device"]).type == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank()
+    try:
+        result = train_rank(job)
+    except ClickstreamError as error:
+        if rank == 0:
+            (args.out / ERROR).write_text(str(error))
+        raise
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        state = {
+            "model": result.model.state_dict(),
+            "history": [asdict(s) for s in result.history],
+            "best_epoch": result.best_epoch,
+            "best_val_auc": result.best_val_auc,
+            "device": result.device,
+        }
+        temp = args.out / f".{RESULT}.tmp"
+        torch.save(state, temp)
+        os.replace(temp, args.out / RESULT)
+
+
+def fit_distributed(
+    train: SequenceTensors,
+    val: SequenceTensors,
+    model: BuyIntentLSTM,
+    config: TrainConfig,
+    *,
+    nproc: int,
+    workdir: Path,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+) -> FitResult:
+    """`fit` on `nproc` processes (one per GPU on CUDA, gloo on CPU) through torchrun.
+
+    `model` supplies the initial weights and receives the best ones; it comes back on CPU in
+    eval mode, as from `fit`. The per-rank batch size is `config.batch_size`. Raises
+    TrainingError with the rank's message when training fails (e.g. NaN loss).
+    """
+    import torch
+
+    from models.fit import EpochStats, FitResult
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in (RESULT, ERROR):
+        (workdir / stale).unlink(missing_ok=True)
+    job = workdir / "job.pt"
+    write_job(job, train, val, model, config, checkpoint_dir=checkpoint_dir, resume=resume)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    done = subprocess.run([*command, "-m", "models.distributed", str(job), str(workdir)], cwd=PROJECT_ROOT)
+    if (workdir / ERROR).exists():
+        raise TrainingError((workdir / ERROR).read_text())
+    if done.returncode != 0 or not (workdir / RESULT).exists():
+        raise TrainingError(f"distributed training exited with code {done.returncode}; see the ranks' log above")
+    state = torch.load(workdir / RESULT, weights_only=True)
+    model.to("cpu").load_state_dict(state["model"])
+    history = [EpochStats(**s) for s in state["history"]]
+    return FitResult(model.eval(), history, state["best_epoch"], state["best_val_auc"], state["device"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""How good a buying-intent score is: ranking (AUC, PR-AUC), probability quality
+(log loss, expected calibration error), AUC per session-length bucket, and the ROC
+and calibration plots logged with every run. Pure functions of labels and scores."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# (metric suffix, shortest, longest) in events; None = no upper bound
+LENGTH_BUCKETS: tuple[tuple[str, int, int | None], ...] = (
+    ("1", 1, 1),
+    ("2", 2, 2),
+    ("3_4", 3, 4),
+    ("5_9", 5, 9),
+    ("10plus", 10, None),
+)
+CALIBRATION_BINS = 10
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Quality of one set of scores against known labels. NaN where undefined (one class)."""
+
+    n_sessions: int
+    positive_rate: float
+    auc: float
+    pr_auc: float
+    logloss: float
+    calibration_error: float
+    auc_by_length: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """Flat metric names for MLflow (`<prefix>auc`, `<prefix>auc_len_3_4`, ...), NaN ones left out."""
+        values = {
+            f"{prefix}auc": self.auc,
+            f"{prefix}pr_auc": self.pr_auc,
+            f"{prefix}logloss": self.logloss,
+            f"{prefix}calibration_error": self.calibration_error,
+            f"{prefix}positive_rate": self.positive_rate,
+            **{f"{prefix}auc_len_{name}": value for name, value in self.auc_by_length.items()},
+        }
+        return {name: float(value) for name, value in values.items() if not math.isnan(value)}
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve; NaN when the labels hold a single class."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels, dtype=bool)
+    if labels.size == 0 or labels.all() or not labels.any():
+        return math.nan
+    return float(roc_auc_score(labels, scores))
+
+
+def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Mean |predicted - observed buy rate| over equal-width score bins, weighted by bin size."""
+    if np.asarray(labels).size == 0:
+        return math.nan
+    counts, predicted, observed = _calibration_bins(labels, scores, bins)
+    return float(np.abs(predicted - observed).sum() / counts.sum())
+
+
+def _calibration_bins(
+    labels: np.ndarray, scores: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width score bin: session count, sum of scores, sum of labels."""
+    labels = np.asarray(labels, dtype=np.float64)
+    scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    bin_of = np.minimum((scores * bins).astype(np.int64), bins - 1)
+    return (
+        np.bincount(bin_of, minlength=bins),
+        np.bincount(bin_of, weights=scores, minlength=bins),
+        np.bincount(bin_of, weights=labels, minlength=bins),
+    )
+
+
+def evaluate(labels: np.ndarray, scores: np.ndarray, lengths: np.ndarray) -> Evaluation:
+    """All metrics for scores in [0, 1] of sessions with known labels and their event counts."""
+    from sklearn.metrics import average_precision_score, log_loss
+
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    lengths = np.asarray(lengths)
+    two_classes = labels.any() and not labels.all()
+    by_length = {}
+    for name, shortest, longest in LENGTH_BUCKETS:
+        inside = (lengths >= shortest) & (lengths <= (longest if longest is not None else np.inf))
+        by_length[name] = auc(labels[inside], scores[inside])
+    return Evaluation(
+        n_sessions=int(labels.size),
+        positive_rate=float(labels.mean()) if labels.size else math.nan,
+        auc=auc(labels, scores),
+        pr_auc=float(average_precision_score(labels, scores)) if two_classes else math.nan,
+        logloss=float(log_loss(labels, np.clip(scores, 1e-7, 1 - 1e-7), labels=[False, True]))
+        if labels.size
+        else math.nan,
+        calibration_error=expected_calibration_error(labels, scores),
+        auc_by_length=by_length,
+    )
+
+
+def write_plots(
+    labels: np.ndarray, scores: dict[str, np.ndarray], out_dir: Path, subset: str = "validation"
+) -> list[Path]:
+    """roc.png and calibration.png in out_dir, one curve per named score set, titled with the
+    `subset` they are measured on; returns both paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    labels = np.asarray(labels, dtype=bool)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    roc_path, calibration_path = out_dir / "roc.png", out_dir / "calibration.png"
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, values in scores.items():
+        fpr, tpr, _ = roc_curve(labels, values)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc(labels, values):.3f})")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, {subset}")
+    ax.legend(loc="lower right")
+    fig.savefig(roc_path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, values in scores.items():
+        counts, predicted, observed = _calibration_bins(labels, values, CALIBRATION_BINS)
+        filled = counts > 0
+        ece = expected_calibration_error(labels, values)
+        ax.plot(
+            predicted[filled] / counts[filled],
+            observed[filled] / counts[filled],
+            marker="o",
+            label=f"{name} (ECE {ece:.3f})",
+        )
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="mean predicted buy probability", ylabel="observed buy rate", title=f"Calibration, {subset}")
+    ax.legend(loc="upper left")
+    fig.savefig(calibration_path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return [roc_path, calibration_path]

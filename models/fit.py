@@ -1,0 +1,313 @@
+"""The fit loop: AdamW on BCE-with-logits over resident, length-bucketed batches, early
+stopping on validation AUC, a checkpoint after every epoch, and resume after a kill.
+
+Reproducibility: every epoch reseeds the shuffle generator and torch's RNG (dropout) from
+(seed, epoch, rank), so an epoch's randomness never depends on what ran before it, and a
+resumed run reaches exactly the weights of an uninterrupted one on CPU. The caller seeds
+the model's initialisation (`torch.manual_seed` before building it).
+
+Under `torch.distributed` (see models.distributed) the same loop runs on every rank: each
+rank trains on a strided shard of the epoch's batches through DistributedDataParallel,
+every rank evaluates the same validation set (so all take the same early-stopping
+decision without talking), and only rank 0 writes checkpoints and calls `on_epoch`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.errors import TrainingError
+
+if TYPE_CHECKING:
+    import torch
+
+    from features.tensors import SequenceTensors
+    from models.lstm import BuyIntentLSTM
+    from pipeline.config import TrainConfig
+    from pipeline.progress import LiveStatus
+
+CHECKPOINT = "last.pt"
+PROGRESS_EVERY = 25  # batches between live loss readings (each one waits for the GPU)
+MIN_STEPS_PER_EPOCH = 64  # small training sets get smaller batches rather than a handful of steps
+MIN_BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One finished epoch. `seconds` and `sessions_per_s` time the training pass only
+    (forward + backward + step, all ranks' sessions), not validation."""
+
+    epoch: int  # 1-based
+    train_loss: float  # mean BCE over the epoch's training sessions
+    val_auc: float
+    val_logloss: float
+    seconds: float
+    sessions_per_s: float
+
+
+@dataclass
+class FitResult:
+    """The best epoch's model (on CPU, eval mode) and how training went."""
+
+    model: BuyIntentLSTM
+    history: list[EpochStats]
+    best_epoch: int
+    best_val_auc: float
+    device: str
+
+
+@dataclass
+class _Progress:
+    """What a checkpoint carries besides model and optimizer weights."""
+
+    history: list[EpochStats]
+    best_epoch: int = 0
+    best_val_auc: float = -math.inf
+    best_weights: dict[str, torch.Tensor] | None = None
+    stopped: bool = False
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+
+def _check_labels(tensors: SequenceTensors, name: str) -> None:
+    import torch
+
+    if tensors.n_sessions == 0:
+        raise TrainingError(f"the {name} set has no sessions")
+    if torch.isnan(tensors.label).any():
+        raise ValueError(f"{name} labels contain NaN: the caller must drop unlabelled sessions before fit")
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def epoch_batch_size(n_sessions: int, batch_size: int, world_size: int = 1) -> int:
+    """The per-rank batch size an epoch over `n_sessions` uses: `batch_size`, lowered (not below
+    MIN_BATCH_SIZE) when it would give an epoch fewer than MIN_STEPS_PER_EPOCH optimizer steps.
+    Large sets, where GPU throughput matters, keep `batch_size`; small ones still learn per epoch."""
+    return min(batch_size, max(MIN_BATCH_SIZE, n_sessions // (MIN_STEPS_PER_EPOCH * world_size)))
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
+
+
+def _fingerprint(train: SequenceTensors, val: SequenceTensors, config: TrainConfig, world: int) -> dict:
+    """What must match for a checkpoint to continue this run (epochs and patience may change)."""
+    return {
+        "train_sessions": train.n_sessions,
+        "train_events": int(train.item.numel()),
+        "val_sessions": val.n_sessions,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "weight_decay": config.weight_decay,
+        "grad_clip": config.grad_clip,
+        "seed": config.seed,
+        "world_size": world,
+    }
+
+
+def _save_checkpoint(
+    path: Path, model: BuyIntentLSTM, optimizer: torch.optim.Optimizer, progress: _Progress, fingerprint: dict
+) -> None:
+    """Write the checkpoint atomically: a reader sees the previous one or this one, whole."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "fingerprint": fingerprint,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": [asdict(s) for s in progress.history],
+        "best_epoch": progress.best_epoch,
+        "best_val_auc": progress.best_val_auc,
+        "best_weights": progress.best_weights,
+        "stopped": progress.stopped,
+    }
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, temp)
+    os.replace(temp, path)
+
+
+def _load_checkpoint(
+    path: Path, model: BuyIntentLSTM, optimizer: torch.optim.Optimizer, fingerprint: dict
+) -> _Progress:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["fingerprint"] != fingerprint:
+        raise TrainingError(
+            f"checkpoint {path} belongs to a run with other data or settings; delete it or train without --resume"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return _Progress(
+        history=[EpochStats(**s) for s in state["history"]],
+        best_epoch=state["best_epoch"],
+        best_val_auc=state["best_val_auc"],
+        best_weights=state["best_weights"],
+        stopped=state["stopped"],
+    )
+
+
+def validation_metrics(model: BuyIntentLSTM, tensors: SequenceTensors, device: torch.device) -> tuple[float, float]:
+    """(ROC AUC, log loss) of the model's probabilities on labelled `tensors`; both classes must occur."""
+    import numpy as np
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from models.predict import predict
+
+    labels = tensors.label.cpu().numpy()
+    if np.unique(labels).size < 2:
+        raise TrainingError("the validation set holds only one class; widen the window or the validation days")
+    scores = predict(model, tensors, device=device).astype(np.float64)
+    return float(roc_auc_score(labels, scores)), float(log_loss(labels, scores, labels=[0.0, 1.0]))
+
+
+def _train_epoch(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: SequenceTensors,
+    config: TrainConfig,
+    epoch: int,
+    status: LiveStatus | None,
+) -> tuple[float, float, int]:
+    """(mean training loss, seconds, sessions trained on, all ranks). Raises TrainingError on NaN/inf loss."""
+    import torch
+    import torch.nn.functional as F
+
+    from models.batching import iterate_batches
+
+    rank, world = _rank_and_world()
+    torch.manual_seed(_epoch_seed(config.seed, epoch, rank))  # dropout masks
+    generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch, 0))  # same batches on all ranks
+    net.train()
+    device = train.offsets.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    seen = torch.zeros((), dtype=torch.float64, device=device)
+    start = time.perf_counter()
+    batch_size = epoch_batch_size(train.n_sessions, config.batch_size, world)
+    batches = iterate_batches(train, batch_size, shuffle=True, generator=generator, rank=rank, world_size=world)
+    for step, (_, batch) in enumerate(batches, 1):
+        loss = F.binary_cross_entropy_with_logits(net(batch).float(), batch.label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        loss_sum += loss.detach() * batch.n_sessions
+        seen += batch.n_sessions
+        if step % PROGRESS_EVERY == 0:
+            running = float(loss_sum / seen)
+            if world == 1 and not math.isfinite(running):
+                break  # under DDP every rank must run the same steps; the epoch-end check raises
+            if status is not None:
+                status.update(PROGRESS_EVERY, loss=running)
+    if status is not None:
+        status.update(step % PROGRESS_EVERY)
+    if world > 1:
+        import torch.distributed as dist
+
+        totals = torch.stack([loss_sum, seen])
+        dist.all_reduce(totals)
+        loss_sum, seen = totals[0], totals[1]
+    mean_loss = float(loss_sum / seen)  # waits for the device: the epoch's timing is complete
+    seconds = time.perf_counter() - start
+    if not math.isfinite(mean_loss):
+        raise TrainingError(f"training loss became {mean_loss} in epoch {epoch}; lower the learning rate")
+    return mean_loss, seconds, int(seen)
+
+
+def fit(
+    train: SequenceTensors,
+    val: SequenceTensors,
+    model: BuyIntentLSTM,
+    config: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> FitResult:
+    """Train `model` on `train` (labels 0/1, no NaN), early-stopping on `val` AUC.
+
+    Runs up to `config.epochs` epochs of `epoch_batch_size(...)`-session batches per rank and
+    stops after `config.patience` epochs without a validation AUC gain. With `checkpoint_dir`,
+    `checkpoint_dir/last.pt` is rewritten atomically after every epoch; `resume=True` continues
+    from it (or starts fresh when it does not exist) and reaches the same weights as an
+    uninterrupted run. Deterministic for `config.seed` on CPU. Raises TrainingError on a NaN/inf
+    loss or a one-class validation set. The returned model holds the best epoch's weights, on
+    CPU, in eval mode.
+    """
+    import torch
+
+    from models.batching import resident
+    from models.device import resolve_device
+    from pipeline.progress import LiveStatus
+
+    _check_labels(train, "train")
+    _check_labels(val, "validation")
+    rank, world = _rank_and_world()
+    device = resolve_device(config.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # the rank's GPU under torchrun
+    model.to(device)
+    net: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=device.type == "cuda",
+    )
+    fingerprint = _fingerprint(train, val, config, world)
+    checkpoint = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
+    progress = _Progress(history=[])
+    if resume and checkpoint is not None and checkpoint.exists():
+        progress = _load_checkpoint(checkpoint, model, optimizer, fingerprint)
+
+    train_data, val_data = resident(train, device), resident(val, device)
+    batch_size = epoch_batch_size(train.n_sessions, config.batch_size, world)
+    n_batches = math.ceil(math.ceil(train.n_sessions / batch_size) / world)  # per rank
+    status = LiveStatus("training", total=config.epochs * n_batches) if rank == 0 else None
+    try:
+        for epoch in range(progress.epochs_done + 1, config.epochs + 1):
+            if progress.stopped:
+                break
+            loss, seconds, seen = _train_epoch(net, optimizer, train_data, config, epoch, status)
+            val_auc, val_logloss = validation_metrics(model, val_data, device)
+            stats = EpochStats(epoch, loss, val_auc, val_logloss, seconds, seen / max(seconds, 1e-9))
+            progress.history.append(stats)
+            if val_auc > progress.best_val_auc:
+                progress.best_epoch, progress.best_val_auc = epoch, val_auc
+                progress.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            progress.stopped = epoch - progress.best_epoch >= config.patience
+            if rank == 0:
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, model, optimizer, progress, fingerprint)
+                if status is not None:
+                    status.update(0, loss=loss, val_auc=val_auc)
+                if on_epoch is not None:
+                    on_epoch(stats)
+    finally:
+        if status is not None:
+            status.close()
+
+    model.to("cpu")
+    if progress.best_weights is not None:
+        model.load_state_dict(progress.best_weights)
+    return FitResult(model.eval(), progress.history, progress.best_epoch, progress.best_val_auc, str(device))

@@ -1,0 +1,121 @@
+"""A registered model ready to score sequences: the LSTM plus the vocabulary it was
+trained with, both read from the same MLflow model directory so they cannot drift apart.
+
+Models load only from the configured tracking store (`settings.tracking_uri`): a
+`models:/` URI, `runs:/<run id>/model`, or a bare run id. Local paths and other
+artifact URLs are refused.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from models.registry import redacted, tracking_client
+from pipeline.config import CHAMPION, Settings
+from pipeline.errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import polars as pl
+
+    from features.vocabulary import Vocabulary
+    from models.lstm import BuyIntentLSTM
+
+MODEL_ARTIFACT = "model"  # the model's folder inside its run
+VOCABULARY_FOLDER = "extra_files"  # where mlflow.pytorch puts `extra_files` inside the model folder
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+_RUNS_URI = re.compile(r"^runs:/(?P<run>[0-9a-f]{32})/(?P<path>(?!.*\.\.)[\w./-]+)$")  # no `..`: stays in the run
+
+
+@dataclass
+class Scorer:
+    """One model version with its vocabulary; scoring is deterministic (eval mode, no dropout)."""
+
+    model_name: str
+    model_version: str
+    model: BuyIntentLSTM
+    vocabulary: Vocabulary
+    device: str = "cpu"
+
+    def score(self, sequences: pl.DataFrame) -> np.ndarray:
+        """Buy probability per session: float32 in [0, 1], in the frame's row order."""
+        from features.tensors import load_tensors
+        from models.predict import predict
+
+        return predict(self.model, load_tensors(sequences, self.vocabulary), device=self.device)
+
+    def running_scores(self, sequences: pl.DataFrame) -> np.ndarray:
+        """Buy probability after each event: float32 in [0, 1], flat (row order, then event order)."""
+        from features.tensors import load_tensors
+        from models.predict import predict_steps
+
+        return predict_steps(self.model, load_tensors(sequences, self.vocabulary), device=self.device)
+
+
+def load_scorer(settings: Settings, model_uri: str | None = None, *, device: str = "auto") -> Scorer:
+    """The model behind `model_uri` (default `models:/<settings.model_name>@champion`) from
+    settings.tracking_uri, ready to score on `device`. Raises ModelNotFoundError (one line)
+    for a URI outside the registry or one that does not resolve there."""
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    from features.vocabulary import Vocabulary
+    from models.device import resolve_device
+
+    uri = model_uri or f"models:/{settings.model_name}@{CHAMPION}"
+    name, version, artifact_uri = _resolve(settings, uri)
+    with tempfile.TemporaryDirectory(prefix="clickstream-model-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp))
+        except (MlflowException, OSError) as error:
+            raise ModelNotFoundError(f"cannot download model {uri}: {_first_line(error)}") from None
+        if not (local / "MLmodel").exists():
+            raise ModelNotFoundError(f"{uri} is not an MLflow model (no MLmodel file)")
+        try:
+            model = mlflow.pytorch.load_model(str(local), map_location="cpu").eval()
+            vocabulary = Vocabulary.load(local / VOCABULARY_FOLDER)
+        except (MlflowException, OSError, ValueError) as error:
+            raise ModelNotFoundError(f"{uri} is not a clickstream model: {_first_line(error)}") from None
+    return Scorer(name, version, model, vocabulary, str(resolve_device(device)))
+
+
+def _resolve(settings: Settings, uri: str) -> tuple[str, str, str]:
+    """(model name, version label, artifact URI) for a registry or run URI; refuses anything else."""
+    from mlflow.exceptions import MlflowException
+
+    store = redacted(settings.tracking_uri)
+    if _RUN_ID.match(uri):
+        uri = f"runs:/{uri}/{MODEL_ARTIFACT}"
+    models, runs = _MODELS_URI.match(uri), _RUNS_URI.match(uri)
+    if not (models or runs):  # refused before the store is even opened
+        raise ModelNotFoundError(
+            f"{uri!r} is not a registry model URI; use models:/NAME@ALIAS, models:/NAME/VERSION, "
+            f"runs:/RUN_ID/model or a run id from {store}"
+        )
+    client = tracking_client(settings)
+    try:
+        if models:
+            name = models["name"]
+            found = (
+                client.get_model_version(name, models["version"])
+                if models["version"]
+                else client.get_model_version_by_alias(name, models["alias"])
+            )
+            return name, str(found.version), f"models:/{name}/{found.version}"
+        client.get_run(runs["run"])
+        versions = client.search_model_versions(f"run_id='{runs['run']}'")
+        registered = [v for v in versions if v.name == settings.model_name]
+        label = str(registered[0].version) if registered else f"run-{runs['run']}"
+        return settings.model_name, label, uri
+    except MlflowException as error:
+        raise ModelNotFoundError(f"model {uri} not found in {store}: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

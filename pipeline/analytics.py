@@ -1,0 +1,136 @@
+"""What analysts ask of the lake: scored sessions with filters, SQL over the lake's tables,
+and one session's events with the model's running buying intent."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import TYPE_CHECKING
+
+from pipeline.config import Settings
+from pipeline.errors import ClickstreamError, NoDataError
+from pipeline.lake import Lake
+from pipeline.output import write_output
+from pipeline.scoring import cookie_intent_path
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from pipeline.scoring import Scorer
+
+__all__ = ["SQL_TABLES", "explain_session", "query_scores", "run_sql", "session_trace", "write_output"]
+
+# Tables `clickstream sql` sees; partitioned ones carry their partition `date` column.
+SQL_TABLES = ("events", "sequences", "scores", "cookie_intent", "quarantine")
+
+
+def query_scores(
+    settings: Settings,
+    start: dt.date | None,
+    end: dt.date | None,
+    *,
+    top: int | None = None,
+    min_score: float | None = None,
+    cookie: str | None = None,
+    session: str | None = None,
+) -> pl.DataFrame:
+    """Scored sessions of [start, end] (default: the latest scored date) passing every given
+    filter, sorted by score descending then session_id; `top` keeps the first N of that order.
+    Columns: date, then the SCORES columns."""
+    import polars as pl
+
+    from pipeline.schemas import SCORES
+
+    lake = Lake(settings.lake)
+    scored = lake.dates("scores")
+    if not scored:
+        raise NoDataError("no scores in the lake; run `clickstream score` first")
+    if start is None and end is None:
+        start = end = scored[-1]
+    scan = lake.scan("scores", start, end)
+    if scan is None:
+        return pl.DataFrame(schema={"date": pl.Date, **SCORES})
+    if cookie is not None:
+        scan = scan.filter(pl.col("cookie_id") == cookie)
+    if session is not None:
+        scan = scan.filter(pl.col("session_id") == session)
+    if min_score is not None:
+        scan = scan.filter(pl.col("score") >= min_score)
+    ordered = scan.select("date", *SCORES.names()).sort(["score", "session_id"], descending=[True, False])
+    return (ordered if top is None else ordered.head(top)).collect()
+
+
+def run_sql(settings: Settings, query: str) -> pl.DataFrame:
+    """The result of one polars SQL query over the lake's tables (SQL_TABLES), each registered
+    lazily and only when the query names it; an empty table has its schema and no rows.
+    Any SQL error becomes a one-line ClickstreamError."""
+    import polars as pl
+
+    if not query.strip():
+        raise ClickstreamError("empty SQL query")
+    lake = Lake(settings.lake)
+    named = {name: _sql_table(lake, name) for name in SQL_TABLES if re.search(rf"\b{name}\b", query, re.IGNORECASE)}
+    try:
+        return pl.SQLContext(frames=named).execute(query, eager=False).collect()
+    except pl.exceptions.PolarsError as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ClickstreamError(f"SQL error: {message} (tables: {', '.join(SQL_TABLES)})") from None
+
+
+def explain_session(settings: Settings, session_id: str, model_uri: str | None = None) -> pl.DataFrame:
+    """The session's input events in time order with the running buying intent after each,
+    from `model_uri` (default the champion); see session_trace for the columns."""
+    from models.scorer import load_scorer
+
+    return session_trace(find_session(Lake(settings.lake), session_id), load_scorer(settings, model_uri))
+
+
+def find_session(lake: Lake, session_id: str) -> pl.DataFrame:
+    """The one sequences/ row of `session_id` (the earliest start if several); NoDataError if absent."""
+    import polars as pl
+
+    scan = lake.scan("sequences")
+    found = None if scan is None else scan.filter(pl.col("session_id") == session_id).collect()
+    if found is None or found.height == 0:
+        raise NoDataError(f"session {session_id!r} is not in sequences/")
+    return found.sort("session_start").head(1)
+
+
+def session_trace(sequence: pl.DataFrame, scorer: Scorer) -> pl.DataFrame:
+    """One row per input event of a one-session `sequence`, in time order: position (from 1),
+    seconds_since_start (from the stored log gaps, to about 0.1%), event, item_id, category,
+    intent (running buy probability after the event) and change (from the previous event's
+    intent; the first event's change is its intent)."""
+    import polars as pl
+
+    from pipeline.schemas import EVENT_TYPES
+
+    intent = scorer.running_scores(sequence)
+    events = sequence.select("item_id", "category", "event_type", "log_gap_prev").explode(
+        ["item_id", "category", "event_type", "log_gap_prev"]
+    )
+    trace = events.select(
+        position=pl.int_range(1, pl.len() + 1, dtype=pl.Int32),
+        seconds_since_start=(pl.col("log_gap_prev").cast(pl.Float64).exp() - 1).cum_sum().round(1),
+        event=pl.col("event_type").replace_strict(
+            list(range(len(EVENT_TYPES))), list(EVENT_TYPES), return_dtype=pl.String
+        ),
+        item_id=pl.col("item_id"),
+        category=pl.col("category"),
+        intent=pl.Series(intent, dtype=pl.Float32),
+    )
+    return trace.with_columns(change=pl.col("intent").diff().fill_null(pl.col("intent")))
+
+
+def _sql_table(lake: Lake, name: str) -> pl.LazyFrame:
+    import polars as pl
+
+    from pipeline import schemas
+
+    if name == "cookie_intent":
+        path = cookie_intent_path(lake)
+        if not lake.fs.exists(path):
+            return pl.LazyFrame(schema=schemas.COOKIE_INTENT)
+        return pl.scan_parquet(path) if lake.is_local else lake.read_file(path).lazy()
+    scan = lake.scan(name)
+    return scan if scan is not None else pl.LazyFrame(schema={**getattr(schemas, name.upper()), "date": pl.Date})

@@ -1,0 +1,210 @@
+"""`clickstream demo`: the main job end to end on the embedded defaults, through the Airflow DAG.
+
+Generates `days` days of YOOCHOOSE-format landing data (one folder per UTC day, same seed so
+the same bytes), runs `clickstream_nightly` in-process for each day in order (as the scheduler
+would, one run per data interval), and ends with a short report plus the commands that open the
+Airflow and MLflow UIs on the same state. Like the scheduler, it never runs a day whose nightly
+run already succeeded, so running it again on the same state changes nothing and only reports
+(a failed day is run again: every step is idempotent).
+
+The first days have too little history to validate a model (validation_days + 1 days are
+needed), so their runs skip training and scoring with that reason; later days train, promote and
+score. After a promotion the demo runs clickstream_rescore, as the scheduler does on the
+`clickstream-champion` Asset, so the first days get scores too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import CHAMPION, Settings
+from pipeline.errors import ClickstreamError
+
+DEMO_START = dt.date(2014, 4, 1)  # inside the YOOCHOOSE period
+DEMO_SEED = 0
+
+
+@dataclass(frozen=True)
+class DemoDay:
+    """One nightly run of the demo and what it left in the lake for its day."""
+
+    day: dt.date
+    tasks: dict[str, str]
+    events: int
+    sessions: int
+    quarantined: int
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    """The demo's outcome; `str()` is the short report printed at the end."""
+
+    days: tuple[DemoDay, ...]
+    champion: str | None
+    lstm_auc: float
+    gbm_auc: float
+    top_sessions: str
+    airflow_ui: str
+    mlflow_ui: str
+    seconds: float
+
+    def __str__(self) -> str:
+        rows = [f"{'day':<12}{'events':>10}{'sessions':>10}{'quarantined':>13}  nightly run"]
+        rows += [
+            f"{d.day.isoformat():<12}{d.events:>10,}{d.sessions:>10,}{d.quarantined:>13,}  {_run_status(d.tasks)}"
+            for d in self.days
+        ]
+        champion = f"v{self.champion}" if self.champion else "none yet"
+        return "\n".join(
+            [
+                f"clickstream demo: {len(self.days)} days through clickstream_nightly in {self.seconds:.0f} s",
+                "",
+                *rows,
+                "",
+                f"champion: {champion}; validation AUC LSTM {self.lstm_auc:.4f} vs GBM baseline {self.gbm_auc:.4f}",
+                "",
+                "top 10 scored sessions (latest scored day):",
+                self.top_sessions,
+                "",
+                "Airflow UI (http://127.0.0.1:8080, login printed by standalone):",
+                f"  {self.airflow_ui}",
+                "MLflow UI (http://127.0.0.1:5000):",
+                f"  {self.mlflow_ui}",
+            ]
+        )
+
+
+def run_demo(settings: Settings, *, days: int = 5, sessions_per_day: int = 4_000) -> DemoReport:
+    """Generate `days` landing days from DEMO_START, run clickstream_nightly for each in date
+    order (skipping days whose run already succeeded) and report. Idempotent: a second run on the
+    same state runs nothing again and reports the same days and champion. Progress and Airflow's
+    task logs go to stderr, so stdout holds only the report.
+    Raises ClickstreamError naming the day and task when a nightly run fails."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return _run_demo(settings, days, sessions_per_day)
+
+
+def _run_demo(settings: Settings, days: int, sessions_per_day: int) -> DemoReport:
+    from pipeline.airflow_home import finished_run, prepare_airflow, run_dag_for_day
+    from pipeline.generate import generate_logs
+
+    began = time.perf_counter()
+    _say(f"preparing the embedded Airflow under {settings.home}")
+    airflow_home = prepare_airflow(settings)
+    _say(f"generating {days} days x {sessions_per_day:,} sessions of landing data in {settings.landing}")
+    generate_logs(
+        Path(settings.landing),
+        sessions=days * sessions_per_day,
+        days=days,
+        start_date=DEMO_START,
+        seed=DEMO_SEED,
+        by_day=True,
+    )
+    results, promoted = [], False
+    for index, day in enumerate(DEMO_START + dt.timedelta(days=i) for i in range(days)):
+        result = finished_run("clickstream_nightly", day)
+        if result is None:
+            _say(f"[{index + 1}/{days}] clickstream_nightly for {day} ...")
+            result = run_dag_for_day("clickstream_nightly", day)
+            promoted |= result.tasks.get("announce_champion") == "success"
+        else:
+            _say(f"[{index + 1}/{days}] {day} already done (as the scheduler, not run again)")
+        _say(f"[{index + 1}/{days}] {day}: {_run_status(result.tasks)}")
+        if not result.succeeded:
+            failed = ", ".join(t for t, s in result.tasks.items() if s in {"failed", "upstream_failed"})
+            raise ClickstreamError(f"clickstream_nightly failed for {day} (tasks: {failed}); see the log above")
+        results.append(result)
+    if promoted:
+        # what the scheduler does on the `clickstream-champion` Asset: re-score the recent days
+        _say("a new champion was published: clickstream_rescore re-scores the recent days ...")
+        rescored = run_dag_for_day("clickstream_rescore", results[-1].day)
+        _say(f"clickstream_rescore: {_run_status(rescored.tasks)}")
+
+    airflow_ui, mlflow_ui = ui_commands(settings, airflow_home)
+    champion, lstm_auc, gbm_auc = _champion_metrics(settings)
+    return DemoReport(
+        days=tuple(_demo_day(settings, r.day, r.tasks) for r in results),
+        champion=champion,
+        lstm_auc=lstm_auc,
+        gbm_auc=gbm_auc,
+        top_sessions=_top_sessions(settings),
+        airflow_ui=airflow_ui,
+        mlflow_ui=mlflow_ui,
+        seconds=time.perf_counter() - began,
+    )
+
+
+def ui_commands(settings: Settings, airflow_home: Path) -> tuple[str, str]:
+    """The shell commands that open the Airflow and the MLflow UI, both bound to 127.0.0.1. A value
+    holding credentials (user:password@ in a URI) is printed as a reference to its environment
+    variable, so the report never shows a password."""
+    from pipeline.airflow_home import airflow_environ
+
+    environ = airflow_environ(settings, airflow_home)
+    airflow = " ".join(f"{k}={_shell_value(k, v)}" for k, v in environ.items()) + " airflow standalone"
+    store = _shell_value("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    return airflow, f"mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000"
+
+
+def _shell_value(name: str, value: str) -> str:
+    from models.registry import redacted
+
+    return shlex.quote(value) if redacted(value) == value else f'"${name}"'
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _run_status(tasks: dict[str, str]) -> str:
+    """`skipped: train, score` style (the tasks that did not succeed, by state), else `all tasks succeeded`."""
+    by_state: dict[str, list[str]] = {}
+    for task, state in tasks.items():
+        if state != "success":
+            by_state.setdefault(state, []).append(task)
+    return "; ".join(f"{state}: {', '.join(names)}" for state, names in by_state.items()) or "all tasks succeeded"
+
+
+def _demo_day(settings: Settings, day: dt.date, tasks: dict[str, str]) -> DemoDay:
+    from pipeline.lake import Lake
+
+    lake = Lake(settings.lake)
+
+    def rows(table: str) -> int:
+        frame = lake.scan(table, day, day)
+        return 0 if frame is None else int(frame.select("date").collect().height)
+
+    return DemoDay(day, tasks, rows("events"), rows("sequences"), rows("quarantine"))
+
+
+def _champion_metrics(settings: Settings) -> tuple[str | None, float, float]:
+    """The champion version and its run's LSTM and GBM validation AUCs (NaN when unknown)."""
+    from models.registry import alias_version, tracking_client
+
+    version = alias_version(settings, CHAMPION)
+    if version is None:
+        return None, math.nan, math.nan
+    client = tracking_client(settings)
+    metrics = client.get_run(client.get_model_version(settings.model_name, version).run_id).data.metrics
+    return version, metrics.get("val_auc", math.nan), metrics.get("gbm_val_auc", math.nan)
+
+
+def _top_sessions(settings: Settings) -> str:
+    import polars as pl
+
+    from pipeline.analytics import query_scores
+
+    try:
+        top = query_scores(settings, None, None, top=10)
+    except ClickstreamError as error:
+        return f"  (none: {error})"
+    columns = ["session_id", "session_start", "n_events", "score", "model_version"]
+    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_rows=10):
+        return str(top.select(columns))

@@ -1,0 +1,318 @@
+"""The nightly job's steps as plain functions: the Airflow DAGs only wire them, tests call them directly.
+
+Every step takes `Settings` and the UTC day it works for, and returns a small dict of plain
+values (counts, dates as ISO strings, versions) that travels through XCom. Each step is
+idempotent for its day: re-running it replaces the same lake partitions with the same rows and
+reuses the model version trained on the same window and data.
+
+"Nothing to do" (no landing files yet, too little history to train) is a `NoDataError`; the DAGs
+turn it into an Airflow skip with the error's one-line reason (`skip_when_no_data`).
+
+Schedule, window and resources live in ONE place: `NIGHTLY` (a `NightlyConfig`) below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.util
+import logging
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import CHAMPION, Settings
+from pipeline.errors import ClickstreamError, NoDataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    """How and when the clickstream DAGs run: the one place to change schedule, window or resources."""
+
+    schedule: str = "@daily"  # any daily cron; a run covers the UTC day its data interval starts on
+    window_days: int = 30  # training window, ending at the run's day (DAG param `window_days`)
+    epochs: int | None = None  # None: TrainConfig.epochs (DAG param `epochs`)
+    device: str = "auto"  # auto | cpu | cuda (DAG param `device`)
+    retries: int = 3  # for infrastructure errors; input/data errors (ClickstreamError) never retry
+    retry_delay: dt.timedelta = dt.timedelta(minutes=2)  # doubles on each retry...
+    max_retry_delay: dt.timedelta = dt.timedelta(minutes=30)  # ...up to this
+    task_timeout: dt.timedelta = dt.timedelta(hours=1)  # every task but training
+    train_timeout: dt.timedelta = dt.timedelta(hours=4)
+    late_after: dt.timedelta = dt.timedelta(hours=6)  # deadline alert: a run still unfinished this long after queueing
+    gpu_pool: str = "gpu"  # training runs in this pool and queue
+    gpu_queue: str = "gpu"
+    gpu_pool_slots: int = 1  # trainings at once (created by `prepare_airflow`)
+    gpus_per_training: int = 1  # nvidia.com/gpu requested by the KubernetesExecutor pod
+    rescore_days: int = 7  # a new champion re-scores the latest this-many sequence days
+    report_days: int = 7  # the nightly report covers the latest this-many days
+
+
+NIGHTLY = NightlyConfig()
+
+# Asset names: clickstream_nightly publishes both; clickstream_rescore runs on a new champion.
+SCORES_ASSET = "clickstream-scores"
+CHAMPION_ASSET = "clickstream-champion"
+
+
+# ---- the day a run covers --------------------------------------------------------------------
+def run_day(data_interval_start: dt.datetime) -> dt.date:
+    """The UTC day a run works on: the date its data interval starts (never the wall clock)."""
+    return data_interval_start.astimezone(dt.UTC).date()
+
+
+def training_window(day: dt.date, window_days: int) -> tuple[dt.date, dt.date]:
+    """The rolling training window: `window_days` days ending at `day`, both ends inclusive."""
+    if window_days < 1:
+        raise ValueError(f"window_days must be at least 1, got {window_days}")
+    return day - dt.timedelta(days=window_days - 1), day
+
+
+# ---- landing -> events -> sequences ----------------------------------------------------------
+_YOOCHOOSE_CLICKS = "*clicks*.dat*"
+_YOOCHOOSE_BUYS = "*buys*.dat*"
+_EVENT_LOGS = ("events*.jsonl*", "events*.json*", "events*.csv*", "events*.parquet")
+
+
+def find_landing(settings: Settings, day: dt.date) -> dict[str, Any]:
+    """The raw files of `<landing>/YYYY-MM-DD/`, sorted by name: YOOCHOOSE clicks and buys, or cookie
+    event logs named `events*`. Other files there (e.g. the generator's truth.parquet) are ignored.
+
+    Raises NoDataError (the DAG skips the run) when the folder is missing or holds no raw log.
+    """
+    folder = Path(settings.landing) / day.isoformat()
+
+    def matching(*patterns: str) -> list[str]:
+        found = {p for pattern in patterns for p in folder.glob(pattern) if p.is_file() and not p.name.startswith(".")}
+        return sorted(str(p) for p in found)
+
+    clicks, buys = matching(_YOOCHOOSE_CLICKS), matching(_YOOCHOOSE_BUYS)
+    if clicks:
+        return {"day": day.isoformat(), "format": "yoochoose", "files": clicks, "buys": buys}
+    events = matching(*_EVENT_LOGS)
+    if events:
+        return {"day": day.isoformat(), "format": "events", "files": events, "buys": []}
+    raise NoDataError(f"no landing files for {day} in {folder}: nothing to ingest, the run is skipped")
+
+
+def ingest_landing(settings: Settings, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """Ingest one day's landing files (a `find_landing` result) into events/; bad rows to quarantine/.
+
+    Idempotent per batch: the same files give the same events/ partitions.
+    """
+    from pipeline.ingest import ingest_files
+
+    day = dt.date.fromisoformat(batch["day"])
+    summary = ingest_files(settings, batch["format"], batch["files"], batch["buys"], ingestion_date=day)
+    counts = {name: int(getattr(summary, name)) for name in ("rows_read", "rows_written", "quarantined", "duplicates")}
+    return {"day": batch["day"], **counts}
+
+
+def rebuild_sequences(settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:
+    """Rebuild sequences/ for [start - 1 day, end]: the day before too, so a session that crossed
+    midnight into `start` is complete in its start day's partition. Idempotent (each partition is
+    replaced atomically with the same rows)."""
+    from features.sequences import build_sequences
+
+    summary = build_sequences(settings, start - dt.timedelta(days=1), end)
+    return {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "dates": [d.isoformat() for d in summary.dates],
+        "sessions": summary.sessions,
+        "buyers": summary.buyers,
+    }
+
+
+# ---- model -----------------------------------------------------------------------------------
+def train_for_day(
+    settings: Settings, day: dt.date, *, window_days: int, epochs: int | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """Train a challenger on the sessions starting in the window ending at `day` and register it
+    (alias `challenger`); the same window, data and configuration reuse the version already registered.
+
+    Raises NoDataError (the DAG skips training) until the window holds validation_days + 1 days of
+    sequences: the last validation_days validate, at least one day trains.
+    """
+    from models.train import train_challenger
+    from pipeline.lake import Lake
+
+    start, end = training_window(day, window_days)
+    have = [d for d in Lake(settings.lake).dates("sequences") if start <= d <= end]
+    need = settings.train.validation_days + 1
+    if len(have) < need:
+        raise NoDataError(
+            f"training needs {need} days of sequences in {start}..{end} "
+            f"({settings.train.validation_days} validate), found {len(have)}: training skipped"
+        )
+    summary = train_challenger(settings, start, end, epochs=epochs, device=device)
+    return {
+        "version": str(summary.version),
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "val_auc": float(summary.val_auc),
+        "gbm_val_auc": float(summary.gbm_val_auc),
+        "reused": bool(summary.reused),
+    }
+
+
+def promote_challenger(settings: Settings, trained: Mapping[str, Any]) -> dict[str, Any]:
+    """Make the trained version champion only if it beats the current champion on the same
+    validation sessions (its own validation days); otherwise the champion is left unchanged."""
+    from models.registry import promote_if_better
+
+    decision = promote_if_better(settings, trained["version"])
+    return {
+        "version": decision.version,
+        "promoted": decision.promoted,
+        "reason": decision.reason,
+        "champion": decision.version if decision.promoted else decision.champion_version,
+    }
+
+
+# ---- scores and report -----------------------------------------------------------------------
+def score_days(settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:
+    """Score the sessions of sequences/ dates in [start, end] with the champion into scores/.
+
+    Raises NoDataError (the DAG skips scoring) while there is no champion yet.
+    Idempotent: the same champion and sequences give the same scores (only scored_at differs).
+    """
+    from models.registry import alias_version
+    from pipeline.scoring import score_dates
+
+    if alias_version(settings, CHAMPION) is None:
+        raise NoDataError(f"no {CHAMPION} model registered yet: scoring starts after the first promotion")
+    summary = score_dates(settings, start, end)
+    return {
+        "dates": [d.isoformat() for d in summary.dates],
+        "sessions": summary.sessions,
+        "model_version": summary.model_version,
+    }
+
+
+def write_day_report(settings: Settings, day: dt.date, report_days: int) -> dict[str, Any]:
+    """Write the HTML report over the `report_days` days ending at `day` to
+    <home>/reports/clickstream-YYYY-MM-DD.html (replaced atomically); returns its path."""
+    from pipeline.report import write_report
+
+    out = Path(settings.home) / "reports" / f"clickstream-{day.isoformat()}.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = write_report(settings, day - dt.timedelta(days=report_days - 1), day, out)
+    return {"path": str(out), "summary": str(summary)}
+
+
+def backfill_dates(start: str, end: str, max_days: int = 366) -> list[str]:
+    """The ISO dates from `start` to `end` inclusive, ascending; ClickstreamError for a reversed or
+    over-long range (a typo should not start a year of work)."""
+    try:
+        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    except ValueError:
+        raise ClickstreamError(f"backfill start {start!r} / end {end!r} must be YYYY-MM-DD dates") from None
+    days = (last - first).days + 1
+    if not 1 <= days <= max_days:
+        raise ClickstreamError(f"backfill {start}..{end} must hold 1 to {max_days} days, not {days}")
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(days)]
+
+
+def rescore_recent(settings: Settings, days: int) -> dict[str, Any]:
+    """Re-score the latest `days` dates of sequences/ with the (new) champion."""
+    from pipeline.lake import Lake
+
+    dates = Lake(settings.lake).dates("sequences")[-days:]
+    if not dates:
+        raise NoDataError("sequences/ is empty: nothing to re-score")
+    return score_days(settings, dates[0], dates[-1])
+
+
+# ---- Airflow glue (airflow imported lazily) -------------------------------------------------------
+def task_defaults(config: NightlyConfig = NIGHTLY) -> dict[str, Any]:
+    """default_args shared by the clickstream DAGs: exponential back-off retries for
+    infrastructure errors, none for input/data errors (a retry would fail the same way) except a
+    partition lock held by another run, a timeout per task, and the failure callback."""
+    from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+
+    return {
+        "owner": "clickstream",
+        "retries": config.retries,
+        "retry_delay": config.retry_delay,
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": config.max_retry_delay,
+        "retry_policy": ExceptionRetryPolicy(
+            rules=[
+                RetryRule(exception="pipeline.errors.LockedError", action=RetryAction.RETRY, reason="partition busy"),
+                RetryRule(
+                    exception="pipeline.errors.ClickstreamError",
+                    action=RetryAction.FAIL,
+                    reason="input or data problem: a retry would fail the same way",
+                ),
+            ]
+        ),
+        "execution_timeout": config.task_timeout,
+        "on_failure_callback": log_task_failure,
+    }
+
+
+@contextlib.contextmanager
+def skip_when_no_data() -> Iterator[None]:
+    """Turn a NoDataError (nothing to do for this interval) into an Airflow skip with its reason;
+    the DAG's trigger rules then skip what depends on it."""
+    try:
+        yield
+    except NoDataError as error:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        log.warning("skipped: %s", error)
+        raise AirflowSkipException(str(error)) from error
+
+
+def log_task_failure(context: Mapping[str, Any]) -> None:
+    """on_failure_callback: one clear log line per failed task; the hook point for alerting."""
+    ti = context.get("ti")
+    interval = context.get("data_interval_start")
+    log.error(
+        "clickstream task FAILED: dag=%s task=%s day=%s try=%s error=%s",
+        getattr(ti, "dag_id", "?"),
+        getattr(ti, "task_id", "?"),
+        run_day(interval) if interval else "?",
+        getattr(ti, "try_number", "?"),
+        " ".join(str(context.get("exception", "")).split()),
+    )
+
+
+async def alert_late_run(context: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    """Deadline callback (runs in the triggerer): one clear log line for a run that missed its
+    deadline; the hook point for alerting."""
+    dag_run = (context or {}).get("dag_run", kwargs)
+    log.error("clickstream run LATE: %s has not finished within %s of being queued", dag_run, NIGHTLY.late_after)
+
+
+def late_run_deadline(config: NightlyConfig = NIGHTLY) -> Any:
+    """A DeadlineAlert calling `alert_late_run` for a run unfinished `late_after` after it was
+    queued; None under `airflow dags test`, whose in-memory run (Airflow 3.3.2) cannot be marked
+    finished when the DAG has a deadline. The scheduler evaluates it as usual."""
+    if sys.argv[1:3] == ["dags", "test"]:
+        return None
+    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=config.late_after,
+        callback=AsyncCallback(alert_late_run),
+    )
+
+
+def gpu_executor_config(gpus: int) -> dict[str, Any]:
+    """executor_config for the training task: a KubernetesExecutor pod_override requesting
+    `gpus` nvidia.com/gpu. The KubernetesExecutor needs a `kubernetes.client` V1Pod, so the
+    override is built only where that client is installed (it comes with the cncf-kubernetes
+    provider that executor needs); elsewhere (Local/Celery executors) it is empty."""
+    if importlib.util.find_spec("kubernetes") is None:
+        return {}
+    from kubernetes.client import models as k8s
+
+    gpu = {"nvidia.com/gpu": str(gpus)}
+    container = k8s.V1Container(name="base", resources=k8s.V1ResourceRequirements(limits=gpu, requests=gpu))
+    return {"pod_override": k8s.V1Pod(spec=k8s.V1PodSpec(containers=[container]))}

@@ -1,0 +1,152 @@
+"""Vectorised parsers and checks for raw string fields, shared by the format readers.
+
+Each parser takes a String expression and returns the typed value, null where the text
+does not parse; a reader pairs them with quarantine reasons via `first_reason`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+
+from pipeline.raw_files import LineChunk, SplitLines
+from pipeline.schemas import EVENTS, UTC_TS, conform
+
+EARLIEST_EVENT = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
+MAX_ID_DIGITS = 18  # every id of up to 18 digits fits a signed 64-bit integer
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """Timestamps an ingest accepts: from 1990 to the end of the day after the ingestion date."""
+
+    earliest: dt.datetime
+    latest: dt.datetime  # exclusive
+
+    @classmethod
+    def for_ingestion(cls, ingestion_date: dt.date) -> TimeWindow:
+        end = dt.datetime.combine(ingestion_date + dt.timedelta(days=2), dt.time(), tzinfo=dt.UTC)
+        return cls(EARLIEST_EVENT, end)
+
+    def excludes(self, ts: pl.Expr) -> pl.Expr:
+        return (ts < self.earliest) | (ts >= self.latest)
+
+
+def first_reason(checks: list[tuple[pl.Expr, str]]) -> pl.Expr:
+    """The reason of the first check that holds (checks are "this row is bad" conditions), else null."""
+    reason = pl.lit(None, dtype=pl.String)
+    for bad, text in reversed(checks):
+        reason = pl.when(bad).then(pl.lit(text)).otherwise(reason)
+    return reason
+
+
+def is_numeric_id(text: pl.Expr) -> pl.Expr:
+    """Digits only, at most MAX_ID_DIGITS of them: a non-negative id that fits int64."""
+    return text.str.contains(rf"^[0-9]{{1,{MAX_ID_DIGITS}}}$")
+
+
+def iso_timestamp(text: pl.Expr) -> pl.Expr:
+    """ISO-8601 with "Z" or a UTC offset (fraction optional) as UTC microseconds."""
+    return text.str.replace(r"Z$", "+00:00").str.to_datetime(
+        "%Y-%m-%dT%H:%M:%S%.f%z", time_unit="us", time_zone="UTC", strict=False
+    )
+
+
+def zulu_timestamp(text: pl.Expr) -> pl.Expr:
+    """YOOCHOOSE's `2014-04-07T10:51:09.277Z` (fraction optional) as UTC microseconds."""
+    return text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us", time_zone="UTC", strict=False)
+
+
+def epoch_ms_timestamp(text: pl.Expr) -> pl.Expr:
+    """Integer epoch milliseconds (up to 15 digits, optionally negative) as UTC microseconds."""
+    millis = pl.when(text.str.contains(r"^-?[0-9]{1,15}$")).then(text.str.to_integer(strict=False))
+    return (millis * 1000).cast(pl.Datetime("us")).dt.replace_time_zone("UTC").cast(UTC_TS)
+
+
+def event_timestamp(text: pl.Expr) -> pl.Expr:
+    """An event log's `ts`: epoch milliseconds or ISO-8601 with an offset."""
+    return pl.coalesce(epoch_ms_timestamp(text), iso_timestamp(text))
+
+
+def price(text: pl.Expr) -> pl.Expr:
+    """A non-negative decimal price; 0 means unknown and becomes null (as does bad text)."""
+    value = pl.when(text.str.contains(r"^[0-9]{1,15}(\.[0-9]{1,9})?$")).then(text.cast(pl.Float64, strict=False))
+    return pl.when(value > 0).then(value)
+
+
+def quantity(text: pl.Expr) -> pl.Expr:
+    """A non-negative integer quantity; 0 means unknown and becomes null (as does bad text)."""
+    value = pl.when(text.str.contains(r"^[0-9]{1,9}$")).then(text.str.to_integer(strict=False)).cast(pl.Int32)
+    return pl.when(value > 0).then(value)
+
+
+def is_bad_optional(text: pl.Expr, parsed: pl.Expr, zero: pl.Expr) -> pl.Expr:
+    """Text is present but did not parse (a parsed null is fine when the text meant 0 = unknown)."""
+    return text.is_not_null() & parsed.is_null() & ~zero
+
+
+def is_zero(text: pl.Expr) -> pl.Expr:
+    return text.str.contains(r"^0+(\.0+)?$")
+
+
+@dataclass(frozen=True)
+class ParsedChunk:
+    """What a reader makes of a chunk: canonical events (EVENTS columns) and rejected rows."""
+
+    events: pl.DataFrame
+    rejects: pl.DataFrame  # line, raw, reason
+
+
+def raw(name: str) -> pl.Expr:
+    """A row's raw text field `name` (as split from the line), null when empty."""
+    return pl.col(f"raw_{name}")
+
+
+def validate(
+    rows: pl.DataFrame,
+    values: dict[str, pl.Expr],
+    checks: list[tuple[pl.Expr, str]],
+    *,
+    source: str,
+    labelled: bool,
+    raw_text: Callable[[pl.DataFrame], pl.Series],
+) -> ParsedChunk:
+    """Split parsed rows into canonical events and rejects.
+
+    `rows` holds `line` and one String column per field; `values` computes EVENTS columns
+    from `raw(field)`; `checks` (which may use both) give each bad row its first reason;
+    `raw_text` renders the bad rows' original text. Both outputs keep the rows' order.
+    """
+    frame = rows.rename(lambda name: name if name == "line" else f"raw_{name}")
+    frame = frame.with_columns(**values).with_columns(first_reason(checks).alias("reason"))
+    bad = frame.filter(pl.col("reason").is_not_null())
+    rejects = bad.select("line", raw_text(bad).alias("raw"), "reason")
+    good = frame.filter(pl.col("reason").is_null())
+    constants = {"source": pl.lit(source), "labelled": pl.lit(labelled)}
+    missing = [
+        constants.get(name, pl.lit(None, dtype=dtype)).alias(name)
+        for name, dtype in EVENTS.items()
+        if name not in values
+    ]
+    return ParsedChunk(conform(good.with_columns(missing), EVENTS), rejects)
+
+
+def validate_lines(
+    chunk: LineChunk,
+    split: SplitLines,
+    values: dict[str, pl.Expr],
+    checks: list[tuple[pl.Expr, str]],
+    *,
+    source: str,
+    labelled: bool,
+) -> ParsedChunk:
+    """`validate` for the rows of a chunk of lines; rejects of both steps, in line order."""
+
+    def line_text(bad: pl.DataFrame) -> pl.Series:
+        return pl.Series(chunk.text(bad["line"].to_numpy() - chunk.first_line), dtype=pl.String)
+
+    parsed = validate(split.rows, values, checks, source=source, labelled=labelled, raw_text=line_text)
+    return ParsedChunk(parsed.events, pl.concat([split.rejects, parsed.rejects]).sort("line"))

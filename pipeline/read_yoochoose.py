@@ -1,0 +1,85 @@
+"""YOOCHOOSE (RecSys Challenge 2015) clicks and buys files, CSV without a header.
+
+    clicks: session_id,timestamp,item_id,category      -> `view` events
+    buys:   session_id,timestamp,item_id,price,quantity -> `purchase` events
+
+Ids are non-negative integers of at most 18 digits, kept as their source text; timestamps
+are `2014-04-07T10:51:09.277Z`; a category is `0`, `1`..`12`, `S` or a brand id of 8-10
+digits; price and quantity 0 mean unknown and become null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.raw_fields import (
+    ParsedChunk,
+    TimeWindow,
+    is_bad_optional,
+    is_numeric_id,
+    is_zero,
+    price,
+    quantity,
+    raw,
+    validate_lines,
+    zulu_timestamp,
+)
+from pipeline.raw_files import iter_line_chunks, split_fields
+
+SOURCE = "yoochoose"
+CLICK_FIELDS = ["session_id", "timestamp", "item_id", "category"]
+BUY_FIELDS = ["session_id", "timestamp", "item_id", "price", "quantity"]
+CATEGORY = r"^(S|[0-9]|1[0-2]|[0-9]{8,10})$"
+HEADER_LIKE = r"^[A-Za-z_ ]+$"
+
+
+def read_clicks(path: Path, window: TimeWindow, *, labelled: bool) -> Iterator[ParsedChunk]:
+    """A clicks file as `view` events, chunk by chunk in file order."""
+    for chunk in iter_line_chunks(path):
+        split = split_fields(chunk, CLICK_FIELDS)
+        values = {**_common_values(), "event_type": pl.lit("view"), "category": raw("category")}
+        checks = [
+            *_common_checks(CLICK_FIELDS, window),
+            (raw("category").is_null(), "missing category"),
+            (~raw("category").str.contains(CATEGORY), "unparsable category"),
+        ]
+        yield validate_lines(chunk, split, values, checks, source=SOURCE, labelled=labelled)
+
+
+def read_buys(path: Path, window: TimeWindow) -> Iterator[ParsedChunk]:
+    """A buys file as `purchase` events with price and quantity, chunk by chunk in file order."""
+    for chunk in iter_line_chunks(path):
+        split = split_fields(chunk, BUY_FIELDS)
+        values = {
+            **_common_values(),
+            "event_type": pl.lit("purchase"),
+            "price": price(raw("price")),
+            "quantity": quantity(raw("quantity")),
+        }
+        checks = [
+            *_common_checks(BUY_FIELDS, window),
+            (is_bad_optional(raw("price"), pl.col("price"), is_zero(raw("price"))), "unparsable price"),
+            (is_bad_optional(raw("quantity"), pl.col("quantity"), is_zero(raw("quantity"))), "unparsable quantity"),
+        ]
+        yield validate_lines(chunk, split, values, checks, source=SOURCE, labelled=True)
+
+
+def _common_values() -> dict[str, pl.Expr]:
+    return {"session_id": raw("session_id"), "ts": zulu_timestamp(raw("timestamp")), "item_id": raw("item_id")}
+
+
+def _common_checks(fields: list[str], window: TimeWindow) -> list[tuple[pl.Expr, str]]:
+    header = pl.all_horizontal(raw(name).str.contains(HEADER_LIKE) for name in fields)
+    return [
+        (header, "header line in a headerless file"),
+        (raw("session_id").is_null(), "missing session_id"),
+        (~is_numeric_id(raw("session_id")), "unparsable session_id"),
+        (raw("timestamp").is_null(), "missing timestamp"),
+        (pl.col("ts").is_null(), "unparsable timestamp"),
+        (window.excludes(pl.col("ts")), "impossible timestamp"),
+        (raw("item_id").is_null(), "missing item_id"),
+        (~is_numeric_id(raw("item_id")), "unparsable item_id"),
+    ]

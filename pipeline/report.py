@@ -1,0 +1,351 @@
+"""One self-contained HTML report for analysts: volumes per day, the score distribution,
+lift by score decile against actual buy rates, ROC and calibration of the champion on the
+latest labelled days, and every registered model version's validation AUC over time.
+
+Plots are PNGs embedded as base64 (matplotlib's Agg backend, imported lazily), so the one
+file opens anywhere offline. A section without data says so instead of failing the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.config import CHALLENGER, CHAMPION, Settings
+from pipeline.errors import NoDataError
+from pipeline.lake import Lake
+from pipeline.output import format_cells, replace_file
+
+if TYPE_CHECKING:
+    import polars as pl
+    from matplotlib.figure import Figure
+
+LABELLED_DAYS = 7  # ROC and calibration use the latest days with known outcomes, at most this many
+DECILES = 10
+
+
+@dataclass(frozen=True)
+class Section:
+    """One titled part of the report: a note, then any images (base64 PNG) and an HTML table."""
+
+    title: str
+    note: str
+    images: tuple[str, ...] = ()
+    table: str = ""
+
+
+def write_report(settings: Settings, start: dt.date | None, end: dt.date | None, out: Path) -> str:
+    """Write the HTML report for scored dates in [start, end] (default: every scored date) to
+    `out` atomically; returns a one-line summary. NoDataError when no date in the window was scored."""
+    lake = Lake(settings.lake)
+    scored_days = [d for d in lake.dates("scores") if (start is None or d >= start) and (end is None or d <= end)]
+    if not scored_days:
+        raise NoDataError("no scored dates in that window; run `clickstream score` first")
+    first, last = scored_days[0], scored_days[-1]
+    scores = scored_sessions(lake, first, last)
+    versions = model_versions(settings)
+    champion = next((v["version"] for v in versions.iter_rows(named=True) if CHAMPION in v["aliases"]), None)
+    sections = [
+        volume_section(lake, first, last),
+        distribution_section(scores),
+        lift_section(scores),
+        champion_section(scores, champion),
+        versions_section(versions),
+    ]
+    document = render(f"clickstream report {first}..{last}", sections, settings.model_name, champion)
+    replace_file(Path(out), lambda tmp: Path(tmp).write_text(document, encoding="utf-8"))
+    plots = sum(len(s.images) for s in sections)
+    return f"report for {first}..{last}: {scores.height:,} scored sessions, {plots} plots -> {out}"
+
+
+def scored_sessions(lake: Lake, start: dt.date, end: dt.date) -> pl.DataFrame:
+    """Scores of [start, end] with the session's label (null when unknown), sorted by date, session_id."""
+    import polars as pl
+
+    scores = lake.scan("scores", start, end)
+    assert scores is not None  # the caller checked that these dates hold scores
+    labels = lake.scan("sequences", start, end)
+    frame = scores.select("date", "session_id", "n_events", "score", "model_version")
+    if labels is None:
+        frame = frame.with_columns(label=pl.lit(None, dtype=pl.Boolean))
+    else:
+        frame = frame.join(labels.select("date", "session_id", "label"), on=["date", "session_id"], how="left")
+    return frame.sort("date", "session_id").collect()
+
+
+def model_versions(settings: Settings) -> pl.DataFrame:
+    """Every registered version of the model, sorted by registration time: version, registered
+    (UTC), aliases, val_auc and gbm_val_auc of its run (own validation window), and from the
+    champion gate's tags the decision and the head-to-head AUCs of challenger and the champion
+    it faced on the same sessions (nulls where not recorded). Empty when nothing is registered."""
+    import polars as pl
+
+    from models.registry import alias_version, tracking_client
+
+    client = tracking_client(settings)
+    aliases = {alias: alias_version(settings, alias) for alias in (CHAMPION, CHALLENGER)}
+    rows = []
+    for version in client.search_model_versions(f"name='{settings.model_name}'"):
+        metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+        tags = version.tags
+        rows.append(
+            {
+                "version": str(version.version),
+                "registered": dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC),
+                "aliases": [alias for alias, number in aliases.items() if number == str(version.version)],
+                "val_auc": metrics.get("val_auc"),
+                "gbm_val_auc": metrics.get("gbm_val_auc"),
+                "decision": tags.get("promotion_decision"),
+                "challenger_auc": _number(tags.get("challenger_val_auc")),
+                "champion_auc": _number(tags.get("champion_val_auc")),
+            }
+        )
+    schema = {
+        "version": pl.String,
+        "registered": pl.Datetime("us", "UTC"),
+        "aliases": pl.List(pl.String),
+        "val_auc": pl.Float64,
+        "gbm_val_auc": pl.Float64,
+        "decision": pl.String,
+        "challenger_auc": pl.Float64,
+        "champion_auc": pl.Float64,
+    }
+    return pl.DataFrame(rows, schema=schema).sort("registered", "version")
+
+
+def _number(text: str | None) -> float | None:
+    """A tag's float value; None when absent or NaN (no champion to compare with)."""
+    value = float(text) if text else math.nan
+    return None if math.isnan(value) else value
+
+
+def volume_section(lake: Lake, start: dt.date, end: dt.date) -> Section:
+    """Events, sessions and quarantined rows per day (from Parquet row counts, no data read)."""
+    import polars as pl
+
+    counts = pl.DataFrame(
+        {
+            "date": pl.date_range(start, end, "1d", eager=True),
+            **{name: _rows_per_day(lake, table, start, end) for name, table in _VOLUME_TABLES.items()},
+        }
+    )
+    fig, axes = _figure(nrows=3, height=6.5, sharex=True)
+    for ax, name in zip(axes, _VOLUME_TABLES, strict=True):
+        ax.bar(counts["date"].cast(pl.String).to_list(), counts[name].to_list(), color="#4c72b0")
+        ax.set_ylabel(name.replace("_", " "))
+    axes[-1].tick_params(axis="x", labelrotation=45)
+    note = "Rows per day: events by event date, sessions by start date, quarantined rows by ingestion date."
+    return Section("Volumes per day", note, (_png(fig),), html_table(counts))
+
+
+_VOLUME_TABLES = {"events": "events", "sessions": "sequences", "quarantined_rows": "quarantine"}
+
+
+def distribution_section(scores: pl.DataFrame) -> Section:
+    """Histogram of buying-intent scores, one step curve per model version."""
+    import polars as pl
+
+    fig, ax = _figure()
+    for version in scores["model_version"].unique().sort().to_list():
+        part = scores.filter(pl.col("model_version") == version)["score"].to_numpy()
+        ax.hist(part, bins=50, range=(0, 1), histtype="step", linewidth=1.5, label=f"v{version}")
+    ax.set(xlabel="buying-intent score", ylabel="sessions", yscale="log", title="Score distribution")
+    ax.legend()
+    summary = (
+        scores.group_by("model_version")
+        .agg(
+            sessions=pl.len(),
+            mean_score=pl.col("score").mean(),
+            median_score=pl.col("score").median(),
+            share_over_half=(pl.col("score") >= 0.5).mean(),
+        )
+        .sort("model_version")
+    )
+    return Section("Score distribution", f"{scores.height:,} scored sessions.", (_png(fig),), html_table(summary))
+
+
+def lift_table(scores: pl.DataFrame) -> pl.DataFrame:
+    """Labelled sessions by score decile (10 = highest scores; ties broken by session_id): sessions,
+    mean score, actual buy rate, and lift = decile buy rate / overall buy rate. Sorted by decile."""
+    import polars as pl
+
+    labelled = scores.filter(pl.col("label").is_not_null()).sort("score", "session_id")
+    overall = labelled["label"].mean()
+    return (
+        labelled.with_columns(decile=(pl.int_range(pl.len()) * DECILES // pl.len() + 1).cast(pl.Int32))
+        .group_by("decile")
+        .agg(sessions=pl.len(), mean_score=pl.col("score").mean(), buy_rate=pl.col("label").cast(pl.Float64).mean())
+        .with_columns(lift=pl.col("buy_rate") / overall if overall else pl.lit(None, dtype=pl.Float64))
+        .sort("decile")
+    )
+
+
+def lift_section(scores: pl.DataFrame) -> Section:
+    """Actual buy rate and lift per score decile, where labels are known."""
+    table = lift_table(scores)
+    if table.height == 0 or table["lift"].is_null().all():
+        return Section("Lift by score decile", "No scored session in the window has a known outcome.")
+    fig, ax = _figure()
+    ax.bar(table["decile"].to_list(), table["buy_rate"].to_list(), color="#55a868", label="actual buy rate")
+    ax.plot(table["decile"].to_list(), table["mean_score"].to_list(), "k.-", label="mean score")
+    ax.set(xlabel="score decile (10 = highest)", ylabel="buy rate", title="Buy rate by score decile")
+    ax.set_xticks(range(1, DECILES + 1))
+    ax.legend()
+    top = table.filter(table["decile"] == table["decile"].max())["lift"][0]
+    note = f"{table['sessions'].sum():,} labelled sessions; the top decile buys {top:.1f}x as often as average."
+    return Section("Lift by score decile", note, (_png(fig),), html_table(table))
+
+
+def champion_section(scores: pl.DataFrame, champion: str | None) -> Section:
+    """ROC and calibration of the champion's scores on the latest (up to LABELLED_DAYS) days that
+    have both outcomes; without a registered champion, of the most recent model version scored."""
+    import polars as pl
+
+    from models.evaluation import evaluate, write_plots
+
+    version = champion if champion is not None else _latest_version(scores)
+    mine = scores.filter((pl.col("model_version") == version) & pl.col("label").is_not_null())
+    both = mine.group_by("date").agg(pl.col("label").any() & ~pl.col("label").all()).filter(pl.col("label"))
+    days = both["date"].sort().tail(LABELLED_DAYS).to_list()
+    title = "Champion on the latest labelled days"
+    if not days:
+        return Section(title, f"No day scored by v{version} has both buyers and non-buyers yet.")
+    subset = mine.filter(pl.col("date").is_in(days))
+    labels, values = subset["label"].to_numpy(), subset["score"].to_numpy()
+    quality = evaluate(labels, values, subset["n_events"].to_numpy())
+    window = f"{days[0]}..{days[-1]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_plots(labels, {f"v{version}": values}, Path(tmp), subset=window)
+        images = tuple(base64.b64encode(p.read_bytes()).decode("ascii") for p in paths)
+    who = "champion" if champion is not None else "latest scored model (no champion registered)"
+    note = (
+        f"{who} v{version} on {subset.height:,} labelled sessions of {window}: AUC {quality.auc:.3f}, "
+        f"PR-AUC {quality.pr_auc:.3f}, log loss {quality.logloss:.3f}, "
+        f"calibration error {quality.calibration_error:.3f}."
+    )
+    return Section(title, note, images)
+
+
+def versions_section(versions: pl.DataFrame) -> Section:
+    """Champion vs challenger at each gate decision (both scored on the same sessions) and each
+    version's own validation AUC, by registration time; current champion and challenger marked."""
+    import polars as pl
+
+    title = "Champion and challengers over time"
+    if versions.height == 0:
+        return Section(title, "No model version is registered yet.")
+    fig, ax = _figure()
+    when = versions["registered"].to_list()
+
+    def curve(column: str, style: str, label: str, rows: pl.DataFrame = versions, **kw: object) -> None:
+        ax.plot(rows["registered"].to_list(), rows[column].fill_null(math.nan).to_list(), style, label=label, **kw)
+
+    curve("challenger_auc", "o-", "challenger AUC at its gate", color="#c44e52")
+    curve("champion_auc", "s--", "champion AUC it faced", color="#4c72b0")
+    curve("val_auc", ".:", "own validation AUC", color="#8172b2")
+    for alias, marker in ((CHAMPION, "*"), (CHALLENGER, "D")):
+        marked = versions.filter(pl.col("aliases").list.contains(alias))
+        if marked.height:
+            curve("val_auc", marker, f"now {alias}", rows=marked, markersize=14, color="#dd8452")
+    aucs = versions.select(pl.concat_list("challenger_auc", "champion_auc", "val_auc").explode().drop_nulls())
+    low, high = (aucs.min().item(), aucs.max().item()) if aucs.height else (0.5, 1.0)
+    ax.set(xlabel="registered (UTC)", ylabel="AUC", title="Model versions", xlim=_padded(when))
+    ax.set_ylim(low - 0.02, high + 0.02)
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.legend(fontsize="small")
+    table = versions.with_columns(pl.col("aliases").list.join(", "))
+    note = (
+        "At each gate the challenger and the then champion are scored on the same labelled sessions; "
+        "a challenger is promoted only when its AUC is strictly higher."
+    )
+    return Section(title, note, (_png(fig),), html_table(table))
+
+
+def _padded(moments: list[dt.datetime]) -> tuple[dt.datetime, dt.datetime]:
+    """An x range around `moments` that stays readable when they are seconds apart (or one)."""
+    margin = max((max(moments) - min(moments)) * 0.05, dt.timedelta(minutes=1))
+    return min(moments) - margin, max(moments) + margin
+
+
+def html_table(frame: pl.DataFrame) -> str:
+    """A small frame as an escaped HTML table; floats to 4 decimals, nulls blank."""
+    cells = format_cells(frame)
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in cells.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(value)}</td>" for value in row) + "</tr>" for row in cells.iter_rows()
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render(title: str, sections: list[Section], model_name: str, champion: str | None) -> str:
+    """The whole HTML document: head with inline CSS, a header line, then each section."""
+    made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    model = f"{model_name}, champion v{champion}" if champion else f"{model_name}, no champion registered"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">{html.escape(model)}; generated {made}.</p>',
+    ]
+    for section in sections:
+        parts.append(f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.note)}</p>")
+        parts.extend(f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{image}">'
+                     for image in section.images)
+        parts.append(f"{section.table}</section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222;background:#fff}"
+    "h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em}.meta{color:#666}"
+    "img{display:block;max-width:100%;margin:1em 0}"
+    "table{border-collapse:collapse;font-size:.9em}th,td{padding:.2em .8em;border-bottom:1px solid #eee}"
+    "td{text-align:right;font-variant-numeric:tabular-nums}"
+)
+
+
+def _rows_per_day(lake: Lake, table: str, start: dt.date, end: dt.date) -> list[int]:
+    """Row count of each day's partition of `table` in [start, end] from Parquet footers (0 when absent)."""
+    import pyarrow.parquet as pq
+
+    counts = []
+    for offset in range((end - start).days + 1):
+        total = 0
+        for path in lake.partition_files(table, start + dt.timedelta(days=offset)):
+            with lake.fs.open(path, "rb") as handle:
+                total += pq.read_metadata(handle).num_rows
+        counts.append(total)
+    return counts
+
+
+def _latest_version(scores: pl.DataFrame) -> str:
+    return scores.sort("date", "model_version")["model_version"][-1]
+
+
+def _figure(nrows: int = 1, height: float = 3.5, sharex: bool = False) -> tuple[Figure, object]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(nrows=nrows, figsize=(8, height), sharex=sharex)
+
+
+def _png(fig: Figure) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,161 @@
+"""Batch scoring: sequences/ -> scores/ with one registered model, then the per-cookie
+rollup cookie_intent/ rebuilt from every scored day.
+
+Re-scoring a date replaces its partition atomically. The same model on the same
+sequences gives the same `score` values (prediction is a deterministic no-grad
+forward); only `scored_at`, one timestamp per run, differs between runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from pipeline.config import Settings
+from pipeline.errors import NoDataError
+from pipeline.lake import Lake
+
+if TYPE_CHECKING:
+    import numpy as np
+    import polars as pl
+
+COOKIE_INTENT_FILE = "data.parquet"
+
+
+class Scorer(Protocol):
+    """What scoring needs from a loaded model (models.scorer.load_scorer returns one)."""
+
+    model_name: str
+    model_version: str
+
+    def score(self, sequences: pl.DataFrame) -> np.ndarray: ...
+
+    def running_scores(self, sequences: pl.DataFrame) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What one scoring run wrote."""
+
+    dates: tuple[dt.date, ...]
+    sessions: int
+    model_name: str
+    model_version: str
+    cookies: int
+    seconds: float
+
+    def __str__(self) -> str:
+        n = len(self.dates)
+        span = f"{self.dates[0]}..{self.dates[-1]} ({n} dates)" if n > 1 else f"{self.dates[0]}"
+        rate = self.sessions / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"scored {self.sessions:,} sessions on {span} with "
+            f"{self.model_name} v{self.model_version} at {rate:,.0f} sessions/s; "
+            f"cookie_intent: {self.cookies:,} cookies"
+        )
+
+
+def score_dates(
+    settings: Settings, start: dt.date | None, end: dt.date | None, model_uri: str | None = None
+) -> ScoreSummary:
+    """Score the sessions of sequences/ dates in [start, end] (default: the latest date) with
+    `model_uri` (default the champion) into scores/, then rebuild cookie_intent/.
+
+    Idempotent: the same model and sequences give the same rows; only scored_at differs.
+    """
+    from models.scorer import load_scorer
+
+    days = scoring_dates(Lake(settings.lake), start, end)
+    return score_with(settings, load_scorer(settings, model_uri), days)
+
+
+def scoring_dates(lake: Lake, start: dt.date | None, end: dt.date | None) -> list[dt.date]:
+    """The sequences/ dates in [start, end], ascending; the latest one when both are None."""
+    available = lake.dates("sequences")
+    if start is None and end is None:
+        days = available[-1:]
+    else:
+        days = [d for d in available if (start is None or d >= start) and (end is None or d <= end)]
+    if not days:
+        window = "the lake" if start is None and end is None else f"{start or '...'}..{end or '...'}"
+        raise NoDataError(f"no sequences to score in {window}; run `clickstream sequences` first")
+    return days
+
+
+def score_with(settings: Settings, scorer: Scorer, days: list[dt.date]) -> ScoreSummary:
+    """Score each day's sequences with `scorer` into scores/date=D/data.parquet (rows sorted by
+    session_id, one scored_at for the whole run), then rebuild cookie_intent/."""
+    from features.sequences import read_sequences
+
+    began = time.perf_counter()
+    lake = Lake(settings.lake)
+    scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    sessions = 0
+    for day in days:
+        frame = score_frame(read_sequences(lake, day, day), scorer, scored_at)
+        with lake.lock("scores", day):
+            lake.write_partition("scores", day, frame)
+        sessions += frame.height
+    cookies = rebuild_cookie_intent(lake)
+    return ScoreSummary(
+        dates=tuple(days),
+        sessions=sessions,
+        model_name=scorer.model_name,
+        model_version=str(scorer.model_version),
+        cookies=cookies,
+        seconds=time.perf_counter() - began,
+    )
+
+
+def score_frame(sequences: pl.DataFrame, scorer: Scorer, scored_at: dt.datetime) -> pl.DataFrame:
+    """One SCORES row per session of `sequences`, sorted by session_id."""
+    import polars as pl
+
+    from pipeline.schemas import SCORES, conform
+
+    scores = scorer.score(sequences) if sequences.height else []
+    frame = sequences.select("session_id", "cookie_id", "session_start", "n_events").with_columns(
+        score=pl.Series(scores, dtype=pl.Float32),
+        model_name=pl.lit(scorer.model_name),
+        model_version=pl.lit(str(scorer.model_version)),
+        scored_at=pl.lit(scored_at),
+    )
+    return conform(frame, SCORES).sort("session_id")
+
+
+def cookie_intent_path(lake: Lake) -> str:
+    """Where the per-cookie rollup lives: one file for all days."""
+    return f"{lake.table_dir('cookie_intent')}/{COOKIE_INTENT_FILE}"
+
+
+def rebuild_cookie_intent(lake: Lake) -> int:
+    """Rewrite cookie_intent/ from every scored day; returns the number of cookies.
+
+    One row per known cookie, sorted by cookie_id: its scored sessions, the start of its
+    latest session (last_seen), that session's score (latest_score; ties on start go to
+    the greatest session_id) and its highest score.
+    """
+    import polars as pl
+
+    from pipeline.schemas import COOKIE_INTENT, conform
+
+    scores = lake.scan("scores")
+    if scores is None:
+        return 0
+    rollup = (
+        scores.filter(pl.col("cookie_id").is_not_null())
+        .group_by("cookie_id")
+        .agg(
+            sessions=pl.len(),
+            last_seen=pl.col("session_start").max(),
+            latest_score=pl.col("score").sort_by(["session_start", "session_id"]).last(),
+            max_score=pl.col("score").max(),
+        )
+        .collect()
+    )
+    frame = conform(rollup, COOKIE_INTENT).sort("cookie_id")
+    with lake.lock("cookie_intent"):
+        lake.write_file(cookie_intent_path(lake), frame)
+    return frame.height

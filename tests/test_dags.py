@@ -1,0 +1,218 @@
+"""The DAG files: they parse without errors or heavy imports, wire the expected tasks with
+retries, timeouts and the gpu pool/queue, and (slow) run end to end through Airflow and MLflow."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.airflow_home import DAGS_FOLDER, clickstream_environ, init_metadata, run_dag_for_day
+from pipeline.config import CHAMPION, Settings, load_settings
+from pipeline.lake import Lake
+from pipeline.nightly import CHAMPION_ASSET, NIGHTLY, SCORES_ASSET
+
+NIGHTLY_TASKS = {
+    "find_landing",
+    "ingest",
+    "build_sequences",
+    "train",
+    "promote_if_better",
+    "announce_champion",
+    "score",
+    "report",
+}
+HEAVY = ("torch", "polars", "mlflow", "pyarrow", "numpy", "pandas", "sklearn", "lightgbm")
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+def test_given_the_dags_folder_when_parsed_then_no_import_errors_and_three_dags(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dags) == {"clickstream_nightly", "clickstream_backfill", "clickstream_rescore"}
+
+
+def test_given_the_nightly_dag_then_daily_interval_schedule_no_catchup_one_active_run(dagbag):
+    from airflow.sdk import CronDataIntervalTimetable
+
+    dag = dagbag.dags["clickstream_nightly"]
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    assert set(dag.params) == {"window_days", "epochs", "device"}
+    assert dag.params["window_days"] == NIGHTLY.window_days
+    assert dag.deadline and dag.deadline[0].interval == NIGHTLY.late_after
+    assert dag.doc_md and "skip" in dag.doc_md.lower()
+
+
+def test_given_the_nightly_dag_then_its_tasks_run_in_order(dagbag):
+    dag = dagbag.dags["clickstream_nightly"]
+    assert set(dag.task_dict) == NIGHTLY_TASKS
+    chain = ["find_landing", "ingest", "build_sequences", "train", "promote_if_better", "announce_champion"]
+    for upstream, downstream in itertools.pairwise(chain):
+        assert downstream in dag.task_dict[upstream].downstream_task_ids
+    assert dag.task_dict["score"].upstream_task_ids == {"build_sequences", "promote_if_better"}
+    assert dag.task_dict["score"].trigger_rule == "all_done"  # scores even when training failed
+    assert dag.task_dict["report"].upstream_task_ids == {"build_sequences", "score"}
+
+
+def test_given_the_train_task_then_gpu_pool_queue_and_its_own_timeout(dagbag):
+    train = dagbag.dags["clickstream_nightly"].task_dict["train"]
+    assert (train.pool, train.queue) == ("gpu", "gpu")
+    assert train.execution_timeout == NIGHTLY.train_timeout
+
+
+@pytest.mark.parametrize("dag_id", ["clickstream_nightly", "clickstream_backfill", "clickstream_rescore"])
+def test_given_every_task_then_retries_with_backoff_a_timeout_and_a_failure_callback(dagbag, dag_id):
+    for task in dagbag.dags[dag_id].tasks:
+        assert task.retries == NIGHTLY.retries, task.task_id
+        assert task.retry_exponential_backoff > 1, task.task_id
+        assert task.execution_timeout is not None, task.task_id
+        assert task.on_failure_callback, task.task_id
+        assert task.retry_policy is not None, task.task_id
+
+
+def test_given_assets_then_nightly_publishes_scores_and_champion_and_rescore_runs_on_champion(dagbag):
+    nightly_dag = dagbag.dags["clickstream_nightly"]
+    assert [a.name for a in nightly_dag.task_dict["score"].outlets] == [SCORES_ASSET]
+    assert [a.name for a in nightly_dag.task_dict["announce_champion"].outlets] == [CHAMPION_ASSET]
+    assert [a.name for a in dagbag.dags["clickstream_rescore"].schedule] == [CHAMPION_ASSET]
+
+
+def test_given_the_backfill_dag_then_manual_with_a_mapped_ingest_per_date(dagbag):
+    dag = dagbag.dags["clickstream_backfill"]
+    assert dag.schedule is None
+    assert set(dag.params) == {"start", "end"}
+    assert set(dag.task_dict) == {"dates", "ingest_day", "build_sequences", "score"}
+    assert dag.task_dict["ingest_day"].is_mapped
+
+
+def test_given_a_fresh_interpreter_when_the_dag_files_are_imported_then_no_heavy_library_is_loaded():
+    code = (
+        "import runpy, sys\n"
+        f"for name in ('clickstream_nightly', 'clickstream_backfill'):\n"
+        f"    runpy.run_path({str(DAGS_FOLDER)!r} + '/' + name + '.py')\n"
+        f"print('HEAVY=' + ','.join(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert "HEAVY=\n" in done.stdout
+
+
+# ---- end to end through Airflow (dag.test) and MLflow on SQLite -------------------------------------
+START = dt.date(2014, 4, 1)
+DAYS = 3
+
+
+def _partition_hashes(settings: Settings, table: str) -> dict[str, str]:
+    lake = Lake(settings.lake)
+    return {
+        path.rsplit("/", 2)[-2]: hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        for path in lake.files(table)
+    }
+
+
+def _versions(settings: Settings) -> list[str]:
+    from models.registry import tracking_client
+
+    client = tracking_client(settings)
+    return sorted(v.version for v in client.search_model_versions(f"name='{settings.model_name}'"))
+
+
+@pytest.fixture(scope="module")
+def nightly_lake(tmp_path_factory):
+    """Three generated landing days run through clickstream_nightly in order, day by day."""
+    from pipeline.generate import generate_logs
+
+    root = tmp_path_factory.mktemp("nightly")
+    settings = load_settings(lake=str(root / "lake"), home=root / "state")
+    generate_logs(Path(settings.landing), sessions=DAYS * 600, days=DAYS, start_date=START, seed=3, by_day=True)
+    patch = pytest.MonkeyPatch()
+    for name, value in clickstream_environ(settings).items():
+        patch.setenv(name, value)
+    init_metadata()
+    results = [run_dag_for_day("clickstream_nightly", START + dt.timedelta(days=i)) for i in range(DAYS)]
+    yield settings, results
+    patch.undo()
+
+
+@pytest.mark.slow
+def test_given_landing_days_when_the_nightly_dag_runs_then_every_task_ends_as_documented(nightly_lake):
+    _, results = nightly_lake
+    assert all(r.succeeded for r in results), [r.tasks for r in results]
+    first, last = results[0], results[-1]
+    assert first.tasks["train"] == "skipped"  # one day of history: too little to validate
+    assert first.tasks["score"] == "skipped"  # no champion yet
+    for task in NIGHTLY_TASKS - {"announce_champion"}:
+        assert last.tasks[task] == "success", (task, last.tasks)
+    assert last.tasks["announce_champion"] in {"success", "skipped"}  # skipped: the champion stayed
+
+
+@pytest.mark.slow
+def test_given_the_nightly_runs_then_lake_partitions_champion_and_scores_exist(nightly_lake):
+    from models.registry import alias_version
+
+    settings, _ = nightly_lake
+    lake = Lake(settings.lake)
+    days = [START + dt.timedelta(days=i) for i in range(DAYS)]
+    assert set(days) <= set(lake.dates("events"))
+    assert set(days) <= set(lake.dates("sequences"))
+    assert alias_version(settings, CHAMPION) is not None
+    assert days[-1] in lake.dates("scores")
+    assert lake.scan("scores", days[-1], days[-1]).collect().height > 0
+    assert (Path(settings.home) / "reports" / f"clickstream-{days[-1]}.html").exists()
+
+
+@pytest.mark.slow
+def test_given_a_finished_day_when_it_runs_again_then_partitions_and_model_versions_are_unchanged(nightly_lake):
+    settings, _ = nightly_lake
+    before = {t: _partition_hashes(settings, t) for t in ("events", "quarantine", "sequences")}
+    versions = _versions(settings)
+    again = run_dag_for_day("clickstream_nightly", START + dt.timedelta(days=DAYS - 1))
+    assert again.succeeded, again.tasks
+    assert {t: _partition_hashes(settings, t) for t in before} == before
+    assert _versions(settings) == versions
+
+
+@pytest.mark.slow
+def test_given_a_worse_challenger_when_the_nightly_dag_runs_then_the_champion_is_unchanged(nightly_lake):
+    from models.registry import alias_version
+
+    settings, _ = nightly_lake
+    champion = alias_version(settings, CHAMPION)
+    worse = run_dag_for_day("clickstream_nightly", START + dt.timedelta(days=DAYS - 1), conf={"epochs": 1})
+    assert worse.succeeded, worse.tasks
+    assert worse.tasks["promote_if_better"] == "success"
+    assert worse.tasks["announce_champion"] == "skipped"
+    assert alias_version(settings, CHAMPION) == champion
+
+
+@pytest.mark.slow
+def test_given_a_day_without_landing_files_when_the_nightly_dag_runs_then_it_is_skipped_cleanly(nightly_lake):
+    settings, _ = nightly_lake
+    scores_before = _partition_hashes(settings, "scores")
+    empty = run_dag_for_day("clickstream_nightly", START + dt.timedelta(days=30))
+    assert empty.succeeded
+    assert set(empty.tasks.values()) == {"skipped"}, empty.tasks
+    assert _partition_hashes(settings, "scores") == scores_before
+
+
+@pytest.mark.slow
+def test_given_finished_days_when_backfilled_then_each_date_is_reingested_and_partitions_are_unchanged(nightly_lake):
+    settings, _ = nightly_lake
+    before = {t: _partition_hashes(settings, t) for t in ("events", "sequences")}
+    last = START + dt.timedelta(days=DAYS - 1)
+    run = run_dag_for_day("clickstream_backfill", last, conf={"start": START.isoformat(), "end": last.isoformat()})
+    assert run.succeeded, run.tasks
+    assert [run.tasks[f"ingest_day[{i}]"] for i in range(DAYS)] == ["success"] * DAYS
+    assert run.tasks["score"] == "success"
+    assert {t: _partition_hashes(settings, t) for t in before} == before

@@ -1,0 +1,75 @@
+"""Data-parallel training: two CPU processes over gloo end with the same weights, and learn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from benchmarks.train_throughput import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, synthetic_tensors
+from models.distributed import fit_distributed, load_job, train_rank, write_job
+from models.lstm import BuyIntentLSTM
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.errors import TrainingError
+
+N_ITEMS = 60
+CONFIG = TrainConfig(epochs=2, batch_size=128, learning_rate=2e-2, patience=10, device="cpu")
+
+
+def tiny_model() -> BuyIntentLSTM:
+    torch.manual_seed(0)
+    config = ModelConfig(item_dim=8, category_dim=4, event_type_dim=2, hidden_size=16)
+    return BuyIntentLSTM(config, N_ITEMS, N_CATEGORIES, N_EVENT_TYPES, N_CONTINUOUS)
+
+
+def data():
+    return synthetic_tensors(1000, seed=1, n_items=N_ITEMS), synthetic_tensors(300, seed=2, n_items=N_ITEMS)
+
+
+def _rank(rank: int, world_size: int, job: Path, out: Path) -> None:
+    """One spawned rank: join a file-store gloo group, train, save what this rank ended with."""
+    torch.set_num_threads(1)  # as torchrun does: two ranks share the cores
+    dist.init_process_group("gloo", init_method=f"file://{out / 'store'}", rank=rank, world_size=world_size)
+    try:
+        result = train_rank(load_job(job))
+    finally:
+        dist.destroy_process_group()
+    losses = [s.train_loss for s in result.history]
+    torch.save({"weights": result.model.state_dict(), "losses": losses}, out / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_given_two_gloo_ranks_then_both_end_with_identical_weights_and_the_loss_decreased(tmp_path):
+    train, val = data()
+    initial = tiny_model()
+    write_job(tmp_path / "job.pt", train, val, initial, CONFIG, checkpoint_dir=tmp_path / "checkpoints")
+    mp.spawn(_rank, args=(2, tmp_path / "job.pt", tmp_path), nprocs=2)
+
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0["weights"][k], rank1["weights"][k]) for k in rank0["weights"])
+    assert rank0["losses"] == rank1["losses"]  # all-reduced: every rank reports the global loss
+    assert rank0["losses"][-1] < rank0["losses"][0]
+    assert not torch.equal(rank0["weights"]["head.weight"], initial.state_dict()["head.weight"])
+    assert (tmp_path / "checkpoints" / "last.pt").exists()  # written by rank 0
+
+
+@pytest.mark.slow
+def test_given_torchrun_with_two_processes_then_fit_distributed_returns_the_trained_model(tmp_path):
+    train, val = data()
+    model = tiny_model()
+    result = fit_distributed(train, val, model, CONFIG, nproc=2, workdir=tmp_path)
+    assert result.model is model and not model.training
+    assert [s.epoch for s in result.history] == [1, 2]
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.best_val_auc == max(s.val_auc for s in result.history)
+
+
+@pytest.mark.slow
+def test_given_a_diverging_distributed_run_then_training_error_with_the_ranks_message(tmp_path):
+    train, val = data()
+    train.continuous[3, 0] = float("nan")
+    with pytest.raises(TrainingError, match="training loss became nan"):
+        fit_distributed(train, val, tiny_model(), CONFIG, nproc=2, workdir=tmp_path)

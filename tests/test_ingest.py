@@ -1,0 +1,168 @@
+"""Ingestion keeps its promises: every row is accounted for (read = written + quarantined +
+duplicates), a re-run of the same batch leaves identical partitions, a changed input replaces
+its own parts only, too many bad rows fail without writing events, and user errors are one
+line with exit code 2. The bad-input corpus of issue 8 runs through the real ingest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from bad_inputs.corpus import CASES, GOOD, Case
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import Settings
+from pipeline.errors import BadRowThresholdError, InputError
+from pipeline.ingest import batch_id, ingest_files
+from pipeline.lake import Lake
+
+TODAY = dt.date(2015, 1, 1)
+BUYS = "1,2014-04-07T11:00:00.000Z,214536501,12462,1\n1,2014-04-07T11:00:00.000Z,214536501,12462,1\n"
+
+
+def write(folder: Path, files: dict[str, bytes]) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: folder / name for name in files}
+
+
+def content_hashes(lake: Lake, table: str) -> dict[str, str]:
+    return {
+        path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1]: hashlib.sha256(
+            lake.read_file(path).write_csv().encode()
+        ).hexdigest()
+        for path in lake.files(table)
+    }
+
+
+def test_given_clicks_and_buys_then_events_are_partitioned_by_date_sorted_and_labelled(
+    settings: Settings, tmp_path: Path
+) -> None:
+    paths = write(tmp_path / "in", {"clicks.dat": GOOD.encode(), "buys.dat": BUYS.encode()})
+    summary = ingest_files(settings, "yoochoose", [paths["clicks.dat"]], [paths["buys.dat"]], ingestion_date=TODAY)
+    assert (summary.rows_read, summary.rows_written, summary.quarantined, summary.duplicates) == (201, 200, 0, 1)
+    assert summary.dates == (dt.date(2014, 4, 7),)
+    events = Lake(settings.lake).scan("events").collect()
+    assert events["labelled"].all() and events.filter(pl.col("event_type") == "purchase").height == 1
+    assert events.select("session_id", "ts").rows() == sorted(events.select("session_id", "ts").rows())
+    assert Lake(settings.lake).files("events")[0].endswith(f"part-{summary.batch}.parquet")
+    assert "200 written" in str(summary) and "\n" not in str(summary)
+
+
+def test_given_clicks_without_buys_then_events_are_unlabelled(settings: Settings, tmp_path: Path) -> None:
+    paths = write(tmp_path / "in", {"clicks.dat.gz": gzip.compress(GOOD.encode())})
+    ingest_files(settings, "yoochoose", [paths["clicks.dat.gz"]], ingestion_date=TODAY)
+    assert not Lake(settings.lake).scan("events").collect()["labelled"].any()
+
+
+def test_given_the_same_batch_twice_then_partitions_are_identical(settings: Settings, tmp_path: Path) -> None:
+    paths = write(tmp_path / "in", {"clicks.dat": (GOOD + "1,bad,2,3\n").encode()})
+    lake = Lake(settings.lake)
+    first = ingest_files(settings, "yoochoose", [paths["clicks.dat"]], ingestion_date=TODAY)
+    before = content_hashes(lake, "events") | content_hashes(lake, "quarantine")
+    second = ingest_files(settings, "yoochoose", [paths["clicks.dat"]], ingestion_date=TODAY)
+    assert content_hashes(lake, "events") | content_hashes(lake, "quarantine") == before
+    assert first == second
+
+
+def test_given_a_changed_input_then_its_stale_dates_go_and_other_batches_stay(
+    settings: Settings, tmp_path: Path
+) -> None:
+    lake = Lake(settings.lake)
+    other = write(tmp_path / "other", {"clicks.dat": GOOD.encode()})["clicks.dat"]
+    ingest_files(settings, "yoochoose", [other], ingestion_date=TODAY)
+    path = write(tmp_path / "in", {"clicks.dat": (GOOD + "5,2014-04-09T10:00:00Z,1,0\n").encode()})["clicks.dat"]
+    first = ingest_files(settings, "yoochoose", [path], ingestion_date=TODAY)
+    assert first.dates == (dt.date(2014, 4, 7), dt.date(2014, 4, 9))
+    path.write_text(GOOD.replace("2014-04-07", "2014-04-08"))
+    second = ingest_files(settings, "yoochoose", [path], ingestion_date=TODAY)
+    assert second.dates == (dt.date(2014, 4, 8),)
+    assert lake.dates("events") == [dt.date(2014, 4, 7), dt.date(2014, 4, 8)]
+    assert [p.rsplit("/", 1)[-1] for p in lake.partition_files("events", dt.date(2014, 4, 7))] == [
+        f"part-{batch_id('yoochoose', [other])}.parquet"
+    ]
+
+
+def test_given_too_many_bad_rows_then_it_fails_writing_the_quarantine_but_no_events(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "in", {"clicks.dat": (GOOD[:400] + "x\n" * 10).encode()})["clicks.dat"]
+    with pytest.raises(BadRowThresholdError, match=r"10 of \d+ rows .* above the 5.00% threshold") as error:
+        ingest_files(settings, "yoochoose", [path], ingestion_date=TODAY)
+    assert str(path) in str(error.value)
+    lake = Lake(settings.lake)
+    assert lake.dates("events") == []
+    assert lake.scan("quarantine").collect()["reason"].to_list() == ["wrong column count (expected 4)"] * 10
+
+
+ROWS = st.lists(
+    st.sampled_from([*GOOD.splitlines()[:20], "", "x", "1,2,3,4", "\x00", "1,1970-01-01T00:00:00Z,1,0"]), max_size=60
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=ROWS)
+def test_given_any_mix_of_rows_then_read_equals_written_plus_quarantined_plus_duplicates(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory, rows: list[str]
+) -> None:
+    if not rows:
+        return
+    path = write(tmp_path_factory.mktemp("in"), {"clicks.dat": "\n".join(rows).encode() + b"\n"})["clicks.dat"]
+    fresh = settings.with_overrides(bad_row_threshold=1.0, lake=str(tmp_path_factory.mktemp("lake")))
+    summary = ingest_files(fresh, "yoochoose", [path], ingestion_date=TODAY)
+    assert summary.rows_read == len(rows)
+    assert summary.rows_read == summary.rows_written + summary.quarantined + summary.duplicates
+    lake = Lake(fresh.lake)
+    written = sum(lake.read_file(p).height for p in lake.files("events"))
+    quarantined = sum(lake.read_file(p).height for p in lake.files("quarantine"))
+    assert (written, quarantined) == (summary.rows_written, summary.quarantined)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_given_a_bad_input_then_a_clear_error_or_its_quarantine_reason(
+    settings: Settings, tmp_path: Path, case: Case
+) -> None:
+    paths = write(tmp_path / "in", case.files)
+    buys = [paths[name] for name in case.extra.get("buys", [])]
+    files = [path for name, path in paths.items() if path not in buys]
+    if case.error:
+        with pytest.raises(InputError, match=case.error) as error:
+            ingest_files(settings, case.fmt, files, buys, ingestion_date=TODAY)
+        assert "\n" not in str(error.value) and any(str(p) in str(error.value) for p in files)
+        assert Lake(settings.lake).dates("events") == []
+        return
+    summary = ingest_files(settings, case.fmt, files, buys, ingestion_date=TODAY)
+    assert summary.rows_read == summary.rows_written + summary.quarantined + summary.duplicates
+    assert summary.duplicates == case.duplicates
+    quarantine = Lake(settings.lake).scan("quarantine")
+    reasons = set() if quarantine is None else set(quarantine.collect()["reason"])
+    assert reasons == case.reasons
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "from pipeline.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragment"),
+    [("missing.dat", None, "no such file"), ("c.dat.gz", b"\x1f\x8b\x08\x00broken", "corrupt or truncated gzip")],
+)
+def test_given_a_user_error_then_the_cli_prints_one_line_and_exits_2(
+    tmp_path: Path, name: str, content: bytes | None, fragment: str
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    result = run_cli("ingest", "--format", "yoochoose", str(path), "--lake", str(tmp_path / "lake"))
+    assert result.returncode == 2
+    assert fragment in result.stderr and str(path) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -1,0 +1,116 @@
+"""The packed-sequence LSTM: the packed path computes what the padded textbook path does,
+without ever touching padding."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from benchmarks.train_throughput import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, sessions_with_lengths
+from features.tensors import SequenceTensors
+from models.lstm import BuyIntentLSTM, PackedLayout
+from pipeline.config import ModelConfig
+
+N_ITEMS = 40
+
+
+def tiny_model(num_layers: int = 2, seed: int = 0) -> BuyIntentLSTM:
+    torch.manual_seed(seed)
+    config = ModelConfig(item_dim=6, category_dim=3, event_type_dim=2, hidden_size=8, num_layers=num_layers)
+    return BuyIntentLSTM(config, N_ITEMS, N_CATEGORIES, N_EVENT_TYPES, N_CONTINUOUS).eval()
+
+
+def sessions(lengths: list[int], seed: int = 0) -> SequenceTensors:
+    return sessions_with_lengths(np.array(lengths), seed=seed, n_items=N_ITEMS)
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=10), layers=st.integers(1, 2))
+def test_given_any_sessions_when_scored_packed_then_equal_to_the_padded_reference(lengths, layers):
+    model, batch = tiny_model(layers), sessions(lengths)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), model.forward_padded(batch), atol=1e-5, rtol=1e-5)
+
+
+def test_given_a_session_when_batched_with_much_longer_ones_then_its_score_does_not_change():
+    model = tiny_model()
+    batch = sessions([3, 40, 1, 25])
+    with torch.no_grad():
+        together = model(batch)
+        alone = torch.cat([model(batch.select(torch.tensor([i]))) for i in range(4)])
+        padded = model.forward_padded(batch)
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_given_a_batch_when_sessions_are_reordered_then_scores_follow_their_sessions():
+    model, batch = tiny_model(), sessions([5, 2, 7, 2, 1])
+    order = torch.tensor([4, 2, 0, 3, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch.select(order)), model(batch)[order])
+
+
+def prefixes(batch: SequenceTensors) -> SequenceTensors:
+    """One session per event of `batch`: its session cut right after that event."""
+    lengths = batch.lengths
+    session = torch.repeat_interleave(torch.arange(batch.n_sessions), lengths)
+    start = batch.offsets[:-1][session]
+    cut = torch.arange(batch.item.numel()) - start + 1  # events kept per prefix
+    offsets = torch.zeros(cut.numel() + 1, dtype=torch.int64)
+    torch.cumsum(cut, 0, out=offsets[1:])
+    owner = torch.repeat_interleave(torch.arange(cut.numel()), cut)
+    rows = start[owner] + torch.arange(int(offsets[-1])) - offsets[:-1][owner]
+    return SequenceTensors(
+        offsets, batch.item[rows], batch.category[rows], batch.event_type[rows], batch.continuous[rows],
+        batch.label[session],
+    )
+
+
+@settings(max_examples=20, deadline=None)
+@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=8))
+def test_given_step_logits_then_each_equals_the_score_of_the_session_cut_after_that_event(lengths):
+    model, batch = tiny_model(), sessions(lengths, seed=3)
+    with torch.no_grad():
+        steps = model.step_logits(batch)
+        torch.testing.assert_close(steps, model(prefixes(batch)), atol=1e-5, rtol=1e-5)
+
+
+def test_given_an_empty_session_then_it_scores_from_a_zero_state_and_leaves_the_others_alone():
+    model = tiny_model()
+    batch = sessions([0, 3, 0, 2])
+    with torch.no_grad():
+        logits = model(batch)
+        others = model(batch.select(torch.tensor([1, 3])))
+    torch.testing.assert_close(logits[[1, 3]], others)
+    expected = model.head.bias.expand(2)
+    torch.testing.assert_close(logits[[0, 2]], expected)
+
+
+def test_given_the_packed_layout_then_events_are_time_major_longest_session_first():
+    layout = PackedLayout(torch.tensor([0, 2, 5, 6]))  # lengths 2, 3, 1
+    assert layout.batch_sizes.tolist() == [3, 2, 1]
+    # step 0: sessions by rank (1, 0, 2) -> events 2, 0, 5; step 1: 3, 1; step 2: 4
+    assert layout.packed_rows.tolist() == [2, 0, 5, 3, 1, 4]
+    assert layout.packed_position[layout.packed_rows].tolist() == list(range(6))
+
+
+def test_given_training_mode_when_backpropagating_then_padding_rows_get_no_gradient():
+    model = tiny_model().train()
+    model(sessions([4, 1, 6])).sum().backward()
+    assert model.item.weight.grad[0].abs().sum() == 0
+    assert model.item.weight.grad.abs().sum() > 0
+
+
+def test_given_a_pickled_and_reloaded_model_then_it_scores_identically():
+    model, batch = tiny_model(), sessions([3, 1, 8])
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    reloaded = torch.load(buffer, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(reloaded(batch), model(batch))
+

@@ -1,0 +1,152 @@
+"""The nightly steps as plain functions: which day a run covers, what counts as landing files,
+when training and scoring have nothing to do, and how failures are retried."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline import nightly
+from pipeline.config import Settings
+from pipeline.errors import ClickstreamError, InputError, LockedError, NoDataError
+from pipeline.lake import Lake
+
+DAY = dt.date(2014, 4, 7)
+
+
+def _landing(settings: Settings, day: dt.date, *names: str) -> Path:
+    folder = Path(settings.landing) / day.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_text("")
+    return folder
+
+
+@given(st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1)), st.integers(-12, 14))
+def test_given_an_interval_start_in_any_timezone_when_run_day_then_it_is_the_utc_date(moment, offset_hours):
+    start = moment.replace(tzinfo=dt.timezone(dt.timedelta(hours=offset_hours)))
+    assert nightly.run_day(start) == start.astimezone(dt.UTC).date()
+
+
+@given(st.dates(min_value=dt.date(2001, 1, 1)), st.integers(1, 400))
+def test_given_a_day_when_training_window_then_it_holds_window_days_ending_at_the_day(day, window_days):
+    start, end = nightly.training_window(day, window_days)
+    assert end == day
+    assert (end - start).days + 1 == window_days
+
+
+def test_given_yoochoose_landing_files_when_find_landing_then_clicks_and_buys_sorted_and_truth_ignored(settings):
+    folder = _landing(settings, DAY, "yoochoose-clicks.dat", "yoochoose-buys.dat.gz", "truth.parquet", "b-clicks.dat")
+    batch = nightly.find_landing(settings, DAY)
+    assert batch == {
+        "day": "2014-04-07",
+        "format": "yoochoose",
+        "files": [str(folder / "b-clicks.dat"), str(folder / "yoochoose-clicks.dat")],
+        "buys": [str(folder / "yoochoose-buys.dat.gz")],
+    }
+
+
+def test_given_cookie_event_logs_when_find_landing_then_format_events(settings):
+    folder = _landing(settings, DAY, "events.csv", "events-2.jsonl.gz", "truth.parquet")
+    batch = nightly.find_landing(settings, DAY)
+    assert batch["format"] == "events"
+    assert batch["files"] == [str(folder / "events-2.jsonl.gz"), str(folder / "events.csv")]
+    assert batch["buys"] == []
+
+
+@pytest.mark.parametrize("names", [None, (), ("truth.parquet", "notes.txt")])
+def test_given_no_landing_files_when_find_landing_then_no_data_names_the_day_and_folder(settings, names):
+    if names is not None:
+        _landing(settings, DAY, *names)
+    with pytest.raises(NoDataError, match=r"no landing files for 2014-04-07 in .*2014-04-07"):
+        nightly.find_landing(settings, DAY)
+
+
+def test_given_too_few_sequence_days_when_train_for_day_then_no_data_says_how_many_are_needed(settings):
+    import polars as pl
+
+    lake = Lake(settings.lake)
+    for offset in (1, 0):
+        lake.write_partition("sequences", DAY - dt.timedelta(days=offset), pl.DataFrame({"session_id": ["s"]}))
+    need = settings.train.validation_days + 1
+    with pytest.raises(NoDataError, match=rf"training needs {need} days .* found 2"):
+        nightly.train_for_day(settings, DAY, window_days=30)
+
+
+def test_given_no_champion_when_score_days_then_no_data_and_no_scores_written(settings):
+    with pytest.raises(NoDataError, match="no champion model registered yet"):
+        nightly.score_days(settings, DAY, DAY)
+    assert Lake(settings.lake).dates("scores") == []
+
+
+def test_given_a_range_when_backfill_dates_then_every_day_inclusive_ascending():
+    assert nightly.backfill_dates("2014-04-30", "2014-05-02") == ["2014-04-30", "2014-05-01", "2014-05-02"]
+
+
+@pytest.mark.parametrize(("start", "end"), [("2014-04-02", "2014-04-01"), ("2014-01-01", "2016-01-01"), ("x", "y")])
+def test_given_a_reversed_long_or_malformed_range_when_backfill_dates_then_a_one_line_error(start, end):
+    with pytest.raises(ClickstreamError, match="backfill"):
+        nightly.backfill_dates(start, end)
+
+
+def test_given_no_data_inside_when_skip_when_no_data_then_airflow_skip_with_the_reason():
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    with pytest.raises(AirflowSkipException, match="nothing to ingest"), nightly.skip_when_no_data():
+        raise NoDataError("nothing to ingest")
+
+
+def test_given_another_error_inside_when_skip_when_no_data_then_it_propagates_unchanged():
+    with pytest.raises(InputError), nightly.skip_when_no_data():
+        raise InputError("corrupt gzip")
+
+
+@pytest.mark.parametrize(
+    ("error", "action"),
+    [(InputError("bad file"), "fail"), (LockedError("busy"), "retry"), (OSError("disk"), "default")],
+)
+def test_given_an_error_when_the_retry_policy_decides_then_data_errors_fail_and_others_retry(error, action):
+    policy = nightly.task_defaults()["retry_policy"]
+    assert policy.evaluate(error, try_number=1, max_tries=4).action.value == action
+
+
+def test_given_the_defaults_when_task_defaults_then_backoff_timeout_and_failure_callback_are_set():
+    defaults = nightly.task_defaults()
+    assert defaults["retries"] == nightly.NIGHTLY.retries > 0
+    assert defaults["retry_exponential_backoff"] > 1
+    assert defaults["execution_timeout"] == nightly.NIGHTLY.task_timeout
+    assert defaults["on_failure_callback"] is nightly.log_task_failure
+
+
+def test_given_a_failed_task_context_when_log_task_failure_then_one_line_names_dag_task_day_and_error(caplog):
+    class TaskInstance:
+        dag_id, task_id, try_number = "clickstream_nightly", "ingest", 2
+
+    context = {
+        "ti": TaskInstance(),
+        "data_interval_start": dt.datetime(2014, 4, 7, tzinfo=dt.UTC),
+        "exception": InputError("corrupt gzip\nin file x"),
+    }
+    with caplog.at_level(logging.ERROR, logger="pipeline.nightly"):
+        nightly.log_task_failure(context)
+    (line,) = caplog.messages
+    assert "dag=clickstream_nightly task=ingest day=2014-04-07 try=2 error=corrupt gzip in file x" in line
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kubernetes") is not None, reason="kubernetes client installed")
+def test_given_no_kubernetes_client_when_gpu_executor_config_then_empty():
+    assert nightly.gpu_executor_config(1) == {}
+
+
+def test_given_airflow_dags_test_when_late_run_deadline_then_none_else_a_deadline_alert(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["airflow", "dags", "test", "clickstream_nightly", "2014-04-08"])
+    assert nightly.late_run_deadline() is None
+    monkeypatch.setattr("sys.argv", ["airflow", "scheduler"])
+    alert = nightly.late_run_deadline()
+    assert alert.interval == nightly.NIGHTLY.late_after

@@ -1,0 +1,148 @@
+"""Batch scoring: sequences/ -> scores/ and the cookie_intent/ rollup."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+from fixtures import synthetic_sequences, write_sequences
+
+from models.scorer import load_scorer
+from pipeline.config import MODEL_NAME, Settings
+from pipeline.errors import ModelNotFoundError, NoDataError
+from pipeline.lake import Lake
+from pipeline.schemas import COOKIE_INTENT, SCORES, UTC_TS
+from pipeline.scoring import cookie_intent_path, rebuild_cookie_intent, score_dates, score_frame, scoring_dates
+
+
+def _scores(lake: Lake) -> pl.DataFrame:
+    scan = lake.scan("scores")
+    assert scan is not None
+    return scan.collect()
+
+
+def test_given_three_days_when_scored_then_each_day_has_one_row_per_session_sorted_by_id(
+    champion_settings: Settings,
+) -> None:
+    lake = Lake(champion_settings.lake)
+    sequences = synthetic_sequences(sessions=300, days=3, seed=1)
+    days = write_sequences(lake, sequences)
+
+    summary = score_dates(champion_settings, days[0], days[-1])
+
+    assert summary.sessions == 300 and summary.dates == tuple(days)
+    for day in days:
+        part = lake.read_file(lake.partition_file("scores", day))
+        assert part.schema == SCORES
+        assert part["session_id"].to_list() == sorted(part["session_id"].to_list())
+        expected = sequences.filter(pl.col("session_start").dt.date() == day)["session_id"].sort()
+        assert part["session_id"].to_list() == expected.to_list()
+    scores = _scores(lake)
+    assert scores["session_id"].n_unique() == 300
+    assert scores["score"].is_between(0, 1).all() and scores["score"].n_unique() > 10
+    assert scores["model_name"].unique().to_list() == [MODEL_NAME]
+    assert scores["model_version"].unique().to_list() == ["1"]
+    assert scores["scored_at"].n_unique() == 1
+    assert str(summary).startswith(f"scored 300 sessions on {days[0]}..{days[-1]} (3 dates) with {MODEL_NAME} v1")
+
+
+def test_given_a_scored_day_when_rescored_then_the_partition_is_replaced_with_the_same_scores(
+    champion_settings: Settings,
+) -> None:
+    lake = Lake(champion_settings.lake)
+    days = write_sequences(lake, synthetic_sequences(sessions=200, days=1, seed=2))
+    score_dates(champion_settings, None, None)
+    first = _scores(lake)
+
+    score_dates(champion_settings, None, None, f"models:/{MODEL_NAME}/1")
+
+    again = _scores(lake)
+    assert again.drop("scored_at").equals(first.drop("scored_at"))
+    assert lake.partition_files("scores", days[0]) == [lake.partition_file("scores", days[0])]
+
+
+def test_given_scores_in_a_row_order_when_scored_again_shuffled_then_each_session_keeps_its_score(
+    champion_settings: Settings,
+) -> None:
+    sequences = synthetic_sequences(sessions=200, days=1, seed=3)
+    scorer = load_scorer(champion_settings)
+    at = dt.datetime(2014, 4, 5, tzinfo=dt.UTC)
+
+    ordered = score_frame(sequences, scorer, at)
+    shuffled = score_frame(sequences.sample(fraction=1.0, shuffle=True, seed=9), scorer, at)
+
+    assert shuffled.equals(ordered)
+
+
+def test_given_no_champion_when_scoring_then_a_one_line_model_error(settings: Settings) -> None:
+    write_sequences(Lake(settings.lake), synthetic_sequences(sessions=50, days=1))
+
+    with pytest.raises(ModelNotFoundError, match="champion"):
+        score_dates(settings, None, None)
+
+
+def test_given_no_dates_when_choosing_dates_then_the_latest_sequences_date_is_scored(settings: Settings) -> None:
+    lake = Lake(settings.lake)
+    days = write_sequences(lake, synthetic_sequences(sessions=100, days=3))
+
+    assert scoring_dates(lake, None, None) == [days[-1]]
+    assert scoring_dates(lake, days[1], None) == days[1:]
+    assert scoring_dates(lake, None, days[0]) == days[:1]
+
+
+def test_given_no_sequences_in_the_window_when_scoring_then_a_no_data_error_names_the_window(
+    settings: Settings,
+) -> None:
+    lake = Lake(settings.lake)
+    write_sequences(lake, synthetic_sequences(sessions=50, days=1))
+
+    with pytest.raises(NoDataError, match=r"2020-01-01\.\.2020-01-02"):
+        scoring_dates(lake, dt.date(2020, 1, 1), dt.date(2020, 1, 2))
+
+
+def _score_rows(rows: list[tuple[str, str | None, str, float]]) -> pl.DataFrame:
+    session, cookie, start, score = zip(*rows, strict=True)
+    return pl.DataFrame(
+        {
+            "session_id": session,
+            "cookie_id": cookie,
+            "session_start": [dt.datetime.fromisoformat(s).replace(tzinfo=dt.UTC) for s in start],
+            "n_events": [3] * len(rows),
+            "score": score,
+            "model_name": ["m"] * len(rows),
+            "model_version": ["1"] * len(rows),
+            "scored_at": [dt.datetime(2014, 4, 3, tzinfo=dt.UTC)] * len(rows),
+        },
+        schema=SCORES,
+    )
+
+
+def test_given_hand_built_scores_when_rolled_up_then_cookie_intent_has_sessions_last_seen_latest_and_max(
+    settings: Settings,
+) -> None:
+    lake = Lake(settings.lake)
+    day1 = [
+        ("a1", "A", "2014-04-01 10:00", 0.9),
+        ("b1", "B", "2014-04-01 11:00", 0.2),
+        ("x", None, "2014-04-01 12:00", 1.0),  # unknown cookie: not in the rollup
+    ]
+    day2 = [("a2", "A", "2014-04-02 09:00", 0.3), ("a3", "A", "2014-04-02 08:00", 0.5)]
+    lake.write_partition("scores", dt.date(2014, 4, 1), _score_rows(day1))
+    lake.write_partition("scores", dt.date(2014, 4, 2), _score_rows(day2))
+
+    assert rebuild_cookie_intent(lake) == 2
+
+    rollup = lake.read_file(cookie_intent_path(lake))
+    expected = pl.DataFrame(
+        {
+            "cookie_id": ["A", "B"],
+            "sessions": [3, 1],
+            "last_seen": [dt.datetime(2014, 4, 2, 9, tzinfo=dt.UTC), dt.datetime(2014, 4, 1, 11, tzinfo=dt.UTC)],
+            "latest_score": [0.3, 0.2],
+            "max_score": [0.9, 0.2],
+        },
+        schema=COOKIE_INTENT,
+    )
+    assert rollup.equals(expected)
+    assert rollup.schema["last_seen"] == UTC_TS

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from features.sequences import CONTINUOUS_FEATURES, sessions_of
+from features.tensors import OOV, load_tensors
+from features.vocabulary import build_vocabulary
+from pipeline.config import SequenceConfig
+from pipeline.schemas import EVENTS
+
+DAY = dt.date(2014, 4, 1)
+T0 = dt.datetime(2014, 4, 1, tzinfo=dt.UTC)
+
+
+def _sequences(rows: list[tuple[str, int, str, str, str]]) -> pl.DataFrame:
+    """SEQUENCES rows built by the sequences stage from (session, seconds, event_type, item, category) events."""
+    events = pl.DataFrame(
+        {
+            "session_id": [r[0] for r in rows],
+            "cookie_id": None,
+            "ts": [T0 + dt.timedelta(seconds=r[1]) for r in rows],
+            "event_type": [r[2] for r in rows],
+            "item_id": [r[3] for r in rows],
+            "category": [r[4] for r in rows],
+            "price": None,
+            "quantity": None,
+            "source": "yoochoose",
+            "labelled": [r[0] != "unlabelled" for r in rows],
+        }
+    ).cast(EVENTS)
+    return sessions_of(events, DAY, DAY, SequenceConfig())[0]
+
+
+event_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["1", "2", "3", "unlabelled"]),
+        st.integers(0, 20 * 3600),
+        st.sampled_from(["view", "view", "purchase", "add_to_cart"]),
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.sampled_from(["0", "S", "3", "12345678"]),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(rows=event_rows)
+def test_property_flat_tensors_and_offsets_match_the_list_columns_exactly(rows):
+    frame = _sequences(rows)
+    vocabulary = build_vocabulary(frame, SequenceConfig(item_min_count=1))
+
+    tensors = load_tensors(frame, vocabulary)
+
+    assert tensors.offsets.tolist() == [0, *np.cumsum(frame["n_events"].to_list()).tolist()]
+    items = frame["item_id"].explode()
+    assert tensors.item.tolist() == vocabulary.item_index(items).to_list()
+    assert OOV not in tensors.item.tolist()  # every item is in a vocabulary built on these sessions
+    assert tensors.category.tolist() == vocabulary.category_index(frame["category"].explode()).to_list()
+    assert tensors.event_type.tolist() == [code + 1 for code in frame["event_type"].explode().to_list()]
+    assert tensors.continuous.shape == (len(items), len(CONTINUOUS_FEATURES))
+    column = {name: tensors.continuous[:, i].tolist() for i, name in enumerate(CONTINUOUS_FEATURES)}
+    for name in ("log_gap_prev", "log_dwell"):
+        assert column[name] == frame[name].explode().to_list()
+    assert column["dwell_known"] == [float(k) for k in frame["dwell_known"].explode().to_list()]
+    positions = [float(p) for n in frame["n_events"] for p in range(n)]
+    assert column["log_position"] == torch.log1p(torch.tensor(positions)).tolist()
+    labels = [math.nan if label is None else float(label) for label in frame["label"]]
+    assert np.array_equal(tensors.label.numpy(), np.array(labels, dtype=np.float32), equal_nan=True)
+
+
+def test_sessions_come_in_the_frames_row_order_and_events_in_list_order():
+    frame = _sequences([("1", 0, "view", "a", "0"), ("1", 60, "view", "b", "0"), ("2", 30, "view", "c", "S")])
+    vocabulary = build_vocabulary(frame, SequenceConfig(item_min_count=1))
+
+    forward, backward = load_tensors(frame, vocabulary), load_tensors(frame.reverse(), vocabulary)
+
+    assert backward.select(torch.tensor([1, 0])).item.tolist() == forward.item.tolist()
+    assert forward.lengths.tolist() == [2, 1]
+    hour_sin = forward.continuous[:, CONTINUOUS_FEATURES.index("start_hour_sin")]
+    from_end = forward.continuous[:, CONTINUOUS_FEATURES.index("log_position_from_end")]
+    assert hour_sin.tolist() == [0.0, 0.0, 0.0]  # midnight
+    assert from_end.tolist() == pytest.approx([math.log1p(1), 0.0, 0.0])
+
+
+def test_an_empty_frame_loads_as_empty_tensors_with_every_continuous_column():
+    frame = _sequences([("1", 0, "view", "a", "0")]).clear()
+
+    tensors = load_tensors(frame, build_vocabulary(frame, SequenceConfig()))
+
+    assert tensors.n_sessions == 0 and tensors.offsets.tolist() == [0]
+    assert tensors.continuous.shape == (0, len(CONTINUOUS_FEATURES))

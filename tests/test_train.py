@@ -1,0 +1,193 @@
+"""`clickstream train`: one MLflow run per window, a registered challenger that loads
+anywhere, idempotent re-runs, resume after a kill, and guards that fail the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+from fixtures import labelled_lake, synthetic_sequences, write_sequences
+
+import models.train
+from features.sequences import read_sequences
+from models.evaluation import auc
+from models.registry import alias_version, tracking_client
+from models.scorer import load_scorer
+from models.train import TrainSummary, code_version, train_and_register, train_challenger
+from pipeline.config import Settings
+from pipeline.errors import TrainingError
+from pipeline.lake import Lake
+
+NAME = "clickstream-buy-intent"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, TrainSummary]:
+    settings = labelled_lake(tmp_path_factory.mktemp("train"))
+    return settings, train_and_register(settings, None, None, device="cpu", promote=True)
+
+
+def test_given_a_labelled_window_when_trained_then_one_finished_run_logs_params_metrics_and_artifacts(
+    trained: tuple[Settings, TrainSummary],
+) -> None:
+    settings, summary = trained
+    client = tracking_client(settings)
+    run = client.get_run(summary.run_id)
+
+    assert run.info.status == "FINISHED"
+    params, metrics = run.data.params, run.data.metrics
+    assert (params["window_start"], params["window_end"]) == ("2014-04-01", "2014-04-04")
+    assert (params["val_start"], params["val_end"]) == ("2014-04-03", "2014-04-04")
+    assert params["code_version"] == code_version() and params["model_hidden_size"] == "16"
+    assert int(params["train_sessions"]) + int(params["val_sessions"]) == 2000
+    for name in ("val_auc", "val_pr_auc", "val_logloss", "val_calibration_error", "gbm_val_auc", "gbm_val_logloss"):
+        assert 0.0 <= metrics[name] <= 1.0 or name.endswith("logloss"), name
+    assert any(name.startswith("val_auc_len_") for name in metrics)
+    history = client.get_metric_history(summary.run_id, "epoch_train_loss")
+    assert [m.step for m in history] == list(range(1, int(metrics["epochs_run"]) + 1))
+    artifacts = {a.path for folder in ("plots", "vocabulary") for a in client.list_artifacts(summary.run_id, folder)}
+    assert {"plots/roc.png", "plots/calibration.png", "vocabulary/vocabulary.json"} <= artifacts
+    assert summary.val_auc == metrics["val_auc"] and summary.gbm_val_auc == metrics["gbm_val_auc"]
+
+
+def test_given_a_trained_window_then_its_version_is_challenger_with_window_tags_and_a_signature(
+    trained: tuple[Settings, TrainSummary],
+) -> None:
+    settings, summary = trained
+    version = tracking_client(settings).get_model_version(NAME, summary.version)
+
+    assert alias_version(settings, "challenger") == summary.version == "1"
+    assert version.tags["val_start"] == "2014-04-03" and len(version.tags["fingerprint"]) == 64
+    signature = mlflow.models.get_model_info(f"models:/{NAME}/1").signature
+    assert "item_id" in signature.inputs.input_names() and signature.outputs.input_names() == ["score"]
+
+
+def test_given_the_logged_val_auc_then_the_registered_model_reproduces_it_on_the_validation_days(
+    trained: tuple[Settings, TrainSummary],
+) -> None:
+    settings, summary = trained
+    val = read_sequences(Lake(settings.lake), *summary.validation)
+
+    scores = load_scorer(settings, f"models:/{NAME}/{summary.version}", device="cpu").score(val)
+
+    assert auc(val["label"].to_numpy(), scores) == pytest.approx(summary.val_auc, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_given_the_registered_model_when_loaded_with_mlflow_pytorch_in_a_fresh_process_then_scores_are_identical(
+    trained: tuple[Settings, TrainSummary], tmp_path: Path
+) -> None:
+    settings, _ = trained
+    frame = read_sequences(Lake(settings.lake), None, None)
+    frame.write_parquet(tmp_path / "sessions.parquet")
+    script = (
+        "import sys, numpy as np, polars as pl, mlflow, mlflow.pytorch\n"
+        "from pathlib import Path\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "path = mlflow.artifacts.download_artifacts('models:/clickstream-buy-intent@champion', dst_path=sys.argv[2])\n"
+        "model = mlflow.pytorch.load_model(path)\n"
+        "from features.tensors import load_tensors\n"
+        "from features.vocabulary import Vocabulary\n"
+        "from models.predict import predict\n"
+        "vocabulary = Vocabulary.load(Path(path) / 'extra_files')\n"
+        "np.save(sys.argv[4], predict(model, load_tensors(pl.read_parquet(sys.argv[3]), vocabulary)))\n"
+    )
+    files = [tmp_path / name for name in ("model", "sessions.parquet", "scores.npy")]
+    subprocess.run(
+        [sys.executable, "-c", script, settings.tracking_uri, *map(str, files)],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+
+    in_process = load_scorer(settings, device="cpu").score(frame)
+    np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), in_process)
+
+
+def test_given_the_same_window_and_data_when_trained_again_then_the_version_is_reused_without_a_new_run(
+    trained: tuple[Settings, TrainSummary],
+) -> None:
+    settings, summary = trained
+    client = tracking_client(settings)
+    runs_before = len(client.search_runs([client.get_experiment_by_name("clickstream").experiment_id]))
+
+    again = train_challenger(settings, None, None, device="cpu")
+
+    assert again.reused and again.version == summary.version and again.run_id == summary.run_id
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+    assert len(client.search_runs([client.get_experiment_by_name("clickstream").experiment_id])) == runs_before
+    assert str(again).count("\n") == 0 and f"v{summary.version}" in str(again) and "GBM" in str(again)
+
+
+@pytest.mark.slow
+def test_given_a_run_killed_after_its_first_epoch_when_resumed_then_it_continues_that_run_and_registers_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = labelled_lake(tmp_path, sessions=1200, seed=4)
+    log_epoch = models.train._log_epoch
+
+    def killed_after_epoch_1(stats: object) -> None:
+        log_epoch(stats)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models.train, "_log_epoch", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_challenger(settings, None, None, device="cpu")
+    monkeypatch.setattr(models.train, "_log_epoch", log_epoch)
+
+    summary = train_challenger(settings, None, None, device="cpu", resume=True)
+
+    client = tracking_client(settings)
+    runs = client.search_runs([client.get_experiment_by_name("clickstream").experiment_id])
+    assert [r.info.run_id for r in runs] == [summary.run_id] and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(summary.run_id, "epoch_train_loss")] == [1, 2]
+    assert [v.version for v in client.search_model_versions(f"name='{NAME}'")] == [1]
+
+
+def _nan_features(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(pl.col("log_dwell").list.eval(pl.element() * float("nan")))
+
+
+def _one_class_validation(frame: pl.DataFrame) -> pl.DataFrame:
+    is_val = pl.col("session_start").dt.date() >= dt.date(2014, 4, 3)
+    return frame.with_columns(label=pl.when(is_val).then(False).otherwise(pl.col("label")))
+
+
+@pytest.mark.parametrize(
+    ("case", "prepare", "window", "overrides", "reason"),
+    [
+        ("empty window", None, (dt.date(2015, 1, 1), dt.date(2015, 1, 9)), {}, "no labelled sessions"),
+        ("one-class validation", _one_class_validation, (None, None), {}, "single class"),
+        ("too few buyers", None, (None, None), {"min_positives": 100_000}, "at least 100000"),
+        ("NaN loss", _nan_features, (None, None), {}, "loss became nan"),
+    ],
+)
+def test_given_an_untrainable_window_when_trained_then_training_error_run_failed_and_champion_untouched(
+    trained: tuple[Settings, TrainSummary], tmp_path: Path, case, prepare, window, overrides, reason
+) -> None:
+    base, _ = trained
+    settings = dataclasses.replace(
+        base, lake=str(tmp_path / "lake"), train=dataclasses.replace(base.train, **overrides)
+    )
+    frame = synthetic_sequences(sessions=600, days=4, seed=11)
+    write_sequences(Lake(settings.lake), prepare(frame) if prepare else frame)
+    client = tracking_client(settings)
+    versions_before = len(client.search_model_versions(f"name='{NAME}'"))
+
+    with pytest.raises(TrainingError, match=reason) as error:
+        train_and_register(settings, *window, device="cpu", promote=True)
+
+    assert "\n" not in str(error.value), case
+    newest = client.search_runs(
+        [client.get_experiment_by_name("clickstream").experiment_id], order_by=["attributes.start_time DESC"]
+    )[0]
+    assert newest.info.status == "FAILED" and reason in newest.data.tags["failure_reason"]
+    assert alias_version(settings, "champion") == "1" and alias_version(settings, "challenger") == "1"
+    assert len(client.search_model_versions(f"name='{NAME}'")) == versions_before
