@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 N_ITEMS = 52_000  # YOOCHOOSE's catalogue size, order of magnitude
 N_CATEGORIES = 340
 N_EVENT_TYPES = 6  # PAD + EVENT_TYPES
-N_CONTINUOUS = 9  # len(features.sequences.CONTINUOUS_FEATURES)
+N_CONTINUOUS = 13  # len(features.sequences.CONTINUOUS_FEATURES)
 MAX_LENGTH = 200
 
 

@@ -49,6 +49,10 @@ CONTINUOUS_FEATURES: tuple[str, ...] = (
     "start_hour_cos",
     "start_weekday_sin",  # weekday of the session start on the unit circle
     "start_weekday_cos",
+    "item_repeat",  # 1.0 where the item was already seen earlier in the session (a revisit)
+    "same_category_as_previous",  # 1.0 where the category equals the previous event's
+    "item_buy_logit",  # smoothed buy log-odds of the item in the training window (features.buy_rates)
+    "category_buy_logit",  # the same for the event's category
 )
 
 # Days are built in batches of consecutive dates holding at most this many events,

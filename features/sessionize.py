@@ -17,9 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-# Order of a session's events: time, then these columns break ties deterministically.
-TIE_BREAK = ("event_type", "item_id", "category")
-
 
 @dataclass
 class Sessions:

@@ -81,15 +81,18 @@ class SequenceTensors:
         )
 
 
-def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary) -> SequenceTensors:
+def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold: bool = False) -> SequenceTensors:
     """Flat CPU tensors of the sessions of a SEQUENCES frame, sessions in the frame's row order and
     each session's events in list order; items and categories through `vocabulary`.
 
     No Python runs per session or event: list columns are taken as flat values plus offsets.
     `continuous` holds features.sequences.CONTINUOUS_FEATURES; `label` is NaN where unknown.
+    `out_of_fold` is for the training sessions the vocabulary was built from: their buy-rate
+    inputs then leave out their own fold (features.buy_rates).
     """
     import polars as pl
 
+    from features.buy_rates import RATE_KEYS, buy_logits
     from features.sequences import CONTINUOUS_FEATURES
 
     def tensor(values: pl.Series) -> torch.Tensor:
@@ -117,6 +120,16 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary) -> SequenceTen
     start = torch.stack([hour.sin(), hour.cos(), weekday.sin(), weekday.cos()], dim=1)
     first_start_column = CONTINUOUS_FEATURES.index("start_hour_sin")
     continuous[:, first_start_column : first_start_column + 4] = torch.repeat_interleave(start, lengths, dim=0)
+    items, categories = flat("item_id"), flat("category")
+    session_of_event = pl.Series(torch.repeat_interleave(torch.arange(lengths.numel()), lengths).numpy())
+    first_sighting = pl.DataFrame({"session": session_of_event, "item": items}).select(
+        pl.struct("session", "item").is_first_distinct()
+    )
+    column["item_repeat"].numpy()[:] = (~first_sighting.to_series()).to_numpy()
+    same_category = (categories == categories.shift(1)).fill_null(False).to_numpy() & (position > 0).numpy()
+    column["same_category_as_previous"].numpy()[:] = same_category
+    for key, name in zip(RATE_KEYS, ("item_buy_logit", "category_buy_logit"), strict=True):
+        column[name].numpy()[:] = buy_logits(sequences, key, vocabulary.rates[key], out_of_fold=out_of_fold)
     return SequenceTensors(
         offsets=offsets,
         item=tensor(vocabulary.item_index(flat("item_id"))),

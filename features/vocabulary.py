@@ -10,7 +10,10 @@ special offer "S" have fixed indices, always present; brands (8-10 digit ids) an
 category strings seen at least `category_min_count` times are learned; an unseen brand maps to
 its own OOV_BRAND index, an unseen other string to OOV.
 
-A vocabulary is saved as two small Parquet tables and a JSON file; its `version` is a hash of
+The vocabulary also carries the training window's buy counts per item and category
+(features.buy_rates), so the model's buy-rate inputs are applied unchanged at scoring time.
+
+A vocabulary is saved as small Parquet tables and a JSON file; its `version` is a hash of
 its content, so a model records exactly which vocabulary it was trained with.
 """
 
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from features.buy_rates import RATE_KEYS, BuyCounts, count_buyers
 from features.tensors import OOV
 from pipeline.config import SequenceConfig
 
@@ -34,14 +38,17 @@ BRAND_PATTERN = r"^\d{8,10}$"
 _FIRST_ITEM = 2
 _FIRST_CATEGORY = OOV_BRAND + 1
 _FILES = ("items.parquet", "categories.parquet", "vocabulary.json")
+_RATE_FILES = {key: f"{key}_buy_counts.parquet" for key in RATE_KEYS}
 
 
 @dataclass(frozen=True, eq=False)
 class Vocabulary:
-    """Raw id -> index tables (columns `id`, `index`, ascending index) and how unseen ids map."""
+    """Raw id -> index tables (columns `id`, `index`, ascending index), how unseen ids map, and
+    the training window's buy counts per key of RATE_KEYS."""
 
     items: pl.DataFrame
     categories: pl.DataFrame
+    rates: dict[str, BuyCounts]
     item_hash_buckets: int = 0
 
     @property
@@ -61,6 +68,10 @@ class Vocabulary:
         for table in (self.items, self.categories):
             digest.update(table.get_column("id").str.join("\n").item().encode())
             digest.update(b"\x00")
+        for key in RATE_KEYS:
+            rates = self.rates[key]
+            digest.update(f"{key}:{rates.prior!r}\n".encode())
+            digest.update(rates.counts.write_csv().encode())
         return digest.hexdigest()[:12]
 
     def item_index(self, ids: pl.Series) -> pl.Series:
@@ -88,6 +99,9 @@ class Vocabulary:
         items, categories, meta = (directory / name for name in _FILES)
         self.items.write_parquet(items)
         self.categories.write_parquet(categories)
+        rate_files = [directory / _RATE_FILES[key] for key in RATE_KEYS]
+        for key, path in zip(RATE_KEYS, rate_files, strict=True):
+            self.rates[key].counts.write_parquet(path)
         meta.write_text(
             json.dumps(
                 {
@@ -95,18 +109,25 @@ class Vocabulary:
                     "item_hash_buckets": self.item_hash_buckets,
                     "n_items": self.n_items,
                     "n_categories": self.n_categories,
+                    "buy_rate_priors": {key: self.rates[key].prior for key in RATE_KEYS},
                 },
                 indent=2,
             )
         )
-        return [items, categories, meta]
+        return [items, categories, *rate_files, meta]
 
     @classmethod
     def load(cls, directory: Path) -> Vocabulary:
         """The vocabulary `save` wrote; ValueError if its files do not match their recorded version."""
         items, categories, meta = (directory / name for name in _FILES)
         recorded = json.loads(meta.read_text())
-        vocabulary = cls(pl.read_parquet(items), pl.read_parquet(categories), int(recorded["item_hash_buckets"]))
+        rates = {
+            key: BuyCounts(pl.read_parquet(directory / _RATE_FILES[key]), float(recorded["buy_rate_priors"][key]))
+            for key in RATE_KEYS
+        }
+        vocabulary = cls(
+            pl.read_parquet(items), pl.read_parquet(categories), rates, int(recorded["item_hash_buckets"])
+        )
         if vocabulary.version != recorded["version"]:
             raise ValueError(f"vocabulary in {directory} does not match its version {recorded['version']}")
         return vocabulary
@@ -125,6 +146,7 @@ def build_vocabulary(sequences: pl.DataFrame, config: SequenceConfig) -> Vocabul
     return Vocabulary(
         items=_indexed(items, _FIRST_ITEM),
         categories=_indexed(categories, _FIRST_CATEGORY),
+        rates={key: count_buyers(sequences, key) for key in RATE_KEYS},
         item_hash_buckets=config.item_hash_buckets,
     )
 

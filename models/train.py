@@ -157,7 +157,7 @@ class _Split:
     @property
     def span(self) -> str:
         first, last = self.window
-        return f"{first or 'the first day'}..{last or 'the last day'}"
+        return f"{first or '(first date)'}..{last or '(last date)'}" if first or last else "any date of sequences/"
 
 
 def _split(labelled: pl.DataFrame, start: dt.date | None, end: dt.date | None, validation_days: int) -> _Split:
@@ -220,7 +220,9 @@ def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, finger
     _check_trainable(split, config)
 
     vocabulary = build_vocabulary(split.train, settings.sequences)
-    train, val = load_tensors(split.train, vocabulary), load_tensors(split.val, vocabulary)
+    # out of fold: a training session's own label never feeds its buy-rate inputs
+    train = load_tensors(split.train, vocabulary, out_of_fold=True)
+    val = load_tensors(split.val, vocabulary)
     mlflow.log_params(
         {
             "vocabulary_version": vocabulary.version,
@@ -237,7 +239,7 @@ def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, finger
     result = fit(train, val, model, config, checkpoint_dir=checkpoints, resume=resume, on_epoch=_log_epoch)
 
     labels, lengths = split.val["label"].to_numpy(), split.val["n_events"].to_numpy()
-    lstm_scores = predict(result.model, val)
+    lstm_scores = predict(result.model, val, device=result.device)
     gbm_scores = fit_baseline(split.train, split.val, seed=config.seed).predict(split.val)
     if not np.isfinite(lstm_scores).all():
         raise TrainingError("the trained model gives non-finite scores on the validation sessions")
@@ -252,12 +254,11 @@ def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, finger
     mlflow.set_tag("trained_on", result.device)
 
     with tempfile.TemporaryDirectory(prefix="clickstream-run-") as tmp:
-        mlflow.log_artifacts(
-            str(write_plots(labels, {"LSTM": lstm_scores, "GBM": gbm_scores}, Path(tmp) / "plots")[0].parent),
-            "plots",
-        )
-        vocabulary_files = vocabulary.save(Path(tmp) / "vocabulary")
-        mlflow.log_artifacts(str(Path(tmp) / "vocabulary"), "vocabulary")
+        plots, vocabulary_dir = Path(tmp) / "plots", Path(tmp) / "vocabulary"
+        write_plots(labels, {"LSTM": lstm_scores, "GBM": gbm_scores}, plots)
+        mlflow.log_artifacts(str(plots), "plots")
+        vocabulary_files = vocabulary.save(vocabulary_dir)
+        mlflow.log_artifacts(str(vocabulary_dir), "vocabulary")
         info = mlflow.pytorch.log_model(
             result.model,
             name="model",

@@ -39,10 +39,10 @@ class SequenceConfig:
 class ModelConfig:
     """LSTM sizes; the defaults are chosen by validation (see README)."""
 
-    item_dim: int = 64
+    item_dim: int = 16
     category_dim: int = 16
     event_type_dim: int = 4
-    hidden_size: int = 128
+    hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.1
 
@@ -51,12 +51,12 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation settings for one training run."""
 
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 4096
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
-    patience: int = 2  # epochs without val AUC gain before stopping
+    patience: int = 3  # epochs without val AUC gain before stopping
     validation_days: int = 2  # the last days of the window validate
     seed: int = 7
     device: str = "auto"  # auto | cpu | cuda

@@ -60,3 +60,10 @@ def champion_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def champion_settings(tmp_path: Path, champion_home: Path) -> Settings:
     """Settings with a private, empty lake and the MLflow store of `champion_home`."""
     return load_settings(lake=str(tmp_path / "lake"), home=champion_home, environ={})
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow exports MLFLOW_TRACKING_URI when a store is chosen; a test must never inherit
+    an earlier test's store through it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

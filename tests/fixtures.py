@@ -112,6 +112,6 @@ def tiny_settings(settings: Settings, **train: object) -> Settings:
 
 def labelled_lake(root: Path, sessions: int = 2000, days: int = 4, seed: int = 0, **train: object) -> Settings:
     """Tiny-model settings on a private lake and MLflow store under `root`, with synthetic sequences written."""
-    settings = tiny_settings(load_settings(lake=str(root / "lake"), home=root / "state"), **train)
+    settings = tiny_settings(load_settings(lake=str(root / "lake"), home=root / "state", environ={}), **train)
     write_sequences(Lake(settings.lake), synthetic_sequences(sessions=sessions, days=days, seed=seed))
     return settings

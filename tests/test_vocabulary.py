@@ -14,7 +14,15 @@ from pipeline.config import SequenceConfig
 def _sequences(items: list[list[str]], categories: list[list[str | None]] | None = None) -> pl.DataFrame:
     categories = categories or [["0"] * len(row) for row in items]
     lists = pl.List(pl.String)
-    return pl.DataFrame({"item_id": items, "category": categories}, schema={"item_id": lists, "category": lists})
+    return pl.DataFrame(
+        {
+            "session_id": [str(n) for n in range(len(items))],
+            "label": [n % 2 == 0 for n in range(len(items))],
+            "item_id": items,
+            "category": categories,
+        },
+        schema={"session_id": pl.String, "label": pl.Boolean, "item_id": lists, "category": lists},
+    )
 
 
 def test_items_below_min_count_map_to_oov_and_known_items_are_indexed_by_descending_count():
@@ -66,7 +74,13 @@ def test_a_saved_vocabulary_loads_back_identical_and_refuses_tampered_files(tmp_
     files = vocabulary.save(tmp_path / "vocab")
     loaded = Vocabulary.load(tmp_path / "vocab")
 
-    assert {f.name for f in files} == {"items.parquet", "categories.parquet", "vocabulary.json"}
+    assert {f.name for f in files} == {
+        "items.parquet",
+        "categories.parquet",
+        "item_id_buy_counts.parquet",
+        "category_buy_counts.parquet",
+        "vocabulary.json",
+    }
     assert loaded.version == vocabulary.version
     assert loaded.items.equals(vocabulary.items) and loaded.categories.equals(vocabulary.categories)
     pl.DataFrame({"id": ["b", "a"], "index": [2, 3]}).write_parquet(tmp_path / "vocab" / "items.parquet")
