@@ -3,43 +3,58 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
-from pipeline.airflow_home import clickstream_environ
-from pipeline.demo import DEMO_START, DemoDay, DemoReport, run_demo
+from pipeline.config import Settings
+from pipeline.demo import DEMO_START, DemoDay, DemoReport
+
+_RUN_DEMO = """
+import dataclasses, json, sys
+from pipeline.config import load_settings
+from pipeline.demo import run_demo
+report = run_demo(load_settings(), days=3, sessions_per_day=500)
+print(json.dumps({**dataclasses.asdict(report), "text": str(report)}, default=str))
+"""
 
 
-@pytest.fixture
-def isolated_environ(settings, monkeypatch):
-    """run_demo exports the clickstream variables for its tasks: undo that after the test."""
-    for name in clickstream_environ(settings):
-        monkeypatch.delenv(name, raising=False)
-    return settings
+def run_demo_in_a_fresh_process(settings: Settings) -> dict:
+    """The demo as a user runs it: a new process whose Airflow is configured from its own state folder
+    (Airflow reads its configuration once, at import, so it cannot move in this test process)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW", "CLICKSTREAM"))}
+    environ |= {"CLICKSTREAM_HOME": str(settings.home), "CLICKSTREAM_LAKE": settings.lake}
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_DEMO], env=environ, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_given_a_fresh_state_when_the_demo_runs_twice_then_both_report_the_same_days_and_champion(isolated_environ):
+def test_given_a_fresh_state_when_the_demo_runs_twice_then_both_report_the_same_days_and_champion(settings):
     from models.registry import tracking_client
 
-    settings = isolated_environ
-    first = run_demo(settings, days=3, sessions_per_day=500)
+    first = run_demo_in_a_fresh_process(settings)
     versions = len(tracking_client(settings).search_model_versions(f"name='{settings.model_name}'"))
-    second = run_demo(settings, days=3, sessions_per_day=500)
+    second = run_demo_in_a_fresh_process(settings)
 
-    assert [d.day for d in first.days] == [DEMO_START + dt.timedelta(days=i) for i in range(3)]
-    assert all(d.events > 0 and d.sessions > 0 for d in first.days)
-    assert first.days[0].tasks["train"] == "skipped"  # too little history on the first day
-    assert first.days[-1].tasks["score"] == "success"
-    assert first.champion is not None and not math.isnan(first.lstm_auc) and not math.isnan(first.gbm_auc)
-    assert [(d.events, d.sessions, d.quarantined) for d in second.days] == [
-        (d.events, d.sessions, d.quarantined) for d in first.days
+    assert [d["day"] for d in first["days"]] == [str(DEMO_START + dt.timedelta(days=i)) for i in range(3)]
+    assert all(d["events"] > 0 and d["sessions"] > 0 for d in first["days"])
+    assert first["days"][0]["tasks"]["train"] == "skipped"  # too little history on the first day
+    assert first["days"][-1]["tasks"]["score"] == "success"
+    assert first["champion"] is not None and not math.isnan(first["lstm_auc"]) and not math.isnan(first["gbm_auc"])
+    assert [(d["events"], d["sessions"], d["quarantined"]) for d in second["days"]] == [
+        (d["events"], d["sessions"], d["quarantined"]) for d in first["days"]
     ]
-    assert [d.tasks for d in second.days] == [d.tasks for d in first.days]  # finished days are not re-run
-    assert second.champion == first.champion
+    assert [d["tasks"] for d in second["days"]] == [d["tasks"] for d in first["days"]]  # finished days not re-run
+    assert second["champion"] == first["champion"]
     assert len(tracking_client(settings).search_model_versions(f"name='{settings.model_name}'")) == versions
-    text = str(second)
+    text = second["text"]
     assert "airflow standalone" in text and "AIRFLOW__API__HOST=127.0.0.1" in text
     assert f"mlflow ui --backend-store-uri {settings.tracking_uri} --host 127.0.0.1" in text
     assert "top 10 scored sessions" in text and "score" in text
