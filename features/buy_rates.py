@@ -47,46 +47,57 @@ def count_buyers(sequences: pl.DataFrame, key: str) -> BuyCounts:
     return BuyCounts(counts=counts, prior=prior)
 
 
-def buy_logits(sequences: pl.DataFrame, key: str, rates: BuyCounts, *, out_of_fold: bool) -> np.ndarray:
-    """Smoothed buy log-odds of every event's id (float32, flat event order of `sequences`).
-
-    Unseen ids get the prior. With `out_of_fold`, `sequences` must be the sessions `rates` was
-    counted on: each session's own fold is subtracted from the counts.
-    """
-    events = sequences.select(
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), pl.col(key).alias("id"), "label", _fold()
-    ).explode("id", empty_as_null=False, keep_nulls=True)
-    joined = events.join(rates.counts, on="id", how="left", maintain_order="left").with_columns(
-        pl.col("sessions", "buyers").fill_null(0)
-    )
-    if out_of_fold:
-        own_fold = (
-            _session_ids(sequences.filter(pl.col("label").is_not_null()).with_columns(_fold()), key, by_fold=True)
-            .group_by("fold", "id")
-            .agg(
-                pl.len().cast(pl.Int64).alias("fold_sessions"),
-                pl.col("label").cast(pl.Int64).sum().alias("fold_buyers"),
-            )
-        )
-        joined = joined.join(own_fold, on=["fold", "id"], how="left", maintain_order="left").with_columns(
-            (pl.col("sessions") - pl.col("fold_sessions").fill_null(0)).alias("sessions"),
-            (pl.col("buyers") - pl.col("fold_buyers").fill_null(0)).alias("buyers"),
-        )
-    prior = min(max(rates.prior, 1e-4), 1 - 1e-4)
-    buyers = pl.col("buyers") + SMOOTHING * prior
-    others = pl.col("sessions") - pl.col("buyers") + SMOOTHING * (1 - prior)
-    return joined.select((buyers / others).log().cast(pl.Float32)).to_series().to_numpy()
-
-
-def _fold() -> pl.Expr:
-    return (pl.col("session_id").hash(seed=0) % FOLDS).alias("fold")
-
-
-def _session_ids(sequences: pl.DataFrame, key: str, *, by_fold: bool = False) -> pl.DataFrame:
-    """One row per (session, distinct id in it) with the session's label (and fold)."""
-    extra = ["fold"] if by_fold else []
+def buy_logits(ids: pl.Series, rates: BuyCounts) -> np.ndarray:
+    """Smoothed buy log-odds of every id from all training counts (float32, order of `ids`);
+    unseen and null ids get the prior's."""
+    table = rates.counts.select("id", _logit(rates.prior, pl.col("sessions"), pl.col("buyers")).alias("logit"))
+    prior_logit = float(pl.select(_logit(rates.prior, pl.lit(0), pl.lit(0))).item())
     return (
-        sequences.select(pl.int_range(pl.len()).alias("row"), pl.col(key).alias("id"), "label", *extra)
+        ids.replace_strict(table["id"], table["logit"], default=prior_logit, return_dtype=pl.Float32)
+        .fill_null(prior_logit)
+        .to_numpy()
+    )
+
+
+def out_of_fold_buy_logits(
+    ids: pl.Series, session_of_event: np.ndarray, sequences: pl.DataFrame, rates: BuyCounts
+) -> np.ndarray:
+    """Like `buy_logits` for the sessions `rates` was counted on (`sequences`; `ids` their flat
+    events, `session_of_event` each event's row): each session's own fold is left out of the counts."""
+    fold = (sequences.get_column("session_id").hash(seed=0) % FOLDS).to_numpy()[session_of_event]
+    label = sequences.get_column("label").cast(pl.Float64).fill_null(float("nan")).to_numpy()[session_of_event]
+    events = pl.DataFrame({"row": session_of_event, "id": ids, "fold": fold, "label": label})
+    own_fold = (
+        events.filter(pl.col("label").is_not_nan() & pl.col("id").is_not_null())
+        .unique(["row", "id"])
+        .group_by("fold", "id")
+        .agg(pl.len().cast(pl.Int64).alias("fold_sessions"), pl.col("label").sum().cast(pl.Int64).alias("fold_buyers"))
+    )
+    joined = (
+        events.select("id", "fold")
+        .join(rates.counts, on="id", how="left", maintain_order="left")
+        .join(own_fold, on=["fold", "id"], how="left", maintain_order="left")
+        .select(
+            pl.col("sessions").fill_null(0) - pl.col("fold_sessions").fill_null(0),
+            pl.col("buyers").fill_null(0) - pl.col("fold_buyers").fill_null(0),
+        )
+    )
+    logits = joined.select(_logit(rates.prior, pl.col("sessions"), pl.col("buyers")).cast(pl.Float32))
+    return logits.to_series().to_numpy()
+
+
+def _logit(prior: float, sessions: pl.Expr, buyers: pl.Expr) -> pl.Expr:
+    """Buy log-odds smoothed with SMOOTHING pseudo-sessions at the (clipped) prior, relative to
+    the prior's log-odds: 0 for an unseen id, so the input is centred whatever the base rate."""
+    prior = min(max(prior, 1e-4), 1 - 1e-4)
+    odds = (buyers + SMOOTHING * prior) / (sessions - buyers + SMOOTHING * (1 - prior))
+    return (odds / (prior / (1 - prior))).log()
+
+
+def _session_ids(sequences: pl.DataFrame, key: str) -> pl.DataFrame:
+    """One row per (session, distinct id in it) with the session's label."""
+    return (
+        sequences.select(pl.int_range(pl.len()).alias("row"), pl.col(key).alias("id"), "label")
         .explode("id")
         .drop_nulls("id")
         .unique(["row", "id"])

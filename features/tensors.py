@@ -92,7 +92,7 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
     """
     import polars as pl
 
-    from features.buy_rates import RATE_KEYS, buy_logits
+    from features.buy_rates import buy_logits, out_of_fold_buy_logits
     from features.sequences import CONTINUOUS_FEATURES
 
     def tensor(values: pl.Series) -> torch.Tensor:
@@ -121,19 +121,22 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
     first_start_column = CONTINUOUS_FEATURES.index("start_hour_sin")
     continuous[:, first_start_column : first_start_column + 4] = torch.repeat_interleave(start, lengths, dim=0)
     items, categories = flat("item_id"), flat("category")
-    session_of_event = pl.Series(torch.repeat_interleave(torch.arange(lengths.numel()), lengths).numpy())
+    session_of_event = torch.repeat_interleave(torch.arange(lengths.numel()), lengths).numpy()
     first_sighting = pl.DataFrame({"session": session_of_event, "item": items}).select(
         pl.struct("session", "item").is_first_distinct()
     )
     column["item_repeat"].numpy()[:] = (~first_sighting.to_series()).to_numpy()
     same_category = (categories == categories.shift(1)).fill_null(False).to_numpy() & (position > 0).numpy()
     column["same_category_as_previous"].numpy()[:] = same_category
-    for key, name in zip(RATE_KEYS, ("item_buy_logit", "category_buy_logit"), strict=True):
-        column[name].numpy()[:] = buy_logits(sequences, key, vocabulary.rates[key], out_of_fold=out_of_fold)
+    for ids, key, name in ((items, "item_id", "item_buy_logit"), (categories, "category", "category_buy_logit")):
+        rates = vocabulary.rates[key]
+        column[name].numpy()[:] = (
+            out_of_fold_buy_logits(ids, session_of_event, sequences, rates) if out_of_fold else buy_logits(ids, rates)
+        )
     return SequenceTensors(
         offsets=offsets,
-        item=tensor(vocabulary.item_index(flat("item_id"))),
-        category=tensor(vocabulary.category_index(flat("category"))),
+        item=tensor(vocabulary.item_index(items)),
+        category=tensor(vocabulary.category_index(categories)),
         event_type=tensor(flat("event_type").cast(pl.Int64)) + 1,
         continuous=continuous,
         label=tensor(sequences.get_column("label").cast(pl.Float32).fill_null(float("nan"))),

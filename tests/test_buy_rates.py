@@ -1,0 +1,88 @@
+"""Training-window buy rates as model inputs: smoothed, unseen ids at the prior, and out of fold
+on the training sessions so that a session's own label never feeds its own inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from features.buy_rates import SMOOTHING, buy_logits, count_buyers, out_of_fold_buy_logits
+
+
+def _sessions(items: list[list[str]], labels: list[bool | None]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"session_id": [f"s{n}" for n in range(len(items))], "label": labels, "item_id": items},
+        schema={"session_id": pl.String, "label": pl.Boolean, "item_id": pl.List(pl.String)},
+    )
+
+
+def _flat(frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
+    lengths = frame["item_id"].list.len().to_numpy()
+    return frame["item_id"].explode(), np.repeat(np.arange(frame.height), lengths)
+
+
+def test_given_a_window_then_counts_take_each_labelled_session_once_per_item():
+    frame = _sessions([["a", "a", "b"], ["a"], ["b"], ["a"]], [True, False, False, None])
+
+    rates = count_buyers(frame, "item_id")
+
+    assert rates.counts.to_dicts() == [
+        {"id": "a", "sessions": 2, "buyers": 1},
+        {"id": "b", "sessions": 2, "buyers": 1},
+    ]
+    assert rates.prior == 1 / 3
+
+
+def test_given_an_item_that_sells_then_its_logit_is_higher_and_unseen_ids_get_the_prior():
+    frame = _sessions([["hit"]] * 10 + [["flop"]] * 10, [True] * 8 + [False] * 2 + [False] * 10)
+    rates = count_buyers(frame, "item_id")
+
+    hit, flop, unseen, missing = buy_logits(pl.Series(["hit", "flop", "never", None]), rates)
+
+    prior = rates.prior
+    assert hit > unseen > flop
+    assert abs(unseen) < 1e-6 and missing == unseen  # centred on the prior's log-odds
+    expected_hit = math.log((8 + SMOOTHING * prior) / (2 + SMOOTHING * (1 - prior))) - math.log(prior / (1 - prior))
+    assert math.isclose(hit, expected_hit, rel_tol=1e-5)
+
+
+@hypothesis_settings(max_examples=30, deadline=None)
+@given(
+    items=st.lists(st.lists(st.sampled_from("abcde"), min_size=1, max_size=4), min_size=2, max_size=30),
+    data=st.data(),
+)
+def test_property_a_sessions_own_label_never_changes_its_out_of_fold_inputs(items, data):
+    labels = data.draw(st.lists(st.booleans(), min_size=len(items), max_size=len(items)))
+    row = data.draw(st.integers(0, len(items) - 1))
+    flipped = [(not v) if n == row else v for n, v in enumerate(labels)]
+    original, changed = _sessions(items, labels), _sessions(items, flipped)
+    ids, rows = _flat(original)
+    rates = count_buyers(original, "item_id")
+    # same prior on both sides: only the counts may carry the flipped label
+    flipped_rates = type(rates)(count_buyers(changed, "item_id").counts, rates.prior)
+
+    before = out_of_fold_buy_logits(ids, rows, original, rates)
+    after = out_of_fold_buy_logits(ids, rows, changed, flipped_rates)
+
+    assert before.dtype == np.float32 and np.isfinite(before).all()
+    np.testing.assert_allclose(after[rows == row], before[rows == row], rtol=1e-6)
+
+
+def test_given_shuffled_sessions_then_every_event_keeps_its_inputs():
+    frame = _sessions([["a", "b"], ["b"], ["c", "a", "a"], ["b", "c"]], [True, False, True, False])
+    rates = count_buyers(frame, "item_id")
+    ids, rows = _flat(frame)
+    values = out_of_fold_buy_logits(ids, rows, frame, rates)
+
+    shuffled = frame[[2, 0, 3, 1]]
+    shuffled_ids, shuffled_rows = _flat(shuffled)
+    shuffled_values = out_of_fold_buy_logits(shuffled_ids, shuffled_rows, shuffled, count_buyers(shuffled, "item_id"))
+
+    by_session = {s: values[rows == n] for n, s in enumerate(frame["session_id"])}
+    for n, session in enumerate(shuffled["session_id"]):
+        np.testing.assert_array_equal(shuffled_values[shuffled_rows == n], by_session[session])
