@@ -47,42 +47,50 @@ def count_buyers(sequences: pl.DataFrame, key: str) -> BuyCounts:
     return BuyCounts(counts=counts, prior=prior)
 
 
-def buy_logits(ids: pl.Series, rates: BuyCounts) -> np.ndarray:
-    """Smoothed buy log-odds of every id from all training counts (float32, order of `ids`);
-    unseen and null ids get the prior's."""
-    table = rates.counts.select("id", _logit(rates.prior, pl.col("sessions"), pl.col("buyers")).alias("logit"))
-    prior_logit = float(pl.select(_logit(rates.prior, pl.lit(0), pl.lit(0))).item())
-    return (
-        ids.replace_strict(table["id"], table["logit"], default=prior_logit, return_dtype=pl.Float32)
-        .fill_null(prior_logit)
-        .to_numpy()
-    )
-
-
-def out_of_fold_buy_logits(
-    ids: pl.Series, session_of_event: np.ndarray, sequences: pl.DataFrame, rates: BuyCounts
-) -> np.ndarray:
-    """Like `buy_logits` for the sessions `rates` was counted on (`sequences`; `ids` their flat
-    events, `session_of_event` each event's row): each session's own fold is left out of the counts."""
-    fold = (sequences.get_column("session_id").hash(seed=0) % FOLDS).to_numpy()[session_of_event]
-    label = sequences.get_column("label").cast(pl.Float64).fill_null(float("nan")).to_numpy()[session_of_event]
-    events = pl.DataFrame({"row": session_of_event, "id": ids, "fold": fold, "label": label})
-    own_fold = (
-        events.filter(pl.col("label").is_not_nan() & pl.col("id").is_not_null())
-        .unique(["row", "id"])
-        .group_by("fold", "id")
-        .agg(pl.len().cast(pl.Int64).alias("fold_sessions"), pl.col("label").sum().cast(pl.Int64).alias("fold_buyers"))
-    )
-    joined = (
-        events.select("id", "fold")
-        .join(rates.counts, on="id", how="left", maintain_order="left")
-        .join(own_fold, on=["fold", "id"], how="left", maintain_order="left")
-        .select(
-            pl.col("sessions").fill_null(0) - pl.col("fold_sessions").fill_null(0),
-            pl.col("buyers").fill_null(0) - pl.col("fold_buyers").fill_null(0),
+def event_counts(
+    ids: pl.Series,
+    session_of_event: np.ndarray,
+    sequences: pl.DataFrame,
+    rates: BuyCounts,
+    *,
+    out_of_fold: bool,
+) -> pl.DataFrame:
+    """Training sessions and buyers behind every event's id (Int64 columns `sessions`, `buyers`,
+    order of `ids`; 0 for unseen ids). `ids` are the flat events of `sequences`, `session_of_event`
+    each event's row. With `out_of_fold`, `sequences` must be the sessions `rates` was counted on:
+    each session's own fold is left out, so its label never feeds its own counts."""
+    events = pl.DataFrame({"id": ids}).join(rates.counts, on="id", how="left", maintain_order="left")
+    if out_of_fold:
+        fold = (sequences.get_column("session_id").hash(seed=0) % FOLDS).to_numpy()[session_of_event]
+        label = sequences.get_column("label").cast(pl.Float64).fill_null(float("nan")).to_numpy()[session_of_event]
+        own_fold = (
+            pl.DataFrame({"row": session_of_event, "id": ids, "fold": fold, "label": label})
+            .filter(pl.col("label").is_not_nan() & pl.col("id").is_not_null())
+            .unique(["row", "id"])
+            .group_by("fold", "id")
+            .agg(
+                pl.len().cast(pl.Int64).alias("own_sessions"),
+                pl.col("label").sum().cast(pl.Int64).alias("own_buyers"),
+            )
         )
-    )
-    logits = joined.select(_logit(rates.prior, pl.col("sessions"), pl.col("buyers")).cast(pl.Float32))
+        events = (
+            events.with_columns(pl.Series("fold", fold))
+            .join(own_fold, on=["fold", "id"], how="left", maintain_order="left")
+            .with_columns(
+                pl.col("sessions") - pl.col("own_sessions").fill_null(0),
+                pl.col("buyers") - pl.col("own_buyers").fill_null(0),
+            )
+        )
+    return events.select(pl.col("sessions").fill_null(0), pl.col("buyers").fill_null(0))
+
+
+def buy_logits(
+    ids: pl.Series, session_of_event: np.ndarray, sequences: pl.DataFrame, rates: BuyCounts, *, out_of_fold: bool
+) -> np.ndarray:
+    """Smoothed buy log-odds of every event's id relative to the prior's (float32, order of `ids`;
+    0 for unseen ids), from `event_counts`."""
+    counts = event_counts(ids, session_of_event, sequences, rates, out_of_fold=out_of_fold)
+    logits = counts.select(_logit(rates.prior, pl.col("sessions"), pl.col("buyers")).cast(pl.Float32))
     return logits.to_series().to_numpy()
 
 

@@ -92,7 +92,7 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
     """
     import polars as pl
 
-    from features.buy_rates import buy_logits, out_of_fold_buy_logits
+    from features.buy_rates import buy_logits
     from features.sequences import CONTINUOUS_FEATURES
 
     def tensor(values: pl.Series) -> torch.Tensor:
@@ -130,9 +130,7 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
     column["same_category_as_previous"].numpy()[:] = same_category
     for ids, key, name in ((items, "item_id", "item_buy_logit"), (categories, "category", "category_buy_logit")):
         rates = vocabulary.rates[key]
-        column[name].numpy()[:] = (
-            out_of_fold_buy_logits(ids, session_of_event, sequences, rates) if out_of_fold else buy_logits(ids, rates)
-        )
+        column[name].numpy()[:] = buy_logits(ids, session_of_event, sequences, rates, out_of_fold=out_of_fold)
     return SequenceTensors(
         offsets=offsets,
         item=tensor(vocabulary.item_index(items)),

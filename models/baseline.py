@@ -6,9 +6,10 @@ category buy rates, last-item features, start hour and weekday.
 Only the input events describe a session: `session_end` and `n_events_total` also count
 a YOOCHOOSE session's purchases, so they would leak the label and are never used.
 
-Buy rates come from the TRAINING sessions only. On the training sessions
-themselves they are computed out of fold (5 folds), so a session's own label
-never feeds its features; validation and test sessions use all training sessions.
+Buy rates come from the TRAINING sessions only, through the same counts the LSTM's
+inputs use (features.buy_rates): on the training sessions themselves out of fold, so
+a session's own label never feeds its features; validation and test sessions use all
+training sessions.
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from features.buy_rates import RATE_KEYS, SMOOTHING, BuyCounts, count_buyers, event_counts
 from pipeline.schemas import EVENT_TYPE_CODE
 
 if TYPE_CHECKING:
     import lightgbm
     import polars as pl
 
-FOLDS = 5
-SMOOTHING = 20.0  # pseudo-sessions at the prior buy rate added to every item's counts
-KEYS = ("item_id", "category")
 LIST_COLUMNS = ("item_id", "category", "event_type", "log_gap_prev", "log_dwell", "dwell_known")
 PARAMS = {
     "objective": "binary",
@@ -50,10 +49,14 @@ EARLY_STOPPING_ROUNDS = 50
 
 @dataclass(frozen=True)
 class BuyRates:
-    """Per item and per category: training sessions containing it and how many of them bought."""
+    """Per item and per category (features.buy_rates.RATE_KEYS): the training window's counts."""
 
-    counts: dict[str, pl.DataFrame]  # key -> (fold, key, sessions, buyers)
-    prior: float  # buyer share of the training sessions
+    by_key: dict[str, BuyCounts]
+
+    @property
+    def prior(self) -> float:
+        """Buyer share of the labelled training sessions."""
+        return next(iter(self.by_key.values())).prior
 
 
 @dataclass(frozen=True)
@@ -90,17 +93,8 @@ def fit_baseline(train: pl.DataFrame, val: pl.DataFrame, *, seed: int = 7) -> Ba
 
 
 def buy_rates(train: pl.DataFrame) -> BuyRates:
-    """Session and buyer counts per fold for every item and category of the labelled training sessions."""
-    import polars as pl
-
-    events = _events(train)
-    counts = {
-        key: events.unique(["row", key])
-        .group_by("fold", key)
-        .agg(pl.len().alias("sessions"), pl.col("label").cast(pl.Int64).sum().alias("buyers"))
-        for key in KEYS
-    }
-    return BuyRates(counts=counts, prior=float(train["label"].cast(pl.Float64).mean()))
+    """Session and buyer counts for every item and category of the labelled training sessions."""
+    return BuyRates({key: count_buyers(train, key) for key in RATE_KEYS})
 
 
 def session_features(sequences: pl.DataFrame, rates: BuyRates, *, out_of_fold: bool) -> pl.DataFrame:
@@ -112,8 +106,8 @@ def session_features(sequences: pl.DataFrame, rates: BuyRates, *, out_of_fold: b
     import polars as pl
 
     events = _events(sequences)
-    for key in KEYS:
-        events = _with_rate(events, rates, key, out_of_fold)
+    for key in RATE_KEYS:
+        events = _with_rate(events, sequences, rates.by_key[key], key, out_of_fold)
     last = pl.col("position") == pl.col("position").max()
     last_item = pl.col("item_id").filter(last).first()
     known_dwell = pl.col("log_dwell").filter(pl.col("dwell_known"))
@@ -135,7 +129,7 @@ def session_features(sequences: pl.DataFrame, rates: BuyRates, *, out_of_fold: b
         (pl.col("item_id") == last_item).sum().alias("last_item_views"),
         *[
             expr
-            for key in KEYS
+            for key in RATE_KEYS
             for expr in (
                 pl.col(f"{key}_rate").mean().alias(f"{key}_rate_mean"),
                 pl.col(f"{key}_rate").max().alias(f"{key}_rate_max"),
@@ -158,15 +152,13 @@ def session_features(sequences: pl.DataFrame, rates: BuyRates, *, out_of_fold: b
 
 
 def _events(sequences: pl.DataFrame) -> pl.DataFrame:
-    """One row per event: session row, fold, position within the session, label and per-event columns."""
+    """One row per event: session row, position within the session and the per-event columns."""
     import polars as pl
 
     return (
         sequences.with_row_index("row")
         .select(
             "row",
-            (pl.col("row") % FOLDS).alias("fold"),
-            pl.col("label").fill_null(False),
             pl.int_ranges(0, pl.col("n_events").cast(pl.Int64)).alias("position"),
             *LIST_COLUMNS,
         )
@@ -175,23 +167,18 @@ def _events(sequences: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _with_rate(events: pl.DataFrame, rates: BuyRates, key: str, out_of_fold: bool) -> pl.DataFrame:
+def _with_rate(
+    events: pl.DataFrame, sequences: pl.DataFrame, rates: BuyCounts, key: str, out_of_fold: bool
+) -> pl.DataFrame:
     """`events` with `<key>_rate` (smoothed buyer share) and `<key>_popularity` (log1p sessions)."""
     import polars as pl
 
-    counts = rates.counts[key]
-    totals = counts.group_by(key).agg(pl.col("sessions").sum(), pl.col("buyers").sum())
-    joined = events.join(totals, on=key, how="left")
-    sessions, buyers = pl.col("sessions").fill_null(0), pl.col("buyers").fill_null(0)
-    if out_of_fold:
-        own = counts.rename({"sessions": "own_sessions", "buyers": "own_buyers"})
-        joined = joined.join(own, on=["fold", key], how="left")
-        sessions = sessions - pl.col("own_sessions").fill_null(0)
-        buyers = buyers - pl.col("own_buyers").fill_null(0)
-    return joined.with_columns(
+    counts = event_counts(events[key], events["row"].to_numpy(), sequences, rates, out_of_fold=out_of_fold)
+    sessions, buyers = counts["sessions"], counts["buyers"]
+    return events.with_columns(
         ((buyers + rates.prior * SMOOTHING) / (sessions + SMOOTHING)).alias(f"{key}_rate"),
         sessions.cast(pl.Float64).log1p().alias(f"{key}_popularity"),
-    ).select(*events.columns, f"{key}_rate", f"{key}_popularity")
+    )
 
 
 def _matrix(features: pl.DataFrame) -> np.ndarray:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from features.buy_rates import SMOOTHING, buy_logits, count_buyers, out_of_fold_buy_logits
+from features.buy_rates import SMOOTHING, buy_logits, count_buyers
 
 
 def _sessions(items: list[list[str]], labels: list[bool | None]) -> pl.DataFrame:
@@ -42,7 +42,8 @@ def test_given_an_item_that_sells_then_its_logit_is_higher_and_unseen_ids_get_th
     frame = _sessions([["hit"]] * 10 + [["flop"]] * 10, [True] * 8 + [False] * 2 + [False] * 10)
     rates = count_buyers(frame, "item_id")
 
-    hit, flop, unseen, missing = buy_logits(pl.Series(["hit", "flop", "never", None]), rates)
+    ids = pl.Series(["hit", "flop", "never", None])
+    hit, flop, unseen, missing = buy_logits(ids, np.zeros(4, dtype=np.int64), frame, rates, out_of_fold=False)
 
     prior = rates.prior
     assert hit > unseen > flop
@@ -66,8 +67,8 @@ def test_property_a_sessions_own_label_never_changes_its_out_of_fold_inputs(item
     # same prior on both sides: only the counts may carry the flipped label
     flipped_rates = type(rates)(count_buyers(changed, "item_id").counts, rates.prior)
 
-    before = out_of_fold_buy_logits(ids, rows, original, rates)
-    after = out_of_fold_buy_logits(ids, rows, changed, flipped_rates)
+    before = buy_logits(ids, rows, original, rates, out_of_fold=True)
+    after = buy_logits(ids, rows, changed, flipped_rates, out_of_fold=True)
 
     assert before.dtype == np.float32 and np.isfinite(before).all()
     np.testing.assert_allclose(after[rows == row], before[rows == row], rtol=1e-6)
@@ -77,11 +78,13 @@ def test_given_shuffled_sessions_then_every_event_keeps_its_inputs():
     frame = _sessions([["a", "b"], ["b"], ["c", "a", "a"], ["b", "c"]], [True, False, True, False])
     rates = count_buyers(frame, "item_id")
     ids, rows = _flat(frame)
-    values = out_of_fold_buy_logits(ids, rows, frame, rates)
+    values = buy_logits(ids, rows, frame, rates, out_of_fold=True)
 
     shuffled = frame[[2, 0, 3, 1]]
     shuffled_ids, shuffled_rows = _flat(shuffled)
-    shuffled_values = out_of_fold_buy_logits(shuffled_ids, shuffled_rows, shuffled, count_buyers(shuffled, "item_id"))
+    shuffled_values = buy_logits(
+        shuffled_ids, shuffled_rows, shuffled, count_buyers(shuffled, "item_id"), out_of_fold=True
+    )
 
     by_session = {s: values[rows == n] for n, s in enumerate(frame["session_id"])}
     for n, session in enumerate(shuffled["session_id"]):
