@@ -146,6 +146,7 @@ class Lake:
                     os.fsync(handle.fileno())
                 os.replace(tmp, path)
                 _fsync_dir(parent)  # the rename itself survives a power cut
+                _remove_abandoned_temporaries(path)
             else:
                 with self.fs.open(tmp, "wb") as handle:
                     frame.write_parquet(handle, statistics=True)
@@ -231,3 +232,19 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+ABANDONED_AFTER_S = 3600.0  # a temporary file this old belongs to a writer that was killed
+
+
+def _remove_abandoned_temporaries(path: str) -> None:
+    """Delete temporaries of `path` left by killed writers (never read, but they take space).
+    Only old ones: a live writer of the same file holds the partition lock and finishes quickly."""
+    import glob
+    import time
+
+    cutoff = time.time() - ABANDONED_AFTER_S
+    for leftover in glob.glob(f"{glob.escape(path)}.tmp-*"):
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(leftover).st_mtime < cutoff:
+                os.remove(leftover)

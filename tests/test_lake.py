@@ -144,6 +144,23 @@ def test_given_a_temp_file_left_by_a_crash_then_no_read_sees_it(lake: Lake) -> N
     assert lake.scan("events").collect()["version"].to_list() == [1, 1, 1]
 
 
+def test_given_abandoned_temp_files_when_the_file_is_rewritten_then_only_the_old_ones_are_removed(
+    tmp_path: Path,
+) -> None:
+    lake = Lake(str(tmp_path / "lake"))
+    target = lake.write_partition("events", DAY, _frame(1))
+    abandoned, in_flight = Path(f"{target}.tmp-abandoned"), Path(f"{target}.tmp-inflight")
+    abandoned.write_bytes(b"left by a killed writer")
+    in_flight.write_bytes(b"another writer, still running")
+    an_hour_and_a_bit_ago = time.time() - lake_module.ABANDONED_AFTER_S - 60
+    os.utime(abandoned, (an_hour_and_a_bit_ago, an_hour_and_a_bit_ago))
+
+    lake.write_partition("events", DAY, _frame(2))
+
+    assert not abandoned.exists() and in_flight.exists()
+    assert lake.scan("events").collect()["version"].to_list() == [2, 2, 2]
+
+
 # ---- locks --------------------------------------------------------------------
 
 
