@@ -29,7 +29,7 @@ START = dt.date(2014, 4, 1)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=200_000)
+    parser.add_argument("--sessions", type=int, default=500_000)  # YOOCHOOSE volume: 50k a day
     parser.add_argument("--days", type=int, default=10)
     parser.add_argument("--test-days", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=None)

@@ -91,29 +91,46 @@ def _time_build(root: str, start: dt.date | None, end: dt.date | None, queue: Si
     from features.sequences import build_sequences
     from pipeline.config import load_settings
 
-    began, cpu = time.perf_counter(), time.process_time()
+    began, cpu = time.perf_counter(), os.times()
     summary = build_sequences(load_settings(lake=root, home=Path(root) / "state"), start, end)
-    queue.put((time.perf_counter() - began, time.process_time() - cpu, str(summary)))
+    queue.put((time.perf_counter() - began, _cpu_since(cpu), str(summary)))
 
 
-def _time_tensors(root: str, queue: SimpleQueue) -> None:
+def _cpu_since(start: os.times_result) -> tuple[float, float]:
+    """(user, system) CPU seconds of this process's threads since `start`. System time here is
+    mostly page faults: the first touch of fresh memory, costly on a virtual machine."""
+    now = os.times()
+    return now.user - start.user, now.system - start.system
+
+
+def _time_tensors(root: str, out_of_fold: bool, queue: SimpleQueue) -> None:
+    """read_sequences of the columns load_tensors reads, build_vocabulary on all of it, load_tensors."""
     from features.sequences import read_sequences
-    from features.tensors import load_tensors
+    from features.tensors import TENSOR_COLUMNS, load_tensors
     from features.vocabulary import build_vocabulary
     from pipeline.config import SequenceConfig
     from pipeline.lake import Lake
 
     lake = Lake(root)
-    began, cpu = time.perf_counter(), time.process_time()
-    sequences = read_sequences(lake, None, None)
-    read_s, read_cpu = time.perf_counter() - began, time.process_time() - cpu
+    began, cpu = time.perf_counter(), os.times()
+    sequences = read_sequences(lake, None, None, TENSOR_COLUMNS)
+    read_s, read_cpu = time.perf_counter() - began, _cpu_since(cpu)
     began = time.perf_counter()
     vocabulary = build_vocabulary(sequences, SequenceConfig())
     vocabulary_s = time.perf_counter() - began
-    began, cpu = time.perf_counter(), time.process_time()
-    tensors = load_tensors(sequences, vocabulary)
-    load_s, load_cpu = time.perf_counter() - began, time.process_time() - cpu
-    queue.put((read_s, load_s, read_cpu + load_cpu, vocabulary_s, int(tensors.offsets[-1])))
+    began, cpu = time.perf_counter(), os.times()
+    tensors = load_tensors(sequences, vocabulary, out_of_fold=out_of_fold)
+    load_s, load_cpu = time.perf_counter() - began, _cpu_since(cpu)
+    cpu_s = (read_cpu[0] + load_cpu[0], read_cpu[1] + load_cpu[1])
+    queue.put((read_s, load_s, cpu_s, vocabulary_s, int(tensors.offsets[-1])))
+
+
+def _cpu(seconds: tuple[float, float]) -> str:
+    return f"{seconds[0]:.0f} + {seconds[1]:.0f}"
+
+
+def _generate(root: str, sessions: int, days: int, queue: SimpleQueue) -> None:
+    queue.put(generate_events_lake(Path(root), sessions, days))
 
 
 def _time_pandas(root: str, start: dt.date, end: dt.date, queue: SimpleQueue) -> None:
@@ -174,18 +191,23 @@ def main() -> None:
     args = parser.parse_args()
 
     root = DATA / f"yoochoose-{args.sessions}-{args.days}d"
-    if not (root / "events").exists():
+    if not (root / "events").exists():  # in a child too: its memory must not count as a timed step's peak
         began = time.perf_counter()
-        n = generate_events_lake(root, args.sessions, args.days)
+        n, _ = _in_child(_generate, str(root), args.sessions, args.days)
         print(f"generated {n:,} events in {time.perf_counter() - began:.0f} s under {root}")
     threads = os.environ.get("POLARS_MAX_THREADS", str(os.cpu_count()))
+    load_before = os.getloadavg()[0]
 
     (build_s, build_cpu, summary), build_peak = _in_child(_time_build, str(root), None, None)
-    print(f"build: {build_s:.1f} s ({build_cpu:.0f} CPU s), peak {build_peak:.2f} GiB: {summary}")
-    (read_s, load_s, tensors_cpu, vocabulary_s, n_events), tensors_peak = _in_child(
-        _time_tensors, str(root)
-    )
-    print(f"tensors: read {read_s:.1f} s + load {load_s:.1f} s ({tensors_cpu:.0f} CPU s), peak {tensors_peak:.2f} GiB")
+    print(f"build: {build_s:.1f} s ({_cpu(build_cpu)} CPU s), peak {build_peak:.2f} GiB: {summary}")
+    tensors = {}
+    for out_of_fold in (False, True):
+        (read_s, load_s, cpu_s, vocabulary_s, n_events), peak = _in_child(_time_tensors, str(root), out_of_fold)
+        tensors[out_of_fold] = (read_s, load_s, cpu_s, peak)
+        print(
+            f"tensors (out_of_fold={out_of_fold}): read {read_s:.1f} s + load {load_s:.1f} s ({_cpu(cpu_s)} CPU s), "
+            f"peak {peak:.2f} GiB; build_vocabulary {vocabulary_s:.1f} s"
+        )
 
     first, last = START, START + dt.timedelta(days=args.pandas_days - 1)
     (subset_s, _, _), _ = _in_child(_time_build, str(root), first, last)
@@ -193,18 +215,27 @@ def main() -> None:
     ratio = pandas_s / subset_s
     print(f"first {args.pandas_days} days: polars {subset_s:.1f} s, pandas {pandas_s:.1f} s ({ratio:.1f}x)")
     load = os.getloadavg()[0]
+    rows = "\n".join(
+        f"| sequences/ -> SequenceTensors, {name} (read {read_s:.1f} s + load {load_s:.1f} s) "
+        f"| {read_s + load_s:.1f} s | {_cpu(cpu_s)} s | {peak:.2f} GiB | <= 5 s |"
+        for (read_s, load_s, cpu_s, peak), name in zip(
+            tensors.values(), ("plain (validation, scoring)", "out_of_fold=True (training)"), strict=True
+        )
+    )
 
     body = f"""
 Synthetic YOOCHOOSE-scale events/ lake ({args.sessions:,} sessions, {n_events:,} input events over {args.days}
 days, generated by `benchmarks/sequences.py`), POLARS_MAX_THREADS={threads}; each step in a fresh process.
-Wall time and the CPU seconds of all its threads (on an idle 2-core machine, wall >= CPU / 2). Load average
-when it ended: {load:.1f}.
+Wall time and the CPU seconds of all its threads, user + system (on an idle 2-core machine, wall >= CPU / 2;
+system time is mostly page faults: this virtual machine touches a process's first ~3 GB of fresh memory at
+~0.3 CPU s/GB and any more at ~3 CPU s/GB, so it varies from run to run). Load average
+when it began: {load_before:.1f}, when it ended: {load:.1f}. The tensor load reads the columns it uses
+(`features.tensors.TENSOR_COLUMNS`).
 
 | step | wall | CPU | peak RSS | target |
 |---|---|---|---|---|
-| events/ -> sequences/ (all dates) | {build_s:.1f} s | {build_cpu:.0f} s | {build_peak:.2f} GiB | <= 30 s, <= 6 GB |
-| sequences/ -> SequenceTensors (read {read_s:.1f} s + load {load_s:.1f} s) | {read_s + load_s:.1f} s \
-| {tensors_cpu:.0f} s | {tensors_peak:.2f} GiB | <= 5 s |
+| events/ -> sequences/ (all dates) | {build_s:.1f} s | {_cpu(build_cpu)} s | {build_peak:.2f} GiB | <= 30 s, <= 6 GB |
+{rows}
 | build_vocabulary on the whole window (not in the load) | {vocabulary_s:.1f} s | | | |
 | pandas groupby().apply(list), first {args.pandas_days} days ({pandas_sessions:,} sessions) | {pandas_s:.1f} s \
 | | | |

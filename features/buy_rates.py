@@ -9,6 +9,9 @@ pseudo-sessions, fed to the model as log-odds.
 On the training sessions themselves the counts leave out the session's own fold (FOLDS folds
 by a stable hash of session_id), so a session's label never feeds its own features; every
 other session (validation, scoring) uses all training counts.
+
+Counting and lookups run on integer id codes (features.event_ids): a bincount per key over the
+first sighting of each id in each session, then one gather per event.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+
+from features.event_ids import EventIds
 
 FOLDS = 5
 SMOOTHING = 20.0  # pseudo-sessions at the window's buyer share added to every id's counts
@@ -36,14 +41,19 @@ def count_buyers(sequences: pl.DataFrame, key: str) -> BuyCounts:
 
     Deterministic: the same sessions in any row order give the same table.
     """
-    labelled = sequences.filter(pl.col("label").is_not_null())
-    counts = (
-        _session_ids(labelled, key)
-        .group_by("id")
-        .agg(pl.len().cast(pl.Int64).alias("sessions"), pl.col("label").cast(pl.Int64).sum().alias("buyers"))
-        .sort("id")
-    )
-    prior = float(labelled.get_column("label").cast(pl.Float64).mean()) if labelled.height else 0.0
+    return buy_counts(EventIds.of_lists(sequences.get_column(key)), sequences.get_column("label"))
+
+
+def buy_counts(ids: EventIds, label: pl.Series) -> BuyCounts:
+    """`count_buyers` of the events `ids` of sessions with labels `label` (Boolean, null: unknown)."""
+    sessions, buyers = _session_counts(ids, _label_values(label), np.zeros(label.len(), dtype=np.int8), 1)
+    seen = np.flatnonzero(sessions)
+    counts = pl.DataFrame(
+        {"id": ids.ids.gather(seen), "sessions": sessions[seen], "buyers": buyers[seen]},
+        schema={"id": pl.String, "sessions": pl.Int64, "buyers": pl.Int64},
+    ).sort("id")
+    known = label.drop_nulls()
+    prior = float(known.cast(pl.Float64).mean()) if known.len() else 0.0
     return BuyCounts(counts=counts, prior=prior)
 
 
@@ -56,42 +66,92 @@ def event_counts(
     out_of_fold: bool,
 ) -> pl.DataFrame:
     """Training sessions and buyers behind every event's id (Int64 columns `sessions`, `buyers`,
-    order of `ids`; 0 for unseen ids). `ids` are the flat events of `sequences`, `session_of_event`
-    each event's row. With `out_of_fold`, `sequences` must be the sessions `rates` was counted on:
-    each session's own fold is left out, so its label never feeds its own counts."""
-    events = pl.DataFrame({"id": ids}).join(rates.counts, on="id", how="left", maintain_order="left")
-    if out_of_fold:
-        fold = (sequences.get_column("session_id").hash(seed=0) % FOLDS).to_numpy()[session_of_event]
-        label = sequences.get_column("label").cast(pl.Float64).fill_null(float("nan")).to_numpy()[session_of_event]
-        own_fold = (
-            pl.DataFrame({"row": session_of_event, "id": ids, "fold": fold, "label": label})
-            .filter(pl.col("label").is_not_nan() & pl.col("id").is_not_null())
-            .unique(["row", "id"])
-            .group_by("fold", "id")
-            .agg(
-                pl.len().cast(pl.Int64).alias("own_sessions"),
-                pl.col("label").sum().cast(pl.Int64).alias("own_buyers"),
-            )
-        )
-        events = (
-            events.with_columns(pl.Series("fold", fold))
-            .join(own_fold, on=["fold", "id"], how="left", maintain_order="left")
-            .with_columns(
-                pl.col("sessions") - pl.col("own_sessions").fill_null(0),
-                pl.col("buyers") - pl.col("own_buyers").fill_null(0),
-            )
-        )
-    return events.select(pl.col("sessions").fill_null(0), pl.col("buyers").fill_null(0))
+    order of `ids`; 0 for unseen ids). `ids` are the flat events of `sequences` in session runs,
+    `session_of_event` each event's row. With `out_of_fold`, `sequences` must be the sessions `rates`
+    was counted on: each session's own fold is left out, so its label never feeds its own counts."""
+    coded = EventIds.of(ids, np.bincount(session_of_event, minlength=sequences.height))
+    sessions, buyers = _code_counts(coded.ids, rates)
+    if not out_of_fold:
+        return pl.DataFrame({"sessions": sessions[coded.code], "buyers": buyers[coded.code]})
+    own_sessions, own_buyers = own_fold_counts(coded, sequences)
+    slot = coded.per_session(session_folds(sequences)).astype(np.int64) * coded.n_codes + coded.code
+    return pl.DataFrame(
+        {
+            "sessions": (np.tile(sessions, FOLDS) - own_sessions)[slot],
+            "buyers": (np.tile(buyers, FOLDS) - own_buyers)[slot],
+        }
+    )
 
 
-def buy_logits(
-    ids: pl.Series, session_of_event: np.ndarray, sequences: pl.DataFrame, rates: BuyCounts, *, out_of_fold: bool
-) -> np.ndarray:
-    """Smoothed buy log-odds of every event's id relative to the prior's (float32, order of `ids`;
-    0 for unseen ids), from `event_counts`."""
-    counts = event_counts(ids, session_of_event, sequences, rates, out_of_fold=out_of_fold)
+@dataclass(frozen=True, eq=False)
+class LogitTable:
+    """Smoothed buy log-odds of one key's ids relative to the prior's, per code of known_ids()
+    (features.event_ids), or out of fold per (fold, code)."""
+
+    values: np.ndarray  # float32 [n_codes], or [FOLDS * n_codes] out of fold
+    n_codes: int
+    out_of_fold: bool
+
+    def of_events(self, ids: EventIds, fold: np.ndarray) -> np.ndarray:
+        """float32 log-odds of every event of `ids` (0 for unseen ids); `fold` is session_folds of
+        its sessions, read only out of fold."""
+        if not self.out_of_fold:
+            return self.values[ids.code]
+        return self.values[ids.per_session(fold).astype(np.int64) * self.n_codes + ids.code]
+
+
+def logit_table(ids: pl.Series, rates: BuyCounts, own: tuple[np.ndarray, np.ndarray] | None) -> LogitTable:
+    """The log-odds of every id of `ids` (features.event_ids.known_ids: one per code) from `rates`;
+    out of fold when given `own`, own_fold_counts of the sessions `rates` was counted on."""
+    sessions, buyers = _code_counts(ids, rates)
+    if own is not None:
+        sessions, buyers = np.tile(sessions, FOLDS) - own[0], np.tile(buyers, FOLDS) - own[1]
+    counts = pl.DataFrame({"sessions": sessions, "buyers": buyers})
     logits = counts.select(_logit(rates.prior, pl.col("sessions"), pl.col("buyers")).cast(pl.Float32))
-    return logits.to_series().to_numpy()
+    return LogitTable(logits.to_series().to_numpy(), ids.len(), own is not None)
+
+
+def own_fold_counts(ids: EventIds, sequences: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled sessions and buyers per (fold, code) [FOLDS * n_codes] among `sequences`, whose
+    events `ids` are: what out-of-fold counts leave out."""
+    return _session_counts(ids, _label_values(sequences.get_column("label")), session_folds(sequences), FOLDS)
+
+
+def session_folds(sequences: pl.DataFrame) -> np.ndarray:
+    """int8 fold (0 .. FOLDS - 1) of every session, by a stable hash of its session_id."""
+    return (sequences.get_column("session_id").hash(seed=0) % FOLDS).cast(pl.Int8).to_numpy()
+
+
+def _code_counts(ids: pl.Series, rates: BuyCounts) -> tuple[np.ndarray, np.ndarray]:
+    """(sessions, buyers) of every id of `ids` in `rates` (0 for ids it lacks, and for nulls)."""
+    counts = rates.counts
+    row = ids.replace_strict(
+        counts.get_column("id"), pl.Series(np.arange(counts.height)), default=counts.height, return_dtype=pl.Int64
+    ).to_numpy()  # each id's row in `counts`; past its end: not counted
+    sessions = np.append(counts.get_column("sessions").to_numpy(), 0)[row]
+    return sessions, np.append(counts.get_column("buyers").to_numpy(), 0)[row]
+
+
+def _session_counts(
+    ids: EventIds, label: np.ndarray, group: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled sessions and buyers per (group of the session, code), flat [n_groups * n_codes]:
+    each session counts once per id it holds; events without an id count nowhere."""
+    sessions = np.zeros(n_groups * ids.n_codes, dtype=np.int64)
+    buyers = np.zeros(n_groups * ids.n_codes, dtype=np.int64)
+    for lo, hi, events in ids.blocks():  # block-sized temporaries
+        session = np.repeat(np.arange(lo, hi), ids.lengths[lo:hi])
+        code = ids.code[events]
+        counted = np.flatnonzero(ids.first_sighting[events] & (code != ids.missing) & (label[session] >= 0))
+        slot = group[session[counted]].astype(np.int64) * ids.n_codes + code[counted]
+        sessions += np.bincount(slot, minlength=sessions.size)
+        buyers += np.bincount(slot[label[session[counted]] == 1], minlength=buyers.size)
+    return sessions, buyers
+
+
+def _label_values(label: pl.Series) -> np.ndarray:
+    """int8 per session: 1 buyer, 0 not, -1 unknown."""
+    return label.cast(pl.Int8).fill_null(-1).to_numpy()
 
 
 def _logit(prior: float, sessions: pl.Expr, buyers: pl.Expr) -> pl.Expr:
@@ -100,13 +160,3 @@ def _logit(prior: float, sessions: pl.Expr, buyers: pl.Expr) -> pl.Expr:
     prior = min(max(prior, 1e-4), 1 - 1e-4)
     odds = (buyers + SMOOTHING * prior) / (sessions - buyers + SMOOTHING * (1 - prior))
     return (odds / (prior / (1 - prior))).log()
-
-
-def _session_ids(sequences: pl.DataFrame, key: str) -> pl.DataFrame:
-    """One row per (session, distinct id in it) with the session's label."""
-    return (
-        sequences.select(pl.int_range(pl.len()).alias("row"), pl.col(key).alias("id"), "label")
-        .explode("id")
-        .drop_nulls("id")
-        .unique(["row", "id"])
-    )

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from features.buy_rates import RATE_KEYS, BuyCounts, count_buyers
+from features.buy_rates import RATE_KEYS, BuyCounts, buy_counts
+from features.event_ids import EventIds
 from features.tensors import OOV
 from pipeline.config import SequenceConfig
 
@@ -74,24 +75,26 @@ class Vocabulary:
             digest.update(rates.counts.write_csv().encode())
         return digest.hexdigest()[:12]
 
-    def item_index(self, ids: pl.Series) -> pl.Series:
-        """Int64 index of every raw item id, same length and order as `ids` (null -> OOV)."""
-        index = ids.replace_strict(self.items.get_column("id"), self.items.get_column("index"), default=None)
+    def item_index(self, ids: pl.Series) -> np.ndarray:
+        """int64 index of every raw item id (String), same order (null -> OOV)."""
+        items = self.items
+        index = ids.replace_strict(
+            items.get_column("id"), items.get_column("index"), default=None, return_dtype=pl.Int64
+        )
         if self.item_hash_buckets:
             unseen = index.is_null() & ids.is_not_null()
-            hashed = _FIRST_ITEM + self.items.height + stable_hash(ids.filter(unseen)) % self.item_hash_buckets
+            hashed = _FIRST_ITEM + items.height + stable_hash(ids.filter(unseen)) % self.item_hash_buckets
             index = index.scatter(unseen.arg_true(), pl.Series(hashed.astype(np.int64)))
-        return index.fill_null(OOV).cast(pl.Int64)
+        return index.fill_null(OOV).to_numpy()
 
-    def category_index(self, ids: pl.Series) -> pl.Series:
-        """Int64 index of every raw category, same length and order as `ids` (null -> unknown "0")."""
+    def category_index(self, ids: pl.Series) -> np.ndarray:
+        """int64 index of every raw category (String), same order (null -> unknown "0")."""
         raw = ids.fill_null(UNKNOWN_CATEGORY)
-        distinct = raw.unique()  # a few hundred values: classify those, then map every event once
         table = self.categories
-        known = distinct.replace_strict(table.get_column("id"), table.get_column("index"), default=None)
-        unseen_brand = known.is_null() & distinct.str.contains(BRAND_PATTERN)
+        known = raw.replace_strict(table.get_column("id"), table.get_column("index"), default=None)
+        unseen_brand = known.is_null() & raw.str.contains(BRAND_PATTERN)
         index = pl.select(pl.when(unseen_brand).then(OOV_BRAND).otherwise(known).fill_null(OOV)).to_series()
-        return raw.replace_strict(distinct, index, return_dtype=pl.Int64).cast(pl.Int64)  # also when empty
+        return index.cast(pl.Int64).to_numpy()
 
     def save(self, directory: Path) -> list[Path]:
         """Write the vocabulary into `directory` (created if needed); returns the files written."""
@@ -138,15 +141,14 @@ def build_vocabulary(sequences: pl.DataFrame, config: SequenceConfig) -> Vocabul
 
     Deterministic: the same sessions in any row order give the same vocabulary and version.
     """
-    items = _counted(sequences.get_column("item_id").explode().drop_nulls(), config.item_min_count)
-    learned = _counted(
-        _learnable(sequences.get_column("category").explode().drop_nulls()), config.category_min_count
-    )
-    categories = pl.concat([pl.Series("id", FIXED_CATEGORIES, dtype=pl.String), learned])
+    ids = {key: EventIds.of_lists(sequences.get_column(key)) for key in RATE_KEYS}
+    items = _counted(ids["item_id"], config.item_min_count)
+    learned = _counted(ids["category"], config.category_min_count).filter(~pl.col("id").is_in(FIXED_CATEGORIES))
+    categories = pl.concat([pl.Series("id", FIXED_CATEGORIES, dtype=pl.String), learned.get_column("id")])
     return Vocabulary(
-        items=_indexed(items, _FIRST_ITEM),
+        items=_indexed(items.get_column("id"), _FIRST_ITEM),
         categories=_indexed(categories, _FIRST_CATEGORY),
-        rates={key: count_buyers(sequences, key) for key in RATE_KEYS},
+        rates={key: buy_counts(ids[key], sequences.get_column("label")) for key in RATE_KEYS},
         item_hash_buckets=config.item_hash_buckets,
     )
 
@@ -166,14 +168,14 @@ def stable_hash(ids: pl.Series) -> np.ndarray:
     return result
 
 
-def _counted(values: pl.Series, min_count: int) -> pl.Series:
-    """Distinct values seen at least `min_count` times, by descending count then value."""
-    counts = values.rename("id").value_counts(name="count")
-    return counts.filter(pl.col("count") >= min_count).sort(["count", "id"], descending=[True, False])["id"]
-
-
-def _learnable(categories: pl.Series) -> pl.Series:
-    return categories.filter(~categories.is_in(FIXED_CATEGORIES))
+def _counted(ids: EventIds, min_count: int) -> pl.DataFrame:
+    """Ids (column `id`) of at least `min_count` (and at least one) events, by descending count then id."""
+    counts = np.zeros(ids.n_codes, dtype=np.int64)
+    for _, _, events in ids.blocks():  # block-sized temporaries
+        counts += np.bincount(ids.code[events], minlength=ids.n_codes)
+    counts[ids.missing] = 0
+    frame = pl.DataFrame({"id": ids.ids, "count": counts})
+    return frame.filter(pl.col("count") >= max(min_count, 1)).sort(["count", "id"], descending=[True, False])
 
 
 def _indexed(ids: pl.Series, first: int) -> pl.DataFrame:

@@ -317,7 +317,9 @@ def _params(settings: Settings, config: TrainConfig, split: _Split) -> dict[str,
 
 def _fingerprint(settings: Settings, config: TrainConfig, split: _Split, labelled: pl.DataFrame) -> str:
     """sha256 of the window, its labelled sessions' content and the settings (device excluded)."""
-    rows = labelled.hash_rows(seed=0).to_numpy().tobytes()
+    from pipeline.schemas import with_strings
+
+    rows = with_strings(labelled).hash_rows(seed=0).to_numpy().tobytes()
     described = json.dumps(
         {
             "window": [str(day) for day in split.window],
@@ -376,9 +378,13 @@ def _signature() -> ModelSignature:
         if hasattr(dtype, "inner"):
             return Array(mlflow_type(dtype.inner))
         name = type(dtype).__name__
-        return {"String": "string", "Boolean": "boolean", "Float32": "float", "Float64": "double"}.get(
-            name, "datetime" if name == "Datetime" else "integer"
-        )
+        return {
+            "String": "string",
+            "Categorical": "string",
+            "Boolean": "boolean",
+            "Float32": "float",
+            "Float64": "double",
+        }.get(name, "datetime" if name == "Datetime" else "integer")
 
     return ModelSignature(
         inputs=Schema([ColSpec(mlflow_type(dtype), name) for name, dtype in SEQUENCES.items()]),

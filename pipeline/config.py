@@ -39,7 +39,9 @@ class SequenceConfig:
 class ModelConfig:
     """LSTM sizes; the defaults are chosen by validation (see README)."""
 
-    item_dim: int = 16
+    # 0: no learned item embedding. The smoothed item buy-rate input carries what an item sells
+    # like; a learned embedding overfitted on every window measured (README, model quality).
+    item_dim: int = 0
     category_dim: int = 16
     event_type_dim: int = 4
     hidden_size: int = 64
@@ -51,7 +53,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation settings for one training run."""
 
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 4096
     learning_rate: float = 5e-3
     weight_decay: float = 1e-4

@@ -43,7 +43,9 @@ QUARANTINE = pl.Schema(
 
 # sequences/date=YYYY-MM-DD/data.parquet (date = UTC date of session_start)
 # Raw item and category ids are kept: a model's own vocabulary turns them into
-# indices when it loads them, so one partition serves every model version.
+# indices when it loads them, so one partition serves every model version. They are
+# Categorical (Parquet dictionary-encoded strings): readers get integer codes without
+# decoding a string per event (features.event_ids).
 SEQUENCES = pl.Schema(
     {
         "session_id": pl.String,
@@ -57,8 +59,8 @@ SEQUENCES = pl.Schema(
         "source": pl.String,
         "start_hour": pl.Int8,
         "start_weekday": pl.Int8,  # 1 = Monday .. 7 = Sunday
-        "item_id": pl.List(pl.String),
-        "category": pl.List(pl.String),
+        "item_id": pl.List(pl.Categorical()),
+        "category": pl.List(pl.Categorical()),  # null where the event had none
         "event_type": pl.List(pl.Int8),  # EVENT_TYPE_CODE
         "log_gap_prev": pl.List(pl.Float32),  # log1p(seconds since previous event); 0 for the first
         "log_dwell": pl.List(pl.Float32),  # log1p(seconds to next event); 0 for the last
@@ -90,6 +92,14 @@ COOKIE_INTENT = pl.Schema(
         "max_score": pl.Float32,
     }
 )
+
+
+def with_strings(frame: pl.DataFrame) -> pl.DataFrame:
+    """The frame with its Categorical columns, also inside lists, as String: what to hash or
+    compare across processes, since polars numbers categories in the order a process meets them."""
+    return frame.with_columns(
+        pl.col(pl.List(pl.Categorical)).cast(pl.List(pl.String)), pl.col(pl.Categorical).cast(pl.String)
+    )
 
 
 def conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:

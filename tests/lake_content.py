@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from pipeline.schemas import with_strings
+
 VOLATILE_COLUMNS = ("scored_at",)  # a timestamp per run, by contract
 
 
 def content_hash(frame: pl.DataFrame, ignore: tuple[str, ...] = VOLATILE_COLUMNS) -> str:
     """sha256 of the frame's schema and its sorted row hashes, `ignore` columns left out."""
-    kept = frame.drop(ignore, strict=False)
+    kept = with_strings(frame.drop(ignore, strict=False))
     rows = np.sort(kept.hash_rows(seed=0).to_numpy())
     return hashlib.sha256(repr(kept.schema).encode() + rows.tobytes()).hexdigest()
 

@@ -11,7 +11,16 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from features.buy_rates import SMOOTHING, buy_logits, count_buyers
+from features.buy_rates import (
+    SMOOTHING,
+    BuyCounts,
+    count_buyers,
+    event_counts,
+    logit_table,
+    own_fold_counts,
+    session_folds,
+)
+from features.event_ids import EventIds
 
 
 def _sessions(items: list[list[str]], labels: list[bool | None]) -> pl.DataFrame:
@@ -24,6 +33,13 @@ def _sessions(items: list[list[str]], labels: list[bool | None]) -> pl.DataFrame
 def _flat(frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
     lengths = frame["item_id"].list.len().to_numpy()
     return frame["item_id"].explode(), np.repeat(np.arange(frame.height), lengths)
+
+
+def _logits(frame: pl.DataFrame, rates: BuyCounts, *, out_of_fold: bool) -> np.ndarray:
+    """What the model gets for every item event of `frame` (flat, session order), as load_tensors builds it."""
+    ids = EventIds.of_lists(frame["item_id"])
+    own = own_fold_counts(ids, frame) if out_of_fold else None
+    return logit_table(ids.ids, rates, own).of_events(ids, session_folds(frame))
 
 
 def test_given_a_window_then_counts_take_each_labelled_session_once_per_item():
@@ -42,8 +58,8 @@ def test_given_an_item_that_sells_then_its_logit_is_higher_and_unseen_ids_get_th
     frame = _sessions([["hit"]] * 10 + [["flop"]] * 10, [True] * 8 + [False] * 2 + [False] * 10)
     rates = count_buyers(frame, "item_id")
 
-    ids = pl.Series(["hit", "flop", "never", None])
-    hit, flop, unseen, missing = buy_logits(ids, np.zeros(4, dtype=np.int64), frame, rates, out_of_fold=False)
+    ids = EventIds.of(pl.Series(["hit", "flop", "never", None]), np.array([4]))
+    hit, flop, unseen, missing = logit_table(ids.ids, rates, None).of_events(ids, np.zeros(1, dtype=np.int8))
 
     prior = rates.prior
     assert hit > unseen > flop
@@ -62,13 +78,13 @@ def test_property_a_sessions_own_label_never_changes_its_out_of_fold_inputs(item
     row = data.draw(st.integers(0, len(items) - 1))
     flipped = [(not v) if n == row else v for n, v in enumerate(labels)]
     original, changed = _sessions(items, labels), _sessions(items, flipped)
-    ids, rows = _flat(original)
+    _, rows = _flat(original)
     rates = count_buyers(original, "item_id")
     # same prior on both sides: only the counts may carry the flipped label
-    flipped_rates = type(rates)(count_buyers(changed, "item_id").counts, rates.prior)
+    flipped_rates = BuyCounts(count_buyers(changed, "item_id").counts, rates.prior)
 
-    before = buy_logits(ids, rows, original, rates, out_of_fold=True)
-    after = buy_logits(ids, rows, changed, flipped_rates, out_of_fold=True)
+    before = _logits(original, rates, out_of_fold=True)
+    after = _logits(changed, flipped_rates, out_of_fold=True)
 
     assert before.dtype == np.float32 and np.isfinite(before).all()
     np.testing.assert_allclose(after[rows == row], before[rows == row], rtol=1e-6)
@@ -77,15 +93,39 @@ def test_property_a_sessions_own_label_never_changes_its_out_of_fold_inputs(item
 def test_given_shuffled_sessions_then_every_event_keeps_its_inputs():
     frame = _sessions([["a", "b"], ["b"], ["c", "a", "a"], ["b", "c"]], [True, False, True, False])
     rates = count_buyers(frame, "item_id")
-    ids, rows = _flat(frame)
-    values = buy_logits(ids, rows, frame, rates, out_of_fold=True)
+    _, rows = _flat(frame)
+    values = _logits(frame, rates, out_of_fold=True)
 
     shuffled = frame[[2, 0, 3, 1]]
-    shuffled_ids, shuffled_rows = _flat(shuffled)
-    shuffled_values = buy_logits(
-        shuffled_ids, shuffled_rows, shuffled, count_buyers(shuffled, "item_id"), out_of_fold=True
-    )
+    _, shuffled_rows = _flat(shuffled)
+    shuffled_values = _logits(shuffled, count_buyers(shuffled, "item_id"), out_of_fold=True)
 
     by_session = {s: values[rows == n] for n, s in enumerate(frame["session_id"])}
     for n, session in enumerate(shuffled["session_id"]):
         np.testing.assert_array_equal(shuffled_values[shuffled_rows == n], by_session[session])
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(
+    items=st.lists(st.lists(st.sampled_from("abcde"), max_size=4), min_size=1, max_size=30),
+    data=st.data(),
+    out_of_fold=st.booleans(),
+)
+def test_property_event_counts_are_the_labelled_sessions_holding_the_id_outside_the_own_fold(items, data, out_of_fold):
+    labels = data.draw(st.lists(st.one_of(st.none(), st.booleans()), min_size=len(items), max_size=len(items)))
+    frame = _sessions(items, labels)
+    ids, rows = _flat(frame)
+    fold = session_folds(frame)
+
+    counts = event_counts(ids, rows, frame, count_buyers(frame, "item_id"), out_of_fold=out_of_fold)
+
+    counted = [  # plain Python: the sessions behind each event's id
+        [
+            s
+            for s in range(len(items))
+            if labels[s] is not None and item in items[s] and not (out_of_fold and fold[s] == fold[row])
+        ]
+        for item, row in zip(ids, rows, strict=True)
+    ]
+    assert counts["sessions"].to_list() == [len(sessions) for sessions in counted]
+    assert counts["buyers"].to_list() == [sum(labels[s] for s in sessions) for sessions in counted]

@@ -107,8 +107,8 @@ def test_given_a_one_class_validation_set_then_training_error(small):
 
 
 def test_given_a_small_training_set_then_batches_shrink_to_give_each_epoch_enough_steps():
-    assert epoch_batch_size(30_000, 4096) == 30_000 // MIN_STEPS_PER_EPOCH
+    assert epoch_batch_size(300_000, 4096) == 300_000 // MIN_STEPS_PER_EPOCH
     assert epoch_batch_size(1_000, 4096) == MIN_BATCH_SIZE
     assert epoch_batch_size(9_250_000, 16384) == 16384  # large sets keep the configured size
     assert epoch_batch_size(100, 128) == 128  # never above the configured size
-    assert epoch_batch_size(60_000, 4096, world_size=2) == 60_000 // (2 * MIN_STEPS_PER_EPOCH)
+    assert epoch_batch_size(600_000, 4096, world_size=2) == 600_000 // (2 * MIN_STEPS_PER_EPOCH)

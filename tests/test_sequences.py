@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -283,3 +286,46 @@ def test_read_sequences_returns_sessions_in_start_then_id_order_whatever_the_fil
     lake.write_partition("sequences", DAY, frame.reverse())
 
     assert read_sequences(lake, DAY, DAY)["session_id"].to_list() == ["c", "a", "b"]
+
+
+def test_read_sequences_of_some_columns_gives_those_in_schema_order_and_the_same_rows(settings):
+    lake = Lake(settings.lake)
+    events = _events([_view(60, session_id="b"), _view(60, session_id="a"), _view(0, session_id="c")])
+    frame, _ = sessions_of(events, DAY, DAY, SequenceConfig())
+    lake.write_partition("sequences", DAY, frame.reverse())
+
+    some = read_sequences(lake, DAY, DAY, ["item_id", "label"])
+
+    assert some.columns == ["label", "item_id"]
+    assert some.equals(read_sequences(lake, DAY, DAY).select("label", "item_id"))
+    assert read_sequences(lake, DAY + dt.timedelta(days=1), None, ["label"]).columns == ["label"]
+    with pytest.raises(ValueError, match="not SEQUENCES columns"):
+        read_sequences(lake, DAY, DAY, ["label", "nope"])
+
+
+def test_ids_are_stored_dictionary_encoded_and_read_back_as_the_raw_strings(settings):
+    lake = Lake(settings.lake)
+    _write_by_day(lake, _lake_events())
+    build_sequences(settings, None, None)
+
+    path = lake.partition_file("sequences", DAY)
+    stored = pq.ParquetFile(path).schema_arrow
+    frame = read_sequences(lake, DAY, DAY)
+
+    assert all(pa.types.is_dictionary(stored.field(c).type.value_type) for c in ("item_id", "category"))
+    night = frame.filter(pl.col("cookie_id") == "night")
+    assert night["item_id"].cast(pl.List(pl.String)).to_list() == [["x", "y"]]
+
+
+def test_a_partition_does_not_depend_on_the_order_the_process_first_saw_the_ids(settings):
+    """Polars numbers categories as it meets them: the files must not carry those numbers."""
+    lake = Lake(settings.lake)
+    _write_by_day(lake, _lake_events())
+    build_sequences(settings, None, None)
+    first = Path(lake.partition_file("sequences", DAY)).read_bytes()
+
+    seen_backwards = pl.Series(["y", "x", "c", "b", "a", "S", "0"]).cast(pl.Categorical)  # other numbers
+    build_sequences(settings, DAY, DAY)
+
+    assert Path(lake.partition_file("sequences", DAY)).read_bytes() == first
+    assert seen_backwards.len() == 7

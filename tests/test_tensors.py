@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from features import event_ids
 from features.sequences import CONTINUOUS_FEATURES, sessions_of
-from features.tensors import OOV, load_tensors
+from features.tensors import OOV, TENSOR_COLUMNS, load_tensors
 from features.vocabulary import build_vocabulary
 from pipeline.config import SequenceConfig
 from pipeline.schemas import EVENTS
@@ -62,10 +63,10 @@ def test_property_flat_tensors_and_offsets_match_the_list_columns_exactly(rows):
     tensors = load_tensors(frame, vocabulary)
 
     assert tensors.offsets.tolist() == [0, *np.cumsum(frame["n_events"].to_list()).tolist()]
-    items = frame["item_id"].explode()
-    assert tensors.item.tolist() == vocabulary.item_index(items).to_list()
+    items = frame["item_id"].explode().cast(pl.String)
+    assert tensors.item.tolist() == vocabulary.item_index(items).tolist()
     assert OOV not in tensors.item.tolist()  # every item is in a vocabulary built on these sessions
-    assert tensors.category.tolist() == vocabulary.category_index(frame["category"].explode()).to_list()
+    assert tensors.category.tolist() == vocabulary.category_index(frame["category"].explode().cast(pl.String)).tolist()
     assert tensors.event_type.tolist() == [code + 1 for code in frame["event_type"].explode().to_list()]
     assert tensors.continuous.shape == (len(items), len(CONTINUOUS_FEATURES))
     column = {name: tensors.continuous[:, i].tolist() for i, name in enumerate(CONTINUOUS_FEATURES)}
@@ -74,8 +75,41 @@ def test_property_flat_tensors_and_offsets_match_the_list_columns_exactly(rows):
     assert column["dwell_known"] == [float(k) for k in frame["dwell_known"].explode().to_list()]
     positions = [float(p) for n in frame["n_events"] for p in range(n)]
     assert column["log_position"] == torch.log1p(torch.tensor(positions)).tolist()
+    revisits, same_category = [], []
+    for session_items, session_categories in zip(frame["item_id"], frame["category"], strict=True):
+        session_items, session_categories = session_items.to_list(), session_categories.to_list()
+        revisits += [float(item in session_items[:n]) for n, item in enumerate(session_items)]
+        same_category += [float(n > 0 and c == session_categories[n - 1]) for n, c in enumerate(session_categories)]
+    assert column["item_repeat"] == revisits
+    assert column["same_category_as_previous"] == same_category
     labels = [math.nan if label is None else float(label) for label in frame["label"]]
     assert np.array_equal(tensors.label.numpy(), np.array(labels, dtype=np.float32), equal_nan=True)
+
+
+@hypothesis_settings(max_examples=20, deadline=None)
+@given(rows=event_rows, block_events=st.integers(1, 8), out_of_fold=st.booleans())
+def test_property_loading_block_by_block_gives_the_same_tensors_whatever_the_block_size(
+    rows, block_events, out_of_fold
+):
+    frame = _sequences(rows)
+    vocabulary = build_vocabulary(frame, SequenceConfig(item_min_count=1))
+    whole = load_tensors(frame, vocabulary, out_of_fold=out_of_fold)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(event_ids, "BLOCK_EVENTS", block_events)
+        blocks = load_tensors(frame, vocabulary, out_of_fold=out_of_fold)
+
+    for name in ("offsets", "item", "category", "event_type", "continuous", "label"):
+        assert torch.equal(getattr(blocks, name).nan_to_num(), getattr(whole, name).nan_to_num()), name
+
+
+def test_loading_reads_only_the_tensor_columns():
+    frame = _sequences([("1", 0, "view", "a", "0"), ("1", 60, "view", "b", "0"), ("2", 30, "view", "c", "S")])
+    vocabulary = build_vocabulary(frame, SequenceConfig(item_min_count=1))
+
+    narrow = load_tensors(frame.select(TENSOR_COLUMNS), vocabulary, out_of_fold=True)
+
+    assert torch.equal(narrow.continuous, load_tensors(frame, vocabulary, out_of_fold=True).continuous)
 
 
 def test_sessions_come_in_the_frames_row_order_and_events_in_list_order():
@@ -95,7 +129,7 @@ def test_sessions_come_in_the_frames_row_order_and_events_in_list_order():
 def test_an_empty_frame_loads_as_empty_tensors_with_every_continuous_column():
     frame = _sequences([("1", 0, "view", "a", "0")]).clear()
 
-    tensors = load_tensors(frame, build_vocabulary(frame, SequenceConfig()))
+    tensors = load_tensors(frame, build_vocabulary(frame, SequenceConfig()), out_of_fold=True)
 
     assert tensors.n_sessions == 0 and tensors.offsets.tolist() == [0]
     assert tensors.continuous.shape == (0, len(CONTINUOUS_FEATURES))

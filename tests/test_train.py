@@ -152,7 +152,7 @@ def test_given_a_run_killed_after_its_first_epoch_when_resumed_then_it_continues
 
 
 def _nan_features(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.with_columns(pl.col("log_dwell").list.eval(pl.element() * float("nan")))
+    return frame.with_columns(pl.col("log_gap_prev").list.eval(pl.element() * float("nan")))
 
 
 def _one_class_validation(frame: pl.DataFrame) -> pl.DataFrame:

@@ -29,7 +29,7 @@ def test_items_below_min_count_map_to_oov_and_known_items_are_indexed_by_descend
     vocabulary = build_vocabulary(_sequences([["a", "b", "b"], ["c", "b", "a"], ["rare"]]), SequenceConfig())
 
     assert vocabulary.items["id"].to_list() == ["b", "a"]
-    assert vocabulary.item_index(pl.Series(["a", "b", "rare", "never", None])).to_list() == [3, 2, OOV, OOV, OOV]
+    assert vocabulary.item_index(pl.Series(["a", "b", "rare", "never", None])).tolist() == [3, 2, OOV, OOV, OOV]
     assert vocabulary.n_items == 4
 
 
@@ -53,7 +53,7 @@ def test_hash_buckets_give_unseen_items_a_stable_index_after_the_known_ones():
     config = SequenceConfig(item_min_count=1, item_hash_buckets=8)
     vocabulary = build_vocabulary(_sequences([["a", "b"]]), config)
 
-    index = vocabulary.item_index(pl.Series(["new-1", "a", "new-1", "new-2"])).to_list()
+    index = vocabulary.item_index(pl.Series(["new-1", "a", "new-1", "new-2"])).tolist()
 
     assert index[0] == index[2] and index[1] == 2
     assert all(4 <= i < 4 + 8 for i in (index[0], index[3]))
