@@ -70,17 +70,10 @@ def event_counts(
     `session_of_event` each event's row. With `out_of_fold`, `sequences` must be the sessions `rates`
     was counted on: each session's own fold is left out, so its label never feeds its own counts."""
     coded = EventIds.of(ids, np.bincount(session_of_event, minlength=sequences.height))
-    sessions, buyers = _code_counts(coded.ids, rates)
-    if not out_of_fold:
-        return pl.DataFrame({"sessions": sessions[coded.code], "buyers": buyers[coded.code]})
-    own_sessions, own_buyers = own_fold_counts(coded, sequences)
-    slot = coded.per_session(session_folds(sequences)).astype(np.int64) * coded.n_codes + coded.code
-    return pl.DataFrame(
-        {
-            "sessions": (np.tile(sessions, FOLDS) - own_sessions)[slot],
-            "buyers": (np.tile(buyers, FOLDS) - own_buyers)[slot],
-        }
-    )
+    own = own_fold_counts(coded, sequences) if out_of_fold else None
+    sessions, buyers = _counts_by_code(coded.ids, rates, own)
+    slot = _event_slots(coded, session_folds(sequences) if out_of_fold else None, coded.n_codes)
+    return pl.DataFrame({"sessions": sessions[slot], "buyers": buyers[slot]})
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,17 +88,13 @@ class LogitTable:
     def of_events(self, ids: EventIds, fold: np.ndarray) -> np.ndarray:
         """float32 log-odds of every event of `ids` (0 for unseen ids); `fold` is session_folds of
         its sessions, read only out of fold."""
-        if not self.out_of_fold:
-            return self.values[ids.code]
-        return self.values[ids.per_session(fold).astype(np.int64) * self.n_codes + ids.code]
+        return self.values[_event_slots(ids, fold if self.out_of_fold else None, self.n_codes)]
 
 
 def logit_table(ids: pl.Series, rates: BuyCounts, own: tuple[np.ndarray, np.ndarray] | None) -> LogitTable:
     """The log-odds of every id of `ids` (features.event_ids.known_ids: one per code) from `rates`;
     out of fold when given `own`, own_fold_counts of the sessions `rates` was counted on."""
-    sessions, buyers = _code_counts(ids, rates)
-    if own is not None:
-        sessions, buyers = np.tile(sessions, FOLDS) - own[0], np.tile(buyers, FOLDS) - own[1]
+    sessions, buyers = _counts_by_code(ids, rates, own)
     counts = pl.DataFrame({"sessions": sessions, "buyers": buyers})
     logits = counts.select(_logit(rates.prior, pl.col("sessions"), pl.col("buyers")).cast(pl.Float32))
     return LogitTable(logits.to_series().to_numpy(), ids.len(), own is not None)
@@ -120,6 +109,25 @@ def own_fold_counts(ids: EventIds, sequences: pl.DataFrame) -> tuple[np.ndarray,
 def session_folds(sequences: pl.DataFrame) -> np.ndarray:
     """int8 fold (0 .. FOLDS - 1) of every session, by a stable hash of its session_id."""
     return (sequences.get_column("session_id").hash(seed=0) % FOLDS).cast(pl.Int8).to_numpy()
+
+
+def _counts_by_code(
+    ids: pl.Series, rates: BuyCounts, own: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sessions, buyers) of every id of `ids` in `rates`: per code, or per (fold, code) [FOLDS * n_codes]
+    with each fold's `own` counts (own_fold_counts) left out."""
+    sessions, buyers = _code_counts(ids, rates)
+    if own is None:
+        return sessions, buyers
+    return np.tile(sessions, FOLDS) - own[0], np.tile(buyers, FOLDS) - own[1]
+
+
+def _event_slots(ids: EventIds, fold: np.ndarray | None, n_codes: int) -> np.ndarray:
+    """Each event's slot in a _counts_by_code table of `n_codes` codes: its code, or with `fold`
+    (session_folds of its sessions) its (session's fold, code)."""
+    if fold is None:
+        return ids.code
+    return ids.per_session(fold).astype(np.int64) * n_codes + ids.code
 
 
 def _code_counts(ids: pl.Series, rates: BuyCounts) -> tuple[np.ndarray, np.ndarray]:
