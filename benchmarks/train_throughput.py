@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 N_ITEMS = 52_000  # YOOCHOOSE's catalogue size, order of magnitude
 N_CATEGORIES = 340
 N_EVENT_TYPES = 6  # PAD + EVENT_TYPES
-N_CONTINUOUS = 13  # len(features.sequences.CONTINUOUS_FEATURES)
+N_CONTINUOUS = 13  # len(features.tensors.CONTINUOUS_FEATURES)
 MAX_LENGTH = 200
 
 
@@ -53,7 +53,7 @@ def sessions_with_lengths(lengths: np.ndarray, *, seed: int = 0, n_items: int = 
     """
     import torch
 
-    from features.tensors import SequenceTensors
+    from features.tensors import STORED_FEATURES, SequenceTensors
 
     rng = np.random.default_rng(seed)
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -63,17 +63,19 @@ def sessions_with_lengths(lengths: np.ndarray, *, seed: int = 0, n_items: int = 
     n_events = int(offsets[-1])
     item = np.minimum(rng.zipf(1.3, n_events), n_items - 2) + 1  # 0 is PAD; 1 (OOV) is rare
     category = (item * 7919) % (N_CATEGORIES - 2) + 2
-    event_type = np.full(n_events, 1, dtype=np.int64) + (rng.random(n_events) < 0.05)
-    continuous = rng.normal(0.0, 1.0, (n_events, N_CONTINUOUS)).astype(np.float32)
+    event_type = np.full(n_events, 1, dtype=np.int32) + (rng.random(n_events) < 0.05)
+    stored = rng.normal(0.0, 1.0, (len(STORED_FEATURES), n_events)).astype(np.float32)
+    start = rng.integers(0, 24, n_sessions, dtype=np.int32) * 8 + rng.integers(1, 8, n_sessions, dtype=np.int32)
     last_item = np.append(item, 1)[np.where(lengths > 0, offsets[1:] - 1, n_events)]  # 1: empty session
     logit = -4.0 + 5.0 * (last_item % 4 == 0) + 0.2 * np.minimum(lengths, 10)
     label = (rng.random(n_sessions) < 1 / (1 + np.exp(-logit))).astype(np.float32)
     return SequenceTensors(
         offsets=torch.from_numpy(offsets),
-        item=torch.from_numpy(item.astype(np.int64)),
-        category=torch.from_numpy(category.astype(np.int64)),
+        item=torch.from_numpy(item.astype(np.int32)),
+        category=torch.from_numpy(category.astype(np.int32)),
         event_type=torch.from_numpy(event_type),
-        continuous=torch.from_numpy(continuous),
+        stored=torch.from_numpy(stored),
+        start=torch.from_numpy(start),
         label=torch.from_numpy(label),
     )
 
@@ -150,7 +152,8 @@ class _SessionDataset:
             "item": t.item[lo:hi],
             "category": t.category[lo:hi],
             "event_type": t.event_type[lo:hi],
-            "continuous": t.continuous[lo:hi],
+            "stored": t.stored[:, lo:hi],
+            "start": t.start[i],
             "label": t.label[i],
         }
 
@@ -169,7 +172,8 @@ def _collate(samples: list[dict[str, torch.Tensor]]) -> SequenceTensors:
         item=torch.cat([s["item"] for s in samples]),
         category=torch.cat([s["category"] for s in samples]),
         event_type=torch.cat([s["event_type"] for s in samples]),
-        continuous=torch.cat([s["continuous"] for s in samples]),
+        stored=torch.cat([s["stored"] for s in samples], dim=1),
+        start=torch.stack([s["start"] for s in samples]),
         label=torch.stack([s["label"] for s in samples]),
     )
 

@@ -46,7 +46,7 @@ def count_buyers(sequences: pl.DataFrame, key: str) -> BuyCounts:
 
 def buy_counts(ids: EventIds, label: pl.Series) -> BuyCounts:
     """`count_buyers` of the events `ids` of sessions with labels `label` (Boolean, null: unknown)."""
-    sessions, buyers = _session_counts(ids, _label_values(label), np.zeros(label.len(), dtype=np.int8), 1)
+    sessions, buyers = _session_counts(ids, label_values(label), np.zeros(label.len(), dtype=np.int8), 1)
     seen = np.flatnonzero(sessions)
     counts = pl.DataFrame(
         {"id": ids.ids.gather(seen), "sessions": sessions[seen], "buyers": buyers[seen]},
@@ -72,7 +72,7 @@ def event_counts(
     coded = EventIds.of(ids, np.bincount(session_of_event, minlength=sequences.height))
     own = own_fold_counts(coded, sequences) if out_of_fold else None
     sessions, buyers = _counts_by_code(coded.ids, rates, own)
-    slot = _event_slots(coded, session_folds(sequences) if out_of_fold else None, coded.n_codes)
+    slot = event_slots(coded, session_folds(sequences) if out_of_fold else None, coded.n_codes)
     return pl.DataFrame({"sessions": sessions[slot], "buyers": buyers[slot]})
 
 
@@ -85,10 +85,10 @@ class LogitTable:
     n_codes: int
     out_of_fold: bool
 
-    def of_events(self, ids: EventIds, fold: np.ndarray) -> np.ndarray:
+    def of_events(self, ids: EventIds, fold: np.ndarray | None) -> np.ndarray:
         """float32 log-odds of every event of `ids` (0 for unseen ids); `fold` is session_folds of
         its sessions, read only out of fold."""
-        return self.values[_event_slots(ids, fold if self.out_of_fold else None, self.n_codes)]
+        return self.values[event_slots(ids, fold if self.out_of_fold else None, self.n_codes)]
 
 
 def logit_table(ids: pl.Series, rates: BuyCounts, own: tuple[np.ndarray, np.ndarray] | None) -> LogitTable:
@@ -103,7 +103,7 @@ def logit_table(ids: pl.Series, rates: BuyCounts, own: tuple[np.ndarray, np.ndar
 def own_fold_counts(ids: EventIds, sequences: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Labelled sessions and buyers per (fold, code) [FOLDS * n_codes] among `sequences`, whose
     events `ids` are: what out-of-fold counts leave out."""
-    return _session_counts(ids, _label_values(sequences.get_column("label")), session_folds(sequences), FOLDS)
+    return _session_counts(ids, label_values(sequences.get_column("label")), session_folds(sequences), FOLDS)
 
 
 def session_folds(sequences: pl.DataFrame) -> np.ndarray:
@@ -122,9 +122,9 @@ def _counts_by_code(
     return np.tile(sessions, FOLDS) - own[0], np.tile(buyers, FOLDS) - own[1]
 
 
-def _event_slots(ids: EventIds, fold: np.ndarray | None, n_codes: int) -> np.ndarray:
-    """Each event's slot in a _counts_by_code table of `n_codes` codes: its code, or with `fold`
-    (session_folds of its sessions) its (session's fold, code)."""
+def event_slots(ids: EventIds, fold: np.ndarray | None, n_codes: int) -> np.ndarray:
+    """Each event's slot in a per-code table of `n_codes` codes: its code, or with `fold` (per
+    session of `ids`: session_folds, or any grouping) fold * n_codes + code."""
     if fold is None:
         return ids.code
     return ids.per_session(fold).astype(np.int64) * n_codes + ids.code
@@ -140,26 +140,38 @@ def _code_counts(ids: pl.Series, rates: BuyCounts) -> tuple[np.ndarray, np.ndarr
     return sessions, np.append(counts.get_column("buyers").to_numpy(), 0)[row]
 
 
+def counted_slots(ids: EventIds, label: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the labelled sessions of `ids` count: the slot (`slots`, each event's event_slots) of each
+    id a session holds, once per id (events without an id count nowhere), and the slots of the buyers
+    among them. `label` (label_values) is per session of `ids`, which should be a block of sessions:
+    the temporaries are per event."""
+    labelled = ids.per_session(label)
+    counted = np.flatnonzero(ids.first_sighting & (ids.code != ids.missing) & (labelled >= 0))
+    slot = slots[counted]
+    return slot, slot[labelled[counted] == 1]
+
+
+def add_counted(counts: tuple[np.ndarray, np.ndarray], slots: tuple[np.ndarray, np.ndarray]) -> None:
+    """Add counted_slots to a (sessions, buyers) pair of per-slot tables, in place."""
+    for table, slot in zip(counts, slots, strict=True):
+        np.add.at(table, slot, 1)
+
+
+def label_values(label: pl.Series) -> np.ndarray:
+    """int8 per session: 1 buyer, 0 not, -1 unknown."""
+    return label.cast(pl.Int8).fill_null(-1).to_numpy()
+
+
 def _session_counts(
     ids: EventIds, label: np.ndarray, group: np.ndarray, n_groups: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labelled sessions and buyers per (group of the session, code), flat [n_groups * n_codes]:
     each session counts once per id it holds; events without an id count nowhere."""
-    sessions = np.zeros(n_groups * ids.n_codes, dtype=np.int64)
-    buyers = np.zeros(n_groups * ids.n_codes, dtype=np.int64)
-    for lo, hi, events in ids.blocks():  # block-sized temporaries
-        session = np.repeat(np.arange(lo, hi), ids.lengths[lo:hi])
-        code = ids.code[events]
-        counted = np.flatnonzero(ids.first_sighting[events] & (code != ids.missing) & (label[session] >= 0))
-        slot = group[session[counted]].astype(np.int64) * ids.n_codes + code[counted]
-        sessions += np.bincount(slot, minlength=sessions.size)
-        buyers += np.bincount(slot[label[session[counted]] == 1], minlength=buyers.size)
-    return sessions, buyers
-
-
-def _label_values(label: pl.Series) -> np.ndarray:
-    """int8 per session: 1 buyer, 0 not, -1 unknown."""
-    return label.cast(pl.Int8).fill_null(-1).to_numpy()
+    counts = (np.zeros(n_groups * ids.n_codes, dtype=np.int64), np.zeros(n_groups * ids.n_codes, dtype=np.int64))
+    for lo, hi, events in ids.blocks():
+        block = ids.block(lo, hi, events)
+        add_counted(counts, counted_slots(block, label[lo:hi], event_slots(block, group[lo:hi], ids.n_codes)))
+    return counts
 
 
 def _logit(prior: float, sessions: pl.Expr, buyers: pl.Expr) -> pl.Expr:

@@ -69,6 +69,10 @@ class EventIds:
         for lo, hi in session_blocks(self.offsets, BLOCK_EVENTS):
             yield lo, hi, slice(self.offsets[lo], self.offsets[hi])
 
+    def block(self, lo: int, hi: int, events: slice) -> EventIds:
+        """The events of sessions lo..hi-1 (a `blocks` item)."""
+        return EventIds(code=self.code[events], ids=self.ids, lengths=self.lengths[lo:hi])
+
     @cached_property
     def first_sighting(self) -> np.ndarray:
         """bool [n_events]: the event's id (or its lack of one) does not occur earlier in its session."""
@@ -98,11 +102,16 @@ def _first_sightings(code: np.ndarray, lengths: np.ndarray, n_codes: int) -> np.
     index_bits = int(code.size).bit_length()
     if lengths.size * n_codes >= 1 << (63 - index_bits):
         raise OverflowError(f"{n_codes:,} codes and {lengths.size:,} sessions do not fit a sort key")
-    session = np.repeat(np.arange(lengths.size), lengths)
     # sorting (session, code, event index) keys puts each session's first event of a code first
-    key = ((session * n_codes + code) << index_bits) | np.arange(code.size)
+    key = np.repeat(np.arange(0, lengths.size * n_codes, n_codes, dtype=np.int64), lengths)
+    key += code
+    key <<= index_bits
+    key |= np.arange(code.size)
     key.sort()
-    firsts = key[np.flatnonzero(np.diff(key >> index_bits, prepend=-1))]
+    pair = key >> index_bits
+    firsts = np.empty(code.size, dtype=bool)
+    firsts[:1] = True
+    np.not_equal(pair[1:], pair[:-1], out=firsts[1:])
     first = np.zeros(code.size, dtype=bool)
-    first[firsts & ((1 << index_bits) - 1)] = True
+    first[key[firsts] & ((1 << index_bits) - 1)] = True
     return first

@@ -39,23 +39,6 @@ from pipeline.errors import NoDataError
 from pipeline.lake import Lake
 from pipeline.schemas import EVENT_TYPE_CODE, SEQUENCES, UTC_TS, conform
 
-# Columns of SequenceTensors.continuous, in order (computed by features.tensors.load_tensors).
-CONTINUOUS_FEATURES: tuple[str, ...] = (
-    "log_gap_prev",  # log1p(seconds since the previous input event), 0 for the first
-    "log_dwell",  # log1p(seconds to the next input event), 0 for the last
-    "dwell_known",  # 1.0 where log_dwell is known, 0.0 for the last event
-    "log_position",  # log1p(events before this one in the input sequence)
-    "log_position_from_end",  # log1p(events after this one)
-    "start_hour_sin",  # hour of the session start (UTC) on the unit circle
-    "start_hour_cos",
-    "start_weekday_sin",  # weekday of the session start on the unit circle
-    "start_weekday_cos",
-    "item_repeat",  # 1.0 where the item was already seen earlier in the session (a revisit)
-    "same_category_as_previous",  # 1.0 where the category equals the previous event's
-    "item_buy_logit",  # smoothed buy log-odds of the item in the training window (features.buy_rates)
-    "category_buy_logit",  # the same for the event's category
-)
-
 # Days are built in batches of consecutive dates holding at most this many events,
 # which bounds memory whatever the size of the window. Smaller batches also keep the
 # per-event arrays small enough for the allocator to reuse their memory instead of mapping

@@ -1,10 +1,16 @@
 """Sessions as flat event tensors plus offsets: the layout GRU4Rec's official code
 batches from. Session i's events are rows ``offsets[i]:offsets[i+1]`` of every
 per-event tensor, in time order. No per-session Python object exists anywhere.
+
+Only what cannot be recomputed cheaply is held per event (indices as int32, the
+STORED_FEATURES); the other model inputs follow per batch from the offsets, the gaps and
+each session's start (`SequenceTensors.continuous`). That keeps the resident set about a
+third the size of a full [n_events, 13] float matrix, which is what loading time goes on.
 """
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
@@ -23,6 +29,33 @@ if TYPE_CHECKING:
 PAD = 0
 OOV = 1
 
+# The model's continuous inputs per event, in order (SequenceTensors.continuous).
+CONTINUOUS_FEATURES: tuple[str, ...] = (
+    "log_gap_prev",  # log1p(seconds since the previous input event), 0 for the first
+    "log_dwell",  # log1p(seconds to the next input event), 0 for the last
+    "dwell_known",  # 1.0 where log_dwell is known, 0.0 for the last event
+    "log_position",  # log1p(events before this one in the input sequence)
+    "log_position_from_end",  # log1p(events after this one)
+    "start_hour_sin",  # hour of the session start (UTC) on the unit circle
+    "start_hour_cos",
+    "start_weekday_sin",  # weekday of the session start on the unit circle
+    "start_weekday_cos",
+    "item_repeat",  # 1.0 where the item was already seen earlier in the session (a revisit)
+    "same_category_as_previous",  # 1.0 where the category equals the previous event's
+    "item_buy_logit",  # smoothed buy log-odds of the item in the training window (features.buy_rates)
+    "category_buy_logit",  # the same for the event's category
+)
+
+# The rows of SequenceTensors.stored: those of CONTINUOUS_FEATURES that need the ids or the
+# buy-rate tables, computed once by load_tensors.
+STORED_FEATURES: tuple[str, ...] = (
+    "log_gap_prev",
+    "item_repeat",
+    "same_category_as_previous",
+    "item_buy_logit",
+    "category_buy_logit",
+)
+
 _THREADS = 2  # blocks filled at once: the 2-core machine this runs on
 
 # The SEQUENCES columns load_tensors reads: a reader need not decode the others.
@@ -38,15 +71,26 @@ TENSOR_COLUMNS = (
 )
 
 
+def session_positions(offsets: torch.Tensor, n_events: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(session of each event, its position within the session), both int64 [n_events], on the
+    device of `offsets`; `n_events` is offsets[-1], passed so that no device sync is needed."""
+    lengths = offsets[1:] - offsets[:-1]
+    session = torch.repeat_interleave(
+        torch.arange(lengths.numel(), device=offsets.device), lengths, output_size=n_events
+    )
+    return session, torch.arange(n_events, device=offsets.device) - offsets[:-1][session]
+
+
 @dataclass
 class SequenceTensors:
     """A batch of sessions, flat.
 
     offsets:    int64 [n_sessions + 1], offsets[0] == 0, non-decreasing
-    item:       int64 [n_events]  vocabulary index (PAD/OOV reserved)
-    category:   int64 [n_events]  vocabulary index (PAD/OOV reserved)
-    event_type: int64 [n_events]  EVENT_TYPE_CODE + 1 (0 = PAD)
-    continuous: float32 [n_events, n_continuous]  see features.sequences.CONTINUOUS_FEATURES
+    item:       int32 [n_events]  vocabulary index (PAD/OOV reserved)
+    category:   int32 [n_events]  vocabulary index (PAD/OOV reserved)
+    event_type: int32 [n_events]  EVENT_TYPE_CODE + 1 (0 = PAD)
+    stored:     float32 [len(STORED_FEATURES), n_events]  one feature per row
+    start:      int32 [n_sessions]  start_hour * 8 + start_weekday (1 = Monday)
     label:      float32 [n_sessions]  1.0 buyer, 0.0 not, NaN unknown
     """
 
@@ -54,7 +98,8 @@ class SequenceTensors:
     item: torch.Tensor
     category: torch.Tensor
     event_type: torch.Tensor
-    continuous: torch.Tensor
+    stored: torch.Tensor
+    start: torch.Tensor
     label: torch.Tensor
 
     @property
@@ -73,17 +118,38 @@ class SequenceTensors:
     def pin_memory(self) -> SequenceTensors:
         return SequenceTensors(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
+    def continuous(self, session: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """float32 [n_events, len(CONTINUOUS_FEATURES)] in flat event order, given each event's
+        session and position (`session_positions`): the stored features plus those that follow
+        from them. An event's dwell is the next event's gap, unknown (0, dwell_known 0) for a
+        session's last; the session start goes on the unit circle by hour and weekday."""
+        after = self.lengths[session] - 1 - position  # events after this one
+        last = after == 0
+        gap = self.stored[STORED_FEATURES.index("log_gap_prev")]
+        start = self.start[session]
+        hour = (start // 8).float() * (2 * math.pi / 24)
+        weekday = (start % 8 - 1).float() * (2 * math.pi / 7)
+        column = dict(zip(STORED_FEATURES, self.stored.unbind(0), strict=True))
+        column.update(
+            log_dwell=gap.roll(-1).masked_fill(last, 0.0),  # the flat last event is a session's last
+            dwell_known=(~last).float(),
+            log_position=torch.log1p(position.float()),
+            log_position_from_end=torch.log1p(after.float()),
+            start_hour_sin=hour.sin(),
+            start_hour_cos=hour.cos(),
+            start_weekday_sin=weekday.sin(),
+            start_weekday_cos=weekday.cos(),
+        )
+        return torch.stack([column[name] for name in CONTINUOUS_FEATURES], dim=1)
+
     def event_rows(self, sessions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(offsets of the selected sessions re-packed flat, the flat row of each of their events),
         sessions in the given order and each session's events in time order."""
-        starts = self.offsets[:-1][sessions]
         lengths = self.lengths[sessions]
         offsets = torch.zeros(sessions.numel() + 1, dtype=torch.int64, device=self.offsets.device)
         torch.cumsum(lengths, 0, out=offsets[1:])
-        # event index of every selected event: start of its session + position within it
-        session_of_event = torch.repeat_interleave(torch.arange(sessions.numel(), device=starts.device), lengths)
-        position = torch.arange(int(offsets[-1]), device=starts.device) - offsets[:-1][session_of_event]
-        return offsets, starts[session_of_event] + position
+        session, position = session_positions(offsets, int(offsets[-1]))
+        return offsets, self.offsets[:-1][sessions][session] + position
 
     def select(self, sessions: torch.Tensor) -> SequenceTensors:
         """The given sessions (int64 indices, any order), re-packed flat in that order."""
@@ -93,7 +159,8 @@ class SequenceTensors:
             item=self.item[events],
             category=self.category[events],
             event_type=self.event_type[events],
-            continuous=self.continuous[events],
+            stored=self.stored[:, events],
+            start=self.start[sessions],
             label=self.label[sessions],
         )
 
@@ -104,16 +171,14 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
 
     Reads only TENSOR_COLUMNS. No Python runs per session or event: list columns are taken as flat
     values, ids as integer codes (features.event_ids), a block of sessions at a time so that no
-    temporary is as large as the frame. `continuous` holds features.sequences.CONTINUOUS_FEATURES;
-    the dwell columns follow from the gaps (an event's dwell is the next input event's gap, unknown
-    for the last). `label` is NaN where unknown. `out_of_fold` is for the training sessions the
-    vocabulary was built from: their buy-rate inputs then leave out their own fold (features.buy_rates).
+    temporary is as large as the frame. `label` is NaN where unknown. `out_of_fold` is for the
+    training sessions the vocabulary was built from: their buy-rate inputs then leave out their
+    own fold (features.buy_rates), counted in the same pass over the blocks that fills the rest.
     """
     import polars as pl
 
-    from features.buy_rates import RATE_KEYS, logit_table, session_folds
+    from features.buy_rates import RATE_KEYS, add_counted, label_values, logit_table, session_folds
     from features.event_ids import BLOCK_EVENTS, known_ids, session_blocks
-    from features.sequences import CONTINUOUS_FEATURES
 
     sequences = sequences.with_columns(pl.col(RATE_KEYS).cast(pl.List(pl.Categorical)))  # as read: a no-op
     known = known_ids()
@@ -121,71 +186,71 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     n_events = int(offsets[-1])
+    loader = _BlockLoader(
+        sequences=sequences,
+        offsets=offsets,
+        known=known,
+        item_index=vocabulary.item_index(known).astype(np.int32),
+        category_index=vocabulary.category_index(known).astype(np.int32),
+        label=label_values(sequences.get_column("label")),
+        fold=session_folds(sequences) if out_of_fold else None,
+        logits=None if out_of_fold else {key: logit_table(known, vocabulary.rates[key], None) for key in RATE_KEYS},
+        slots={key: np.empty(n_events, dtype=np.uint32) for key in RATE_KEYS} if out_of_fold else {},
+    )
+    start = sequences.select(pl.col("start_hour").cast(pl.Int32) * 8 + pl.col("start_weekday"))
+    tensors = SequenceTensors(
+        offsets=torch.from_numpy(offsets),
+        item=torch.empty(n_events, dtype=torch.int32),
+        category=torch.empty(n_events, dtype=torch.int32),
+        event_type=torch.empty(n_events, dtype=torch.int32),
+        stored=torch.empty(len(STORED_FEATURES), n_events),
+        start=torch.from_numpy(start.to_series().to_numpy(writable=True)),
+        label=torch.from_numpy(
+            sequences.get_column("label").cast(pl.Float32).fill_null(float("nan")).to_numpy(writable=True)
+        ),
+    )
+    blocks = session_blocks(offsets, BLOCK_EVENTS)
     with ThreadPoolExecutor(_THREADS) as pool:  # numpy, polars and torch release the GIL while they work
-        own = _own_fold_counts(pool, sequences, offsets, known) if out_of_fold else dict.fromkeys(RATE_KEYS)
-        loader = _BlockLoader(
-            sequences=sequences,
-            offsets=offsets,
-            known=known,
-            item_index=vocabulary.item_index(known),
-            category_index=vocabulary.category_index(known),
-            logits={key: logit_table(known, vocabulary.rates[key], own[key]) for key in RATE_KEYS},
-            fold=session_folds(sequences) if out_of_fold else np.zeros(0, dtype=np.int8),
-            start=sequences.select(pl.col("start_hour").cast(pl.Int64) * 8 + pl.col("start_weekday"))
-            .to_series()
-            .to_numpy(),
-            log1p=torch.log1p(torch.arange(int(lengths.max(initial=0))).float()).numpy(),
-            start_table=_start_table(),
-        )
-        tensors = SequenceTensors(
-            offsets=torch.from_numpy(offsets),
-            item=torch.empty(n_events, dtype=torch.int64),
-            category=torch.empty(n_events, dtype=torch.int64),
-            event_type=torch.empty(n_events, dtype=torch.int64),
-            continuous=torch.empty(n_events, len(CONTINUOUS_FEATURES)),
-            label=torch.from_numpy(
-                sequences.get_column("label").cast(pl.Float32).fill_null(float("nan")).to_numpy(writable=True)
-            ),
-        )
-        list(pool.map(lambda block: loader.fill(tensors, *block), session_blocks(offsets, BLOCK_EVENTS)))
+        own = {key: _fold_tables(known.len()) for key in RATE_KEYS} if out_of_fold else {}
+        for slots in pool.map(lambda block: loader.fill(tensors, *block), blocks):
+            for key, counted in slots.items():  # added as blocks finish: no block's slots are kept
+                add_counted(own[key], counted)
+        if out_of_fold:  # the buy rates need every block's counts: a second pass
+            logits = {key: logit_table(known, vocabulary.rates[key], own[key]) for key in RATE_KEYS}
+            list(pool.map(lambda block: loader.fill_logits(tensors, logits, *block), blocks))
     return tensors
 
 
-def _own_fold_counts(
-    pool: ThreadPoolExecutor, sequences: pl.DataFrame, offsets: np.ndarray, known: pl.Series
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """features.buy_rates.own_fold_counts for each of RATE_KEYS, each thread counting a share of the sessions."""
-    from features.buy_rates import RATE_KEYS, own_fold_counts
-    from features.event_ids import EventIds, session_blocks
+def _fold_tables(n_codes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Empty (sessions, buyers) tables per (fold, code), as features.buy_rates.own_fold_counts gives."""
+    from features.buy_rates import FOLDS
 
-    def counts(lo: int, hi: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        part = sequences.slice(lo, hi - lo)
-        return {key: own_fold_counts(EventIds.of_lists(part.get_column(key), known), part) for key in RATE_KEYS}
-
-    share_events = max(1, -(-int(offsets[-1]) // _THREADS))
-    shares = list(pool.map(lambda share: counts(*share), session_blocks(offsets, share_events)))
-    return {key: (sum(s[key][0] for s in shares), sum(s[key][1] for s in shares)) for key in RATE_KEYS}
+    return np.zeros(FOLDS * n_codes, dtype=np.int64), np.zeros(FOLDS * n_codes, dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
 class _BlockLoader:
-    """What a block of sessions' tensors are computed from: the frame and per-code lookup tables."""
+    """What a block of sessions' tensors are computed from: the frame and per-code lookup tables.
+
+    Out of fold, the buy-rate tables need every block's counts first: `fill` then keeps each
+    event's slot in them and `fill_logits` writes the buy-rate inputs in a second pass."""
 
     sequences: pl.DataFrame
     offsets: np.ndarray  # int64 [n_sessions + 1]
     known: pl.Series  # features.event_ids.known_ids()
-    item_index: np.ndarray  # int64 [n_codes]: vocabulary index of each code
-    category_index: np.ndarray  # int64 [n_codes]
-    logits: dict[str, LogitTable]  # by features.buy_rates.RATE_KEYS
-    fold: np.ndarray  # int8 [n_sessions] out of fold, else empty
-    start: np.ndarray  # int64 [n_sessions]: start_hour * 8 + start_weekday
-    log1p: np.ndarray  # float32 [longest session]: log1p of each position
-    start_table: np.ndarray  # float32 [4, 24 * 8], see _start_table
+    item_index: np.ndarray  # int32 [n_codes]: vocabulary index of each code
+    category_index: np.ndarray  # int32 [n_codes]
+    label: np.ndarray  # int8 [n_sessions] features.buy_rates.label_values
+    fold: np.ndarray | None  # int8 [n_sessions] out of fold (features.buy_rates.session_folds), else None
+    logits: dict[str, LogitTable] | None  # by features.buy_rates.RATE_KEYS; None out of fold
+    slots: dict[str, np.ndarray]  # out of fold: uint32 [n_events] by RATE_KEYS, filled by `fill`
 
-    def fill(self, tensors: SequenceTensors, lo: int, hi: int) -> None:
-        """Write the events of sessions lo..hi-1 into the per-event tensors."""
+    def fill(self, tensors: SequenceTensors, lo: int, hi: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Write the events of sessions lo..hi-1 into the per-event tensors; out of fold all but the
+        buy-rate inputs, and return where those sessions count towards their own fold's buy rates
+        (features.buy_rates.counted_slots) by key."""
+        from features.buy_rates import RATE_KEYS, counted_slots, event_slots
         from features.event_ids import EventIds
-        from features.sequences import CONTINUOUS_FEATURES
 
         part = self.sequences.slice(lo, hi - lo)
         first, end = self.offsets[lo], self.offsets[hi]
@@ -194,48 +259,36 @@ class _BlockLoader:
             return part.get_column(name).explode(empty_as_null=False, keep_nulls=False)
 
         lengths = np.diff(self.offsets[lo : hi + 1])
-        items = EventIds.of(flat("item_id"), lengths, self.known)
-        categories = EventIds.of(flat("category"), lengths, self.known)
-        session = np.repeat(np.arange(hi - lo), lengths)
-        starts = self.offsets[lo:hi][lengths > 0] - first  # each session's first event in the block
-        ends = self.offsets[lo + 1 : hi + 1][lengths > 0] - first - 1  # and its last
-        position = np.arange(end - first) - (self.offsets[lo:hi] - first)[session]
-        # one feature per row: contiguous writes, then a single transposing copy into the tensor
-        columns = np.empty((len(CONTINUOUS_FEATURES), end - first), dtype=np.float32)
-        column = dict(zip(CONTINUOUS_FEATURES, columns, strict=True))
-        gap = flat("log_gap_prev").to_numpy()
-        column["log_gap_prev"][:] = gap
-        column["log_dwell"][:-1] = gap[1:]  # the next event's gap ...
-        column["log_dwell"][ends] = 0.0  # ... unknown for a session's last event
-        column["dwell_known"][:] = 1.0
-        column["dwell_known"][ends] = 0.0
-        column["log_position"][:] = self.log1p[position]
-        column["log_position_from_end"][:] = self.log1p[(lengths - 1)[session] - position]
-        start = self.start[lo:hi][session]
-        for name, values in zip(_START_FEATURES, self.start_table, strict=True):
-            column[name][:] = values[start]
-        column["item_repeat"][:] = ~items.first_sighting
+        ids = {key: EventIds.of(flat(key), lengths, self.known) for key in RATE_KEYS}
+        items, categories = ids["item_id"], ids["category"]
+        stored = dict(zip(STORED_FEATURES, tensors.stored.numpy()[:, first:end], strict=True))
+        stored["log_gap_prev"][:] = flat("log_gap_prev").to_numpy()
+        stored["item_repeat"][:] = ~items.first_sighting
         category = categories.code
-        same = column["same_category_as_previous"]
+        same = stored["same_category_as_previous"]
         same[1:] = (category[1:] == category[:-1]) & (category[1:] != categories.missing)
-        same[starts] = 0.0  # a session's first event has no previous one
-        fold = self.fold[lo:hi]
-        column["item_buy_logit"][:] = self.logits["item_id"].of_events(items, fold)
-        column["category_buy_logit"][:] = self.logits["category"].of_events(categories, fold)
-        tensors.continuous[first:end].copy_(torch.from_numpy(columns).T)
+        same[self.offsets[lo:hi][lengths > 0] - first] = 0.0  # a session's first event has no previous one
         tensors.item.numpy()[first:end] = self.item_index[items.code]
         tensors.category.numpy()[first:end] = self.category_index[categories.code]
         tensors.event_type.numpy()[first:end] = flat("event_type").to_numpy() + 1
+        if self.logits is not None:
+            for key, name in _LOGIT_FEATURES.items():
+                stored[name][:] = self.logits[key].of_events(ids[key], None)
+            return {}
+        counted = {}
+        for key, coded in ids.items():
+            slots = event_slots(coded, self.fold[lo:hi], coded.n_codes)
+            self.slots[key][first:end] = slots
+            counted[key] = counted_slots(coded, self.label[lo:hi], slots)
+        return counted
+
+    def fill_logits(self, tensors: SequenceTensors, logits: dict[str, LogitTable], lo: int, hi: int) -> None:
+        """Out of fold: write the buy-rate inputs of the events of sessions lo..hi-1, from the slots
+        `fill` kept."""
+        events = slice(self.offsets[lo], self.offsets[hi])
+        stored = tensors.stored.numpy()
+        for key, name in _LOGIT_FEATURES.items():
+            stored[STORED_FEATURES.index(name), events] = logits[key].values[self.slots[key][events]]
 
 
-_START_FEATURES = ("start_hour_sin", "start_hour_cos", "start_weekday_sin", "start_weekday_cos")
-
-
-def _start_table() -> np.ndarray:
-    """float32 [4, 24 * 8]: _START_FEATURES (one per row) of a session starting at hour h on
-    weekday w (1 = Monday), in column h * 8 + w."""
-    hour = torch.arange(24).float() * (2 * torch.pi / 24)
-    weekday = (torch.arange(8).float() - 1) * (2 * torch.pi / 7)
-    hours = torch.stack([hour.sin(), hour.cos()]).repeat_interleave(8, dim=1)
-    weekdays = torch.stack([weekday.sin(), weekday.cos()]).repeat(1, 24)
-    return torch.cat([hours, weekdays]).numpy()
+_LOGIT_FEATURES = {"item_id": "item_buy_logit", "category": "category_buy_logit"}  # by RATE_KEYS

@@ -1,11 +1,12 @@
 """The buying-intent model: an LSTM over packed session sequences.
 
 Each event is the concatenation of its item, category and event-type embeddings and its
-continuous features. `forward` gathers the batch's flat event rows straight into the
-time-major order of a `PackedSequence` and embeds only those real events: no padding is
-ever built, embedded or run through the LSTM. The head reads each session's final hidden
-state. `forward_padded` is the textbook path (pad, embed every slot, pack_padded_sequence)
-kept as the reference the packed path is tested against and the naive benchmark runs.
+continuous features (`SequenceTensors.continuous`, derived per batch on the batch's device).
+`forward` gathers the batch's flat event rows straight into the time-major order of a
+`PackedSequence` and embeds only those real events: no padding is ever built, embedded or
+run through the LSTM. The head reads each session's final hidden state. `forward_padded` is
+the textbook path (pad, embed every slot, pack_padded_sequence) kept as the reference the
+packed path is tested against and the naive benchmark runs.
 
 The module is a plain nn.Module (no closures, no open handles) so MLflow can pickle it.
 """
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from features.tensors import PAD, SequenceTensors
+from features.tensors import PAD, SequenceTensors, session_positions
 from pipeline.config import ModelConfig
 
 
@@ -46,10 +47,7 @@ class PackedLayout:
         self.rank[order] = torch.arange(n_sessions, device=device)
         step_start = torch.zeros(max_length, dtype=torch.int64)
         step_start[1:] = self.batch_sizes.cumsum(0)[:-1]
-        session_of_event = torch.repeat_interleave(
-            torch.arange(n_sessions, device=device), lengths, output_size=n_events
-        )
-        step = torch.arange(n_events, device=device) - offsets[:-1][session_of_event]
+        session_of_event, step = session_positions(offsets, n_events)
         # packed_position[e]: row of flat event e in the packed data
         self.packed_position = step_start.to(device)[step] + self.rank[session_of_event]
         # packed_rows[p]: flat event at packed row p
@@ -95,9 +93,8 @@ class BuyIntentLSTM(nn.Module):
         in batch order; zeros for empty sessions)."""
         layout = PackedLayout(batch.offsets)
         rows = layout.packed_rows
-        x = self._event_features(
-            batch.item[rows], batch.category[rows], batch.event_type[rows], batch.continuous[rows]
-        )
+        continuous = batch.continuous(layout.session_of_event, layout.step)
+        x = self._event_features(batch.item[rows], batch.category[rows], batch.event_type[rows], continuous[rows])
         hidden = x.new_zeros(batch.n_sessions, self.config.hidden_size)
         if layout.n_nonempty == 0:
             return layout, x.new_zeros(0, self.config.hidden_size), hidden
@@ -124,11 +121,12 @@ class BuyIntentLSTM(nn.Module):
         slot = (layout.session_of_event, layout.step)
         padded = {}
         for name in ("item", "category", "event_type"):
-            grid = torch.full((n, width), PAD, dtype=torch.int64, device=batch.item.device)
-            grid[slot] = getattr(batch, name)
+            flat = getattr(batch, name)
+            grid = torch.full((n, width), PAD, dtype=flat.dtype, device=flat.device)
+            grid[slot] = flat
             padded[name] = grid
-        continuous = batch.continuous.new_zeros(n, width, self.n_continuous)
-        continuous[slot] = batch.continuous
+        continuous = batch.stored.new_zeros(n, width, self.n_continuous)
+        continuous[slot] = batch.continuous(*slot)
         x = self._event_features(padded["item"], padded["category"], padded["event_type"], continuous)
         packed = pack_padded_sequence(x, layout.lengths_cpu, batch_first=True, enforce_sorted=False)
         _, (h_n, _) = self.lstm(packed)

@@ -207,7 +207,7 @@ def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, finger
     import numpy as np
     import torch
 
-    from features.tensors import load_tensors
+    from features.tensors import CONTINUOUS_FEATURES, load_tensors
     from features.vocabulary import build_vocabulary
     from models.baseline import fit_baseline
     from models.evaluation import evaluate, write_plots
@@ -233,7 +233,7 @@ def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, finger
     )
     torch.manual_seed(config.seed)
     model = BuyIntentLSTM(
-        settings.model, vocabulary.n_items, vocabulary.n_categories, len(EVENT_TYPES) + 1, train.continuous.shape[1]
+        settings.model, vocabulary.n_items, vocabulary.n_categories, len(EVENT_TYPES) + 1, len(CONTINUOUS_FEATURES)
     )
     checkpoints = settings.checkpoint_dir / fingerprint[:16]
     result = fit(train, val, model, config, checkpoint_dir=checkpoints, resume=resume, on_epoch=_log_epoch)

@@ -70,6 +70,6 @@ def test_given_torchrun_with_two_processes_then_fit_distributed_returns_the_trai
 @pytest.mark.slow
 def test_given_a_diverging_distributed_run_then_training_error_with_the_ranks_message(tmp_path):
     train, val = data()
-    train.continuous[3, 0] = float("nan")
+    train.stored[0, 3] = float("nan")
     with pytest.raises(TrainingError, match="training loss became nan"):
         fit_distributed(train, val, tiny_model(), CONFIG, nproc=2, workdir=tmp_path)

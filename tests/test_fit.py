@@ -86,8 +86,8 @@ def test_given_no_auc_gain_for_patience_epochs_then_training_stops_early(small):
 
 def test_given_a_loss_that_becomes_nan_then_fit_raises_training_error(small):
     train, val = small
-    poisoned = replace(train, continuous=train.continuous.clone())
-    poisoned.continuous[5, 0] = math.nan
+    poisoned = replace(train, stored=train.stored.clone())
+    poisoned.stored[0, 5] = math.nan
     with pytest.raises(TrainingError, match="nan"):
         fit(poisoned, val, tiny_model(), FAST)
 

@@ -4,6 +4,7 @@ without ever touching padding."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -54,29 +55,25 @@ def test_given_a_batch_when_sessions_are_reordered_then_scores_follow_their_sess
         torch.testing.assert_close(model(batch.select(order)), model(batch)[order])
 
 
-def prefixes(batch: SequenceTensors) -> SequenceTensors:
-    """One session per event of `batch`: its session cut right after that event."""
-    lengths = batch.lengths
-    session = torch.repeat_interleave(torch.arange(batch.n_sessions), lengths)
-    start = batch.offsets[:-1][session]
-    cut = torch.arange(batch.item.numel()) - start + 1  # events kept per prefix
-    offsets = torch.zeros(cut.numel() + 1, dtype=torch.int64)
-    torch.cumsum(cut, 0, out=offsets[1:])
-    owner = torch.repeat_interleave(torch.arange(cut.numel()), cut)
-    rows = start[owner] + torch.arange(int(offsets[-1])) - offsets[:-1][owner]
-    return SequenceTensors(
-        offsets, batch.item[rows], batch.category[rows], batch.event_type[rows], batch.continuous[rows],
-        batch.label[session],
-    )
-
-
 @settings(max_examples=20, deadline=None)
-@given(lengths=st.lists(st.integers(0, 9), min_size=1, max_size=8))
-def test_given_step_logits_then_each_equals_the_score_of_the_session_cut_after_that_event(lengths):
+@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=8), data=st.data())
+def test_given_step_logits_then_an_events_logit_reads_no_later_event_but_its_own_dwell(lengths, data):
+    """Changing an event's item moves the step logits of it and the events after it in its
+    session, and nothing else: each step logit is the LSTM's running state, the last one the
+    session's score."""
     model, batch = tiny_model(), sessions(lengths, seed=3)
+    changed = data.draw(st.integers(0, sum(lengths) - 1))
+    other = replace(batch, item=batch.item.clone())
+    other.item[changed] = other.item[changed] % (N_ITEMS - 2) + 2  # another real item
     with torch.no_grad():
-        steps = model.step_logits(batch)
-        torch.testing.assert_close(steps, model(prefixes(batch)), atol=1e-5, rtol=1e-5)
+        steps, other_steps = model.step_logits(batch), model.step_logits(other)
+        torch.testing.assert_close(steps[batch.offsets[1:] - 1], model(batch), atol=1e-5, rtol=1e-5)
+    session = int(torch.searchsorted(batch.offsets, changed, right=True)) - 1
+    moved = torch.arange(changed, int(batch.offsets[session + 1]))
+    kept = torch.ones(steps.numel(), dtype=torch.bool)
+    kept[moved] = False
+    assert torch.equal(steps[kept], other_steps[kept])
+    assert not torch.isclose(steps[changed], other_steps[changed])
 
 
 def test_given_an_empty_session_then_it_scores_from_a_zero_state_and_leaves_the_others_alone():

@@ -12,8 +12,16 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from features import event_ids
-from features.sequences import CONTINUOUS_FEATURES, sessions_of
-from features.tensors import OOV, TENSOR_COLUMNS, load_tensors
+from features.sequences import sessions_of
+from features.tensors import (
+    CONTINUOUS_FEATURES,
+    OOV,
+    STORED_FEATURES,
+    TENSOR_COLUMNS,
+    SequenceTensors,
+    load_tensors,
+    session_positions,
+)
 from features.vocabulary import build_vocabulary
 from pipeline.config import SequenceConfig
 from pipeline.schemas import EVENTS
@@ -54,6 +62,10 @@ event_rows = st.lists(
 )
 
 
+def _continuous(tensors: SequenceTensors) -> torch.Tensor:
+    return tensors.continuous(*session_positions(tensors.offsets, tensors.item.numel()))
+
+
 @hypothesis_settings(max_examples=40, deadline=None)
 @given(rows=event_rows)
 def test_property_flat_tensors_and_offsets_match_the_list_columns_exactly(rows):
@@ -68,13 +80,25 @@ def test_property_flat_tensors_and_offsets_match_the_list_columns_exactly(rows):
     assert OOV not in tensors.item.tolist()  # every item is in a vocabulary built on these sessions
     assert tensors.category.tolist() == vocabulary.category_index(frame["category"].explode().cast(pl.String)).tolist()
     assert tensors.event_type.tolist() == [code + 1 for code in frame["event_type"].explode().to_list()]
-    assert tensors.continuous.shape == (len(items), len(CONTINUOUS_FEATURES))
-    column = {name: tensors.continuous[:, i].tolist() for i, name in enumerate(CONTINUOUS_FEATURES)}
+    assert tensors.stored.shape == (len(STORED_FEATURES), len(items))
+    continuous = _continuous(tensors)
+    assert continuous.shape == (len(items), len(CONTINUOUS_FEATURES))
+    column = {name: continuous[:, i].tolist() for i, name in enumerate(CONTINUOUS_FEATURES)}
     for name in ("log_gap_prev", "log_dwell"):
         assert column[name] == frame[name].explode().to_list()
     assert column["dwell_known"] == [float(k) for k in frame["dwell_known"].explode().to_list()]
     positions = [float(p) for n in frame["n_events"] for p in range(n)]
     assert column["log_position"] == torch.log1p(torch.tensor(positions)).tolist()
+    from_end = [float(n - 1 - p) for n in frame["n_events"] for p in range(n)]
+    assert column["log_position_from_end"] == torch.log1p(torch.tensor(from_end)).tolist()
+    sessions = frame.select("start_hour", "start_weekday", "n_events").iter_rows()
+    starts = [(hour, weekday) for hour, weekday, n in sessions for _ in range(n)]
+    for name, angle in (
+        ("start_hour", [h * 2 * math.pi / 24 for h, _ in starts]),
+        ("start_weekday", [(w - 1) * 2 * math.pi / 7 for _, w in starts]),
+    ):
+        assert column[f"{name}_sin"] == pytest.approx([math.sin(a) for a in angle], abs=1e-6)
+        assert column[f"{name}_cos"] == pytest.approx([math.cos(a) for a in angle], abs=1e-6)
     revisits, same_category = [], []
     for session_items, session_categories in zip(frame["item_id"], frame["category"], strict=True):
         session_items, session_categories = session_items.to_list(), session_categories.to_list()
@@ -99,7 +123,7 @@ def test_property_loading_block_by_block_gives_the_same_tensors_whatever_the_blo
         patch.setattr(event_ids, "BLOCK_EVENTS", block_events)
         blocks = load_tensors(frame, vocabulary, out_of_fold=out_of_fold)
 
-    for name in ("offsets", "item", "category", "event_type", "continuous", "label"):
+    for name in ("offsets", "item", "category", "event_type", "stored", "start", "label"):
         assert torch.equal(getattr(blocks, name).nan_to_num(), getattr(whole, name).nan_to_num()), name
 
 
@@ -109,7 +133,7 @@ def test_loading_reads_only_the_tensor_columns():
 
     narrow = load_tensors(frame.select(TENSOR_COLUMNS), vocabulary, out_of_fold=True)
 
-    assert torch.equal(narrow.continuous, load_tensors(frame, vocabulary, out_of_fold=True).continuous)
+    assert torch.equal(narrow.stored, load_tensors(frame, vocabulary, out_of_fold=True).stored)
 
 
 def test_sessions_come_in_the_frames_row_order_and_events_in_list_order():
@@ -120,8 +144,9 @@ def test_sessions_come_in_the_frames_row_order_and_events_in_list_order():
 
     assert backward.select(torch.tensor([1, 0])).item.tolist() == forward.item.tolist()
     assert forward.lengths.tolist() == [2, 1]
-    hour_sin = forward.continuous[:, CONTINUOUS_FEATURES.index("start_hour_sin")]
-    from_end = forward.continuous[:, CONTINUOUS_FEATURES.index("log_position_from_end")]
+    continuous = _continuous(forward)
+    hour_sin = continuous[:, CONTINUOUS_FEATURES.index("start_hour_sin")]
+    from_end = continuous[:, CONTINUOUS_FEATURES.index("log_position_from_end")]
     assert hour_sin.tolist() == [0.0, 0.0, 0.0]  # midnight
     assert from_end.tolist() == pytest.approx([math.log1p(1), 0.0, 0.0])
 
@@ -132,4 +157,5 @@ def test_an_empty_frame_loads_as_empty_tensors_with_every_continuous_column():
     tensors = load_tensors(frame, build_vocabulary(frame, SequenceConfig()), out_of_fold=True)
 
     assert tensors.n_sessions == 0 and tensors.offsets.tolist() == [0]
-    assert tensors.continuous.shape == (0, len(CONTINUOUS_FEATURES))
+    assert tensors.stored.shape == (len(STORED_FEATURES), 0)
+    assert _continuous(tensors).shape == (0, len(CONTINUOUS_FEATURES))
