@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipeline.config import CHALLENGER, CHAMPION, Settings
-from pipeline.errors import ClickstreamError, ModelNotFoundError, NoDataError
+from pipeline.errors import ClickstreamError, ModelNotFoundError, NoDataError, TrackingStoreError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -30,8 +30,9 @@ VAL_START_TAG, VAL_END_TAG = "val_start", "val_end"
 def tracking_client(settings: Settings) -> MlflowClient:
     """A client on settings.tracking_uri, also made this process's tracking and registry URI
     for mlflow's fluent API, with the `clickstream` experiment created (artifacts under
-    settings.home for local stores)."""
+    settings.home for local stores). A store that cannot be reached raises TrackingStoreError."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     # mlflow also exports the URIs to the environment, where load_settings would read them
     # for every later Settings of this process (another lake, another test): put it back.
@@ -44,7 +45,14 @@ def tracking_client(settings: Settings) -> MlflowClient:
         else:
             os.environ[name] = value
     client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    if client.get_experiment_by_name(EXPERIMENT) is None:
+    try:  # the first contact: a store that is not there fails here, once mlflow's HTTP retries are spent
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+    except MlflowException as error:
+        message = str(error).strip().splitlines()[0].replace(settings.tracking_uri, redacted(settings.tracking_uri))
+        raise TrackingStoreError(
+            f"cannot reach the MLflow tracking store {redacted(settings.tracking_uri)} (MLFLOW_TRACKING_URI): {message}"
+        ) from None
+    if experiment is None:
         local = settings.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.tracking_uri
         location = (settings.home / "mlartifacts").absolute().as_uri() if local else None
         client.create_experiment(EXPERIMENT, artifact_location=location)

@@ -22,6 +22,10 @@ class TrainingError(ClickstreamError):
     """A training run cannot produce a trustworthy model (NaN loss, one class, too few buyers)."""
 
 
+class TrackingStoreError(ClickstreamError):
+    """The MLflow tracking store (MLFLOW_TRACKING_URI) cannot be reached or opened."""
+
+
 class ModelNotFoundError(ClickstreamError):
     """The model URI does not resolve in the configured registry."""
 

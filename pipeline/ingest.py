@@ -13,11 +13,14 @@ Guarantees
   dropped and counted) and sorted by all columns, session/cookie first, then time.
 - Failure: past `settings.bad_row_threshold` (share of rows read that were quarantined) the
   run writes the quarantine, so the reasons can be inspected, but no events, and raises
-  BadRowThresholdError. An unreadable file raises InputError before anything is written.
+  BadRowThresholdError. A file none of whose rows is valid is the wrong file (a YOOCHOOSE buys
+  file given as clicks, say), not a few bad rows: the same, but an InputError naming it. An
+  unreadable file raises InputError before anything is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import shutil
@@ -84,7 +87,7 @@ def ingest_files(
     `ingestion_date` (default: today, UTC) dates the quarantine partition and bounds the
     accepted timestamps (at most the end of the following day). Idempotent per batch.
     """
-    from pipeline.lake import Lake
+    from pipeline.lake import Lake, owner
     from pipeline.raw_fields import TimeWindow
 
     files, buys = [Path(p) for p in files], [Path(p) for p in buys]
@@ -92,18 +95,20 @@ def ingest_files(
     today = ingestion_date or dt.datetime.now(dt.UTC).date()
     batch = batch_id(fmt, files, buys)
     lake = Lake(settings.lake)
-    staging = Path(settings.home) / "staging" / f"ingest-{batch}-{uuid.uuid4().hex[:8]}"
+    _remove_abandoned_staging(Path(settings.home) / "staging")
+    staging = Path(settings.home) / "staging" / f"ingest-{batch}-{uuid.uuid4().hex[:8]}@{owner()}"
     try:
         staged = _stage(_parsed_chunks(fmt, files, buys, TimeWindow.for_ingestion(today)), staging, fmt)
         rows_read = staged.rows + staged.quarantined
         share = staged.quarantined / rows_read if rows_read else 0.0
         _write_quarantine(lake, today, batch, staged.rejects)
+        where = f"nothing written to events/, see quarantine/date={today}/part-{batch}.parquet"
+        _check_no_wrong_file(staged, fmt, where)
         if share > settings.bad_row_threshold:
             worst, count = staged.bad_by_file.most_common(1)[0]
             raise BadRowThresholdError(
                 f"{staged.quarantined:,} of {rows_read:,} rows ({share:.2%}) are bad, above the "
-                f"{settings.bad_row_threshold:.2%} threshold (most in {worst}: {count:,}); nothing written to "
-                f"events/, see quarantine/date={today}/part-{batch}.parquet"
+                f"{settings.bad_row_threshold:.2%} threshold (most in {worst}: {count:,}); {where}"
             )
         written, dates = _commit_events(lake, batch, staging)
     finally:
@@ -121,6 +126,19 @@ def ingest_files(
     )
 
 
+def _remove_abandoned_staging(root: Path) -> None:
+    """Delete the staging folders of ingests that were killed before they could (pipeline.lake.is_stale
+    of the owner in the folder's name)."""
+    from pipeline.lake import is_stale
+
+    now = dt.datetime.now(dt.UTC)
+    for folder in root.glob("ingest-*@*"):
+        with contextlib.suppress(FileNotFoundError):  # another ingest's cleanup got there first
+            age = now - dt.datetime.fromtimestamp(folder.stat().st_mtime, dt.UTC)
+            if is_stale(folder.name.rpartition("@")[2], age):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
 def _check_request(fmt: str, files: list[Path], buys: list[Path]) -> None:
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -133,6 +151,22 @@ def _check_request(fmt: str, files: list[Path], buys: list[Path]) -> None:
             raise InputError(f"{path}: no such file")
         if not path.is_file():
             raise InputError(f"{path} is not a regular file")
+
+
+def _check_no_wrong_file(staged: _Staged, fmt: str, where: str) -> None:
+    """InputError for the first file that gave rows but not one valid row."""
+    import polars as pl
+
+    for path, bad in staged.bad_by_file.items():
+        if not staged.good_by_file[path]:
+            reasons = staged.rejects.filter(pl.col("file") == path).get_column("reason").value_counts(sort=True)
+            hint = ""
+            if fmt == "yoochoose":
+                hint = "; YOOCHOOSE clicks files are the arguments, buys files go after --buys"
+            raise InputError(
+                f"{path}: none of its {bad:,} rows is valid {fmt} input (most often: {reasons[0, 'reason']}){hint}; "
+                f"{where}"
+            )
 
 
 def _parsed_chunks(
@@ -167,6 +201,7 @@ class _Staged:
     quarantined: int
     rejects: pl.DataFrame
     bad_by_file: Counter[str]
+    good_by_file: Counter[str]
 
 
 def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str) -> _Staged:
@@ -175,9 +210,10 @@ def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str) 
 
     from pipeline.schemas import QUARANTINE, conform
 
-    rows, rejects, bad_by_file = 0, [], Counter()
+    rows, rejects, bad_by_file, good_by_file = 0, [], Counter(), Counter()
     for number, (path, parsed) in enumerate(chunks):
         rows += parsed.events.height
+        good_by_file[str(path)] += parsed.events.height
         if parsed.rejects.height:
             bad_by_file[str(path)] += parsed.rejects.height
             rejects.append(parsed.rejects.with_columns(file=pl.lit(str(path)), format=pl.lit(fmt)))
@@ -188,7 +224,7 @@ def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str) 
                 folder.mkdir(parents=True, exist_ok=True)
                 part.write_parquet(folder / f"{number:06d}.parquet", compression="lz4", statistics=False)
     quarantine = conform(pl.concat(rejects), QUARANTINE) if rejects else pl.DataFrame(schema=QUARANTINE)
-    return _Staged(rows, quarantine.height, quarantine, bad_by_file)
+    return _Staged(rows, quarantine.height, quarantine, bad_by_file, good_by_file)
 
 
 def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt.date, ...]]:

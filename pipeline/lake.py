@@ -175,8 +175,7 @@ class Lake:
         lock_dir = f"{self._path}/_locks"
         self.fs.makedirs(lock_dir, exist_ok=True)
         path = f"{lock_dir}/{name}"
-        owner = f"{socket.gethostname()}:{os.getpid()}"
-        _acquire(self, path, owner)
+        _acquire(self, path, owner())
         try:
             yield
         finally:
@@ -184,16 +183,16 @@ class Lake:
                 self.fs.rm(path)
 
 
-def _acquire(lake: Lake, path: str, owner: str) -> None:
+def _acquire(lake: Lake, path: str, me: str) -> None:
     for _ in range(2):
         try:
             if lake.is_local:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 with os.fdopen(fd, "w") as handle:
-                    handle.write(owner)
+                    handle.write(me)
             else:
                 with lake.fs.open(path, "xb") as handle:
-                    handle.write(owner.encode())
+                    handle.write(me.encode())
             return
         except FileExistsError:
             try:
@@ -201,14 +200,20 @@ def _acquire(lake: Lake, path: str, owner: str) -> None:
                 age = dt.datetime.now(dt.UTC) - _as_utc(lake.fs.modified(path))
             except FileNotFoundError:
                 continue  # released meanwhile: try again
-            if not _is_stale(holder, age):
+            if not is_stale(holder, age):
                 raise LockedError(f"{path.rsplit('/', 1)[-1]} is held by process {holder}") from None
             lake.fs.rm(path)  # stale: its process is gone
     raise LockedError(f"could not take lock {path}")
 
 
-def _is_stale(holder: str, age: dt.timedelta) -> bool:
-    """A holder on this host is stale once its process is gone; one elsewhere after STALE_LOCK_AGE."""
+def owner() -> str:
+    """`host:pid` of this process, as locks (and ingest staging folders) record their owner."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_stale(holder: str, age: dt.timedelta) -> bool:
+    """Whether what `holder` (an `owner()`) left `age` ago is abandoned: on this host once its process
+    is gone; from another host after STALE_LOCK_AGE."""
     host, _, pid = holder.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return age >= STALE_LOCK_AGE  # cannot check another host's processes

@@ -76,6 +76,7 @@ def _assert_survives(stage: str, settings: Settings, tmp_path: Path, nth: int, m
     run_stage(stage, settings, **args)
     assert lake_snapshot(root) == new
     assert not list((root / "_locks").iterdir())  # the dead writer's locks were taken over and released
+    assert not list(Path(settings.home).glob("staging/*"))  # and a killed ingest's staging folder removed
 
 
 def _assert_scans_read_committed_files_only(lake: Lake) -> None:

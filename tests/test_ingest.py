@@ -103,6 +103,18 @@ def test_given_too_many_bad_rows_then_it_fails_writing_the_quarantine_but_no_eve
     assert lake.scan("quarantine").collect()["reason"].to_list() == ["wrong column count (expected 4)"] * 10
 
 
+def test_given_a_buys_file_as_clicks_then_an_input_error_says_where_buys_go_and_nothing_is_written(
+    settings: Settings, tmp_path: Path
+) -> None:
+    paths = write(tmp_path / "in", {"clicks.dat": GOOD.encode(), "buys.dat": BUYS.encode()})
+    with pytest.raises(InputError, match=r"buys.dat: none of its 2 rows .* \(expected 4\).* after --buys") as error:
+        ingest_files(settings, "yoochoose", [paths["clicks.dat"], paths["buys.dat"]], ingestion_date=TODAY)
+    assert "\n" not in str(error.value)
+    lake = Lake(settings.lake)
+    assert lake.dates("events") == []
+    assert lake.scan("quarantine").collect()["reason"].to_list() == ["wrong column count (expected 4)"] * 2
+
+
 ROWS = st.lists(
     st.sampled_from([*GOOD.splitlines()[:20], "", "x", "1,2,3,4", "\x00", "1,1970-01-01T00:00:00Z,1,0"]), max_size=60
 )
@@ -117,6 +129,10 @@ def test_given_any_mix_of_rows_then_read_equals_written_plus_quarantined_plus_du
         return
     path = write(tmp_path_factory.mktemp("in"), {"clicks.dat": "\n".join(rows).encode() + b"\n"})["clicks.dat"]
     fresh = settings.with_overrides(bad_row_threshold=1.0, lake=str(tmp_path_factory.mktemp("lake")))
+    if not set(rows) & set(GOOD.splitlines()):  # not one valid row: the wrong file, whatever the threshold
+        with pytest.raises(InputError, match="none of its"):
+            ingest_files(fresh, "yoochoose", [path], ingestion_date=TODAY)
+        return
     summary = ingest_files(fresh, "yoochoose", [path], ingestion_date=TODAY)
     assert summary.rows_read == len(rows)
     assert summary.rows_read == summary.rows_written + summary.quarantined + summary.duplicates

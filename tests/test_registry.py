@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import socket
 from pathlib import Path
 
 import mlflow
@@ -14,7 +15,7 @@ from fixtures import labelled_lake
 from models.registry import alias_version, promote_if_better, redacted, tracking_client
 from models.train import TrainSummary, train_challenger
 from pipeline.config import Settings
-from pipeline.errors import ModelNotFoundError
+from pipeline.errors import ModelNotFoundError, TrackingStoreError
 
 NAME = "clickstream-buy-intent"
 
@@ -111,3 +112,18 @@ def test_given_an_unknown_version_when_gated_then_model_not_found_in_one_line(
 def test_given_a_tracking_uri_with_credentials_then_messages_show_it_without_them() -> None:
     assert redacted("postgresql://user:secret@db:5432/mlflow") == "postgresql://db:5432/mlflow"
     assert redacted("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+def test_given_a_tracking_server_that_is_not_there_then_one_line_naming_it_without_credentials(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    nowhere = dataclasses.replace(settings, tracking_uri=f"http://user:secret@127.0.0.1:{port}")
+
+    reachable = f"cannot reach the MLflow tracking store http://127.0.0.1:{port}"
+    with pytest.raises(TrackingStoreError, match=reachable) as error:
+        tracking_client(nowhere)
+    assert "\n" not in str(error.value) and "secret" not in str(error.value)
