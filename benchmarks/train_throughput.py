@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 N_ITEMS = 52_000  # YOOCHOOSE's catalogue size, order of magnitude
 N_CATEGORIES = 340
 N_EVENT_TYPES = 6  # PAD + EVENT_TYPES
-N_CONTINUOUS = 13  # len(features.tensors.CONTINUOUS_FEATURES)
+N_CONTINUOUS = 14  # len(features.tensors.CONTINUOUS_FEATURES)
 MAX_LENGTH = 200
 
 
@@ -53,7 +53,7 @@ def sessions_with_lengths(lengths: np.ndarray, *, seed: int = 0, n_items: int = 
     """
     import torch
 
-    from features.tensors import STORED_FEATURES, SequenceTensors
+    from features.tensors import FLAG_FEATURES, STORED_FEATURES, SequenceTensors
 
     rng = np.random.default_rng(seed)
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -65,6 +65,7 @@ def sessions_with_lengths(lengths: np.ndarray, *, seed: int = 0, n_items: int = 
     category = (item * 7919) % (N_CATEGORIES - 2) + 2
     event_type = np.full(n_events, 1, dtype=np.int32) + (rng.random(n_events) < 0.05)
     stored = rng.normal(0.0, 1.0, (len(STORED_FEATURES), n_events)).astype(np.float32)
+    flags = rng.integers(0, 1 << len(FLAG_FEATURES), n_events, dtype=np.uint8)
     start = rng.integers(0, 24, n_sessions, dtype=np.int32) * 8 + rng.integers(1, 8, n_sessions, dtype=np.int32)
     last_item = np.append(item, 1)[np.where(lengths > 0, offsets[1:] - 1, n_events)]  # 1: empty session
     logit = -4.0 + 5.0 * (last_item % 4 == 0) + 0.2 * np.minimum(lengths, 10)
@@ -75,6 +76,7 @@ def sessions_with_lengths(lengths: np.ndarray, *, seed: int = 0, n_items: int = 
         category=torch.from_numpy(category.astype(np.int32)),
         event_type=torch.from_numpy(event_type),
         stored=torch.from_numpy(stored),
+        flags=torch.from_numpy(flags),
         start=torch.from_numpy(start),
         label=torch.from_numpy(label),
     )
@@ -153,6 +155,7 @@ class _SessionDataset:
             "category": t.category[lo:hi],
             "event_type": t.event_type[lo:hi],
             "stored": t.stored[:, lo:hi],
+            "flags": t.flags[lo:hi],
             "start": t.start[i],
             "label": t.label[i],
         }
@@ -173,6 +176,7 @@ def _collate(samples: list[dict[str, torch.Tensor]]) -> SequenceTensors:
         category=torch.cat([s["category"] for s in samples]),
         event_type=torch.cat([s["event_type"] for s in samples]),
         stored=torch.cat([s["stored"] for s in samples], dim=1),
+        flags=torch.cat([s["flags"] for s in samples]),
         start=torch.stack([s["start"] for s in samples]),
         label=torch.stack([s["label"] for s in samples]),
     )

@@ -73,6 +73,15 @@ class EventIds:
         """The events of sessions lo..hi-1 (a `blocks` item)."""
         return EventIds(code=self.code[events], ids=self.ids, lengths=self.lengths[lo:hi])
 
+    def same_as_previous(self, session_start: np.ndarray) -> np.ndarray:
+        """bool [n_events]: the event has the previous event's id, in the same session (no id never
+        matches). `session_start` holds the first event of every non-empty session."""
+        same = np.zeros(self.code.size, dtype=bool)
+        np.equal(self.code[1:], self.code[:-1], out=same[1:])
+        same &= self.code != self.missing
+        same[session_start] = False
+        return same
+
     @cached_property
     def first_sighting(self) -> np.ndarray:
         """bool [n_events]: the event's id (or its lack of one) does not occur earlier in its session."""

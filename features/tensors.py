@@ -3,9 +3,10 @@ batches from. Session i's events are rows ``offsets[i]:offsets[i+1]`` of every
 per-event tensor, in time order. No per-session Python object exists anywhere.
 
 Only what cannot be recomputed cheaply is held per event (indices as int32, the
-STORED_FEATURES); the other model inputs follow per batch from the offsets, the gaps and
-each session's start (`SequenceTensors.continuous`). That keeps the resident set about a
-third the size of a full [n_events, 13] float matrix, which is what loading time goes on.
+STORED_FEATURES as float32, the FLAG_FEATURES as bits of one byte); the other model inputs
+follow per batch from the offsets, the gaps and each session's start
+(`SequenceTensors.continuous`). That keeps the resident set about a quarter the size of a full
+[n_events, 14] float matrix, which is what loading time goes on.
 """
 
 from __future__ import annotations
@@ -41,20 +42,17 @@ CONTINUOUS_FEATURES: tuple[str, ...] = (
     "start_weekday_sin",  # weekday of the session start on the unit circle
     "start_weekday_cos",
     "item_repeat",  # 1.0 where the item was already seen earlier in the session (a revisit)
+    "same_item_as_previous",  # 1.0 where the item equals the previous event's (a reload, another picture)
     "same_category_as_previous",  # 1.0 where the category equals the previous event's
     "item_buy_logit",  # smoothed buy log-odds of the item in the training window (features.buy_rates)
     "category_buy_logit",  # the same for the event's category
 )
 
-# The rows of SequenceTensors.stored: those of CONTINUOUS_FEATURES that need the ids or the
-# buy-rate tables, computed once by load_tensors.
-STORED_FEATURES: tuple[str, ...] = (
-    "log_gap_prev",
-    "item_repeat",
-    "same_category_as_previous",
-    "item_buy_logit",
-    "category_buy_logit",
-)
+# Those of CONTINUOUS_FEATURES that need the ids or the buy-rate tables, computed once by
+# load_tensors: the rows of SequenceTensors.stored, and the bits (bit i: FLAG_FEATURES[i]) of
+# SequenceTensors.flags.
+STORED_FEATURES: tuple[str, ...] = ("log_gap_prev", "item_buy_logit", "category_buy_logit")
+FLAG_FEATURES: tuple[str, ...] = ("item_repeat", "same_item_as_previous", "same_category_as_previous")
 
 _THREADS = 2  # blocks filled at once: the 2-core machine this runs on
 
@@ -90,6 +88,7 @@ class SequenceTensors:
     category:   int32 [n_events]  vocabulary index (PAD/OOV reserved)
     event_type: int32 [n_events]  EVENT_TYPE_CODE + 1 (0 = PAD)
     stored:     float32 [len(STORED_FEATURES), n_events]  one feature per row
+    flags:      uint8 [n_events]  bit i set where FLAG_FEATURES[i] holds
     start:      int32 [n_sessions]  start_hour * 8 + start_weekday (1 = Monday)
     label:      float32 [n_sessions]  1.0 buyer, 0.0 not, NaN unknown
     """
@@ -99,6 +98,7 @@ class SequenceTensors:
     category: torch.Tensor
     event_type: torch.Tensor
     stored: torch.Tensor
+    flags: torch.Tensor
     start: torch.Tensor
     label: torch.Tensor
 
@@ -130,6 +130,7 @@ class SequenceTensors:
         hour = (start // 8).float() * (2 * math.pi / 24)
         weekday = (start % 8 - 1).float() * (2 * math.pi / 7)
         column = dict(zip(STORED_FEATURES, self.stored.unbind(0), strict=True))
+        column.update({name: ((self.flags >> bit) & 1).float() for bit, name in enumerate(FLAG_FEATURES)})
         column.update(
             log_dwell=gap.roll(-1).masked_fill(last, 0.0),  # the flat last event is a session's last
             dwell_known=(~last).float(),
@@ -160,6 +161,7 @@ class SequenceTensors:
             category=self.category[events],
             event_type=self.event_type[events],
             stored=self.stored[:, events],
+            flags=self.flags[events],
             start=self.start[sessions],
             label=self.label[sessions],
         )
@@ -204,6 +206,7 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
         category=torch.empty(n_events, dtype=torch.int32),
         event_type=torch.empty(n_events, dtype=torch.int32),
         stored=torch.empty(len(STORED_FEATURES), n_events),
+        flags=torch.empty(n_events, dtype=torch.uint8),
         start=torch.from_numpy(start.to_series().to_numpy(writable=True)),
         label=torch.from_numpy(
             sequences.get_column("label").cast(pl.Float32).fill_null(float("nan")).to_numpy(writable=True)
@@ -263,11 +266,16 @@ class _BlockLoader:
         items, categories = ids["item_id"], ids["category"]
         stored = dict(zip(STORED_FEATURES, tensors.stored.numpy()[:, first:end], strict=True))
         stored["log_gap_prev"][:] = flat("log_gap_prev").to_numpy()
-        stored["item_repeat"][:] = ~items.first_sighting
-        category = categories.code
-        same = stored["same_category_as_previous"]
-        same[1:] = (category[1:] == category[:-1]) & (category[1:] != categories.missing)
-        same[self.offsets[lo:hi][lengths > 0] - first] = 0.0  # a session's first event has no previous one
+        session_start = self.offsets[lo:hi][lengths > 0] - first
+        flags = {
+            "item_repeat": ~items.first_sighting,
+            "same_item_as_previous": items.same_as_previous(session_start),
+            "same_category_as_previous": categories.same_as_previous(session_start),
+        }
+        packed = tensors.flags.numpy()[first:end]
+        packed[:] = 0
+        for bit, name in enumerate(FLAG_FEATURES):
+            packed |= flags[name].view(np.uint8) << bit
         tensors.item.numpy()[first:end] = self.item_index[items.code]
         tensors.category.numpy()[first:end] = self.category_index[categories.code]
         tensors.event_type.numpy()[first:end] = flat("event_type").to_numpy() + 1

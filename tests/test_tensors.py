@@ -99,12 +99,14 @@ def test_property_flat_tensors_and_offsets_match_the_list_columns_exactly(rows):
     ):
         assert column[f"{name}_sin"] == pytest.approx([math.sin(a) for a in angle], abs=1e-6)
         assert column[f"{name}_cos"] == pytest.approx([math.cos(a) for a in angle], abs=1e-6)
-    revisits, same_category = [], []
+    revisits, same_item, same_category = [], [], []
     for session_items, session_categories in zip(frame["item_id"], frame["category"], strict=True):
         session_items, session_categories = session_items.to_list(), session_categories.to_list()
         revisits += [float(item in session_items[:n]) for n, item in enumerate(session_items)]
+        same_item += [float(n > 0 and item == session_items[n - 1]) for n, item in enumerate(session_items)]
         same_category += [float(n > 0 and c == session_categories[n - 1]) for n, c in enumerate(session_categories)]
     assert column["item_repeat"] == revisits
+    assert column["same_item_as_previous"] == same_item
     assert column["same_category_as_previous"] == same_category
     labels = [math.nan if label is None else float(label) for label in frame["label"]]
     assert np.array_equal(tensors.label.numpy(), np.array(labels, dtype=np.float32), equal_nan=True)
@@ -123,7 +125,7 @@ def test_property_loading_block_by_block_gives_the_same_tensors_whatever_the_blo
         patch.setattr(event_ids, "BLOCK_EVENTS", block_events)
         blocks = load_tensors(frame, vocabulary, out_of_fold=out_of_fold)
 
-    for name in ("offsets", "item", "category", "event_type", "stored", "start", "label"):
+    for name in ("offsets", "item", "category", "event_type", "stored", "flags", "start", "label"):
         assert torch.equal(getattr(blocks, name).nan_to_num(), getattr(whole, name).nan_to_num()), name
 
 
