@@ -8,7 +8,9 @@ pseudo-sessions, fed to the model as log-odds.
 
 On the training sessions themselves the counts leave out the session's own fold (FOLDS folds
 by a stable hash of session_id), so a session's label never feeds its own features; every
-other session (validation, scoring) uses all training counts.
+other session (validation, scoring) uses all training counts. The counts are taken per fold
+once, when the window is counted (`count_buyers`, and so `build_vocabulary`), and kept in
+memory beside the totals, so loading the window out of fold counts nothing again.
 
 Counting and lookups run on integer id codes (features.event_ids): a bincount per key over the
 first sighting of each id in each session, then one gather per event.
@@ -34,27 +36,36 @@ class BuyCounts:
 
     counts: pl.DataFrame  # id (String), sessions (Int64), buyers (Int64), ascending id
     prior: float  # buyer share of the labelled training sessions
+    # (sessions, buyers) int64 [FOLDS, counts.height]: the same counts per session fold, columns as the
+    # rows of `counts`. Only in memory, for loading the counted sessions out of fold: not saved.
+    by_fold: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def count_buyers(sequences: pl.DataFrame, key: str) -> BuyCounts:
-    """Session and buyer counts per id of list column `key` over the labelled sessions.
-
-    Deterministic: the same sessions in any row order give the same table.
+    """Session and buyer counts per id of list column `key` over the labelled sessions, with the
+    counts per fold. Deterministic: the same sessions in any row order give the same table.
     """
-    return buy_counts(EventIds.of_lists(sequences.get_column(key)), sequences.get_column("label"))
+    ids = EventIds.of_lists(sequences.get_column(key))
+    return buy_counts(ids, sequences.get_column("label"), session_folds(sequences))
 
 
-def buy_counts(ids: EventIds, label: pl.Series) -> BuyCounts:
-    """`count_buyers` of the events `ids` of sessions with labels `label` (Boolean, null: unknown)."""
-    sessions, buyers = _session_counts(ids, label_values(label), np.zeros(label.len(), dtype=np.int8), 1)
-    seen = np.flatnonzero(sessions)
+def buy_counts(ids: EventIds, label: pl.Series, fold: np.ndarray) -> BuyCounts:
+    """`count_buyers` of the events `ids` of sessions with labels `label` (Boolean, null: unknown)
+    and folds `fold` (session_folds)."""
+    sessions, buyers = (
+        table.reshape(FOLDS, ids.n_codes) for table in _session_counts(ids, _label_values(label), fold, FOLDS)
+    )
+    total = sessions.sum(axis=0)
+    seen = np.flatnonzero(total)
+    ids_seen = ids.ids.gather(seen)
+    order = ids_seen.arg_sort().to_numpy()  # ascending id, as the table is kept
     counts = pl.DataFrame(
-        {"id": ids.ids.gather(seen), "sessions": sessions[seen], "buyers": buyers[seen]},
+        {"id": ids_seen.gather(order), "sessions": total[seen][order], "buyers": buyers.sum(axis=0)[seen][order]},
         schema={"id": pl.String, "sessions": pl.Int64, "buyers": pl.Int64},
-    ).sort("id")
+    )
     known = label.drop_nulls()
     prior = float(known.cast(pl.Float64).mean()) if known.len() else 0.0
-    return BuyCounts(counts=counts, prior=prior)
+    return BuyCounts(counts=counts, prior=prior, by_fold=(sessions[:, seen[order]], buyers[:, seen[order]]))
 
 
 def event_counts(
@@ -70,8 +81,7 @@ def event_counts(
     `session_of_event` each event's row. With `out_of_fold`, `sequences` must be the sessions `rates`
     was counted on: each session's own fold is left out, so its label never feeds its own counts."""
     coded = EventIds.of(ids, np.bincount(session_of_event, minlength=sequences.height))
-    own = own_fold_counts(coded, sequences) if out_of_fold else None
-    sessions, buyers = _counts_by_code(coded.ids, rates, own)
+    sessions, buyers = _counts_by_code(coded.ids, rates, out_of_fold=out_of_fold)
     slot = event_slots(coded, session_folds(sequences) if out_of_fold else None, coded.n_codes)
     return pl.DataFrame({"sessions": sessions[slot], "buyers": buyers[slot]})
 
@@ -91,19 +101,13 @@ class LogitTable:
         return self.values[event_slots(ids, fold if self.out_of_fold else None, self.n_codes)]
 
 
-def logit_table(ids: pl.Series, rates: BuyCounts, own: tuple[np.ndarray, np.ndarray] | None) -> LogitTable:
+def logit_table(ids: pl.Series, rates: BuyCounts, *, out_of_fold: bool) -> LogitTable:
     """The log-odds of every id of `ids` (features.event_ids.known_ids: one per code) from `rates`;
-    out of fold when given `own`, own_fold_counts of the sessions `rates` was counted on."""
-    sessions, buyers = _counts_by_code(ids, rates, own)
+    `out_of_fold` for the sessions `rates` was counted on (see _counts_by_code)."""
+    sessions, buyers = _counts_by_code(ids, rates, out_of_fold=out_of_fold)
     counts = pl.DataFrame({"sessions": sessions, "buyers": buyers})
     logits = counts.select(_logit(rates.prior, pl.col("sessions"), pl.col("buyers")).cast(pl.Float32))
-    return LogitTable(logits.to_series().to_numpy(), ids.len(), own is not None)
-
-
-def own_fold_counts(ids: EventIds, sequences: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Labelled sessions and buyers per (fold, code) [FOLDS * n_codes] among `sequences`, whose
-    events `ids` are: what out-of-fold counts leave out."""
-    return _session_counts(ids, label_values(sequences.get_column("label")), session_folds(sequences), FOLDS)
+    return LogitTable(logits.to_series().to_numpy(), ids.len(), out_of_fold)
 
 
 def session_folds(sequences: pl.DataFrame) -> np.ndarray:
@@ -111,15 +115,21 @@ def session_folds(sequences: pl.DataFrame) -> np.ndarray:
     return (sequences.get_column("session_id").hash(seed=0) % FOLDS).cast(pl.Int8).to_numpy()
 
 
-def _counts_by_code(
-    ids: pl.Series, rates: BuyCounts, own: tuple[np.ndarray, np.ndarray] | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(sessions, buyers) of every id of `ids` in `rates`: per code, or per (fold, code) [FOLDS * n_codes]
-    with each fold's `own` counts (own_fold_counts) left out."""
-    sessions, buyers = _code_counts(ids, rates)
-    if own is None:
+def _counts_by_code(ids: pl.Series, rates: BuyCounts, *, out_of_fold: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(sessions, buyers) of every id of `ids` in `rates` (0 for ids it lacks, and for nulls): per code,
+    or out of fold per (fold, code), flat [FOLDS * n_codes], each fold's own counts left out."""
+    counts = rates.counts
+    row = ids.replace_strict(
+        counts.get_column("id"), pl.Series(np.arange(counts.height)), default=counts.height, return_dtype=pl.Int64
+    ).to_numpy()  # each id's row in `counts`; past its end: not counted
+    sessions = np.append(counts.get_column("sessions").to_numpy(), 0)[row]
+    buyers = np.append(counts.get_column("buyers").to_numpy(), 0)[row]
+    if not out_of_fold:
         return sessions, buyers
-    return np.tile(sessions, FOLDS) - own[0], np.tile(buyers, FOLDS) - own[1]
+    if rates.by_fold is None:
+        raise ValueError("out-of-fold buy rates need the counts per fold, kept only by the count of the window")
+    own = [np.pad(table, ((0, 0), (0, 1)))[:, row] for table in rates.by_fold]  # [FOLDS, n_codes]
+    return (sessions - own[0]).ravel(), (buyers - own[1]).ravel()
 
 
 def event_slots(ids: EventIds, fold: np.ndarray | None, n_codes: int) -> np.ndarray:
@@ -130,34 +140,7 @@ def event_slots(ids: EventIds, fold: np.ndarray | None, n_codes: int) -> np.ndar
     return ids.per_session(fold).astype(np.int64) * n_codes + ids.code
 
 
-def _code_counts(ids: pl.Series, rates: BuyCounts) -> tuple[np.ndarray, np.ndarray]:
-    """(sessions, buyers) of every id of `ids` in `rates` (0 for ids it lacks, and for nulls)."""
-    counts = rates.counts
-    row = ids.replace_strict(
-        counts.get_column("id"), pl.Series(np.arange(counts.height)), default=counts.height, return_dtype=pl.Int64
-    ).to_numpy()  # each id's row in `counts`; past its end: not counted
-    sessions = np.append(counts.get_column("sessions").to_numpy(), 0)[row]
-    return sessions, np.append(counts.get_column("buyers").to_numpy(), 0)[row]
-
-
-def counted_slots(ids: EventIds, label: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where the labelled sessions of `ids` count: the slot (`slots`, each event's event_slots) of each
-    id a session holds, once per id (events without an id count nowhere), and the slots of the buyers
-    among them. `label` (label_values) is per session of `ids`, which should be a block of sessions:
-    the temporaries are per event."""
-    labelled = ids.per_session(label)
-    counted = np.flatnonzero(ids.first_sighting & (ids.code != ids.missing) & (labelled >= 0))
-    slot = slots[counted]
-    return slot, slot[labelled[counted] == 1]
-
-
-def add_counted(counts: tuple[np.ndarray, np.ndarray], slots: tuple[np.ndarray, np.ndarray]) -> None:
-    """Add counted_slots to a (sessions, buyers) pair of per-slot tables, in place."""
-    for table, slot in zip(counts, slots, strict=True):
-        np.add.at(table, slot, 1)
-
-
-def label_values(label: pl.Series) -> np.ndarray:
+def _label_values(label: pl.Series) -> np.ndarray:
     """int8 per session: 1 buyer, 0 not, -1 unknown."""
     return label.cast(pl.Int8).fill_null(-1).to_numpy()
 
@@ -167,11 +150,16 @@ def _session_counts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labelled sessions and buyers per (group of the session, code), flat [n_groups * n_codes]:
     each session counts once per id it holds; events without an id count nowhere."""
-    counts = (np.zeros(n_groups * ids.n_codes, dtype=np.int64), np.zeros(n_groups * ids.n_codes, dtype=np.int64))
-    for lo, hi, events in ids.blocks():
+    sessions = np.zeros(n_groups * ids.n_codes, dtype=np.int64)
+    buyers = np.zeros(n_groups * ids.n_codes, dtype=np.int64)
+    for lo, hi, events in ids.blocks():  # block-sized temporaries
         block = ids.block(lo, hi, events)
-        add_counted(counts, counted_slots(block, label[lo:hi], event_slots(block, group[lo:hi], ids.n_codes)))
-    return counts
+        labelled = block.per_session(label[lo:hi])
+        counted = np.flatnonzero(block.first_sighting & (block.code != block.missing) & (labelled >= 0))
+        slot = event_slots(block, group[lo:hi], ids.n_codes)[counted]
+        np.add.at(sessions, slot, 1)
+        np.add.at(buyers, slot[labelled[counted] == 1], 1)
+    return sessions, buyers
 
 
 def _logit(prior: float, sessions: pl.Expr, buyers: pl.Expr) -> pl.Expr:

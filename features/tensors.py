@@ -174,12 +174,12 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
     Reads only TENSOR_COLUMNS. No Python runs per session or event: list columns are taken as flat
     values, ids as integer codes (features.event_ids), a block of sessions at a time so that no
     temporary is as large as the frame. `label` is NaN where unknown. `out_of_fold` is for the
-    training sessions the vocabulary was built from: their buy-rate inputs then leave out their
-    own fold (features.buy_rates), counted in the same pass over the blocks that fills the rest.
+    training sessions the vocabulary was built from (in this process: the counts per fold are not
+    saved): their buy-rate inputs then leave out their own fold (features.buy_rates).
     """
     import polars as pl
 
-    from features.buy_rates import RATE_KEYS, add_counted, label_values, logit_table, session_folds
+    from features.buy_rates import RATE_KEYS, logit_table, session_folds
     from features.event_ids import BLOCK_EVENTS, known_ids, session_blocks
 
     sequences = sequences.with_columns(pl.col(RATE_KEYS).cast(pl.List(pl.Categorical)))  # as read: a no-op
@@ -194,10 +194,8 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
         known=known,
         item_index=vocabulary.item_index(known).astype(np.int32),
         category_index=vocabulary.category_index(known).astype(np.int32),
-        label=label_values(sequences.get_column("label")),
+        logits={key: logit_table(known, vocabulary.rates[key], out_of_fold=out_of_fold) for key in RATE_KEYS},
         fold=session_folds(sequences) if out_of_fold else None,
-        logits=None if out_of_fold else {key: logit_table(known, vocabulary.rates[key], None) for key in RATE_KEYS},
-        slots={key: np.empty(n_events, dtype=np.uint32) for key in RATE_KEYS} if out_of_fold else {},
     )
     start = sequences.select(pl.col("start_hour").cast(pl.Int32) * 8 + pl.col("start_weekday"))
     tensors = SequenceTensors(
@@ -212,47 +210,26 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
             sequences.get_column("label").cast(pl.Float32).fill_null(float("nan")).to_numpy(writable=True)
         ),
     )
-    blocks = session_blocks(offsets, BLOCK_EVENTS)
     with ThreadPoolExecutor(_THREADS) as pool:  # numpy, polars and torch release the GIL while they work
-        own = {key: _fold_tables(known.len()) for key in RATE_KEYS} if out_of_fold else {}
-        for slots in pool.map(lambda block: loader.fill(tensors, *block), blocks):
-            for key, counted in slots.items():  # added as blocks finish: no block's slots are kept
-                add_counted(own[key], counted)
-        if out_of_fold:  # the buy rates need every block's counts: a second pass
-            logits = {key: logit_table(known, vocabulary.rates[key], own[key]) for key in RATE_KEYS}
-            list(pool.map(lambda block: loader.fill_logits(tensors, logits, *block), blocks))
+        list(pool.map(lambda block: loader.fill(tensors, *block), session_blocks(offsets, BLOCK_EVENTS)))
     return tensors
-
-
-def _fold_tables(n_codes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Empty (sessions, buyers) tables per (fold, code), as features.buy_rates.own_fold_counts gives."""
-    from features.buy_rates import FOLDS
-
-    return np.zeros(FOLDS * n_codes, dtype=np.int64), np.zeros(FOLDS * n_codes, dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
 class _BlockLoader:
-    """What a block of sessions' tensors are computed from: the frame and per-code lookup tables.
-
-    Out of fold, the buy-rate tables need every block's counts first: `fill` then keeps each
-    event's slot in them and `fill_logits` writes the buy-rate inputs in a second pass."""
+    """What a block of sessions' tensors are computed from: the frame and per-code lookup tables."""
 
     sequences: pl.DataFrame
     offsets: np.ndarray  # int64 [n_sessions + 1]
     known: pl.Series  # features.event_ids.known_ids()
     item_index: np.ndarray  # int32 [n_codes]: vocabulary index of each code
     category_index: np.ndarray  # int32 [n_codes]
-    label: np.ndarray  # int8 [n_sessions] features.buy_rates.label_values
+    logits: dict[str, LogitTable]  # by features.buy_rates.RATE_KEYS
     fold: np.ndarray | None  # int8 [n_sessions] out of fold (features.buy_rates.session_folds), else None
-    logits: dict[str, LogitTable] | None  # by features.buy_rates.RATE_KEYS; None out of fold
-    slots: dict[str, np.ndarray]  # out of fold: uint32 [n_events] by RATE_KEYS, filled by `fill`
 
-    def fill(self, tensors: SequenceTensors, lo: int, hi: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Write the events of sessions lo..hi-1 into the per-event tensors; out of fold all but the
-        buy-rate inputs, and return where those sessions count towards their own fold's buy rates
-        (features.buy_rates.counted_slots) by key."""
-        from features.buy_rates import RATE_KEYS, counted_slots, event_slots
+    def fill(self, tensors: SequenceTensors, lo: int, hi: int) -> None:
+        """Write the events of sessions lo..hi-1 into the per-event tensors."""
+        from features.buy_rates import RATE_KEYS
         from features.event_ids import EventIds
 
         part = self.sequences.slice(lo, hi - lo)
@@ -266,6 +243,9 @@ class _BlockLoader:
         items, categories = ids["item_id"], ids["category"]
         stored = dict(zip(STORED_FEATURES, tensors.stored.numpy()[:, first:end], strict=True))
         stored["log_gap_prev"][:] = flat("log_gap_prev").to_numpy()
+        fold = None if self.fold is None else self.fold[lo:hi]
+        for key, name in _LOGIT_FEATURES.items():
+            stored[name][:] = self.logits[key].of_events(ids[key], fold)
         session_start = self.offsets[lo:hi][lengths > 0] - first
         flags = {
             "item_repeat": ~items.first_sighting,
@@ -279,24 +259,6 @@ class _BlockLoader:
         tensors.item.numpy()[first:end] = self.item_index[items.code]
         tensors.category.numpy()[first:end] = self.category_index[categories.code]
         tensors.event_type.numpy()[first:end] = flat("event_type").to_numpy() + 1
-        if self.logits is not None:
-            for key, name in _LOGIT_FEATURES.items():
-                stored[name][:] = self.logits[key].of_events(ids[key], None)
-            return {}
-        counted = {}
-        for key, coded in ids.items():
-            slots = event_slots(coded, self.fold[lo:hi], coded.n_codes)
-            self.slots[key][first:end] = slots
-            counted[key] = counted_slots(coded, self.label[lo:hi], slots)
-        return counted
-
-    def fill_logits(self, tensors: SequenceTensors, logits: dict[str, LogitTable], lo: int, hi: int) -> None:
-        """Out of fold: write the buy-rate inputs of the events of sessions lo..hi-1, from the slots
-        `fill` kept."""
-        events = slice(self.offsets[lo], self.offsets[hi])
-        stored = tensors.stored.numpy()
-        for key, name in _LOGIT_FEATURES.items():
-            stored[STORED_FEATURES.index(name), events] = logits[key].values[self.slots[key][events]]
 
 
 _LOGIT_FEATURES = {"item_id": "item_buy_logit", "category": "category_buy_logit"}  # by RATE_KEYS

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from features.buy_rates import RATE_KEYS, BuyCounts, buy_counts
+from features.buy_rates import RATE_KEYS, BuyCounts, buy_counts, session_folds
 from features.event_ids import EventIds
 from features.tensors import OOV
 from pipeline.config import SequenceConfig
@@ -142,13 +142,14 @@ def build_vocabulary(sequences: pl.DataFrame, config: SequenceConfig) -> Vocabul
     Deterministic: the same sessions in any row order give the same vocabulary and version.
     """
     ids = {key: EventIds.of_lists(sequences.get_column(key)) for key in RATE_KEYS}
+    folds = session_folds(sequences)
     items = _counted(ids["item_id"], config.item_min_count)
     learned = _counted(ids["category"], config.category_min_count).filter(~pl.col("id").is_in(FIXED_CATEGORIES))
     categories = pl.concat([pl.Series("id", FIXED_CATEGORIES, dtype=pl.String), learned.get_column("id")])
     return Vocabulary(
         items=_indexed(items.get_column("id"), _FIRST_ITEM),
         categories=_indexed(categories, _FIRST_CATEGORY),
-        rates={key: buy_counts(ids[key], sequences.get_column("label")) for key in RATE_KEYS},
+        rates={key: buy_counts(ids[key], sequences.get_column("label"), folds) for key in RATE_KEYS},
         item_hash_buckets=config.item_hash_buckets,
     )
 

@@ -3,10 +3,12 @@ on the training sessions so that a session's own label never feeds its own input
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -17,7 +19,6 @@ from features.buy_rates import (
     count_buyers,
     event_counts,
     logit_table,
-    own_fold_counts,
     session_folds,
 )
 from features.event_ids import EventIds
@@ -38,8 +39,7 @@ def _flat(frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
 def _logits(frame: pl.DataFrame, rates: BuyCounts, *, out_of_fold: bool) -> np.ndarray:
     """What the model gets for every item event of `frame` (flat, session order), as load_tensors builds it."""
     ids = EventIds.of_lists(frame["item_id"])
-    own = own_fold_counts(ids, frame) if out_of_fold else None
-    return logit_table(ids.ids, rates, own).of_events(ids, session_folds(frame))
+    return logit_table(ids.ids, rates, out_of_fold=out_of_fold).of_events(ids, session_folds(frame))
 
 
 def test_given_a_window_then_counts_take_each_labelled_session_once_per_item():
@@ -59,7 +59,7 @@ def test_given_an_item_that_sells_then_its_logit_is_higher_and_unseen_ids_get_th
     rates = count_buyers(frame, "item_id")
 
     ids = EventIds.of(pl.Series(["hit", "flop", "never", None]), np.array([4]))
-    hit, flop, unseen, missing = logit_table(ids.ids, rates, None).of_events(ids, np.zeros(1, dtype=np.int8))
+    hit, flop, unseen, missing = logit_table(ids.ids, rates, out_of_fold=False).of_events(ids, None)
 
     prior = rates.prior
     assert hit > unseen > flop
@@ -81,7 +81,7 @@ def test_property_a_sessions_own_label_never_changes_its_out_of_fold_inputs(item
     _, rows = _flat(original)
     rates = count_buyers(original, "item_id")
     # same prior on both sides: only the counts may carry the flipped label
-    flipped_rates = BuyCounts(count_buyers(changed, "item_id").counts, rates.prior)
+    flipped_rates = dataclasses.replace(count_buyers(changed, "item_id"), prior=rates.prior)
 
     before = _logits(original, rates, out_of_fold=True)
     after = _logits(changed, flipped_rates, out_of_fold=True)
@@ -129,3 +129,13 @@ def test_property_event_counts_are_the_labelled_sessions_holding_the_id_outside_
     ]
     assert counts["sessions"].to_list() == [len(sessions) for sessions in counted]
     assert counts["buyers"].to_list() == [sum(labels[s] for s in sessions) for sessions in counted]
+
+
+def test_given_counts_without_their_folds_then_out_of_fold_inputs_are_refused():
+    frame = _sessions([["a"], ["b"]], [True, False])
+    saved = count_buyers(frame, "item_id")
+    reloaded = BuyCounts(saved.counts, saved.prior)  # what Vocabulary.load gives: no counts per fold
+
+    with pytest.raises(ValueError, match="counts per fold"):
+        _logits(frame, reloaded, out_of_fold=True)
+    assert np.isfinite(_logits(frame, reloaded, out_of_fold=False)).all()
