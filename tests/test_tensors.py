@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -30,7 +30,7 @@ DAY = dt.date(2014, 4, 1)
 T0 = dt.datetime(2014, 4, 1, tzinfo=dt.UTC)
 
 
-def _sequences(rows: list[tuple[str, int, str, str, str]]) -> pl.DataFrame:
+def _sequences(rows: list[tuple[str, int, str, str, str]], config: SequenceConfig | None = None) -> pl.DataFrame:
     """SEQUENCES rows built by the sequences stage from (session, seconds, event_type, item, category) events."""
     events = pl.DataFrame(
         {
@@ -46,7 +46,7 @@ def _sequences(rows: list[tuple[str, int, str, str, str]]) -> pl.DataFrame:
             "labelled": [r[0] != "unlabelled" for r in rows],
         }
     ).cast(EVENTS)
-    return sessions_of(events, DAY, DAY, SequenceConfig())[0]
+    return sessions_of(events, DAY, DAY, config or SequenceConfig())[0]
 
 
 event_rows = st.lists(
@@ -161,3 +161,21 @@ def test_an_empty_frame_loads_as_empty_tensors_with_every_continuous_column():
     assert tensors.n_sessions == 0 and tensors.offsets.tolist() == [0]
     assert tensors.stored.shape == (len(STORED_FEATURES), 0)
     assert _continuous(tensors).shape == (0, len(CONTINUOUS_FEATURES))
+
+
+@hypothesis_settings(max_examples=30, deadline=None)
+@given(rows=event_rows, data=st.data())
+def test_property_inputs_derived_per_batch_do_not_depend_on_the_batch(rows, data):
+    """A batch of sessions in any order gets, row for row, the inputs its events have in the whole
+    set: nothing derived per batch (dwell, positions, start) leaks between neighbouring sessions.
+    Truncated sessions keep the gap before their first kept event, so a first gap is not always 0."""
+    frame = _sequences(rows, SequenceConfig(max_events=3))
+    tensors = load_tensors(frame, build_vocabulary(frame, SequenceConfig(item_min_count=1)))
+    assume(tensors.n_sessions > 0)  # a purchase alone leaves no input event, so no session
+    sessions = torch.tensor(data.draw(st.permutations(range(tensors.n_sessions))), dtype=torch.int64)
+    chosen = sessions[: data.draw(st.integers(1, tensors.n_sessions))]
+
+    batch = tensors.select(chosen)
+    _, events = tensors.event_rows(chosen)
+
+    assert torch.equal(_continuous(batch), _continuous(tensors)[events])
