@@ -12,8 +12,8 @@ other session (validation, scoring) uses all training counts. The counts are tak
 once, when the window is counted (`count_buyers`, and so `build_vocabulary`), and kept in
 memory beside the totals, so loading the window out of fold counts nothing again.
 
-Counting and lookups run on integer id codes (features.event_ids): a bincount per key over the
-first sighting of each id in each session, then one gather per event.
+Counting and lookups run on integer id codes (features.event_ids): per key, one count per
+(fold, code) over the first sighting of each id in each session, then one gather per event.
 """
 
 from __future__ import annotations
@@ -127,7 +127,9 @@ def _counts_by_code(ids: pl.Series, rates: BuyCounts, *, out_of_fold: bool) -> t
     if not out_of_fold:
         return sessions, buyers
     if rates.by_fold is None:
-        raise ValueError("out-of-fold buy rates need the counts per fold, kept only by the count of the window")
+        raise ValueError(
+            "out-of-fold buy rates need the counts per fold that count_buyers keeps in memory; saved ones have none"
+        )
     own = [np.pad(table, ((0, 0), (0, 1)))[:, row] for table in rates.by_fold]  # [FOLDS, n_codes]
     return (sessions - own[0]).ravel(), (buyers - own[1]).ravel()
 
