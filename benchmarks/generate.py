@@ -31,7 +31,7 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     from benchmarks.results import peak_rss_gb, record
-    from pipeline.generate import TRUTH_FILE, generate_logs
+    from clickstream.pipeline.synthetic.generate import TRUTH_FILE, generate_logs
 
     out = DATA / f"generate-{args.format}-{args.sessions}"
     load = os.getloadavg()[0]  # the 2-core machine is shared: a busy one slows every figure

@@ -29,15 +29,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from benchmarks.results import record
-    from pipeline.config import load_settings
-    from pipeline.generate import BUYS_FILE, CLICKS_FILE
-    from pipeline.ingest import ingest_files
+    from clickstream.pipeline.core.config import load_settings
+    from clickstream.pipeline.ingest.ingest import ingest_files
+    from clickstream.pipeline.synthetic.generate import BUYS_FILE, CLICKS_FILE
 
     logs = DATA / f"ingest-{args.sessions}"
     clicks, buys = logs / CLICKS_FILE, logs / BUYS_FILE
     if not clicks.exists():
-        command = [sys.executable, "-m", "pipeline.cli", "generate", str(logs), "--sessions", str(args.sessions)]
-        subprocess.run([*command, "--days", str(args.days), "--start-date", "2014-04-01"], check=True)
+        command = [sys.executable, "-m", "clickstream.pipeline.orchestrate.cli", "generate", str(logs)]
+        options = ["--sessions", str(args.sessions), "--days", str(args.days), "--start-date", "2014-04-01"]
+        subprocess.run([*command, *options], check=True)
     work = DATA / "ingest-lake"
     shutil.rmtree(work, ignore_errors=True)
     settings = load_settings(lake=str(work / "lake"), home=work / "state")

@@ -3,7 +3,7 @@
     python -m benchmarks.quality [--sessions N] [--days D] [--test-days T] [--epochs E] [--device auto|cpu|cuda]
                                  [--set train.batch_size=1024 --set model.dropout=0.3 ...]
 
-Generates N YOOCHOOSE sessions over D days (pipeline.generate), runs the real stages
+Generates N YOOCHOOSE sessions over D days (pipeline.synthetic.generate), runs the real stages
 (ingest, sequences), trains with `train_challenger` on the first D - T days (its last
 `validation_days` validate and early-stop), then scores the last T days, never seen in
 training or validation, with the registered LSTM, with the LightGBM baseline refitted on
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipeline.config import Settings
+    from clickstream.pipeline.core.config import Settings
 
 START = dt.date(2014, 4, 1)
 
@@ -44,15 +44,15 @@ def main() -> None:
     import polars as pl
 
     from benchmarks.results import peak_rss_gb, record
-    from features.sequences import build_sequences, read_sequences
-    from models.baseline import fit_baseline
-    from models.evaluation import evaluate
-    from models.scorer import load_scorer
-    from models.train import train_challenger
-    from pipeline.config import load_settings
-    from pipeline.generate import generate_logs
-    from pipeline.ingest import ingest_files
-    from pipeline.lake import Lake
+    from clickstream.features.sequences import build_sequences, read_sequences
+    from clickstream.models.baseline import fit_baseline
+    from clickstream.models.evaluation import evaluate
+    from clickstream.models.scorer import load_scorer
+    from clickstream.models.train import train_challenger
+    from clickstream.pipeline.core.config import load_settings
+    from clickstream.pipeline.core.lake import Lake
+    from clickstream.pipeline.ingest.ingest import ingest_files
+    from clickstream.pipeline.synthetic.generate import generate_logs
 
     with tempfile.TemporaryDirectory(prefix="clickstream-quality-") as tmp:
         root = Path(tmp)

@@ -2,7 +2,7 @@
 
     python -m benchmarks.scoring [--sessions N] [--days D] [--device auto|cpu|cuda]
 
-Registers a default-size LSTM (pipeline.config.ModelConfig defaults, one epoch on 20k
+Registers a default-size LSTM (pipeline.core.config.ModelConfig defaults, one epoch on 20k
 sessions: quality is irrelevant here, size is what costs), writes N synthetic sessions over
 D days to sequences/ (tests.fixtures.synthetic_sequences, 52k-item catalogue), then times
 `load_scorer` + `score_with` over all days: reading Parquet, vocabulary mapping, the batched
@@ -34,15 +34,15 @@ def main() -> None:
     import torch
 
     from benchmarks.results import peak_rss_gb, record
-    from features.sequences import read_sequences
-    from features.tensors import load_tensors
-    from models.predict import predict
-    from models.scorer import load_scorer
-    from models.train import train_and_register
-    from pipeline.config import load_settings
-    from pipeline.lake import Lake
-    from pipeline.scoring import score_frame, score_with
-    from tests.fixtures import synthetic_sequences, write_sequences
+    from clickstream.features.sequences import read_sequences
+    from clickstream.features.tensors import load_tensors
+    from clickstream.models.predict import predict
+    from clickstream.models.scorer import load_scorer
+    from clickstream.models.train import train_and_register
+    from clickstream.pipeline.core.config import load_settings
+    from clickstream.pipeline.core.lake import Lake
+    from clickstream.pipeline.serve.scoring import score_frame, score_with
+    from clickstream.pipeline.synthetic.sequences import synthetic_sequences, write_sequences
 
     with tempfile.TemporaryDirectory(prefix="clickstream-bench-scoring-") as tmp:
         root = Path(tmp)

@@ -31,8 +31,8 @@ def generate_events_lake(root: Path, sessions: int, days: int, seed: int = 0) ->
     """Write a YOOCHOOSE-like events/ lake under `root`; returns the number of events."""
     import polars as pl
 
-    from pipeline.lake import Lake
-    from pipeline.schemas import EVENTS, conform
+    from clickstream.pipeline.core.lake import Lake
+    from clickstream.pipeline.core.schemas import EVENTS, conform
 
     rng = np.random.default_rng(seed)
     lengths = rng.geometric(0.28, sessions)  # mean ~3.6 clicks, like YOOCHOOSE
@@ -88,8 +88,8 @@ def generate_events_lake(root: Path, sessions: int, days: int, seed: int = 0) ->
 
 
 def _time_build(root: str, start: dt.date | None, end: dt.date | None, queue: SimpleQueue) -> None:
-    from features.sequences import build_sequences
-    from pipeline.config import load_settings
+    from clickstream.features.sequences import build_sequences
+    from clickstream.pipeline.core.config import load_settings
 
     began, cpu = time.perf_counter(), os.times()
     summary = build_sequences(load_settings(lake=root, home=Path(root) / "state"), start, end)
@@ -105,11 +105,11 @@ def _cpu_since(start: os.times_result) -> tuple[float, float]:
 
 def _time_tensors(root: str, out_of_fold: bool, queue: SimpleQueue) -> None:
     """read_sequences of the columns load_tensors reads, build_vocabulary on all of it, load_tensors."""
-    from features.sequences import read_sequences
-    from features.tensors import TENSOR_COLUMNS, load_tensors
-    from features.vocabulary import build_vocabulary
-    from pipeline.config import SequenceConfig
-    from pipeline.lake import Lake
+    from clickstream.features.sequences import read_sequences
+    from clickstream.features.tensors import TENSOR_COLUMNS, load_tensors
+    from clickstream.features.vocabulary import build_vocabulary
+    from clickstream.pipeline.core.config import SequenceConfig
+    from clickstream.pipeline.core.lake import Lake
 
     lake = Lake(root)
     began, cpu = time.perf_counter(), os.times()
@@ -137,7 +137,7 @@ def _time_pandas(root: str, start: dt.date, end: dt.date, queue: SimpleQueue) ->
     """The same step written the plain pandas way: sort, groupby().apply(list) per column."""
     import pandas as pd
 
-    from pipeline.lake import Lake
+    from clickstream.pipeline.core.lake import Lake
 
     lake = Lake(root)
     began = time.perf_counter()

@@ -10,7 +10,7 @@ clickstream_rescore (runs whenever clickstream_nightly publishes the `clickstrea
 i.e. after a promotion): re-scores the latest `NIGHTLY.rescore_days` days of sequences/ with the
 new champion, so recent scores all come from the model now in charge.
 
-Both wire the functions of `pipeline.nightly` and share its task defaults (retries, timeouts,
+Both wire the functions of `pipeline.orchestrate.nightly` and share its task defaults (retries, timeouts,
 failure callback); one active run each.
 """
 
@@ -21,9 +21,9 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, dag, task
 
-from pipeline import nightly
-from pipeline.config import load_settings
-from pipeline.nightly import NIGHTLY
+from clickstream.pipeline.core.config import load_settings
+from clickstream.pipeline.orchestrate import nightly
+from clickstream.pipeline.orchestrate.nightly import NIGHTLY
 
 SCORES = Asset(nightly.SCORES_ASSET)
 CHAMPION = Asset(nightly.CHAMPION_ASSET)

@@ -22,7 +22,7 @@ What, in order:
 
 Every task is idempotent for its day and passes only small values through XCom. Input/data
 errors fail at once; other errors retry with exponential back-off. The steps are the functions of
-`pipeline.nightly`; schedule, window and resources are `pipeline.nightly.NIGHTLY`.
+`pipeline.orchestrate.nightly`; schedule, window and resources are `pipeline.orchestrate.nightly.NIGHTLY`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import Any
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
 
-from pipeline import nightly
-from pipeline.config import load_settings
-from pipeline.nightly import NIGHTLY
+from clickstream.pipeline.core.config import load_settings
+from clickstream.pipeline.orchestrate import nightly
+from clickstream.pipeline.orchestrate.nightly import NIGHTLY
 
 SCORES = Asset(nightly.SCORES_ASSET)
 CHAMPION = Asset(nightly.CHAMPION_ASSET)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from features.event_ids import EventIds
+from clickstream.features.event_ids import EventIds
 
 FOLDS = 5
 SMOOTHING = 20.0  # pseudo-sessions at the window's buyer share added to every id's counts

@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from features.sessionize import sessionize
-from pipeline.config import SequenceConfig, Settings
-from pipeline.errors import NoDataError
-from pipeline.lake import Lake
-from pipeline.schemas import EVENT_TYPE_CODE, SEQUENCES, UTC_TS, conform
+from clickstream.features.sessionize import sessionize
+from clickstream.pipeline.core.config import SequenceConfig, Settings
+from clickstream.pipeline.core.errors import NoDataError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE, SEQUENCES, UTC_TS, conform
 
 # Days are built in batches of consecutive dates holding at most this many events,
 # which bounds memory whatever the size of the window. Smaller batches also keep the
@@ -270,8 +271,6 @@ def _read_events(lake: Lake, first_day: dt.date, last_day: dt.date) -> pl.DataFr
 
 def _batches(lake: Lake, days: list[dt.date]) -> list[list[dt.date]]:
     """Consecutive runs of `days` holding at most BATCH_EVENTS events each (a bigger day alone)."""
-    import pyarrow.parquet as pq
-
     batches: list[list[dt.date]] = []
     size = 0
     for day in days:

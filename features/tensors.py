@@ -17,18 +17,16 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
+import polars as pl
 import torch
 
+from clickstream.features.buy_rates import RATE_KEYS, logit_table, session_folds
+from clickstream.features.event_ids import BLOCK_EVENTS, EventIds, known_ids, session_blocks
+
 if TYPE_CHECKING:
-    import polars as pl
 
-    from features.buy_rates import LogitTable
-    from features.vocabulary import Vocabulary
-
-# Index 0 is padding in every categorical tensor (only the naive padded path uses it);
-# index 1 is "out of vocabulary".
-PAD = 0
-OOV = 1
+    from clickstream.features.buy_rates import LogitTable
+    from clickstream.features.vocabulary import Vocabulary
 
 # The model's continuous inputs per event, in order (SequenceTensors.continuous).
 CONTINUOUS_FEATURES: tuple[str, ...] = (
@@ -177,11 +175,6 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
     training sessions the vocabulary was built from (in this process: the counts per fold are not
     saved): their buy-rate inputs then leave out their own fold (features.buy_rates).
     """
-    import polars as pl
-
-    from features.buy_rates import RATE_KEYS, logit_table, session_folds
-    from features.event_ids import BLOCK_EVENTS, known_ids, session_blocks
-
     sequences = sequences.with_columns(pl.col(RATE_KEYS).cast(pl.List(pl.Categorical)))  # as read: a no-op
     known = known_ids()
     lengths = sequences.get_column("item_id").list.len().fill_null(0).cast(pl.Int64).to_numpy()
@@ -229,9 +222,6 @@ class _BlockLoader:
 
     def fill(self, tensors: SequenceTensors, lo: int, hi: int) -> None:
         """Write the events of sessions lo..hi-1 into the per-event tensors."""
-        from features.buy_rates import RATE_KEYS
-        from features.event_ids import EventIds
-
         part = self.sequences.slice(lo, hi - lo)
         first, end = self.offsets[lo], self.offsets[hi]
 

@@ -1,6 +1,6 @@
 """Item and category vocabularies: raw ids -> embedding indices, built from a training window.
 
-Indices 0 (PAD) and 1 (OOV) are reserved in both (features.tensors). Items seen at least
+Indices 0 (PAD) and 1 (OOV) are reserved in both. Items seen at least
 `item_min_count` times get 2, 3, ... by descending count (ties by id); every other item maps to
 OOV, or, with `item_hash_buckets` > 0, to one of that many buckets after the known items by a
 stable hash of its id (the same id lands in the same bucket in every process and version).
@@ -27,11 +27,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from features.buy_rates import RATE_KEYS, BuyCounts, buy_counts, session_folds
-from features.event_ids import EventIds
-from features.tensors import OOV
-from pipeline.config import SequenceConfig
+from clickstream.features.buy_rates import RATE_KEYS, BuyCounts, buy_counts, session_folds
+from clickstream.features.event_ids import EventIds
+from clickstream.pipeline.core.config import SequenceConfig
 
+# Index 0 is padding in every categorical tensor (only the naive padded path uses it);
+# index 1 is "out of vocabulary".
+PAD = 0
+OOV = 1
 OOV_BRAND = 2
 UNKNOWN_CATEGORY = "0"
 FIXED_CATEGORIES = (UNKNOWN_CATEGORY, *(str(n) for n in range(1, 13)), "S")  # indices 3 .. 16

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+import lightgbm as lgb
 import numpy as np
+import polars as pl
 
-from features.buy_rates import RATE_KEYS, SMOOTHING, BuyCounts, count_buyers, event_counts
-from pipeline.schemas import EVENT_TYPE_CODE
-
-if TYPE_CHECKING:
-    import lightgbm
-    import polars as pl
+from clickstream.features.buy_rates import RATE_KEYS, SMOOTHING, BuyCounts, count_buyers, event_counts
+from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE
 
 LIST_COLUMNS = ("item_id", "category", "event_type", "log_gap_prev", "log_dwell", "dwell_known")
 PARAMS = {
@@ -63,7 +60,7 @@ class BuyRates:
 class Baseline:
     """A fitted baseline: the booster and the training-window buy rates it was fitted with."""
 
-    booster: lightgbm.Booster
+    booster: lgb.Booster
     rates: BuyRates
     feature_names: tuple[str, ...]
 
@@ -75,8 +72,6 @@ class Baseline:
 
 def fit_baseline(train: pl.DataFrame, val: pl.DataFrame, *, seed: int = 7) -> Baseline:
     """LightGBM fitted on labelled `train` sessions, early-stopped on validation AUC. Deterministic per seed."""
-    import lightgbm as lgb
-
     rates = buy_rates(train)
     train_x = _matrix(session_features(train, rates, out_of_fold=True))
     val_features = session_features(val, rates, out_of_fold=False)
@@ -103,8 +98,6 @@ def session_features(sequences: pl.DataFrame, rates: BuyRates, *, out_of_fold: b
     With `out_of_fold`, each session's buy rates leave out its own fold (use for the
     training sessions the rates were counted on); otherwise all training counts apply.
     """
-    import polars as pl
-
     events = _events(sequences)
     for key in RATE_KEYS:
         events = _with_rate(events, sequences, rates.by_key[key], key, out_of_fold)
@@ -153,8 +146,6 @@ def session_features(sequences: pl.DataFrame, rates: BuyRates, *, out_of_fold: b
 
 def _events(sequences: pl.DataFrame) -> pl.DataFrame:
     """One row per event: session row, position within the session and the per-event columns."""
-    import polars as pl
-
     return (
         sequences.with_row_index("row")
         .select(
@@ -171,8 +162,6 @@ def _with_rate(
     events: pl.DataFrame, sequences: pl.DataFrame, rates: BuyCounts, key: str, out_of_fold: bool
 ) -> pl.DataFrame:
     """`events` with `<key>_rate` (smoothed buyer share) and `<key>_popularity` (log1p sessions)."""
-    import polars as pl
-
     counts = event_counts(events[key], events["row"].to_numpy(), sequences, rates, out_of_fold=out_of_fold)
     sessions, buyers = counts["sessions"], counts["buyers"]
     return events.with_columns(

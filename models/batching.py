@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
-    from features.tensors import SequenceTensors
+if TYPE_CHECKING:
+
+    from clickstream.features.tensors import SequenceTensors
 
 
 def resident(tensors: SequenceTensors, device: torch.device) -> SequenceTensors:
@@ -43,8 +44,6 @@ def bucket_chunks(
     `world_size` and rank r takes chunks r, r + world_size, ...: every rank gets the same
     number of batches (DDP needs that) and every session is seen at least once per epoch.
     """
-    import torch
-
     lengths = lengths.cpu()
     if shuffle:
         perm = torch.randperm(lengths.numel(), generator=generator)
@@ -75,8 +74,6 @@ def iterate_batches(
     Indices and batches live on the device of `tensors`; the batch holds those sessions
     re-packed flat in index order. The same generator state gives the same batches.
     """
-    import torch
-
     device = tensors.offsets.device
     chunks = bucket_chunks(
         tensors.lengths, batch_size, shuffle=shuffle, generator=generator, rank=rank, world_size=world_size

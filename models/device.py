@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import torch
 
-from pipeline.errors import TrainingError
-
-if TYPE_CHECKING:
-    import torch
+from clickstream.pipeline.core.errors import TrainingError
 
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 
@@ -16,8 +13,6 @@ def resolve_device(name: str) -> torch.device:
     """The device for `name`: "auto" is CUDA when torch sees a GPU, else CPU; "cpu" is CPU;
     "cuda" (or "cuda:N") is that GPU. Asking for CUDA on a machine without one, or for an
     unknown name, raises TrainingError with a one-line message."""
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":

@@ -1,6 +1,6 @@
 """Data-parallel training across processes: the same `fit` under DistributedDataParallel.
 
-    torchrun --standalone --nproc_per_node N -m models.distributed JOB.pt OUT_DIR
+    torchrun --standalone --nproc_per_node N -m clickstream.models.distributed JOB.pt OUT_DIR
 
 JOB.pt (written by `write_job`) holds the train/validation tensors, the configs and the
 model's initial weights; every rank loads it, joins the process group (nccl on CUDA, one
@@ -11,20 +11,22 @@ and hands back a FitResult like `fit`'s.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pipeline.errors import ClickstreamError, TrainingError
+import torch
+import torch.distributed as dist
 
-if TYPE_CHECKING:
-    from features.tensors import SequenceTensors
-    from models.fit import FitResult
-    from models.lstm import BuyIntentLSTM
-    from pipeline.config import TrainConfig
+from clickstream.features.tensors import SequenceTensors
+from clickstream.models.device import resolve_device
+from clickstream.models.fit import EpochStats, FitResult, fit
+from clickstream.models.lstm import BuyIntentLSTM
+from clickstream.pipeline.core.config import ModelConfig, TrainConfig
+from clickstream.pipeline.core.errors import ClickstreamError, TrainingError
 
 RESULT = "result.pt"
 ERROR = "error.txt"
@@ -46,8 +48,6 @@ def write_job(
     resume: bool = False,
 ) -> None:
     """Save everything a rank needs to run `fit` (tensors, configs, initial weights) to `path`."""
-    import torch
-
     job = {
         "train": _flat(train),
         "val": _flat(val),
@@ -68,18 +68,11 @@ def write_job(
 
 def load_job(path: Path) -> dict:
     """The job `write_job` saved (tensors on CPU)."""
-    import torch
-
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def train_rank(job: dict) -> FitResult:
     """Run this rank's part of the job; the process group must already be initialised."""
-    from features.tensors import SequenceTensors
-    from models.fit import fit
-    from models.lstm import BuyIntentLSTM
-    from pipeline.config import ModelConfig, TrainConfig
-
     model = BuyIntentLSTM(ModelConfig(**job["model_config"]), *job["model_sizes"])
     model.load_state_dict(job["initial_weights"])
     checkpoint_dir = job["checkpoint_dir"]
@@ -95,13 +88,6 @@ def train_rank(job: dict) -> FitResult:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point for each torchrun rank: join the group, train, rank 0 writes the result."""
-    import argparse
-
-    import torch
-    import torch.distributed as dist
-
-    from models.device import resolve_device
-
     parser = argparse.ArgumentParser(description="One rank of a DDP training job (run under torchrun).")
     parser.add_argument("job", type=Path)
     parser.add_argument("out", type=Path)
@@ -151,17 +137,13 @@ def fit_distributed(
     eval mode, as from `fit`. The per-rank batch size is `config.batch_size`. Raises
     TrainingError with the rank's message when training fails (e.g. NaN loss).
     """
-    import torch
-
-    from models.fit import EpochStats, FitResult
-
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in (RESULT, ERROR):
         (workdir / stale).unlink(missing_ok=True)
     job = workdir / "job.pt"
     write_job(job, train, val, model, config, checkpoint_dir=checkpoint_dir, resume=resume)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    done = subprocess.run([*command, "-m", "models.distributed", str(job), str(workdir)], cwd=PROJECT_ROOT)
+    done = subprocess.run([*command, "-m", "clickstream.models.distributed", str(job), str(workdir)], cwd=PROJECT_ROOT)
     if (workdir / ERROR).exists():
         raise TrainingError((workdir / ERROR).read_text())
     if done.returncode != 0 or not (workdir / RESULT).exists():

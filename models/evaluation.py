@@ -8,7 +8,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
 
 # (metric suffix, shortest, longest) in events; None = no upper bound
 LENGTH_BUCKETS: tuple[tuple[str, int, int | None], ...] = (
@@ -48,8 +51,6 @@ class Evaluation:
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve; NaN when the labels hold a single class."""
-    from sklearn.metrics import roc_auc_score
-
     labels = np.asarray(labels, dtype=bool)
     if labels.size == 0 or labels.all() or not labels.any():
         return math.nan
@@ -80,8 +81,6 @@ def _calibration_bins(
 
 def evaluate(labels: np.ndarray, scores: np.ndarray, lengths: np.ndarray) -> Evaluation:
     """All metrics for scores in [0, 1] of sessions with known labels and their event counts."""
-    from sklearn.metrics import average_precision_score, log_loss
-
     labels = np.asarray(labels, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
     lengths = np.asarray(lengths)
@@ -108,11 +107,7 @@ def write_plots(
 ) -> list[Path]:
     """roc.png and calibration.png in out_dir, one curve per named score set, titled with the
     `subset` they are measured on; returns both paths."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
 
     labels = np.asarray(labels, dtype=bool)
     out_dir.mkdir(parents=True, exist_ok=True)

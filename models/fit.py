@@ -22,15 +22,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.errors import TrainingError
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from sklearn.metrics import log_loss, roc_auc_score
+from torch.nn.parallel import DistributedDataParallel
+
+from clickstream.models.batching import iterate_batches, resident
+from clickstream.models.device import resolve_device
+from clickstream.models.predict import predict
+from clickstream.pipeline.core.errors import TrainingError
+from clickstream.pipeline.core.progress import LiveStatus
 
 if TYPE_CHECKING:
-    import torch
 
-    from features.tensors import SequenceTensors
-    from models.lstm import BuyIntentLSTM
-    from pipeline.config import TrainConfig
-    from pipeline.progress import LiveStatus
+    from clickstream.features.tensors import SequenceTensors
+    from clickstream.models.lstm import BuyIntentLSTM
+    from clickstream.pipeline.core.config import TrainConfig
 
 CHECKPOINT = "last.pt"
 PROGRESS_EVERY = 25  # batches between live loss readings (each one waits for the GPU)
@@ -80,8 +89,6 @@ class _Progress:
 
 
 def _check_labels(tensors: SequenceTensors, name: str) -> None:
-    import torch
-
     if tensors.n_sessions == 0:
         raise TrainingError(f"the {name} set has no sessions")
     if torch.isnan(tensors.label).any():
@@ -89,8 +96,6 @@ def _check_labels(tensors: SequenceTensors, name: str) -> None:
 
 
 def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -126,8 +131,6 @@ def _save_checkpoint(
     path: Path, model: BuyIntentLSTM, optimizer: torch.optim.Optimizer, progress: _Progress, fingerprint: dict
 ) -> None:
     """Write the checkpoint atomically: a reader sees the previous one or this one, whole."""
-    import torch
-
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "fingerprint": fingerprint,
@@ -147,7 +150,6 @@ def _save_checkpoint(
 def _load_checkpoint(
     path: Path, model: BuyIntentLSTM, optimizer: torch.optim.Optimizer, fingerprint: dict
 ) -> _Progress:
-    import torch
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state["fingerprint"] != fingerprint:
@@ -167,11 +169,6 @@ def _load_checkpoint(
 
 def validation_metrics(model: BuyIntentLSTM, tensors: SequenceTensors, device: torch.device) -> tuple[float, float]:
     """(ROC AUC, log loss) of the model's probabilities on labelled `tensors`; both classes must occur."""
-    import numpy as np
-    from sklearn.metrics import log_loss, roc_auc_score
-
-    from models.predict import predict
-
     labels = tensors.label.cpu().numpy()
     if np.unique(labels).size < 2:
         raise TrainingError("the validation set holds only one class; widen the window or the validation days")
@@ -188,11 +185,6 @@ def _train_epoch(
     status: LiveStatus | None,
 ) -> tuple[float, float, int]:
     """(mean training loss, seconds, sessions trained on, all ranks). Raises TrainingError on NaN/inf loss."""
-    import torch
-    import torch.nn.functional as F
-
-    from models.batching import iterate_batches
-
     rank, world = _rank_and_world()
     torch.manual_seed(_epoch_seed(config.seed, epoch, rank))  # dropout masks
     generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch, 0))  # same batches on all ranks
@@ -220,7 +212,6 @@ def _train_epoch(
     if status is not None:
         status.update(step % PROGRESS_EVERY)
     if world > 1:
-        import torch.distributed as dist
 
         totals = torch.stack([loss_sum, seen])
         dist.all_reduce(totals)
@@ -252,12 +243,6 @@ def fit(
     loss or a one-class validation set. The returned model holds the best epoch's weights, on
     CPU, in eval mode.
     """
-    import torch
-
-    from models.batching import resident
-    from models.device import resolve_device
-    from pipeline.progress import LiveStatus
-
     _check_labels(train, "train")
     _check_labels(val, "validation")
     rank, world = _rank_and_world()
@@ -267,7 +252,6 @@ def fit(
     model.to(device)
     net: torch.nn.Module = model
     if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from features.tensors import PAD, SequenceTensors, session_positions
-from pipeline.config import ModelConfig
+from clickstream.features.tensors import SequenceTensors, session_positions
+from clickstream.features.vocabulary import PAD
+from clickstream.pipeline.core.config import ModelConfig
 
 
 class PackedLayout:

@@ -6,19 +6,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import torch
+
+from clickstream.models.batching import iterate_batches, resident
+
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
-    from features.tensors import SequenceTensors
-    from models.lstm import BuyIntentLSTM
+    from clickstream.features.tensors import SequenceTensors
+    from clickstream.models.lstm import BuyIntentLSTM
 
 
 @contextmanager
 def _evaluating_on(model: BuyIntentLSTM, device: torch.device) -> Iterator[BuyIntentLSTM]:
     """The model in eval mode on `device`, put back on its own device and mode afterwards."""
-    import torch
-
     home = next(model.parameters()).device
     was_training = model.training
     model.to(device).eval()
@@ -38,10 +39,6 @@ def predict(
 ) -> np.ndarray:
     """Purchase probability of every session: float32 in [0, 1], in input session order.
     Deterministic (eval mode, no dropout); the model is left on its own device and mode."""
-    import torch
-
-    from models.batching import iterate_batches, resident
-
     device = torch.device(device)
     data = resident(tensors, device)
     scores = torch.empty(tensors.n_sessions, dtype=torch.float32, device=device)
@@ -60,10 +57,6 @@ def predict_steps(
 ) -> np.ndarray:
     """Running purchase probability after each event: float32 in [0, 1], flat event order
     (row i matches event row i of `tensors`); a session's last value equals its `predict` score."""
-    import torch
-
-    from models.batching import iterate_batches, resident
-
     device = torch.device(device)
     data = resident(tensors, device)
     scores = torch.empty(data.item.numel(), dtype=torch.float32, device=device)

@@ -14,16 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.registry import redacted, tracking_client
-from pipeline.config import CHAMPION, Settings
-from pipeline.errors import ModelNotFoundError
+import mlflow.pytorch
+from mlflow.exceptions import MlflowException
+
+from clickstream.features.tensors import load_tensors
+from clickstream.features.vocabulary import Vocabulary
+from clickstream.models.device import resolve_device
+from clickstream.models.predict import predict, predict_steps
+from clickstream.models.registry import redacted, tracking_client
+from clickstream.pipeline.core.config import CHAMPION, Settings
+from clickstream.pipeline.core.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
     import numpy as np
     import polars as pl
 
-    from features.vocabulary import Vocabulary
-    from models.lstm import BuyIntentLSTM
+    from clickstream.models.lstm import BuyIntentLSTM
 
 MODEL_ARTIFACT = "model"  # the model's folder inside its run
 VOCABULARY_FOLDER = "extra_files"  # where mlflow.pytorch puts `extra_files` inside the model folder
@@ -44,16 +50,10 @@ class Scorer:
 
     def score(self, sequences: pl.DataFrame) -> np.ndarray:
         """Buy probability per session: float32 in [0, 1], in the frame's row order."""
-        from features.tensors import load_tensors
-        from models.predict import predict
-
         return predict(self.model, load_tensors(sequences, self.vocabulary), device=self.device)
 
     def running_scores(self, sequences: pl.DataFrame) -> np.ndarray:
         """Buy probability after each event: float32 in [0, 1], flat (row order, then event order)."""
-        from features.tensors import load_tensors
-        from models.predict import predict_steps
-
         return predict_steps(self.model, load_tensors(sequences, self.vocabulary), device=self.device)
 
 
@@ -61,12 +61,6 @@ def load_scorer(settings: Settings, model_uri: str | None = None, *, device: str
     """The model behind `model_uri` (default `models:/<settings.model_name>@champion`) from
     settings.tracking_uri, ready to score on `device`. Raises ModelNotFoundError (one line)
     for a URI outside the registry or one that does not resolve there."""
-    import mlflow.pytorch
-    from mlflow.exceptions import MlflowException
-
-    from features.vocabulary import Vocabulary
-    from models.device import resolve_device
-
     uri = model_uri or f"models:/{settings.model_name}@{CHAMPION}"
     name, version, artifact_uri = _resolve(settings, uri)
     with tempfile.TemporaryDirectory(prefix="clickstream-model-") as tmp:
@@ -86,8 +80,6 @@ def load_scorer(settings: Settings, model_uri: str | None = None, *, device: str
 
 def _resolve(settings: Settings, uri: str) -> tuple[str, str, str]:
     """(model name, version label, artifact URI) for a registry or run URI; refuses anything else."""
-    from mlflow.exceptions import MlflowException
-
     store = redacted(settings.tracking_uri)
     if _RUN_ID.match(uri):
         uri = f"runs:/{uri}/{MODEL_ARTIFACT}"

@@ -30,28 +30,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.registry import (
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import polars as pl
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Array, ColSpec, Schema
+
+from clickstream.features.sequences import read_sequences
+from clickstream.features.tensors import CONTINUOUS_FEATURES, load_tensors
+from clickstream.features.vocabulary import build_vocabulary
+from clickstream.models.baseline import fit_baseline
+from clickstream.models.evaluation import evaluate, write_plots
+from clickstream.models.fit import fit
+from clickstream.models.lstm import BuyIntentLSTM
+from clickstream.models.predict import predict
+from clickstream.models.promotion import PromotionDecision, promote_if_better
+from clickstream.models.registry import (
     FINGERPRINT_TAG,
     VAL_END_TAG,
     VAL_START_TAG,
-    PromotionDecision,
     experiment_id,
-    promote_if_better,
     set_challenger,
     tracking_client,
     version_with_fingerprint,
 )
-from pipeline.config import CHALLENGER, Settings, TrainConfig
-from pipeline.errors import TrainingError
+from clickstream.pipeline.core.config import CHALLENGER, Settings, TrainConfig
+from clickstream.pipeline.core.errors import TrainingError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.schemas import EVENT_TYPES, SEQUENCES, with_strings
 
 if TYPE_CHECKING:
-    import polars as pl
     from mlflow import MlflowClient
-    from mlflow.models import ModelSignature
 
-    from models.fit import EpochStats
+    from clickstream.models.fit import EpochStats
 
-PACKAGES = ("pipeline", "features", "models")  # shipped with the model so it loads anywhere
+PACKAGES = ("pipeline", "features", "models")  # shipped with the model, as clickstream.*, so it loads anywhere
 
 
 @dataclass(frozen=True)
@@ -116,11 +131,6 @@ def train_challenger(
     is re-used. Raises TrainingError (run marked FAILED, aliases untouched) when the window
     cannot yield a trustworthy model.
     """
-    import mlflow
-
-    from features.sequences import read_sequences
-    from pipeline.lake import Lake
-
     config = dataclasses.replace(settings.train, epochs=epochs or settings.train.epochs, device=device)
     frame = read_sequences(Lake(settings.lake), start, end)
     labelled = frame.filter(frame["label"].is_not_null())
@@ -163,8 +173,6 @@ class _Split:
 def _split(labelled: pl.DataFrame, start: dt.date | None, end: dt.date | None, validation_days: int) -> _Split:
     """Sessions starting on the last `validation_days` days up to the newest labelled one
     validate; earlier ones train. Window ends default to the data's first and last days."""
-    import polars as pl
-
     days = labelled["session_start"].dt.date()
     last = days.max() if len(days) else end
     val_start = last - dt.timedelta(days=validation_days - 1) if last else None
@@ -202,20 +210,6 @@ def _check_trainable(split: _Split, config: TrainConfig) -> None:
 
 def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, fingerprint: str, resume: bool) -> str:
     """Fit, evaluate, log and register inside the active MLflow run; returns the new version."""
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-
-    from features.tensors import CONTINUOUS_FEATURES, load_tensors
-    from features.vocabulary import build_vocabulary
-    from models.baseline import fit_baseline
-    from models.evaluation import evaluate, write_plots
-    from models.fit import fit
-    from models.lstm import BuyIntentLSTM
-    from models.predict import predict
-    from pipeline.schemas import EVENT_TYPES
-
     mlflow.log_params(_params(settings, config, split))
     _check_trainable(split, config)
 
@@ -263,7 +257,7 @@ def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, finger
             result.model,
             name="model",
             serialization_format="pickle",
-            code_paths=[str(Path(__file__).parents[1] / package) for package in PACKAGES],
+            code_paths=[str(_code_package(Path(tmp) / "code"))],
             extra_files=[str(path) for path in vocabulary_files],
             signature=_signature(),
             pip_requirements=_requirements(),
@@ -284,8 +278,6 @@ def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, finger
 
 
 def _log_epoch(stats: EpochStats) -> None:
-    import mlflow
-
     mlflow.log_metrics(
         {
             f"epoch_{name}": float(getattr(stats, name))
@@ -317,8 +309,6 @@ def _params(settings: Settings, config: TrainConfig, split: _Split) -> dict[str,
 
 def _fingerprint(settings: Settings, config: TrainConfig, split: _Split, labelled: pl.DataFrame) -> str:
     """sha256 of the window, its labelled sessions' content and the settings (device excluded)."""
-    from pipeline.schemas import with_strings
-
     rows = with_strings(labelled).hash_rows(seed=0).to_numpy().tobytes()
     described = json.dumps(
         {
@@ -369,10 +359,6 @@ def _summary(
 
 def _signature() -> ModelSignature:
     """The model's input is a SEQUENCES frame (scored via models.scorer), its output one score per session."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, Schema
-
-    from pipeline.schemas import SEQUENCES
 
     def mlflow_type(dtype: object) -> object:
         if hasattr(dtype, "inner"):
@@ -422,3 +408,13 @@ def code_version() -> str:
         return f"clickstream {importlib.metadata.version('clickstream')}"
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def _code_package(folder: Path) -> Path:
+    """A copy of the project's code laid out as its installed namespace (`clickstream/pipeline`, ...),
+    so the shipped model imports `clickstream.models...` and never a top-level `models`."""
+    repo = Path(__file__).resolve().parents[1]
+    package = folder / "clickstream"
+    for name in PACKAGES:
+        shutil.copytree(repo / name, package / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return package

@@ -19,7 +19,7 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 for name in ("CLICKSTREAM_LAKE", "CLICKSTREAM_HOME", "CLICKSTREAM_LANDING", "MLFLOW_TRACKING_URI"):
     os.environ.pop(name, None)
 
-from pipeline.config import Settings, load_settings  # noqa: E402
+from clickstream.pipeline.core.config import Settings, load_settings  # noqa: E402
 
 
 @pytest.fixture
@@ -40,9 +40,9 @@ def champion_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from fixtures import synthetic_sequences, write_sequences
 
-    from models.train import train_and_register
-    from pipeline.config import ModelConfig
-    from pipeline.lake import Lake
+    from clickstream.models.train import train_and_register
+    from clickstream.pipeline.core.config import ModelConfig
+    from clickstream.pipeline.core.lake import Lake
 
     home = tmp_path_factory.mktemp("champion")
     base = load_settings(lake=str(home / "training-lake"), home=home, environ={})

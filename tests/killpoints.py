@@ -1,7 +1,7 @@
 """Kill a pipeline stage with SIGKILL at one of its commits, in a real child process.
 
 Every file a stage commits goes through `os.replace` (Lake.write_file on a local lake,
-pipeline.output.replace_file for the report). `python tests/killpoints.py SPEC` runs one
+pipeline.serve.output.replace_file for the report). `python tests/killpoints.py SPEC` runs one
 stage with os.replace wrapped so that its Nth call into a watched folder SIGKILLs the
 process just "before" the rename (the temporary file is complete, the target untouched) or
 just "after" it (the target replaced, every later write not done). It prints
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.config import Settings, load_settings
+from clickstream.pipeline.core.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 120
@@ -54,23 +54,23 @@ class StandInScorer:
 def run_stage(stage: str, settings: Settings, **args: Any) -> None:
     """Run one stage on `settings` with JSON-able arguments (the same call in-process and in the child)."""
     if stage == "ingest":
-        from pipeline.ingest import ingest_files
+        from clickstream.pipeline.ingest.ingest import ingest_files
 
         day = dt.date.fromisoformat(args["ingestion_date"])
         ingest_files(settings, "yoochoose", list(map(Path, args["files"])), list(map(Path, args["buys"])),
                      ingestion_date=day)
     elif stage == "sequences":
-        from features.sequences import build_sequences
+        from clickstream.features.sequences import build_sequences
 
         build_sequences(settings, None, None)
     elif stage == "score":
-        from pipeline.lake import Lake
-        from pipeline.scoring import score_with, scoring_dates
+        from clickstream.pipeline.core.lake import Lake
+        from clickstream.pipeline.serve.scoring import score_with, scoring_dates
 
         days = scoring_dates(Lake(settings.lake), dt.date.min, dt.date.max)
         score_with(settings, StandInScorer(args["version"]), days)
     elif stage == "report":
-        from pipeline.report import write_report
+        from clickstream.pipeline.serve.report import write_report
 
         write_report(settings, None, None, Path(args["out"]))
     else:

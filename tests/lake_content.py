@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.schemas import with_strings
+from clickstream.pipeline.core.schemas import with_strings
 
 VOLATILE_COLUMNS = ("scored_at",)  # a timestamp per run, by contract
 

@@ -6,9 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.airflow_home import DAGS_FOLDER, airflow_environ, clickstream_environ, prepare_airflow
-from pipeline.config import load_settings
-from pipeline.nightly import NIGHTLY
+from clickstream.pipeline.core.config import load_settings
+from clickstream.pipeline.orchestrate.airflow_home import (
+    DAGS_FOLDER,
+    airflow_environ,
+    clickstream_environ,
+    prepare_airflow,
+)
+from clickstream.pipeline.orchestrate.nightly import NIGHTLY
 
 
 def test_given_settings_when_airflow_environ_then_state_under_home_repo_dags_no_examples_localhost(settings):

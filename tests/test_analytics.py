@@ -10,11 +10,11 @@ import polars as pl
 import pytest
 from fixtures import synthetic_sequences, write_sequences
 
-from pipeline.analytics import explain_session, find_session, query_scores, run_sql
-from pipeline.config import Settings
-from pipeline.errors import ClickstreamError, NoDataError
-from pipeline.lake import Lake
-from pipeline.scoring import score_dates
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.serve.analytics import explain_session, find_session, query_scores, run_sql
+from clickstream.pipeline.serve.scoring import score_dates
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def scored(settings: Settings) -> list[dt.date]:
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "from pipeline.cli import main; main()"
+    code = "from clickstream.pipeline.orchestrate.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 
 

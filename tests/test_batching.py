@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.train_throughput import sessions_with_lengths
-from models.batching import bucket_chunks, iterate_batches, resident
+from clickstream.models.batching import bucket_chunks, iterate_batches, resident
+from clickstream.pipeline.synthetic.tensors import sessions_with_lengths
 
 lengths_lists = st.lists(st.integers(0, 30), min_size=1, max_size=60)
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from features.buy_rates import (
+from clickstream.features.buy_rates import (
     SMOOTHING,
     BuyCounts,
     count_buyers,
@@ -21,7 +21,7 @@ from features.buy_rates import (
     logit_table,
     session_folds,
 )
-from features.event_ids import EventIds
+from clickstream.features.event_ids import EventIds
 
 
 def _sessions(items: list[list[str]], labels: list[bool | None]) -> pl.DataFrame:

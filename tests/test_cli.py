@@ -11,7 +11,7 @@ COMMANDS = ["generate", "ingest", "sequences", "train", "score", "scores", "sql"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "from pipeline.cli import main; main()"
+    code = "from clickstream.pipeline.orchestrate.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
 
 
@@ -43,7 +43,7 @@ def test_user_error_is_one_line_and_exit_code_2(args: list[str], fragment: str) 
 
 def test_help_does_not_import_heavy_libraries() -> None:
     code = (
-        "import sys; from pipeline.cli import app; "
+        "import sys; from clickstream.pipeline.orchestrate.cli import app; "
         "heavy = [m for m in ('torch', 'polars', 'mlflow', 'airflow', 'pyarrow') if m in sys.modules]; "
         "print(','.join(heavy))"
     )

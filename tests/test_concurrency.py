@@ -20,11 +20,11 @@ from fixtures import synthetic_sequences, write_sequences
 from killpoints import DEADLINE_S, StandInScorer, kill_at, paused_at, run_stage
 from lake_content import lake_snapshot
 
-from pipeline.config import Settings
-from pipeline.errors import LockedError
-from pipeline.generate import generate_logs
-from pipeline.lake import Lake
-from pipeline.scoring import score_with
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import LockedError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.serve.scoring import score_with
+from clickstream.pipeline.synthetic.generate import generate_logs
 
 START = dt.date(2014, 4, 1)
 TODAY = "2014-04-10"
@@ -46,7 +46,7 @@ def test_given_a_sequences_build_holding_its_lock_when_the_cli_builds_too_then_i
     settings: Settings, tmp_path: Path
 ) -> None:
     _ingested(settings, tmp_path / "raw", seed=1)
-    code = "from pipeline.cli import main; main()"
+    code = "from clickstream.pipeline.orchestrate.cli import main; main()"
 
     with paused_at("sequences", settings, 1, [settings.lake]) as (child, _):
         before = lake_snapshot(settings.lake)

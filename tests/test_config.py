@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Settings, load_settings
+from clickstream.pipeline.core.config import Settings, load_settings
 
 
 def test_defaults_put_all_state_under_the_home_folder(tmp_path: Path) -> None:

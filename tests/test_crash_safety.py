@@ -22,9 +22,9 @@ from fixtures import synthetic_sequences, write_sequences
 from killpoints import MOMENTS, kill_at, recorded_commits, run_stage
 from lake_content import lake_snapshot, temporary_files
 
-from pipeline.config import Settings
-from pipeline.generate import generate_logs
-from pipeline.lake import TABLES, Lake
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.lake import TABLES, Lake
+from clickstream.pipeline.synthetic.generate import generate_logs
 
 START = dt.date(2014, 4, 1)
 DAYS = 3

@@ -12,10 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.airflow_home import DAGS_FOLDER, clickstream_environ, init_metadata, run_dag_for_day
-from pipeline.config import CHAMPION, Settings, load_settings
-from pipeline.lake import Lake
-from pipeline.nightly import CHAMPION_ASSET, NIGHTLY, SCORES_ASSET
+from clickstream.pipeline.core.config import CHAMPION, Settings, load_settings
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.orchestrate.airflow_home import (
+    DAGS_FOLDER,
+    clickstream_environ,
+    init_metadata,
+    run_dag_for_day,
+)
+from clickstream.pipeline.orchestrate.nightly import CHAMPION_ASSET, NIGHTLY, SCORES_ASSET
 
 NIGHTLY_TASKS = {
     "find_landing",
@@ -122,7 +127,7 @@ def _partition_hashes(settings: Settings, table: str) -> dict[str, str]:
 
 
 def _versions(settings: Settings) -> list[str]:
-    from models.registry import tracking_client
+    from clickstream.models.registry import tracking_client
 
     client = tracking_client(settings)
     return sorted(v.version for v in client.search_model_versions(f"name='{settings.model_name}'"))
@@ -131,7 +136,7 @@ def _versions(settings: Settings) -> list[str]:
 @pytest.fixture(scope="module")
 def nightly_lake(tmp_path_factory):
     """Three generated landing days run through clickstream_nightly in order, day by day."""
-    from pipeline.generate import generate_logs
+    from clickstream.pipeline.synthetic.generate import generate_logs
 
     root = tmp_path_factory.mktemp("nightly")
     settings = load_settings(lake=str(root / "lake"), home=root / "state")
@@ -159,7 +164,7 @@ def test_given_landing_days_when_the_nightly_dag_runs_then_every_task_ends_as_do
 
 @pytest.mark.slow
 def test_given_the_nightly_runs_then_lake_partitions_champion_and_scores_exist(nightly_lake):
-    from models.registry import alias_version
+    from clickstream.models.registry import alias_version
 
     settings, _ = nightly_lake
     lake = Lake(settings.lake)
@@ -185,7 +190,7 @@ def test_given_a_finished_day_when_it_runs_again_then_partitions_and_model_versi
 
 @pytest.mark.slow
 def test_given_a_worse_challenger_when_the_nightly_dag_runs_then_the_champion_is_unchanged(nightly_lake):
-    from models.registry import alias_version
+    from clickstream.models.registry import alias_version
 
     settings, _ = nightly_lake
     champion = alias_version(settings, CHAMPION)

@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from pipeline.config import Settings
-from pipeline.demo import DEMO_START, DemoDay, DemoReport
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.orchestrate.demo import DEMO_START, DemoDay, DemoReport
 
 _RUN_DEMO = """
 import dataclasses, json, sys
-from pipeline.config import load_settings
-from pipeline.demo import run_demo
+from clickstream.pipeline.core.config import load_settings
+from clickstream.pipeline.orchestrate.demo import run_demo
 report = run_demo(load_settings(), days=3, sessions_per_day=500)
 print(json.dumps({**dataclasses.asdict(report), "text": str(report)}, default=str))
 """
@@ -37,7 +37,7 @@ def run_demo_in_a_fresh_process(settings: Settings) -> dict:
 
 @pytest.mark.slow
 def test_given_a_fresh_state_when_the_demo_runs_twice_then_both_report_the_same_days_and_champion(settings):
-    from models.registry import tracking_client
+    from clickstream.models.registry import tracking_client
 
     first = run_demo_in_a_fresh_process(settings)
     versions = len(tracking_client(settings).search_model_versions(f"name='{settings.model_name}'"))

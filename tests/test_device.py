@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.device import resolve_device
-from pipeline.errors import TrainingError
+from clickstream.models.device import resolve_device
+from clickstream.pipeline.core.errors import TrainingError
 
 
 def test_given_auto_then_cuda_when_torch_sees_a_gpu_else_cpu():

@@ -9,11 +9,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmarks.train_throughput import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, synthetic_tensors
-from models.distributed import fit_distributed, load_job, train_rank, write_job
-from models.lstm import BuyIntentLSTM
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.errors import TrainingError
+from clickstream.models.distributed import fit_distributed, load_job, train_rank, write_job
+from clickstream.models.lstm import BuyIntentLSTM
+from clickstream.pipeline.core.config import ModelConfig, TrainConfig
+from clickstream.pipeline.core.errors import TrainingError
+from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, synthetic_tensors
 
 N_ITEMS = 60
 CONFIG = TrainConfig(epochs=2, batch_size=128, learning_rate=2e-2, patience=10, device="cpu")

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.evaluation import auc, evaluate, expected_calibration_error, write_plots
+from clickstream.models.evaluation import auc, evaluate, expected_calibration_error, write_plots
 
 
 def test_given_scores_that_rank_every_buyer_first_then_auc_and_pr_auc_are_one() -> None:

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from features import event_ids
-from features.event_ids import EventIds
+from clickstream.features import event_ids
+from clickstream.features.event_ids import EventIds
 
 sessions_of_ids = st.lists(st.lists(st.sampled_from(["a", "b", "c", "12345678", None]), max_size=8), max_size=30)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.train_throughput import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, synthetic_tensors
-from models.fit import CHECKPOINT, MIN_BATCH_SIZE, MIN_STEPS_PER_EPOCH, epoch_batch_size, fit
-from models.lstm import BuyIntentLSTM
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.errors import TrainingError
+from clickstream.models.fit import CHECKPOINT, MIN_BATCH_SIZE, MIN_STEPS_PER_EPOCH, epoch_batch_size, fit
+from clickstream.models.lstm import BuyIntentLSTM
+from clickstream.pipeline.core.config import ModelConfig, TrainConfig
+from clickstream.pipeline.core.errors import TrainingError
+from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, synthetic_tensors
 
 N_ITEMS = 60
 TINY = ModelConfig(item_dim=8, category_dim=4, event_type_dim=2, hidden_size=16)

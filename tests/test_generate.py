@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from pipeline.errors import ClickstreamError
-from pipeline.generate import (
+from clickstream.pipeline.core.errors import ClickstreamError
+from clickstream.pipeline.synthetic.generate import (
     BUYS_FILE,
     CLICKS_FILE,
     EVENTS_FILE,
@@ -24,7 +24,7 @@ from pipeline.generate import (
     TRUTH_FILE,
     generate_logs,
 )
-from pipeline.generate_sessions import MAX_CLICKS, Clicks, buy_probability, make_catalogue
+from clickstream.pipeline.synthetic.sessions import MAX_CLICKS, Clicks, buy_probability, make_catalogue
 
 START = dt.date(2014, 4, 1)
 TS = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z"
@@ -207,7 +207,7 @@ def test_given_the_same_dwell_times_on_other_items_then_p_buy_changes() -> None:
 def test_given_real_sessions_when_clicks_are_reversed_then_many_p_buy_change(large: Path) -> None:
     catalogue = make_catalogue(np.random.default_rng(3), 2_000)
     rng = np.random.default_rng(4)
-    from pipeline.generate_sessions import simulate_clicks
+    from clickstream.pipeline.synthetic.sessions import simulate_clicks
 
     clicks = simulate_clicks(rng, catalogue, np.zeros(5_000, dtype=np.int64))
     session = np.repeat(np.arange(5_000), clicks.lengths)

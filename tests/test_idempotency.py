@@ -15,10 +15,10 @@ from fixtures import tiny_settings
 from killpoints import run_stage
 from lake_content import lake_snapshot
 
-from pipeline.config import CHAMPION, Settings
-from pipeline.generate import generate_logs
-from pipeline.ingest import batch_id, ingest_files
-from pipeline.lake import Lake
+from clickstream.pipeline.core.config import CHAMPION, Settings
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.ingest.ingest import batch_id, ingest_files
+from clickstream.pipeline.synthetic.generate import generate_logs
 
 START = dt.date(2014, 4, 1)
 TODAY = dt.date(2014, 4, 10)
@@ -80,9 +80,9 @@ def test_given_the_same_logs_listed_in_another_order_when_ingested_again_then_on
 def test_given_the_whole_chain_run_twice_then_partitions_are_equal_and_no_model_version_is_duplicated(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from models.registry import alias_version, tracking_client
-    from models.train import train_and_register
-    from pipeline.scoring import score_dates
+    from clickstream.models.registry import alias_version, tracking_client
+    from clickstream.models.train import train_and_register
+    from clickstream.pipeline.serve.scoring import score_dates
 
     tiny = tiny_settings(settings, epochs=1, validation_days=1)
     clicks, buys = _logs(tmp_path / "raw", sessions=1500, days=4)

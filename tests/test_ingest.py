@@ -18,10 +18,10 @@ from bad_inputs.corpus import CASES, GOOD, Case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import Settings
-from pipeline.errors import BadRowThresholdError, InputError
-from pipeline.ingest import batch_id, ingest_files
-from pipeline.lake import Lake
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import BadRowThresholdError, InputError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.ingest.ingest import batch_id, ingest_files
 
 TODAY = dt.date(2015, 1, 1)
 BUYS = "1,2014-04-07T11:00:00.000Z,214536501,12462,1\n1,2014-04-07T11:00:00.000Z,214536501,12462,1\n"
@@ -164,7 +164,7 @@ def test_given_a_bad_input_then_a_clear_error_or_its_quarantine_reason(
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    code = "from pipeline.cli import main; main()"
+    code = "from clickstream.pipeline.orchestrate.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
 
 

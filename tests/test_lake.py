@@ -23,9 +23,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline import lake as lake_module
-from pipeline.errors import LakePathError, LockedError
-from pipeline.lake import Lake
+from clickstream.pipeline.core import lake as lake_module
+from clickstream.pipeline.core.errors import LakePathError, LockedError
+from clickstream.pipeline.core.lake import Lake
 
 DAY = dt.date(2024, 3, 1)
 DEADLINE_S = 60.0
@@ -220,7 +220,7 @@ def test_given_a_lock_from_another_host_then_it_is_kept_until_it_is_stale(
 
 _HOLD_LOCK = """
 import datetime as dt, sys, time
-from pipeline.lake import Lake
+from clickstream.pipeline.core.lake import Lake
 with Lake(sys.argv[1]).lock("events", dt.date(2024, 3, 1)):
     print("locked", flush=True)
     time.sleep(600)
@@ -229,7 +229,7 @@ with Lake(sys.argv[1]).lock("events", dt.date(2024, 3, 1)):
 _REWRITE_FOREVER = """
 import datetime as dt, sys
 import polars as pl
-from pipeline.lake import Lake
+from clickstream.pipeline.core.lake import Lake
 lake, rows = Lake(sys.argv[1]), int(sys.argv[2])
 x = (pl.int_range(rows, eager=True) * 2654435761) % 2_147_483_647  # incompressible: a slow write
 version = 0

@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.train_throughput import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, sessions_with_lengths
-from features.tensors import SequenceTensors
-from models.lstm import BuyIntentLSTM, PackedLayout
-from pipeline.config import ModelConfig
+from clickstream.features.tensors import SequenceTensors
+from clickstream.models.lstm import BuyIntentLSTM, PackedLayout
+from clickstream.pipeline.core.config import ModelConfig
+from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, sessions_with_lengths
 
 N_ITEMS = 40
 

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline import nightly
-from pipeline.config import Settings
-from pipeline.errors import ClickstreamError, InputError, LockedError, NoDataError
-from pipeline.lake import Lake
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import ClickstreamError, InputError, LockedError, NoDataError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.orchestrate import nightly
 
 DAY = dt.date(2014, 4, 7)
 
@@ -133,7 +133,7 @@ def test_given_a_failed_task_context_when_log_task_failure_then_one_line_names_d
         "data_interval_start": dt.datetime(2014, 4, 7, tzinfo=dt.UTC),
         "exception": InputError("corrupt gzip\nin file x"),
     }
-    with caplog.at_level(logging.ERROR, logger="pipeline.nightly"):
+    with caplog.at_level(logging.ERROR, logger="clickstream.pipeline.orchestrate.nightly"):
         nightly.log_task_failure(context)
     (line,) = caplog.messages
     assert "dag=clickstream_nightly task=ingest day=2014-04-07 try=2 error=corrupt gzip in file x" in line

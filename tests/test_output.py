@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import ClickstreamError
-from pipeline.output import format_csv, format_json, format_table, write_output
+from clickstream.pipeline.core.errors import ClickstreamError
+from clickstream.pipeline.serve.output import format_csv, format_json, format_table, write_output
 
 
 def _frame() -> pl.DataFrame:

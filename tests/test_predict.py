@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmarks.train_throughput import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, sessions_with_lengths
-from models.lstm import BuyIntentLSTM
-from models.predict import predict, predict_steps
-from pipeline.config import ModelConfig
+from clickstream.models.lstm import BuyIntentLSTM
+from clickstream.models.predict import predict, predict_steps
+from clickstream.pipeline.core.config import ModelConfig
+from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, sessions_with_lengths
 
 N_ITEMS = 40
 

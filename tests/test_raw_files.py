@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import InputError
-from pipeline.raw_files import BAD_UTF8, BLANK, NUL, OK, iter_line_chunks, split_fields
+from clickstream.pipeline.core.errors import InputError
+from clickstream.pipeline.ingest.raw_files import BAD_UTF8, BLANK, NUL, OK, iter_line_chunks, split_fields
 
 LINE_BYTES = st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import InputError
-from pipeline.raw_fields import ParsedChunk, TimeWindow
-from pipeline.read_events import read_event_log
+from clickstream.pipeline.core.errors import InputError
+from clickstream.pipeline.ingest.raw_fields import ParsedChunk, TimeWindow
+from clickstream.pipeline.ingest.read_events import read_event_log
 
 WINDOW = TimeWindow.for_ingestion(dt.date(2024, 1, 1))
 ROWS = [

@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.raw_fields import TimeWindow
-from pipeline.read_retailrocket import read_retailrocket
+from clickstream.pipeline.core.errors import InputError
+from clickstream.pipeline.ingest.raw_fields import TimeWindow
+from clickstream.pipeline.ingest.read_retailrocket import read_retailrocket
 
 WINDOW = TimeWindow.for_ingestion(dt.date(2016, 1, 1))
 HEADER = "timestamp,visitorid,event,itemid,transactionid\n"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.raw_fields import ParsedChunk, TimeWindow
-from pipeline.read_yoochoose import read_buys, read_clicks
+from clickstream.pipeline.ingest.raw_fields import ParsedChunk, TimeWindow
+from clickstream.pipeline.ingest.read_yoochoose import read_buys, read_clicks
 
 WINDOW = TimeWindow.for_ingestion(dt.date(2015, 1, 1))
 CATEGORIES = st.sampled_from(["0", "1", "12", "S", "2075352000", "12345678"])

@@ -12,10 +12,11 @@ import mlflow
 import pytest
 from fixtures import labelled_lake
 
-from models.registry import alias_version, promote_if_better, redacted, tracking_client
-from models.train import TrainSummary, train_challenger
-from pipeline.config import Settings
-from pipeline.errors import ModelNotFoundError, TrackingStoreError
+from clickstream.models.promotion import promote_if_better
+from clickstream.models.registry import alias_version, redacted, tracking_client
+from clickstream.models.train import TrainSummary, train_challenger
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import ModelNotFoundError, TrackingStoreError
 
 NAME = "clickstream-buy-intent"
 

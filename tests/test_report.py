@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from fixtures import synthetic_sequences, write_sequences
 
-from pipeline.config import MODEL_NAME, Settings, load_settings
-from pipeline.errors import NoDataError
-from pipeline.lake import Lake
-from pipeline.report import lift_table, scored_sessions, write_report
-from pipeline.scoring import score_dates
+from clickstream.pipeline.core.config import MODEL_NAME, Settings, load_settings
+from clickstream.pipeline.core.errors import NoDataError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.serve.report import lift_table, scored_sessions, write_report
+from clickstream.pipeline.serve.scoring import score_dates
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input"}

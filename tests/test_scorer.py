@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from fixtures import labelled_lake
 
-from features.sequences import read_sequences
-from models.registry import tracking_client
-from models.scorer import Scorer, load_scorer
-from models.train import TrainSummary, train_and_register
-from pipeline.config import Settings
-from pipeline.errors import ModelNotFoundError
-from pipeline.lake import Lake
+from clickstream.features.sequences import read_sequences
+from clickstream.models.registry import tracking_client
+from clickstream.models.scorer import Scorer, load_scorer
+from clickstream.models.train import TrainSummary, train_and_register
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import ModelNotFoundError
+from clickstream.pipeline.core.lake import Lake
 
 
 @pytest.fixture(scope="module")

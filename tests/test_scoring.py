@@ -8,12 +8,18 @@ import polars as pl
 import pytest
 from fixtures import synthetic_sequences, write_sequences
 
-from models.scorer import load_scorer
-from pipeline.config import MODEL_NAME, Settings
-from pipeline.errors import ModelNotFoundError, NoDataError
-from pipeline.lake import Lake
-from pipeline.schemas import COOKIE_INTENT, SCORES, UTC_TS
-from pipeline.scoring import cookie_intent_path, rebuild_cookie_intent, score_dates, score_frame, scoring_dates
+from clickstream.models.scorer import load_scorer
+from clickstream.pipeline.core.config import MODEL_NAME, Settings
+from clickstream.pipeline.core.errors import ModelNotFoundError, NoDataError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.schemas import COOKIE_INTENT, SCORES, UTC_TS
+from clickstream.pipeline.serve.scoring import (
+    cookie_intent_path,
+    rebuild_cookie_intent,
+    score_dates,
+    score_frame,
+    scoring_dates,
+)
 
 
 def _scores(lake: Lake) -> pl.DataFrame:

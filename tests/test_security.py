@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings
-from pipeline.demo import ui_commands
-from pipeline.errors import LakePathError, ModelNotFoundError
-from pipeline.lake import Lake
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import LakePathError, ModelNotFoundError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.orchestrate.demo import ui_commands
 
 REPO = Path(__file__).resolve().parents[1]
 PLACEHOLDER_FILE = "docker/.env.example"  # documents every secret, with placeholder values only
@@ -105,7 +105,7 @@ def test_given_a_local_tracking_store_then_the_demo_prints_it_as_is_so_the_comma
 def test_given_a_run_uri_climbing_out_of_its_run_then_the_model_is_refused_before_any_download(
     settings: Settings,
 ) -> None:
-    from models.scorer import load_scorer
+    from clickstream.models.scorer import load_scorer
 
     for path in ("..", "../../../../tmp/elsewhere/model", "model/../../other-run/artifacts/model"):
         with pytest.raises(ModelNotFoundError, match="is not a registry model URI") as error:
@@ -144,7 +144,7 @@ def test_given_a_lake_holding_crafted_folder_names_then_only_real_date_partition
 def test_given_a_crafted_date_on_the_command_line_then_one_line_error_and_nothing_written(
     tmp_path: Path, value: str
 ) -> None:
-    code = "from pipeline.cli import main; main()"
+    code = "from clickstream.pipeline.orchestrate.cli import main; main()"
     done = subprocess.run(
         [sys.executable, "-c", code, "sequences", "--lake", str(tmp_path / "lake"), "--start", value],
         cwd=tmp_path,

@@ -13,12 +13,12 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from features.sequences import build_sequences, read_sequences, sessions_of
-from features.sessionize import sessionize
-from pipeline.config import SequenceConfig
-from pipeline.errors import NoDataError
-from pipeline.lake import Lake
-from pipeline.schemas import EVENT_TYPE_CODE, EVENTS, SEQUENCES
+from clickstream.features.sequences import build_sequences, read_sequences, sessions_of
+from clickstream.features.sessionize import sessionize
+from clickstream.pipeline.core.config import SequenceConfig
+from clickstream.pipeline.core.errors import NoDataError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE, EVENTS, SEQUENCES
 
 DAY = dt.date(2014, 4, 1)
 T0 = dt.datetime(2014, 4, 1, tzinfo=dt.UTC)

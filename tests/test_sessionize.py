@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from features.sessionize import sessionize
+from clickstream.features.sessionize import sessionize
 
 T0 = dt.datetime(2014, 4, 1, 12, tzinfo=dt.UTC)
 

@@ -11,20 +11,19 @@ from hypothesis import assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from features import event_ids
-from features.sequences import sessions_of
-from features.tensors import (
+from clickstream.features import event_ids
+from clickstream.features.sequences import sessions_of
+from clickstream.features.tensors import (
     CONTINUOUS_FEATURES,
-    OOV,
     STORED_FEATURES,
     TENSOR_COLUMNS,
     SequenceTensors,
     load_tensors,
     session_positions,
 )
-from features.vocabulary import build_vocabulary
-from pipeline.config import SequenceConfig
-from pipeline.schemas import EVENTS
+from clickstream.features.vocabulary import OOV, build_vocabulary
+from clickstream.pipeline.core.config import SequenceConfig
+from clickstream.pipeline.core.schemas import EVENTS
 
 DAY = dt.date(2014, 4, 1)
 T0 = dt.datetime(2014, 4, 1, tzinfo=dt.UTC)

@@ -15,15 +15,15 @@ import polars as pl
 import pytest
 from fixtures import labelled_lake, synthetic_sequences, write_sequences
 
-import models.train
-from features.sequences import read_sequences
-from models.evaluation import auc
-from models.registry import alias_version, tracking_client
-from models.scorer import load_scorer
-from models.train import TrainSummary, code_version, train_and_register, train_challenger
-from pipeline.config import Settings
-from pipeline.errors import TrainingError
-from pipeline.lake import Lake
+from clickstream.features.sequences import read_sequences
+from clickstream.models import train as train_module
+from clickstream.models.evaluation import auc
+from clickstream.models.registry import alias_version, tracking_client
+from clickstream.models.scorer import load_scorer
+from clickstream.models.train import TrainSummary, code_version, train_and_register, train_challenger
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import TrainingError
+from clickstream.pipeline.core.lake import Lake
 
 NAME = "clickstream-buy-intent"
 
@@ -93,9 +93,9 @@ def test_given_the_registered_model_when_loaded_with_mlflow_pytorch_in_a_fresh_p
         "mlflow.set_tracking_uri(sys.argv[1])\n"
         "path = mlflow.artifacts.download_artifacts('models:/clickstream-buy-intent@champion', dst_path=sys.argv[2])\n"
         "model = mlflow.pytorch.load_model(path)\n"
-        "from features.tensors import load_tensors\n"
-        "from features.vocabulary import Vocabulary\n"
-        "from models.predict import predict\n"
+        "from clickstream.features.tensors import load_tensors\n"
+        "from clickstream.features.vocabulary import Vocabulary\n"
+        "from clickstream.models.predict import predict\n"
         "vocabulary = Vocabulary.load(Path(path) / 'extra_files')\n"
         "np.save(sys.argv[4], predict(model, load_tensors(pl.read_parquet(sys.argv[3]), vocabulary)))\n"
     )
@@ -131,16 +131,16 @@ def test_given_a_run_killed_after_its_first_epoch_when_resumed_then_it_continues
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = labelled_lake(tmp_path, sessions=1200, seed=4)
-    log_epoch = models.train._log_epoch
+    log_epoch = train_module._log_epoch
 
     def killed_after_epoch_1(stats: object) -> None:
         log_epoch(stats)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models.train, "_log_epoch", killed_after_epoch_1)
+    monkeypatch.setattr(train_module, "_log_epoch", killed_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
         train_challenger(settings, None, None, device="cpu")
-    monkeypatch.setattr(models.train, "_log_epoch", log_epoch)
+    monkeypatch.setattr(train_module, "_log_epoch", log_epoch)
 
     summary = train_challenger(settings, None, None, device="cpu", resume=True)
 

@@ -6,9 +6,8 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from features.tensors import OOV
-from features.vocabulary import OOV_BRAND, Vocabulary, build_vocabulary, stable_hash
-from pipeline.config import SequenceConfig
+from clickstream.features.vocabulary import OOV, OOV_BRAND, Vocabulary, build_vocabulary, stable_hash
+from clickstream.pipeline.core.config import SequenceConfig
 
 
 def _sequences(items: list[list[str]], categories: list[list[str | None]] | None = None) -> pl.DataFrame:

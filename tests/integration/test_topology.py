@@ -45,7 +45,7 @@ def _alive(pid: int) -> bool:
 
 def _land_days(topo: Topology) -> Path:
     """YOOCHOOSE-format landing folders for the history days and the run's day."""
-    from pipeline.generate import generate_logs
+    from clickstream.pipeline.synthetic.generate import generate_logs
 
     landing = Path(topo.env["CLICKSTREAM_LANDING"])
     first = RUN_DAY - dt.timedelta(days=HISTORY_DAYS)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import CHAMPION, Settings
-from pipeline.errors import ClickstreamError, NoDataError
+from clickstream.pipeline.core.config import CHAMPION, Settings
+from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def ingest_landing(settings: Settings, batch: Mapping[str, Any]) -> dict[str, An
 
     Idempotent per batch: the same files give the same events/ partitions.
     """
-    from pipeline.ingest import ingest_files
+    from clickstream.pipeline.ingest.ingest import ingest_files
 
     day = dt.date.fromisoformat(batch["day"])
     summary = ingest_files(settings, batch["format"], batch["files"], batch["buys"], ingestion_date=day)
@@ -115,7 +115,7 @@ def rebuild_sequences(settings: Settings, start: dt.date, end: dt.date) -> dict[
     """Rebuild sequences/ for [start - 1 day, end]: the day before too, so a session that crossed
     midnight into `start` is complete in its start day's partition. Idempotent (each partition is
     replaced atomically with the same rows)."""
-    from features.sequences import build_sequences
+    from clickstream.features.sequences import build_sequences
 
     summary = build_sequences(settings, start - dt.timedelta(days=1), end)
     return {
@@ -137,8 +137,8 @@ def train_for_day(
     Raises NoDataError (the DAG skips training) until the window holds validation_days + 1 days of
     sequences: the last validation_days validate, at least one day trains.
     """
-    from models.train import train_challenger
-    from pipeline.lake import Lake
+    from clickstream.models.train import train_challenger
+    from clickstream.pipeline.core.lake import Lake
 
     start, end = training_window(day, window_days)
     have = [d for d in Lake(settings.lake).dates("sequences") if start <= d <= end]
@@ -162,7 +162,7 @@ def train_for_day(
 def promote_challenger(settings: Settings, trained: Mapping[str, Any]) -> dict[str, Any]:
     """Make the trained version champion only if it beats the current champion on the same
     validation sessions (its own validation days); otherwise the champion is left unchanged."""
-    from models.registry import promote_if_better
+    from clickstream.models.promotion import promote_if_better
 
     decision = promote_if_better(settings, trained["version"])
     return {
@@ -180,8 +180,8 @@ def score_days(settings: Settings, start: dt.date, end: dt.date) -> dict[str, An
     Raises NoDataError (the DAG skips scoring) while there is no champion yet.
     Idempotent: the same champion and sequences give the same scores (only scored_at differs).
     """
-    from models.registry import alias_version
-    from pipeline.scoring import score_dates
+    from clickstream.models.registry import alias_version
+    from clickstream.pipeline.serve.scoring import score_dates
 
     if alias_version(settings, CHAMPION) is None:
         raise NoDataError(f"no {CHAMPION} model registered yet: scoring starts after the first promotion")
@@ -196,7 +196,7 @@ def score_days(settings: Settings, start: dt.date, end: dt.date) -> dict[str, An
 def write_day_report(settings: Settings, day: dt.date, report_days: int) -> dict[str, Any]:
     """Write the HTML report over the `report_days` days ending at `day` to
     <home>/reports/clickstream-YYYY-MM-DD.html (replaced atomically); returns its path."""
-    from pipeline.report import write_report
+    from clickstream.pipeline.serve.report import write_report
 
     out = Path(settings.home) / "reports" / f"clickstream-{day.isoformat()}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +219,7 @@ def backfill_dates(start: str, end: str, max_days: int = 366) -> list[str]:
 
 def rescore_recent(settings: Settings, days: int) -> dict[str, Any]:
     """Re-score the latest `days` dates of sequences/ with the (new) champion."""
-    from pipeline.lake import Lake
+    from clickstream.pipeline.core.lake import Lake
 
     dates = Lake(settings.lake).dates("sequences")[-days:]
     if not dates:
@@ -242,9 +242,13 @@ def task_defaults(config: NightlyConfig = NIGHTLY) -> dict[str, Any]:
         "max_retry_delay": config.max_retry_delay,
         "retry_policy": ExceptionRetryPolicy(
             rules=[
-                RetryRule(exception="pipeline.errors.LockedError", action=RetryAction.RETRY, reason="partition busy"),
                 RetryRule(
-                    exception="pipeline.errors.ClickstreamError",
+                    exception="clickstream.pipeline.core.errors.LockedError",
+                    action=RetryAction.RETRY,
+                    reason="partition busy",
+                ),
+                RetryRule(
+                    exception="clickstream.pipeline.core.errors.ClickstreamError",
                     action=RetryAction.FAIL,
                     reason="input or data problem: a retry would fail the same way",
                 ),

@@ -31,14 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import Settings
-from pipeline.errors import BadRowThresholdError, InputError
+import polars as pl
+
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import BadRowThresholdError, InputError
+from clickstream.pipeline.core.lake import Lake, is_stale, owner
+from clickstream.pipeline.core.schemas import EVENTS, QUARANTINE, conform
+from clickstream.pipeline.ingest.raw_fields import TimeWindow
+from clickstream.pipeline.ingest.read_events import read_event_log
+from clickstream.pipeline.ingest.read_retailrocket import read_retailrocket
+from clickstream.pipeline.ingest.read_yoochoose import read_buys, read_clicks
 
 if TYPE_CHECKING:
-    import polars as pl
 
-    from pipeline.lake import Lake
-    from pipeline.raw_fields import ParsedChunk, TimeWindow
+    from clickstream.pipeline.ingest.raw_fields import ParsedChunk, TimeWindow
 
 FORMATS = ("yoochoose", "events", "retailrocket")
 SORT_KEYS = ("session_id", "cookie_id", "ts", "event_type", "item_id", "category", "price", "quantity")
@@ -87,9 +93,6 @@ def ingest_files(
     `ingestion_date` (default: today, UTC) dates the quarantine partition and bounds the
     accepted timestamps (at most the end of the following day). Idempotent per batch.
     """
-    from pipeline.lake import Lake, owner
-    from pipeline.raw_fields import TimeWindow
-
     files, buys = [Path(p) for p in files], [Path(p) for p in buys]
     _check_request(fmt, files, buys)
     today = ingestion_date or dt.datetime.now(dt.UTC).date()
@@ -127,10 +130,8 @@ def ingest_files(
 
 
 def _remove_abandoned_staging(root: Path) -> None:
-    """Delete the staging folders of ingests that were killed before they could (pipeline.lake.is_stale
+    """Delete the staging folders of ingests that were killed before they could (pipeline.core.lake.is_stale
     of the owner in the folder's name)."""
-    from pipeline.lake import is_stale
-
     now = dt.datetime.now(dt.UTC)
     for folder in root.glob("ingest-*@*"):
         with contextlib.suppress(FileNotFoundError):  # another ingest's cleanup got there first
@@ -155,8 +156,6 @@ def _check_request(fmt: str, files: list[Path], buys: list[Path]) -> None:
 
 def _check_no_wrong_file(staged: _Staged, fmt: str, where: str) -> None:
     """InputError for the first file that gave rows but not one valid row."""
-    import polars as pl
-
     for path, bad in staged.bad_by_file.items():
         if not staged.good_by_file[path]:
             reasons = staged.rejects.filter(pl.col("file") == path).get_column("reason").value_counts(sort=True)
@@ -173,7 +172,6 @@ def _parsed_chunks(
     fmt: str, files: list[Path], buys: list[Path], window: TimeWindow
 ) -> Iterator[tuple[Path, ParsedChunk]]:
     if fmt == "yoochoose":
-        from pipeline.read_yoochoose import read_buys, read_clicks
 
         for path in files:
             for parsed in read_clicks(path, window, labelled=bool(buys)):
@@ -182,13 +180,11 @@ def _parsed_chunks(
             for parsed in read_buys(path, window):
                 yield path, parsed
     elif fmt == "events":
-        from pipeline.read_events import read_event_log
 
         for path in files:
             for parsed in read_event_log(path, window):
                 yield path, parsed
     else:
-        from pipeline.read_retailrocket import read_retailrocket
 
         for path in files:
             for parsed in read_retailrocket(path, window):
@@ -206,10 +202,6 @@ class _Staged:
 
 def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str) -> _Staged:
     """Spread valid events over per-date staging files; keep the rejects (in file and line order)."""
-    import polars as pl
-
-    from pipeline.schemas import QUARANTINE, conform
-
     rows, rejects, bad_by_file, good_by_file = 0, [], Counter(), Counter()
     for number, (path, parsed) in enumerate(chunks):
         rows += parsed.events.height
@@ -229,10 +221,6 @@ def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str) 
 
 def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt.date, ...]]:
     """Write each staged date as `part-<batch>`, deduplicated and sorted; drop this batch's stale parts."""
-    import polars as pl
-
-    from pipeline.schemas import EVENTS
-
     part = f"part-{batch}"
     days = sorted(dt.date.fromisoformat(folder.name) for folder in staging.glob("*") if folder.is_dir())
     written = 0

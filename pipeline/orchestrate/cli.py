@@ -16,8 +16,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import Settings, load_settings
-from pipeline.errors import ClickstreamError
+from clickstream.pipeline.core.config import Settings, load_settings
+from clickstream.pipeline.core.errors import ClickstreamError
 
 app = typer.Typer(
     name="clickstream",
@@ -92,7 +92,7 @@ def generate(
     """Write synthetic logs with YOOCHOOSE's statistics and a known buying signal."""
     start = parse_date(start_date, "--start-date")
     assert start is not None
-    from pipeline.generate import generate_logs
+    from clickstream.pipeline.synthetic.generate import generate_logs
 
     _done(generate_logs(out_dir, sessions=sessions, days=days, start_date=start, seed=seed, fmt=format.value))
 
@@ -105,7 +105,7 @@ def ingest(
     lake: LakeOpt = None,
 ) -> None:
     """Validate raw logs into events/ (bad rows to quarantine/)."""
-    from pipeline.ingest import ingest_files
+    from clickstream.pipeline.ingest.ingest import ingest_files
 
     _done(ingest_files(_settings(lake), format.value, files, buys or []))
 
@@ -114,7 +114,7 @@ def ingest(
 def sequences(start: StartOpt = None, end: EndOpt = None, lake: LakeOpt = None) -> None:
     """Build per-session sequences from events/ into sequences/."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
-    from features.sequences import build_sequences
+    from clickstream.features.sequences import build_sequences
 
     _done(build_sequences(_settings(lake), first, last))
 
@@ -131,7 +131,7 @@ def train(
 ) -> None:
     """Train the LSTM on sessions starting in the window and register it in MLflow."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
-    from models.train import train_and_register
+    from clickstream.models.train import train_and_register
 
     _done(
         train_and_register(
@@ -155,7 +155,7 @@ def score(
 ) -> None:
     """Score the sessions of those dates into scores/."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
-    from pipeline.scoring import score_dates
+    from clickstream.pipeline.serve.scoring import score_dates
 
     _done(score_dates(_settings(lake), first, last, model))
 
@@ -174,7 +174,7 @@ def scores(
 ) -> None:
     """Scored sessions for analysts (latest day by default)."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
-    from pipeline.analytics import query_scores, write_output
+    from clickstream.pipeline.serve.analytics import query_scores, write_output
 
     frame = query_scores(
         _settings(lake),
@@ -196,7 +196,7 @@ def sql(
     lake: LakeOpt = None,
 ) -> None:
     """Run a SQL query over the lake."""
-    from pipeline.analytics import run_sql, write_output
+    from clickstream.pipeline.serve.analytics import run_sql, write_output
 
     _done(write_output(run_sql(_settings(lake), query), format.value, out))
 
@@ -208,7 +208,7 @@ def session_trace(
     lake: LakeOpt = None,
 ) -> None:
     """A session's events in order with the model's running buying intent."""
-    from pipeline.analytics import explain_session, write_output
+    from clickstream.pipeline.serve.analytics import explain_session, write_output
 
     _done(write_output(explain_session(_settings(lake), session_id, model), "table", None))
 
@@ -222,7 +222,7 @@ def report(
 ) -> None:
     """One self-contained HTML report with plots of scores, lift and model quality."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
-    from pipeline.report import write_report
+    from clickstream.pipeline.serve.report import write_report
 
     _done(write_report(_settings(lake), first, last, out))
 
@@ -234,7 +234,7 @@ def demo(
     lake: LakeOpt = None,
 ) -> None:
     """The main job end to end on embedded defaults, through the Airflow DAG."""
-    from pipeline.demo import run_demo
+    from clickstream.pipeline.orchestrate.demo import run_demo
 
     _done(run_demo(_settings(lake), days=days, sessions_per_day=sessions_per_day))
 

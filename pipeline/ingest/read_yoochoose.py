@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.raw_fields import (
+from clickstream.pipeline.ingest.raw_fields import (
     ParsedChunk,
     TimeWindow,
     is_bad_optional,
@@ -27,7 +27,7 @@ from pipeline.raw_fields import (
     validate_lines,
     zulu_timestamp,
 )
-from pipeline.raw_files import iter_line_chunks, split_fields
+from clickstream.pipeline.ingest.raw_files import iter_line_chunks, split_fields
 
 SOURCE = "yoochoose"
 CLICK_FIELDS = ["session_id", "timestamp", "item_id", "category"]

@@ -8,12 +8,10 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pipeline.errors import ClickstreamError
+import polars as pl
 
-if TYPE_CHECKING:
-    import polars as pl
+from clickstream.pipeline.core.errors import ClickstreamError
 
 FORMATS = ("table", "csv", "json", "parquet")
 TABLE_DECIMALS = 4
@@ -52,8 +50,6 @@ def write_output(frame: pl.DataFrame, fmt: str, out: Path | None) -> str:
 
 def format_table(frame: pl.DataFrame) -> str:
     """Aligned plain-text table: a header, a rule, one line per row, each line ending in a newline."""
-    import polars as pl
-
     cells = format_cells(frame)
     titles, rules, padded = [], [], []
     for name, dtype in frame.schema.items():
@@ -69,8 +65,6 @@ def format_table(frame: pl.DataFrame) -> str:
 
 def format_csv(frame: pl.DataFrame) -> str:
     """CSV with a header; text cells that a spreadsheet would run as a formula start with '."""
-    import polars as pl
-
     cells = _nested_as_json(frame)
     text_columns = [name for name, dtype in cells.schema.items() if dtype == pl.String]
     safe = cells.with_columns(
@@ -87,8 +81,6 @@ def format_json(frame: pl.DataFrame) -> str:
 
 def _nested_as_json(frame: pl.DataFrame) -> pl.DataFrame:
     """The frame with every nested column (list, struct, array) as its JSON text."""
-    import polars as pl
-
     # '{"v":<value>}' -> '<value>': the value's own JSON text
     return frame.with_columns(
         pl.when(pl.col(name).is_not_null())
@@ -102,8 +94,6 @@ def _nested_as_json(frame: pl.DataFrame) -> pl.DataFrame:
 def format_cells(frame: pl.DataFrame) -> pl.DataFrame:
     """Every column as display text, same order: floats to TABLE_DECIMALS places, timestamps to the
     second, nested values as JSON, tab/CR/LF as \\t \\r \\n and other control characters as ?, nulls blank."""
-    import polars as pl
-
     flat = _nested_as_json(frame)
     cells = []
     for name, dtype in flat.schema.items():
@@ -122,8 +112,6 @@ def format_cells(frame: pl.DataFrame) -> pl.DataFrame:
 
 def _fixed(value: pl.Expr, decimals: int) -> pl.Expr:
     """A float as text with exactly `decimals` digits after the point (polars has no format width)."""
-    import polars as pl
-
     scaled = (value * 10**decimals).round().cast(pl.Int64)
     whole = (scaled.abs() // 10**decimals).cast(pl.String)
     fraction = (scaled.abs() % 10**decimals).cast(pl.String).str.pad_start(decimals, "0")

@@ -27,7 +27,7 @@ Statistics
     Event logs add `add_to_cart` after 5% of views and `remove_from_cart` after 30% of those,
     independently of the outcome (so they carry no extra signal), and `purchase` rows for buys.
 
-The buying rule (pipeline.generate_sessions.buy_logit), per session of L clicks i_1..i_L:
+The buying rule (pipeline.synthetic.sessions.buy_logit), per session of L clicks i_1..i_L:
     logit p_buy = -4.32
         + 0.55 * ln L
         + 3.0 * interest_L                              what the shopper looked at longest
@@ -54,17 +54,20 @@ Determinism and ids
 
 from __future__ import annotations
 
+import binascii
 import datetime as dt
 import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
+import polars as pl
 
-from pipeline.errors import ClickstreamError
-from pipeline.generate_sessions import (
+from clickstream.pipeline.core.errors import ClickstreamError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.synthetic.sessions import (
     DAY_MS,
     Catalogue,
     Clicks,
@@ -74,9 +77,6 @@ from pipeline.generate_sessions import (
     session_starts,
     simulate_clicks,
 )
-
-if TYPE_CHECKING:
-    import polars as pl
 
 FORMATS = ("yoochoose", "events")
 CLICKS_FILE = "yoochoose-clicks.dat"
@@ -224,7 +224,6 @@ def _simulate_buys(rng: np.random.Generator, clicks: Clicks, catalogue: Catalogu
 def _write_yoochoose(
     writer: _LandingWriter, catalogue: Catalogue, ids: np.ndarray, clicks: Clicks, buys: _Buys
 ) -> int:
-    import polars as pl
 
     session = np.repeat(np.arange(len(ids)), clicks.lengths)
     click_frame = pl.DataFrame(
@@ -257,7 +256,6 @@ def _write_event_log(
     clicks: Clicks,
     buys: _Buys,
 ) -> tuple[int, np.ndarray]:
-    import polars as pl
 
     n = len(ids)
     lengths, offsets = clicks.lengths, clicks.offsets
@@ -330,27 +328,20 @@ def _assign_cookies(rng: np.random.Generator, starts: np.ndarray, ends: np.ndarr
 
 def _hex_ids(values: np.ndarray) -> np.ndarray:
     """uint64 values as 16-digit lowercase hex strings, without a Python loop."""
-    import binascii
-
     return np.frombuffer(binascii.hexlify(values.astype(">u8").tobytes()), dtype="S16").astype(str)
 
 
 def _timestamps(ts_ms: np.ndarray) -> pl.Series:
-    import polars as pl
-
     return pl.Series(ts_ms).cast(pl.Datetime("ms", "UTC"))
 
 
 def _category_names(catalogue: Catalogue, item: np.ndarray) -> pl.Series:
-    import polars as pl
-
     return pl.Series(catalogue.category_names).gather(catalogue.category[item])
 
 
 def _truth_frame(
     ids: np.ndarray, cookies: np.ndarray | None, starts_ms: np.ndarray, p_buy: np.ndarray, label: np.ndarray
 ) -> pl.DataFrame:
-    import polars as pl
 
     n = len(ids)
     return pl.DataFrame(
@@ -412,10 +403,6 @@ class _LandingWriter:
 
     def commit(self) -> tuple[Path, ...]:
         """Close and move every file into place; returns the final paths, sorted."""
-        import polars as pl
-
-        from pipeline.lake import Lake
-
         lake = Lake(self.out_dir)
         written = []
         for folder, frames in self._truth.items():

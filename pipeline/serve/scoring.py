@@ -13,13 +13,17 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from pipeline.config import Settings
-from pipeline.errors import NoDataError
-from pipeline.lake import Lake
+import polars as pl
+
+from clickstream.features.sequences import read_sequences
+from clickstream.models.scorer import load_scorer
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import NoDataError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.schemas import COOKIE_INTENT, SCORES, conform
 
 if TYPE_CHECKING:
     import numpy as np
-    import polars as pl
 
 COOKIE_INTENT_FILE = "data.parquet"
 
@@ -65,8 +69,6 @@ def score_dates(
 
     Idempotent: the same model and sequences give the same rows; only scored_at differs.
     """
-    from models.scorer import load_scorer
-
     days = scoring_dates(Lake(settings.lake), start, end)
     return score_with(settings, load_scorer(settings, model_uri), days)
 
@@ -87,8 +89,6 @@ def scoring_dates(lake: Lake, start: dt.date | None, end: dt.date | None) -> lis
 def score_with(settings: Settings, scorer: Scorer, days: list[dt.date]) -> ScoreSummary:
     """Score each day's sequences with `scorer` into scores/date=D/data.parquet (rows sorted by
     session_id, one scored_at for the whole run), then rebuild cookie_intent/."""
-    from features.sequences import read_sequences
-
     began = time.perf_counter()
     lake = Lake(settings.lake)
     scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -111,10 +111,6 @@ def score_with(settings: Settings, scorer: Scorer, days: list[dt.date]) -> Score
 
 def score_frame(sequences: pl.DataFrame, scorer: Scorer, scored_at: dt.datetime) -> pl.DataFrame:
     """One SCORES row per session of `sequences`, sorted by session_id."""
-    import polars as pl
-
-    from pipeline.schemas import SCORES, conform
-
     scores = scorer.score(sequences) if sequences.height else []
     frame = sequences.select("session_id", "cookie_id", "session_start", "n_events").with_columns(
         score=pl.Series(scores, dtype=pl.Float32),
@@ -137,10 +133,6 @@ def rebuild_cookie_intent(lake: Lake) -> int:
     latest session (last_seen), that session's score (latest_score; ties on start go to
     the greatest session_id) and its highest score.
     """
-    import polars as pl
-
-    from pipeline.schemas import COOKIE_INTENT, conform
-
     scores = lake.scan("scores")
     if scores is None:
         return 0

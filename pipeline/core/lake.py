@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
 import os
 import re
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pipeline.errors import LakePathError, LockedError
+import fsspec
+import polars as pl
 
-if TYPE_CHECKING:
-    import fsspec
-    import polars as pl
+from clickstream.pipeline.core.errors import LakePathError, LockedError
 
 # A lock whose holder runs on another host cannot be checked; after this long it is taken over
 # (longer than any task's timeout, so a live holder would already have been stopped by Airflow).
@@ -43,8 +43,6 @@ class Lake:
     """A lake root and the operations every stage needs on it."""
 
     def __init__(self, root: str | Path) -> None:
-        import fsspec
-
         self.root = str(root).rstrip("/")
         self.is_local = "://" not in self.root or self.root.startswith("file://")
         self.fs: fsspec.AbstractFileSystem
@@ -101,8 +99,6 @@ class Lake:
         self, table: str, start: dt.date | None = None, end: dt.date | None = None
     ) -> pl.LazyFrame | None:
         """A lazy frame over [start, end] with the partition `date` column, or None if empty."""
-        import polars as pl
-
         paths = self.files(table, start, end)
         if not paths:
             return None
@@ -118,8 +114,6 @@ class Lake:
         return {"aws_allow_http": "true"} if endpoint.startswith("http://") else None
 
     def read_file(self, path: str) -> pl.DataFrame:
-        import polars as pl
-
         if self.is_local:
             return pl.read_parquet(path)
         with self.fs.open(path, "rb") as handle:
@@ -245,9 +239,6 @@ ABANDONED_AFTER_S = 3600.0  # a temporary file this old belongs to a writer that
 def _remove_abandoned_temporaries(path: str) -> None:
     """Delete temporaries of `path` left by killed writers (never read, but they take space).
     Only old ones: a live writer of the same file holds the partition lock and finishes quickly."""
-    import glob
-    import time
-
     cutoff = time.time() - ABANDONED_AFTER_S
     for leftover in glob.glob(f"{glob.escape(path)}.tmp-*"):
         with contextlib.suppress(FileNotFoundError):

@@ -2,7 +2,7 @@
 lift by score decile against actual buy rates, ROC and calibration of the champion on the
 latest labelled days, and every registered model version's validation AUC over time.
 
-Plots are PNGs embedded as base64 (matplotlib's Agg backend, imported lazily), so the one
+Plots are PNGs embedded as base64 (matplotlib's Agg backend), so the one
 file opens anywhere offline. A section without data says so instead of failing the report.
 """
 
@@ -18,13 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import CHALLENGER, CHAMPION, Settings
-from pipeline.errors import NoDataError
-from pipeline.lake import Lake
-from pipeline.output import format_cells, replace_file
+import matplotlib
+import matplotlib.pyplot as plt
+import polars as pl
+import pyarrow.parquet as pq
+
+from clickstream.models.evaluation import evaluate, write_plots
+from clickstream.models.registry import alias_version, tracking_client
+from clickstream.pipeline.core.config import CHALLENGER, CHAMPION, Settings
+from clickstream.pipeline.core.errors import NoDataError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.serve.output import format_cells, replace_file
 
 if TYPE_CHECKING:
-    import polars as pl
     from matplotlib.figure import Figure
 
 LABELLED_DAYS = 7  # ROC and calibration use the latest days with known outcomes, at most this many
@@ -67,8 +73,6 @@ def write_report(settings: Settings, start: dt.date | None, end: dt.date | None,
 
 def scored_sessions(lake: Lake, start: dt.date, end: dt.date) -> pl.DataFrame:
     """Scores of [start, end] with the session's label (null when unknown), sorted by date, session_id."""
-    import polars as pl
-
     scores = lake.scan("scores", start, end)
     assert scores is not None  # the caller checked that these dates hold scores
     labels = lake.scan("sequences", start, end)
@@ -85,10 +89,6 @@ def model_versions(settings: Settings) -> pl.DataFrame:
     (UTC), aliases, val_auc and gbm_val_auc of its run (own validation window), and from the
     champion gate's tags the decision and the head-to-head AUCs of challenger and the champion
     it faced on the same sessions (nulls where not recorded). Empty when nothing is registered."""
-    import polars as pl
-
-    from models.registry import alias_version, tracking_client
-
     client = tracking_client(settings)
     aliases = {alias: alias_version(settings, alias) for alias in (CHAMPION, CHALLENGER)}
     rows = []
@@ -128,8 +128,6 @@ def _number(text: str | None) -> float | None:
 
 def volume_section(lake: Lake, start: dt.date, end: dt.date) -> Section:
     """Events, sessions and quarantined rows per day (from Parquet row counts, no data read)."""
-    import polars as pl
-
     counts = pl.DataFrame(
         {
             "date": pl.date_range(start, end, "1d", eager=True),
@@ -150,8 +148,6 @@ _VOLUME_TABLES = {"events": "events", "sessions": "sequences", "quarantined_rows
 
 def distribution_section(scores: pl.DataFrame) -> Section:
     """Histogram of buying-intent scores, one step curve per model version."""
-    import polars as pl
-
     fig, ax = _figure()
     for version in scores["model_version"].unique().sort().to_list():
         part = scores.filter(pl.col("model_version") == version)["score"].to_numpy()
@@ -174,8 +170,6 @@ def distribution_section(scores: pl.DataFrame) -> Section:
 def lift_table(scores: pl.DataFrame) -> pl.DataFrame:
     """Labelled sessions by score decile (10 = highest scores; ties broken by session_id): sessions,
     mean score, actual buy rate, and lift = decile buy rate / overall buy rate. Sorted by decile."""
-    import polars as pl
-
     labelled = scores.filter(pl.col("label").is_not_null()).sort("score", "session_id")
     overall = labelled["label"].mean()
     return (
@@ -206,10 +200,6 @@ def lift_section(scores: pl.DataFrame) -> Section:
 def champion_section(scores: pl.DataFrame, champion: str | None) -> Section:
     """ROC and calibration of the champion's scores on the latest (up to LABELLED_DAYS) days that
     have both outcomes; without a registered champion, of the most recent model version scored."""
-    import polars as pl
-
-    from models.evaluation import evaluate, write_plots
-
     version = champion if champion is not None else _latest_version(scores)
     mine = scores.filter((pl.col("model_version") == version) & pl.col("label").is_not_null())
     both = mine.group_by("date").agg(pl.col("label").any() & ~pl.col("label").all()).filter(pl.col("label"))
@@ -236,8 +226,6 @@ def champion_section(scores: pl.DataFrame, champion: str | None) -> Section:
 def versions_section(versions: pl.DataFrame) -> Section:
     """Champion vs challenger at each gate decision (both scored on the same sessions) and each
     version's own validation AUC, by registration time; current champion and challenger marked."""
-    import polars as pl
-
     title = "Champion and challengers over time"
     if versions.height == 0:
         return Section(title, "No model version is registered yet.")
@@ -317,8 +305,6 @@ _CSS = (
 
 def _rows_per_day(lake: Lake, table: str, start: dt.date, end: dt.date) -> list[int]:
     """Row count of each day's partition of `table` in [start, end] from Parquet footers (0 when absent)."""
-    import pyarrow.parquet as pq
-
     counts = []
     for offset in range((end - start).days + 1):
         total = 0
@@ -334,17 +320,12 @@ def _latest_version(scores: pl.DataFrame) -> str:
 
 
 def _figure(nrows: int = 1, height: float = 3.5, sharex: bool = False) -> tuple[Figure, object]:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     return plt.subplots(nrows=nrows, figsize=(8, height), sharex=sharex)
 
 
 def _png(fig: Figure) -> str:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)

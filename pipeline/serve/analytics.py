@@ -7,16 +7,20 @@ import datetime as dt
 import re
 from typing import TYPE_CHECKING
 
-from pipeline.config import Settings
-from pipeline.errors import ClickstreamError, NoDataError
-from pipeline.lake import Lake
-from pipeline.output import write_output
-from pipeline.scoring import cookie_intent_path
+import polars as pl
+
+from clickstream.models.scorer import load_scorer
+from clickstream.pipeline.core import schemas
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.schemas import EVENT_TYPES, SCORES
+from clickstream.pipeline.serve.output import write_output
+from clickstream.pipeline.serve.scoring import cookie_intent_path
 
 if TYPE_CHECKING:
-    import polars as pl
 
-    from pipeline.scoring import Scorer
+    from clickstream.pipeline.serve.scoring import Scorer
 
 __all__ = ["SQL_TABLES", "explain_session", "query_scores", "run_sql", "session_trace", "write_output"]
 
@@ -37,10 +41,6 @@ def query_scores(
     """Scored sessions of [start, end] (default: the latest scored date) passing every given
     filter, sorted by score descending then session_id; `top` keeps the first N of that order.
     Columns: date, then the SCORES columns."""
-    import polars as pl
-
-    from pipeline.schemas import SCORES
-
     lake = Lake(settings.lake)
     scored = lake.dates("scores")
     if not scored:
@@ -64,8 +64,6 @@ def run_sql(settings: Settings, query: str) -> pl.DataFrame:
     """The result of one polars SQL query over the lake's tables (SQL_TABLES), each registered
     lazily and only when the query names it; an empty table has its schema and no rows.
     Any SQL error becomes a one-line ClickstreamError."""
-    import polars as pl
-
     if not query.strip():
         raise ClickstreamError("empty SQL query")
     lake = Lake(settings.lake)
@@ -80,15 +78,11 @@ def run_sql(settings: Settings, query: str) -> pl.DataFrame:
 def explain_session(settings: Settings, session_id: str, model_uri: str | None = None) -> pl.DataFrame:
     """The session's input events in time order with the running buying intent after each,
     from `model_uri` (default the champion); see session_trace for the columns."""
-    from models.scorer import load_scorer
-
     return session_trace(find_session(Lake(settings.lake), session_id), load_scorer(settings, model_uri))
 
 
 def find_session(lake: Lake, session_id: str) -> pl.DataFrame:
     """The one sequences/ row of `session_id` (the earliest start if several); NoDataError if absent."""
-    import polars as pl
-
     scan = lake.scan("sequences")
     found = None if scan is None else scan.filter(pl.col("session_id") == session_id).collect()
     if found is None or found.height == 0:
@@ -101,10 +95,6 @@ def session_trace(sequence: pl.DataFrame, scorer: Scorer) -> pl.DataFrame:
     seconds_since_start (from the stored log gaps, to about 0.1%), event, item_id, category,
     intent (running buy probability after the event) and change (from the previous event's
     intent; the first event's change is its intent)."""
-    import polars as pl
-
-    from pipeline.schemas import EVENT_TYPES
-
     intent = scorer.running_scores(sequence)
     events = sequence.select("item_id", "category", "event_type", "log_gap_prev").explode(
         ["item_id", "category", "event_type", "log_gap_prev"]
@@ -123,10 +113,6 @@ def session_trace(sequence: pl.DataFrame, scorer: Scorer) -> pl.DataFrame:
 
 
 def _sql_table(lake: Lake, name: str) -> pl.LazyFrame:
-    import polars as pl
-
-    from pipeline import schemas
-
     if name == "cookie_intent":
         path = cookie_intent_path(lake)
         if not lake.fs.exists(path):

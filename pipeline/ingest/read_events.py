@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from pipeline.errors import InputError
-from pipeline.raw_fields import (
+from clickstream.pipeline.core.errors import InputError
+from clickstream.pipeline.core.schemas import EVENT_TYPES
+from clickstream.pipeline.ingest.raw_fields import (
     ParsedChunk,
     TimeWindow,
     event_timestamp,
@@ -30,8 +31,7 @@ from pipeline.raw_fields import (
     validate,
     validate_lines,
 )
-from pipeline.raw_files import OK, SplitLines, iter_line_chunks, split_fields
-from pipeline.schemas import EVENT_TYPES
+from clickstream.pipeline.ingest.raw_files import OK, SplitLines, iter_line_chunks, split_fields
 
 SOURCE = "events"
 REQUIRED = ("cookie_id", "ts", "event_type", "item_id")

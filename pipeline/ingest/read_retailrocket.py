@@ -12,9 +12,16 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.errors import InputError
-from pipeline.raw_fields import ParsedChunk, TimeWindow, epoch_ms_timestamp, is_numeric_id, raw, validate_lines
-from pipeline.raw_files import iter_line_chunks, split_fields
+from clickstream.pipeline.core.errors import InputError
+from clickstream.pipeline.ingest.raw_fields import (
+    ParsedChunk,
+    TimeWindow,
+    epoch_ms_timestamp,
+    is_numeric_id,
+    raw,
+    validate_lines,
+)
+from clickstream.pipeline.ingest.raw_files import iter_line_chunks, split_fields
 
 SOURCE = "retailrocket"
 HEADER = ["timestamp", "visitorid", "event", "itemid", "transactionid"]

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Settings
-from pipeline.nightly import NIGHTLY, run_day
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.orchestrate.nightly import NIGHTLY, run_day
 
-DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 
 
 def clickstream_environ(settings: Settings) -> dict[str, str]:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from pipeline.raw_files import LineChunk, SplitLines
-from pipeline.schemas import EVENTS, UTC_TS, conform
+from clickstream.pipeline.core.schemas import EVENTS, UTC_TS, conform
+from clickstream.pipeline.ingest.raw_files import LineChunk, SplitLines
 
 EARLIEST_EVENT = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
 MAX_ID_DIGITS = 18  # every id of up to 18 digits fits a signed 64-bit integer

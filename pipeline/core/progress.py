@@ -6,6 +6,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from rich.progress import Progress
+from rich.progress import track as rich_track
+
 T = TypeVar("T")
 
 
@@ -14,7 +17,6 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     if not sys.stderr.isatty():
         yield from items
         return
-    from rich.progress import track as rich_track
 
     yield from rich_track(items, description=description, total=total, transient=True)
 
@@ -25,7 +27,6 @@ class LiveStatus:
     def __init__(self, description: str, total: int) -> None:
         self._progress = None
         if sys.stderr.isatty():
-            from rich.progress import Progress
 
             self._progress = Progress(transient=True)
             self._task = self._progress.add_task(description, total=total)

@@ -24,8 +24,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import CHAMPION, Settings
-from pipeline.errors import ClickstreamError
+import polars as pl
+
+from clickstream.models.registry import alias_version, redacted, tracking_client
+from clickstream.pipeline.core.config import CHAMPION, Settings
+from clickstream.pipeline.core.errors import ClickstreamError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.orchestrate.airflow_home import (
+    airflow_environ,
+    finished_run,
+    prepare_airflow,
+    run_dag_for_day,
+)
+from clickstream.pipeline.serve.analytics import query_scores
+from clickstream.pipeline.synthetic.generate import generate_logs
 
 DEMO_START = dt.date(2014, 4, 1)  # inside the YOOCHOOSE period
 DEMO_SEED = 0
@@ -92,9 +104,6 @@ def run_demo(settings: Settings, *, days: int = 5, sessions_per_day: int = 4_000
 
 
 def _run_demo(settings: Settings, days: int, sessions_per_day: int) -> DemoReport:
-    from pipeline.airflow_home import finished_run, prepare_airflow, run_dag_for_day
-    from pipeline.generate import generate_logs
-
     began = time.perf_counter()
     _say(f"preparing the embedded Airflow under {settings.home}")
     airflow_home = prepare_airflow(settings)
@@ -145,8 +154,6 @@ def ui_commands(settings: Settings, airflow_home: Path) -> tuple[str, str]:
     """The shell commands that open the Airflow and the MLflow UI, both bound to 127.0.0.1. A value
     holding credentials (user:password@ in a URI) is printed as a reference to its environment
     variable, so the report never shows a password."""
-    from pipeline.airflow_home import airflow_environ
-
     environ = airflow_environ(settings, airflow_home)
     airflow = " ".join(f"{k}={_shell_value(k, v)}" for k, v in environ.items()) + " airflow standalone"
     store = _shell_value("MLFLOW_TRACKING_URI", settings.tracking_uri)
@@ -154,8 +161,6 @@ def ui_commands(settings: Settings, airflow_home: Path) -> tuple[str, str]:
 
 
 def _shell_value(name: str, value: str) -> str:
-    from models.registry import redacted
-
     return shlex.quote(value) if redacted(value) == value else f'"${name}"'
 
 
@@ -173,8 +178,6 @@ def _run_status(tasks: dict[str, str]) -> str:
 
 
 def _demo_day(settings: Settings, day: dt.date, tasks: dict[str, str]) -> DemoDay:
-    from pipeline.lake import Lake
-
     lake = Lake(settings.lake)
 
     def rows(table: str) -> int:
@@ -186,8 +189,6 @@ def _demo_day(settings: Settings, day: dt.date, tasks: dict[str, str]) -> DemoDa
 
 def _champion_metrics(settings: Settings) -> tuple[str | None, float, float]:
     """The champion version and its run's LSTM and GBM validation AUCs (NaN when unknown)."""
-    from models.registry import alias_version, tracking_client
-
     version = alias_version(settings, CHAMPION)
     if version is None:
         return None, math.nan, math.nan
@@ -197,10 +198,6 @@ def _champion_metrics(settings: Settings) -> tuple[str | None, float, float]:
 
 
 def _top_sessions(settings: Settings) -> str:
-    import polars as pl
-
-    from pipeline.analytics import query_scores
-
     try:
         top = query_scores(settings, None, None, top=10)
     except ClickstreamError as error:

@@ -18,14 +18,13 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import numpy as np
+import polars as pl
+import pyarrow as pa
 
-from pipeline.errors import InputError
-
-if TYPE_CHECKING:
-    import polars as pl
+from clickstream.pipeline.core.errors import InputError
 
 CHUNK_BYTES = 32 << 20  # numpy's byte scans run fastest on chunks that fit the CPU caches
 
@@ -71,8 +70,6 @@ class LineChunk:
 
     def rejects(self, index: np.ndarray, codes: np.ndarray, reasons: dict[int, str] = LINE_REASONS) -> pl.DataFrame:
         """Quarantine rows (line, raw, reason) for the lines at `index`, reason `reasons[codes[i]]`."""
-        import polars as pl
-
         return pl.DataFrame(
             {
                 "line": self.line_numbers[index],
@@ -95,9 +92,6 @@ class LineChunk:
 
     def strings(self, keep: np.ndarray) -> pl.Series:
         """The kept lines as a String series, in order (they must be valid UTF-8)."""
-        import polars as pl
-        import pyarrow as pa
-
         data = self.joined(keep)
         if data and not data.endswith(b"\n"):
             data += b"\n"
@@ -210,8 +204,6 @@ def split_fields(chunk: LineChunk, names: list[str], *, quoted: bool = False, he
     `quoted`: fields may be double-quoted (RFC 4180 within one line); without it a quote
     is an ordinary character. Rows keep line order.
     """
-    import polars as pl
-
     codes = chunk.problems()
     raw = np.frombuffer(chunk.data, dtype=np.uint8)
     commas = np.bincount(chunk._lines_of(np.flatnonzero(raw == 44)), minlength=len(chunk))
@@ -236,8 +228,6 @@ def split_fields(chunk: LineChunk, names: list[str], *, quoted: bool = False, he
 
 
 def _read_rows(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    import polars as pl
-
     if not data:
         return pl.DataFrame(schema=schema)
     rows = pl.read_csv(data, has_header=False, quote_char=None, schema=schema, missing_columns="insert")
@@ -250,7 +240,6 @@ def _read_rows(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
 def _split_quoted(
     chunk: LineChunk, index: np.ndarray, schema: dict[str, pl.DataType]
 ) -> tuple[pl.DataFrame, np.ndarray]:
-    import polars as pl
 
     fields = [next(csv.reader([line]), []) for line in chunk.text(index)]
     good = np.array([len(row) == len(schema) for row in fields], dtype=bool)

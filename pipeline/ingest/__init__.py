@@ -1,0 +1,1 @@
+"""Stage raw -> events/: the format readers, validation, quarantine and the ingest itself."""

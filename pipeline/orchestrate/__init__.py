@@ -1,0 +1,1 @@
+"""The top: the CLI, the nightly task functions, the embedded Airflow state and the demo."""

@@ -1,0 +1,1 @@
+"""What analysts get: scoring into scores/, queries, output formats and the HTML report."""
