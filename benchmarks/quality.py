@@ -8,7 +8,7 @@ Generates N YOOCHOOSE sessions over D days (pipeline.synthetic.generate), runs t
 `validation_days` validate and early-stop), then scores the last T days, never seen in
 training or validation, with the registered LSTM, with the LightGBM baseline refitted on
 the same split, and with the generator's true probabilities (truth.parquet p_buy).
-Targets (issue 4): LSTM test AUC > GBM test AUC, and within 0.03 of the truth's.
+Targets: LSTM test AUC > GBM test AUC, and within 0.03 of the truth's.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def main() -> None:
     body = f"""
 `python -m benchmarks.scoring --sessions {args.sessions} --days {args.days} --device {args.device}`
 scoring device `{scorer.device}`, torch threads {threads}, {os.cpu_count()} cores visible, 1-minute load
-average {load:.1f} at the end (the 2-core machine is shared with other engineers' work: figures are a floor).
+average {load:.1f} at the end (other work on a shared machine makes these figures a floor).
 Model: default ModelConfig (registered from MLflow, loaded with its vocabulary), {N_ITEMS:,}-item catalogue,
 mean {mean_events:.2f} events per session.
 
@@ -126,8 +126,8 @@ Breakdown on one day ({frame.height:,} sessions):
 The same forward on ONE thread, measured in CPU time (what a core delivers, whatever else runs on the
 machine): {per_core}.
 
-No GPU was lent to the analytics task, so the H100 target (>= 5M sessions/s) is unmeasured here:
-run `python -m benchmarks.scoring --device cuda` on the device machine.
+Without a GPU the H100 target (>= 5M sessions/s) is not measured here:
+run `python -m benchmarks.scoring --device cuda` on a GPU machine.
 """
     record("Batch scoring", body)
     print(body)

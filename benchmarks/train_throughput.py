@@ -199,7 +199,7 @@ Packed vs naive on {device.type}: **{fast / naive_rate:.1f}x**."""
         body += f" GPU vs the same code on this machine's CPU cores: **{fast / rows[2][3]:.0f}x**."
     else:
         body += (
-            " GPU figures (the issue's targets are for one H100) need a GPU machine: run"
+            " GPU figures (the targets are for one H100) need a GPU machine: run"
             " `python -m benchmarks.train_throughput --device cuda --sessions 9250000` there."
         )
     if args.note:

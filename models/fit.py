@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 CHECKPOINT = "last.pt"
 PROGRESS_EVERY = 25  # batches between live loss readings (each one waits for the GPU)
 # small training sets get smaller batches rather than a handful of steps: on 300k sessions (ten days at
-# YOOCHOOSE volume) 500 steps per epoch gained +0.005 test AUC over 73 (README, model quality)
+# YOOCHOOSE volume) 500 steps per epoch gained +0.005 test AUC over 73 (benchmarks/RESULTS.md, "Model selection")
 MIN_STEPS_PER_EPOCH = 500
 MIN_BATCH_SIZE = 256
 

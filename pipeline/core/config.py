@@ -37,10 +37,10 @@ class SequenceConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """LSTM sizes; the defaults are chosen by validation (see README)."""
+    """LSTM sizes; the defaults are chosen by validation (docs/model.md, "Defaults and what was tried")."""
 
     # 0: no learned item embedding. The smoothed item buy-rate input carries what an item sells
-    # like; a learned embedding overfitted on every window measured (README, model quality).
+    # like; a learned embedding overfitted on every window measured (benchmarks/RESULTS.md, "Model selection").
     item_dim: int = 0
     category_dim: int = 16
     event_type_dim: int = 4
