@@ -1,7 +1,7 @@
 """`clickstream generate`: synthetic raw logs with YOOCHOOSE's statistics and a known,
 order-dependent buying signal, so models can be judged against the truth.
 
-Formats (CONTRACT.md section 1)
+Formats (those `clickstream ingest` reads: docs/data-formats.md)
     yoochoose  `yoochoose-clicks.dat` (session_id,timestamp,item_id,category) and
                `yoochoose-buys.dat` (session_id,timestamp,item_id,price,quantity), no header,
                timestamps `2014-04-07T10:51:09.277Z`. Rows are ordered by session, then time.

@@ -2,7 +2,7 @@
 sessions and the planted buying rule, all as flat numpy arrays (no per-session objects).
 
 Everything here is a pure function of a `numpy.random.Generator`, so one seed gives one
-dataset. The buying rule (`buy_logit`) is documented in pipeline/generate.py.
+dataset. The buying rule (`buy_logit`) is documented in pipeline/synthetic/generate.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ P_RETURN = 0.15  # an item from clicks 0..t-2: back to something seen before (t 
 P_SAME_CATEGORY = 0.30  # a new item of the previous item's category
 # the rest: a fresh item by overall popularity
 
-# The buying rule, in logit units (see pipeline/generate.py for the prose).
+# The buying rule, in logit units (see pipeline/synthetic/generate.py for the prose).
 BASE_LOGIT = -4.32
 W_LENGTH = 0.55  # * ln(clicks)
 W_INTEREST = 3.0  # * item propensities averaged by an update that weighs each click by its dwell
