@@ -11,6 +11,8 @@ follow per batch from the offsets, the gaps and each session's start
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -22,6 +24,7 @@ import torch
 
 from clickstream.features.buy_rates import RATE_KEYS, logit_table, session_folds
 from clickstream.features.event_ids import BLOCK_EVENTS, EventIds, known_ids, session_blocks
+from clickstream.pipeline.core.schemas import EVENT_TYPES
 
 if TYPE_CHECKING:
 
@@ -65,6 +68,14 @@ TENSOR_COLUMNS = (
     "event_type",
     "log_gap_prev",
 )
+
+
+def feature_schema() -> str:
+    """A short hash of the model's input spec (the sequence columns read, the event types and the
+    continuous features in order): versions with the same hash take the same inputs, so one can
+    stand in for another. Registered as each model version's `feature_schema` tag."""
+    spec = {"columns": TENSOR_COLUMNS, "event_types": EVENT_TYPES, "continuous": CONTINUOUS_FEATURES}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def session_positions(offsets: torch.Tensor, n_events: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,102 +1,264 @@
-"""The champion gate: a challenger becomes `champion` only if it beats the current champion
-on the same labelled validation sessions."""
+"""What to do with the `champion` alias, decided from evidence alone: no MLflow, no lake, no clock.
+
+Three ways the champion moves, each returning one `Decision` (the record the history keeps):
+- `gate`: a challenger replaces the champion only if its AUC, on the same labelled validation
+  sessions, beats the champion's by more than the margin. A champion that could not be loaded,
+  or whose feature schema differs from the challenger's, cannot be compared: PromotionError,
+  never a free pass.
+- `manual`: a person promotes a version, skipping the AUC gate but not the checks that it loads
+  and takes the inputs this code builds.
+- `rollback`: the champion goes back to the one before it, per the history (`previous_champion`).
+
+A version that already is the champion gives a no-op decision, never a rejection.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from enum import StrEnum
 
-from mlflow.exceptions import MlflowException
+import numpy as np
 
-from clickstream.features.sequences import read_sequences
 from clickstream.models.evaluation import auc
-from clickstream.models.registry import VAL_END_TAG, VAL_START_TAG, alias_version, redacted, tracking_client
-from clickstream.models.scorer import load_scorer
-from clickstream.pipeline.core.config import CHAMPION, Settings
-from clickstream.pipeline.core.errors import ClickstreamError, ModelNotFoundError, NoDataError
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.errors import PromotionError
+
+
+class Action(StrEnum):
+    PROMOTED = "promoted"  # the gate: the challenger beat the champion by more than the margin
+    REJECTED = "rejected"  # the gate: it did not; the champion stays
+    NO_OP = "no-op"  # the version already is the champion
+    MANUAL = "manual-promote"  # `clickstream promote`: a person's choice, no AUC gate
+    ROLLBACK = "rollback"  # `clickstream rollback`: back to the previous champion
+
+
+MOVES_CHAMPION = frozenset({Action.PROMOTED, Action.MANUAL, Action.ROLLBACK})
 
 
 @dataclass(frozen=True)
-class PromotionDecision:
-    """What the champion gate decided for one challenger, with both validation AUCs."""
+class Candidate:
+    """One model version as a decision sees it: its feature schema (None: not recorded) and,
+    when it was loaded and scored, its scores on the comparison sessions (else the load error)."""
 
     version: str
-    promoted: bool
-    reason: str
+    feature_schema: str | None
+    scores: np.ndarray | None = None
+    load_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision about the champion, as recorded. `challenger_*` is the version the decision
+    is about (for a rollback: the version restored), `champion_*` the champion before it; AUCs
+    are on the same `sessions` labelled sessions of window_start..window_end (NaN and no window
+    where nothing was compared)."""
+
+    decided_at: dt.datetime  # UTC
+    decided_by: str  # nightly / cli:train / cli:promote / cli:rollback, with user@host
+    action: Action
+    challenger_version: str
     challenger_auc: float
-    champion_version: str | None  # the champion before the decision
-    champion_auc: float  # NaN when there was no loadable champion
-    window: tuple[dt.date, dt.date]
+    champion_version: str | None
+    champion_auc: float
+    margin: float  # NaN where no AUC gate applied (by hand, rollback)
+    reason: str
+    window_start: dt.date | None
+    window_end: dt.date | None
+    sessions: int
+    decision_id: str = ""  # the record's id once recorded
+
+    @property
+    def moves_champion(self) -> bool:
+        return self.action in MOVES_CHAMPION
+
+    @property
+    def champion_after(self) -> str | None:
+        return self.challenger_version if self.moves_champion else self.champion_version
 
     def __str__(self) -> str:
-        verdict = "promoted to champion" if self.promoted else "not promoted"
-        return f"v{self.version} {verdict}: {self.reason}"
+        verdict = {
+            Action.PROMOTED: "promoted to champion",
+            Action.REJECTED: "not promoted",
+            Action.NO_OP: "unchanged",
+            Action.MANUAL: "promoted to champion by hand",
+            Action.ROLLBACK: "restored as champion",
+        }[self.action]
+        return f"v{self.challenger_version} {verdict}: {self.reason}"
+
+    def to_record(self) -> dict[str, str]:
+        """The decision as text fields (every field but decision_id), for the history."""
+        return {
+            field.name: _text(getattr(self, field.name)) for field in fields(self) if field.name != "decision_id"
+        }
+
+    @classmethod
+    def from_record(cls, decision_id: str, record: dict[str, str]) -> Decision:
+        """A recorded decision back (the inverse of to_record)."""
+
+        def date(key: str) -> dt.date | None:
+            return dt.date.fromisoformat(record[key]) if record.get(key) else None
+
+        return cls(
+            decided_at=dt.datetime.fromisoformat(record["decided_at"]),
+            decided_by=record["decided_by"],
+            action=Action(record["action"]),
+            challenger_version=record["challenger_version"],
+            challenger_auc=float(record["challenger_auc"]),
+            champion_version=record["champion_version"] or None,
+            champion_auc=float(record["champion_auc"]),
+            margin=float(record["margin"]),
+            reason=record["reason"],
+            window_start=date("window_start"),
+            window_end=date("window_end"),
+            sessions=int(record["sessions"]),
+            decision_id=decision_id,
+        )
 
 
-def promote_if_better(
-    settings: Settings, version: str, start: dt.date | None = None, end: dt.date | None = None
-) -> PromotionDecision:
-    """Move the `champion` alias to `version` only if its AUC beats the current champion's,
-    both scored now on the same labelled sessions starting in [start, end] (default: the
-    version's own validation days), each through its own vocabulary.
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly; nan for "not compared"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
 
-    Promotes without comparison when there is no champion or it cannot be loaded (the reason
-    says so); never when the AUCs tie. The decision, reason and both AUCs become tags on the
-    version. Re-running for a version that already is champion changes nothing.
+
+@dataclass(frozen=True)
+class Context:
+    """Who decides, when, and under which margin."""
+
+    decided_by: str
+    decided_at: dt.datetime
+    margin: float
+
+
+def gate(
+    challenger: Candidate,
+    champion: Candidate | None,
+    labels: np.ndarray,
+    window: tuple[dt.date, dt.date],
+    context: Context,
+) -> Decision:
+    """The champion gate on the same labelled sessions (`labels`, in the scores' row order).
+
+    Promoted when there is no champion, or when the challenger's AUC exceeds the champion's by
+    more than context.margin (a tie, NaN or a smaller gain keeps the champion: rejected). No-op
+    when the challenger already is the champion. PromotionError when the champion could not be
+    loaded or was trained on another feature schema: the gate cannot judge, the champion stays.
     """
-    client = tracking_client(settings)
-    name = settings.model_name
-    try:
-        tags = client.get_model_version(name, version).tags
-    except MlflowException:
-        raise ModelNotFoundError(f"no version {version} of {name} in {redacted(settings.tracking_uri)}") from None
-    start = start or _tag_date(tags, VAL_START_TAG, version)
-    end = end or _tag_date(tags, VAL_END_TAG, version)
-    frame = read_sequences(Lake(settings.lake), start, end)
-    frame = frame.filter(frame["label"].is_not_null())
-    if frame.is_empty():
-        raise NoDataError(f"no labelled sessions in sequences/ between {start} and {end} to compare models on")
-    labels = frame["label"].to_numpy()
+    if challenger.scores is None:
+        raise PromotionError(f"challenger v{challenger.version} was not scored: {challenger.load_error}")
+    challenger_auc = auc(labels, challenger.scores)
 
-    challenger_auc = auc(labels, load_scorer(settings, f"models:/{name}/{version}").score(frame))
-    champion_version = alias_version(settings, CHAMPION)
-    champion_auc = math.nan
-    if champion_version is None:
-        promoted, reason = True, "there was no champion"
-    elif champion_version == str(version):
-        promoted, reason = False, "it already is the champion"
-    else:
-        try:
-            champion_auc = auc(labels, load_scorer(settings, f"models:/{name}/{champion_version}").score(frame))
-        except ClickstreamError as error:
-            promoted, reason = True, f"champion v{champion_version} could not be loaded ({error})"
-        else:
-            promoted = challenger_auc > champion_auc  # NaN (one class) compares False: keep the champion
-            relation = "beats" if promoted else "does not beat"
-            reason = (
-                f"AUC {challenger_auc:.4f} {relation} champion v{champion_version}'s {champion_auc:.4f} "
-                f"on {start}..{end}"
-            )
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, str(version))
-    decision = PromotionDecision(
-        str(version), promoted, reason, challenger_auc, champion_version, champion_auc, (start, end)
+    def decision(action: Action, champion_auc: float, reason: str) -> Decision:
+        return Decision(
+            context.decided_at,
+            context.decided_by,
+            action,
+            challenger.version,
+            challenger_auc,
+            champion.version if champion else None,
+            champion_auc,
+            context.margin,
+            reason,
+            window[0],
+            window[1],
+            len(labels),
+        )
+
+    if champion is None:
+        return decision(Action.PROMOTED, math.nan, "there was no champion")
+    if champion.version == challenger.version:
+        return decision(Action.NO_OP, challenger_auc, "it already is the champion")
+    keep = f"v{champion.version} stays champion, v{challenger.version} stays challenger"
+    if champion.load_error is not None:
+        raise PromotionError(f"champion v{champion.version} cannot be loaded ({champion.load_error}): {keep}")
+    if None not in (champion.feature_schema, challenger.feature_schema) and (
+        champion.feature_schema != challenger.feature_schema
+    ):
+        raise PromotionError(
+            f"champion v{champion.version} takes feature schema {champion.feature_schema} and challenger "
+            f"v{challenger.version} {challenger.feature_schema}; they cannot be compared: {keep} "
+            f"(promote by hand with `clickstream promote {challenger.version} --reason ...`)"
+        )
+    if champion.scores is None:
+        raise PromotionError(f"champion v{champion.version} was not scored: {keep}")
+    champion_auc = auc(labels, champion.scores)
+    gain = challenger_auc - champion_auc
+    promoted = gain > context.margin  # NaN compares False: keep the champion
+    relation = "beats" if promoted else "does not beat"
+    reason = (
+        f"AUC {challenger_auc:.4f} {relation} champion v{champion.version}'s {champion_auc:.4f} by more than "
+        f"the margin {context.margin:.4f} (gain {gain:+.4f}) on {len(labels):,} sessions of {window[0]}..{window[1]}"
     )
-    for key, value in {
-        "promotion_decision": "promoted" if promoted else "rejected",
-        "promotion_reason": reason,
-        "promotion_window": f"{start}..{end}",
-        "challenger_val_auc": f"{challenger_auc:.6f}",
-        "champion_val_auc": f"{champion_auc:.6f}",
-        "champion_version_before": champion_version or "none",
-    }.items():
-        client.set_model_version_tag(name, str(version), key, value)
-    return decision
+    return decision(Action.PROMOTED if promoted else Action.REJECTED, champion_auc, reason)
 
 
-def _tag_date(tags: dict[str, str], key: str, version: str) -> dt.date:
-    if key not in tags:
-        raise ModelNotFoundError(f"model version {version} has no {key} tag; pass the comparison window explicitly")
-    return dt.date.fromisoformat(tags[key])
+def manual(
+    version: Candidate, champion: str | None, expected_schema: str, reason: str, context: Context
+) -> Decision:
+    """A person's promotion of `version`, without the AUC gate. PromotionError when it could not
+    be loaded, or when its feature schema is not `expected_schema` (the inputs this code builds).
+    No-op when it already is the champion."""
+    _check_usable(version, expected_schema, "promoted")
+    action = Action.NO_OP if version.version == champion else Action.MANUAL
+    text = "it already is the champion" if action is Action.NO_OP else reason
+    return _unscored(action, version.version, champion, text, context)
+
+
+def rollback(
+    history: Sequence[Decision], champion: str | None, target: Candidate, expected_schema: str, reason: str,
+    context: Context,
+) -> Decision:
+    """The champion back to `target`, which must be previous_champion(history, champion), load,
+    and take `expected_schema`; PromotionError otherwise."""
+    expected = previous_champion(history, champion)
+    if target.version != expected:
+        raise PromotionError(f"the previous champion is v{expected}, not v{target.version}")
+    _check_usable(target, expected_schema, "restored")
+    return _unscored(Action.ROLLBACK, target.version, champion, f"rolled back from v{champion}: {reason}", context)
+
+
+def previous_champion(history: Sequence[Decision], champion: str | None) -> str:
+    """The champion before `champion` per the history (oldest first): promotions push the new
+    champion, rollbacks pop the current one. PromotionError when there is none, or when the
+    history does not end with `champion` (the alias was moved outside clickstream)."""
+    chain: list[str] = []
+    for decision in history:
+        if decision.action in (Action.PROMOTED, Action.MANUAL):
+            chain.append(decision.challenger_version)
+        elif decision.action is Action.ROLLBACK and chain:
+            chain.pop()
+    if champion is None:
+        raise PromotionError("there is no champion to roll back")
+    if not chain or chain[-1] != champion:
+        last = f"v{chain[-1]}" if chain else "no champion"
+        raise PromotionError(
+            f"champion v{champion} was not set through clickstream (the history ends with {last}); "
+            "choose one with `clickstream promote VERSION --reason ...`"
+        )
+    if len(chain) < 2:
+        raise PromotionError(f"the history holds no champion before v{champion} to roll back to")
+    return chain[-2]
+
+
+def _check_usable(candidate: Candidate, expected_schema: str, verb: str) -> None:
+    if candidate.load_error is not None:
+        raise PromotionError(f"v{candidate.version} cannot be loaded ({candidate.load_error}): not {verb}")
+    if candidate.feature_schema != expected_schema:
+        trained = candidate.feature_schema or "an unrecorded schema"
+        raise PromotionError(
+            f"v{candidate.version} was trained on feature schema {trained}, this code builds {expected_schema}: "
+            f"not {verb}"
+        )
+
+
+def _unscored(action: Action, version: str, champion: str | None, reason: str, context: Context) -> Decision:
+    return Decision(
+        context.decided_at, context.decided_by, action, version, math.nan, champion, math.nan, math.nan,
+        reason, None, None, 0,
+    )

@@ -1,9 +1,15 @@
 """The MLflow side of clickstream: the tracking store, the registered model
-`clickstream-buy-intent` and its `challenger` and `champion` aliases (the gate is models.promotion).
+`clickstream-buy-intent` with its `challenger` and `champion` aliases, and the decision history
+(experiment `clickstream-decisions`). It only reads and writes MLflow: what to decide is
+models.promotion, how a decision is gathered is models.champion.
 
 Everything goes to `settings.tracking_uri` (tracking and registry alike); with a local
 store (SQLite or a folder) artifacts live under `settings.home/mlartifacts`, never in
 the working directory.
+
+Decision records are append-only: each is its own run of `clickstream-decisions` whose
+fields are run params, which MLflow never lets anyone change. A record is written RUNNING, the
+alias moves, then the run is marked FINISHED; only FINISHED runs are history.
 """
 
 from __future__ import annotations
@@ -12,19 +18,24 @@ import os
 from typing import TYPE_CHECKING
 
 import mlflow
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 
-from clickstream.pipeline.core.config import CHALLENGER, Settings
-from clickstream.pipeline.core.errors import TrackingStoreError
+from clickstream.pipeline.core.config import CHALLENGER, CHAMPION, Settings
+from clickstream.pipeline.core.errors import ModelNotFoundError, TrackingStoreError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
 
 EXPERIMENT = "clickstream"
-# version tags written at registration and read by the gate
+DECISIONS_EXPERIMENT = "clickstream-decisions"  # one run per champion decision, never rewritten
+# version tags written once, at registration: read by training (fingerprint), the gate
+# (validation days, feature schema) and the analysts' figures (the window the model saw)
 FINGERPRINT_TAG = "fingerprint"
-VAL_START_TAG, VAL_END_TAG = "val_start", "val_end"
+VAL_START_TAG, VAL_END_TAG = "val_start", "val_end"  # the validation days; val_end is the last day seen
+WINDOW_TAG = "window"  # FIRST..LAST: the training window asked for
+FEATURE_SCHEMA_TAG = "feature_schema"  # features.tensors.feature_schema() of the code that trained it
 
 
 def tracking_client(settings: Settings) -> MlflowClient:
@@ -50,10 +61,14 @@ def tracking_client(settings: Settings) -> MlflowClient:
             f"cannot reach the MLflow tracking store {redacted(settings.tracking_uri)} (MLFLOW_TRACKING_URI): {message}"
         ) from None
     if experiment is None:
-        local = settings.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.tracking_uri
-        location = (settings.home / "mlartifacts").absolute().as_uri() if local else None
-        client.create_experiment(EXPERIMENT, artifact_location=location)
+        _create_experiment(settings, client, EXPERIMENT)
     return client
+
+
+def _create_experiment(settings: Settings, client: MlflowClient, name: str) -> str:
+    local = settings.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in settings.tracking_uri
+    location = (settings.home / "mlartifacts").absolute().as_uri() if local else None
+    return client.create_experiment(name, artifact_location=location)
 
 
 def experiment_id(client: MlflowClient) -> str:
@@ -88,3 +103,62 @@ def alias_version(settings: Settings, alias: str) -> str | None:
 def set_challenger(settings: Settings, version: str) -> None:
     """Point the `challenger` alias at `version` (idempotent)."""
     tracking_client(settings).set_registered_model_alias(settings.model_name, CHALLENGER, version)
+
+
+def set_champion(settings: Settings, version: str) -> None:
+    """Point the `champion` alias at `version`."""
+    tracking_client(settings).set_registered_model_alias(settings.model_name, CHAMPION, version)
+
+
+def version_tags(settings: Settings, version: str) -> dict[str, str]:
+    """The tags of one registered version; ModelNotFoundError (one line) when there is no such version."""
+    try:
+        return dict(tracking_client(settings).get_model_version(settings.model_name, version).tags)
+    except MlflowException:
+        store = redacted(settings.tracking_uri)
+        raise ModelNotFoundError(f"no version {version} of {settings.model_name} in {store}") from None
+
+
+def registered_versions(settings: Settings) -> list[ModelVersion]:
+    """Every registered version of settings.model_name, oldest first (empty when none)."""
+    found = tracking_client(settings).search_model_versions(f"name='{settings.model_name}'")
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def record_decision(settings: Settings, fields: dict[str, str], champion: str | None) -> str:
+    """Append one decision (its fields as immutable run params) to the history and, when
+    `champion` is given, move the `champion` alias to it; returns the record's id (its run id).
+    The record counts (is FINISHED) only once the alias has moved: a failure marks it FAILED."""
+    client = tracking_client(settings)
+    found = client.get_experiment_by_name(DECISIONS_EXPERIMENT)
+    experiment = found.experiment_id if found else _create_experiment(settings, client, DECISIONS_EXPERIMENT)
+    run_id = client.create_run(experiment, run_name=fields.get("action")).info.run_id
+    try:
+        client.log_batch(run_id, params=[Param(key, value) for key, value in fields.items()], synchronous=True)
+        if champion is not None:
+            client.set_registered_model_alias(settings.model_name, CHAMPION, champion)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def decision_records(settings: Settings) -> list[tuple[str, dict[str, str]]]:
+    """Every finished decision record as (id, fields), oldest first."""
+    client = tracking_client(settings)
+    experiment = client.get_experiment_by_name(DECISIONS_EXPERIMENT)
+    if experiment is None:
+        return []
+    records, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment.experiment_id],
+            "attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        records += [(run.info.run_id, dict(run.data.params)) for run in page]
+        token = page.token
+        if not token:
+            return records

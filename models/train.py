@@ -39,18 +39,21 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, Schema
 
 from clickstream.features.sequences import read_sequences
-from clickstream.features.tensors import CONTINUOUS_FEATURES, load_tensors
+from clickstream.features.tensors import CONTINUOUS_FEATURES, feature_schema, load_tensors
 from clickstream.features.vocabulary import build_vocabulary
 from clickstream.models.baseline import fit_baseline
+from clickstream.models.champion import actor, gate_challenger
 from clickstream.models.evaluation import evaluate, write_plots
 from clickstream.models.fit import fit
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.predict import predict
-from clickstream.models.promotion import PromotionDecision, promote_if_better
+from clickstream.models.promotion import Decision
 from clickstream.models.registry import (
+    FEATURE_SCHEMA_TAG,
     FINGERPRINT_TAG,
     VAL_END_TAG,
     VAL_START_TAG,
+    WINDOW_TAG,
     experiment_id,
     set_challenger,
     tracking_client,
@@ -84,7 +87,7 @@ class TrainSummary:
     gbm_val_auc: float
     best_epoch: int
     reused: bool = False
-    promotion: PromotionDecision | None = None
+    promotion: Decision | None = None
 
     def __str__(self) -> str:
         status = "re-used (same window, data and settings)" if self.reused else f"registered as {CHALLENGER}"
@@ -111,7 +114,7 @@ def train_and_register(
     summary = train_challenger(settings, start, end, epochs=epochs, device=device, resume=resume)
     if not promote:
         return summary
-    decision = promote_if_better(settings, summary.version, *summary.validation)
+    decision = gate_challenger(settings, summary.version, *summary.validation, decided_by=actor("cli:train"))
     return dataclasses.replace(summary, promotion=decision)
 
 
@@ -269,7 +272,8 @@ def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, finger
             FINGERPRINT_TAG: fingerprint,
             VAL_START_TAG: split.validation[0].isoformat(),
             VAL_END_TAG: split.validation[1].isoformat(),
-            "window": f"{split.window[0]}..{split.window[1]}",
+            WINDOW_TAG: f"{split.window[0]}..{split.window[1]}",
+            FEATURE_SCHEMA_TAG: feature_schema(),
         },
     )
     set_challenger(settings, str(version.version))

@@ -10,6 +10,7 @@ Environment variables:
     CLICKSTREAM_LANDING   landing root with one folder per day, <landing>/YYYY-MM-DD/  [$CLICKSTREAM_HOME/landing]
     MLFLOW_TRACKING_URI   MLflow tracking store  [sqlite:///$CLICKSTREAM_HOME/mlflow.db]
     CLICKSTREAM_BAD_ROW_THRESHOLD   share of bad rows that fails an ingest  [0.05]
+    CLICKSTREAM_PROMOTION_MARGIN    validation AUC a challenger must beat the champion by  [0.002]
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from clickstream.pipeline.core.errors import ClickstreamError
 
 MODEL_NAME = "clickstream-buy-intent"
 CHAMPION = "champion"
@@ -75,6 +78,9 @@ class Settings:
     tracking_uri: str = "sqlite:///.clickstream/mlflow.db"
     model_name: str = MODEL_NAME
     bad_row_threshold: float = 0.05
+    # about one standard error of the AUC difference of two models on the same ~100k validation
+    # sessions (2 days at YOOCHOOSE's volume): noise alone rarely promotes (docs/model.md)
+    promotion_margin: float = 0.002
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -102,10 +108,23 @@ def load_settings(
     landing = env.get("CLICKSTREAM_LANDING") or str(home_path / "landing")
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_path / 'mlflow.db'}"
     threshold = float(env.get("CLICKSTREAM_BAD_ROW_THRESHOLD", "0.05"))
+    margin = _promotion_margin(env.get("CLICKSTREAM_PROMOTION_MARGIN", "0.002"))
     return Settings(
         home=home_path,
         lake=lake_root,
         landing=landing,
         tracking_uri=tracking,
         bad_row_threshold=threshold,
+        promotion_margin=margin,
     )
+
+
+def _promotion_margin(text: str) -> float:
+    """CLICKSTREAM_PROMOTION_MARGIN as a float in [0, 1); a ClickstreamError names it otherwise."""
+    try:
+        margin = float(text)
+    except ValueError:
+        margin = -1.0
+    if not 0.0 <= margin < 1.0:
+        raise ClickstreamError(f"CLICKSTREAM_PROMOTION_MARGIN {text!r} must be an AUC difference in [0, 1)")
+    return margin

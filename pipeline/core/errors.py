@@ -30,6 +30,11 @@ class ModelNotFoundError(ClickstreamError):
     """The model URI does not resolve in the configured registry."""
 
 
+class PromotionError(ClickstreamError):
+    """The champion cannot be changed as asked: the champion or the version cannot be loaded or
+    compared, or the history holds no earlier champion to roll back to."""
+
+
 class LakePathError(ClickstreamError):
     """A path would escape the lake root."""
 

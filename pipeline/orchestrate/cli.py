@@ -227,6 +227,45 @@ def report(
     _done(write_report(_settings(lake), first, last, out))
 
 
+class RegistryFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command("models")
+def models_(
+    format: Annotated[RegistryFormat, typer.Option("--format", help="Output format.")] = RegistryFormat.table,
+    lake: LakeOpt = None,
+) -> None:
+    """Registered model versions with their aliases, and every champion decision."""
+    from clickstream.pipeline.serve.history import write_registry
+
+    _done(write_registry(_settings(lake), format.value))
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="The model version to make champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")],
+    lake: LakeOpt = None,
+) -> None:
+    """Make a version champion by hand, skipping the AUC gate (it must load and take this code's inputs)."""
+    from clickstream.models.champion import actor, promote_version
+
+    _done(promote_version(_settings(lake), version, reason, decided_by=actor("cli:promote")))
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")] = "no reason given",
+    lake: LakeOpt = None,
+) -> None:
+    """Move the champion back to the previous champion per the history."""
+    from clickstream.models.champion import actor, rollback_champion
+
+    _done(rollback_champion(_settings(lake), reason, decided_by=actor("cli:rollback")))
+
+
 @app.command()
 def demo(
     days: Annotated[int, typer.Option(min=2, help="Days of landing data to generate and run.")] = 5,

@@ -160,16 +160,19 @@ def train_for_day(
 
 
 def promote_challenger(settings: Settings, trained: Mapping[str, Any]) -> dict[str, Any]:
-    """Make the trained version champion only if it beats the current champion on the same
-    validation sessions (its own validation days); otherwise the champion is left unchanged."""
-    from clickstream.models.promotion import promote_if_better
+    """The champion gate for the trained version on its own validation days (the path of
+    `clickstream train --promote`), recorded in the history as decided by `nightly`. Raises
+    PromotionError (the task fails, the champion stays) when the champion cannot be loaded."""
+    from clickstream.models.champion import actor, gate_challenger
 
-    decision = promote_if_better(settings, trained["version"])
+    decision = gate_challenger(settings, trained["version"], decided_by=actor("nightly"))
     return {
-        "version": decision.version,
-        "promoted": decision.promoted,
+        "version": decision.challenger_version,
+        "action": str(decision.action),
+        "promoted": decision.moves_champion,
         "reason": decision.reason,
-        "champion": decision.version if decision.promoted else decision.champion_version,
+        "champion": decision.champion_after,
+        "decision_id": decision.decision_id,
     }
 
 
