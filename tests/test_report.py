@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import html
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -11,12 +12,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from fixtures import synthetic_sequences, write_sequences
 
+from clickstream.models.evaluation import evaluate
 from clickstream.pipeline.core.config import MODEL_NAME, Settings, load_settings
 from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.serve.history import model_versions
+from clickstream.pipeline.serve.holdout import after_training
 from clickstream.pipeline.serve.report import lift_table, scored_sessions, write_report
 from clickstream.pipeline.serve.scoring import score_dates
 
@@ -66,10 +71,11 @@ class Reported:
 
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory: pytest.TempPathFactory, champion_home: Path) -> Reported:
-    """Three days scored by the tiny champion and reported once for this module (read-only)."""
+    """Five days scored by the tiny champion (trained through the third) and reported once for
+    this module (read-only)."""
     root = tmp_path_factory.mktemp("report")
     settings = load_settings(lake=str(root / "lake"), home=champion_home, environ={})
-    days = write_sequences(Lake(settings.lake), synthetic_sequences(sessions=1000, days=3, seed=4))
+    days = write_sequences(Lake(settings.lake), synthetic_sequences(sessions=1000, days=5, seed=4))
     score_dates(settings, days[0], days[-1])
     (root / "out").mkdir()
     out = root / "out" / "report.html"
@@ -117,6 +123,52 @@ def test_given_labelled_scores_when_lift_is_computed_then_deciles_partition_sess
     buyers = scores["label"].sum()
     assert float((table["buy_rate"] * table["sessions"]).sum()) == pytest.approx(buyers)
     assert float((table["lift"] * table["sessions"]).sum()) / 1000 == pytest.approx(1.0)
+
+
+def test_given_days_inside_the_champions_training_window_when_reported_then_quality_uses_only_later_days(
+    reported: Reported,
+) -> None:
+    versions = model_versions(reported.settings)
+    trained_through = versions.filter(pl.col("version") == "1")["trained_through"][0]
+    scores = scored_sessions(Lake(reported.settings.lake), reported.days[0], reported.days[-1])
+    after = scores.filter(pl.col("date") > trained_through)
+    inside = scores.height - after.height
+    text = html.unescape(reported.out.read_text())
+
+    holdout = after_training(scores, versions)
+
+    assert trained_through == reported.days[2] and 0 < inside < scores.height
+    assert holdout.sessions["session_id"].to_list() == after["session_id"].to_list() and holdout.excluded == inside
+    assert holdout.sentence == (
+        f"Quality figures (lift, AUC, calibration) leave out {inside:,} labelled sessions of "
+        f"{reported.days[0]}..{reported.days[2]} that fall within the training window of the model that scored them "
+        f"(v1 saw sessions through {trained_through})."
+    )
+    assert holdout.sentence in text
+    honest = evaluate(after["label"].to_numpy(), after["score"].to_numpy(), after["n_events"].to_numpy())
+    window = f"{reported.days[3]}..{reported.days[4]}"
+    assert f"{after.height:,} labelled sessions of {window}, all after its training window: " in text
+    assert f"AUC {honest.auc:.3f}, PR-AUC {honest.pr_auc:.3f}" in text
+    assert f"{after.height:,} labelled sessions after their model's training window" in text
+
+
+def test_given_only_days_after_the_training_window_when_reported_then_no_caveat(
+    reported: Reported, tmp_path: Path
+) -> None:
+    out = tmp_path / "later.html"
+
+    write_report(reported.settings, reported.days[3], reported.days[4], out)
+
+    assert "leave out" not in out.read_text()
+
+
+def test_given_the_champions_decision_when_reported_then_the_timeline_names_the_current_champion(
+    reported: Reported,
+) -> None:
+    text = html.unescape(reported.out.read_text())
+
+    assert "The current champion is v1 since " in text and "(promoted by cli:train (" in text
+    assert "there was no champion" in text  # the decision's reason, in the timeline's table
 
 
 def test_given_a_window_without_scores_when_reported_then_a_no_data_error(reported: Reported, tmp_path: Path) -> None:

@@ -1,6 +1,10 @@
 """One self-contained HTML report for analysts: volumes per day, the score distribution,
 lift by score decile against actual buy rates, ROC and calibration of the champion on the
-latest labelled days, and every registered model version's validation AUC over time.
+latest labelled days, and the champion decisions over time.
+
+Quality figures (lift, AUC, calibration) use only sessions that start after the training window
+of the model that scored them (pipeline.serve.holdout); when the report's days overlap it, one
+sentence under the title says how many labelled sessions were left out and why.
 
 Plots are PNGs embedded as base64 (matplotlib's Agg backend), so the one
 file opens anywhere offline. A section without data says so instead of failing the report.
@@ -12,7 +16,6 @@ import base64
 import datetime as dt
 import html
 import io
-import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +27,11 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from clickstream.models.evaluation import evaluate, write_plots
-from clickstream.models.registry import alias_version, tracking_client
-from clickstream.pipeline.core.config import CHALLENGER, CHAMPION, Settings
+from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.serve.history import decisions, model_versions
+from clickstream.pipeline.serve.holdout import after_training
 from clickstream.pipeline.serve.output import format_cells, replace_file
 
 if TYPE_CHECKING:
@@ -58,14 +62,16 @@ def write_report(settings: Settings, start: dt.date | None, end: dt.date | None,
     scores = scored_sessions(lake, first, last)
     versions = model_versions(settings)
     champion = next((v["version"] for v in versions.iter_rows(named=True) if CHAMPION in v["aliases"]), None)
+    holdout = after_training(scores, versions)
     sections = [
         volume_section(lake, first, last),
         distribution_section(scores),
-        lift_section(scores),
-        champion_section(scores, champion),
-        versions_section(versions),
+        lift_section(holdout.sessions),
+        champion_section(holdout.sessions, champion),
+        timeline_section(decisions(settings), champion),
     ]
-    document = render(f"clickstream report {first}..{last}", sections, settings.model_name, champion)
+    title = f"clickstream report {first}..{last}"
+    document = render(title, sections, settings.model_name, champion, holdout.sentence)
     replace_file(Path(out), lambda tmp: Path(tmp).write_text(document, encoding="utf-8"))
     plots = sum(len(s.images) for s in sections)
     return f"report for {first}..{last}: {scores.height:,} scored sessions, {plots} plots -> {out}"
@@ -82,48 +88,6 @@ def scored_sessions(lake: Lake, start: dt.date, end: dt.date) -> pl.DataFrame:
     else:
         frame = frame.join(labels.select("date", "session_id", "label"), on=["date", "session_id"], how="left")
     return frame.sort("date", "session_id").collect()
-
-
-def model_versions(settings: Settings) -> pl.DataFrame:
-    """Every registered version of the model, sorted by registration time: version, registered
-    (UTC), aliases, val_auc and gbm_val_auc of its run (own validation window), and from the
-    champion gate's tags the decision and the head-to-head AUCs of challenger and the champion
-    it faced on the same sessions (nulls where not recorded). Empty when nothing is registered."""
-    client = tracking_client(settings)
-    aliases = {alias: alias_version(settings, alias) for alias in (CHAMPION, CHALLENGER)}
-    rows = []
-    for version in client.search_model_versions(f"name='{settings.model_name}'"):
-        metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
-        tags = version.tags
-        rows.append(
-            {
-                "version": str(version.version),
-                "registered": dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC),
-                "aliases": [alias for alias, number in aliases.items() if number == str(version.version)],
-                "val_auc": metrics.get("val_auc"),
-                "gbm_val_auc": metrics.get("gbm_val_auc"),
-                "decision": tags.get("promotion_decision"),
-                "challenger_auc": _number(tags.get("challenger_val_auc")),
-                "champion_auc": _number(tags.get("champion_val_auc")),
-            }
-        )
-    schema = {
-        "version": pl.String,
-        "registered": pl.Datetime("us", "UTC"),
-        "aliases": pl.List(pl.String),
-        "val_auc": pl.Float64,
-        "gbm_val_auc": pl.Float64,
-        "decision": pl.String,
-        "challenger_auc": pl.Float64,
-        "champion_auc": pl.Float64,
-    }
-    return pl.DataFrame(rows, schema=schema).sort("registered", "version")
-
-
-def _number(text: str | None) -> float | None:
-    """A tag's float value; None when absent or NaN (no champion to compare with)."""
-    value = float(text) if text else math.nan
-    return None if math.isnan(value) else value
 
 
 def volume_section(lake: Lake, start: dt.date, end: dt.date) -> Section:
@@ -185,7 +149,10 @@ def lift_section(scores: pl.DataFrame) -> Section:
     """Actual buy rate and lift per score decile, where labels are known."""
     table = lift_table(scores)
     if table.height == 0 or table["lift"].is_null().all():
-        return Section("Lift by score decile", "No scored session in the window has a known outcome.")
+        return Section(
+            "Lift by score decile",
+            "No scored session after its model's training window has a known outcome.",
+        )
     fig, ax = _figure()
     ax.bar(table["decile"].to_list(), table["buy_rate"].to_list(), color="#55a868", label="actual buy rate")
     ax.plot(table["decile"].to_list(), table["mean_score"].to_list(), "k.-", label="mean score")
@@ -193,20 +160,28 @@ def lift_section(scores: pl.DataFrame) -> Section:
     ax.set_xticks(range(1, DECILES + 1))
     ax.legend()
     top = table.filter(table["decile"] == table["decile"].max())["lift"][0]
-    note = f"{table['sessions'].sum():,} labelled sessions; the top decile buys {top:.1f}x as often as average."
+    note = (
+        f"{table['sessions'].sum():,} labelled sessions after their model's training window; "
+        f"the top decile buys {top:.1f}x as often as average."
+    )
     return Section("Lift by score decile", note, (_png(fig),), html_table(table))
 
 
 def champion_section(scores: pl.DataFrame, champion: str | None) -> Section:
     """ROC and calibration of the champion's scores on the latest (up to LABELLED_DAYS) days that
-    have both outcomes; without a registered champion, of the most recent model version scored."""
+    have both outcomes; without a registered champion, of the most recent model version scored.
+    `scores`: only sessions after their model's training window (holdout.after_training)."""
+    title = "Champion on the latest labelled days"
+    if scores.height == 0 and champion is None:
+        return Section(title, "No scored session falls after the training window of the model that scored it.")
     version = champion if champion is not None else _latest_version(scores)
     mine = scores.filter((pl.col("model_version") == version) & pl.col("label").is_not_null())
     both = mine.group_by("date").agg(pl.col("label").any() & ~pl.col("label").all()).filter(pl.col("label"))
     days = both["date"].sort().tail(LABELLED_DAYS).to_list()
-    title = "Champion on the latest labelled days"
     if not days:
-        return Section(title, f"No day scored by v{version} has both buyers and non-buyers yet.")
+        return Section(
+            title, f"No day scored by v{version} after its training window has both buyers and non-buyers yet."
+        )
     subset = mine.filter(pl.col("date").is_in(days))
     labels, values = subset["label"].to_numpy(), subset["score"].to_numpy()
     quality = evaluate(labels, values, subset["n_events"].to_numpy())
@@ -216,45 +191,57 @@ def champion_section(scores: pl.DataFrame, champion: str | None) -> Section:
         images = tuple(base64.b64encode(p.read_bytes()).decode("ascii") for p in paths)
     who = "champion" if champion is not None else "latest scored model (no champion registered)"
     note = (
-        f"{who} v{version} on {subset.height:,} labelled sessions of {window}: AUC {quality.auc:.3f}, "
+        f"{who} v{version} on {subset.height:,} labelled sessions of {window}, all after its training window: "
+        f"AUC {quality.auc:.3f}, "
         f"PR-AUC {quality.pr_auc:.3f}, log loss {quality.logloss:.3f}, "
         f"calibration error {quality.calibration_error:.3f}."
     )
     return Section(title, note, images)
 
 
-def versions_section(versions: pl.DataFrame) -> Section:
-    """Champion vs challenger at each gate decision (both scored on the same sessions) and each
-    version's own validation AUC, by registration time; current champion and challenger marked."""
+def timeline_section(history: pl.DataFrame, champion: str | None) -> Section:
+    """Every champion decision by the time it was taken: the AUCs of the challenger and of the
+    champion it faced (same sessions), marked by action, with the current champion named."""
     title = "Champion and challengers over time"
-    if versions.height == 0:
-        return Section(title, "No model version is registered yet.")
+    now = f"The current champion is v{champion}" if champion else "There is no champion"
+    if history.height == 0:
+        return Section(title, f"{now}; no champion decision is recorded yet.")
     fig, ax = _figure()
-    when = versions["registered"].to_list()
-
-    def curve(column: str, style: str, label: str, rows: pl.DataFrame = versions, **kw: object) -> None:
-        ax.plot(rows["registered"].to_list(), rows[column].fill_null(math.nan).to_list(), style, label=label, **kw)
-
-    curve("challenger_auc", "o-", "challenger AUC at its gate", color="#c44e52")
-    curve("champion_auc", "s--", "champion AUC it faced", color="#4c72b0")
-    curve("val_auc", ".:", "own validation AUC", color="#8172b2")
-    for alias, marker in ((CHAMPION, "*"), (CHALLENGER, "D")):
-        marked = versions.filter(pl.col("aliases").list.contains(alias))
-        if marked.height:
-            curve("val_auc", marker, f"now {alias}", rows=marked, markersize=14, color="#dd8452")
-    aucs = versions.select(pl.concat_list("challenger_auc", "champion_auc", "val_auc").explode().drop_nulls())
+    ax.plot(history["decided_at"].to_list(), history["champion_auc"].to_list(), "s--", color="#4c72b0",
+            label="champion AUC it faced")
+    for action, marker, color in _ACTION_MARKERS:
+        rows = history.filter(pl.col("action") == action)
+        if rows.height:
+            ax.plot(rows["decided_at"].to_list(), rows["challenger_auc"].to_list(), marker, color=color,
+                    markersize=9, linestyle="none", label=f"challenger: {action}")
+    aucs = history.select(pl.concat_list("challenger_auc", "champion_auc").explode().drop_nulls())
     low, high = (aucs.min().item(), aucs.max().item()) if aucs.height else (0.5, 1.0)
-    ax.set(xlabel="registered (UTC)", ylabel="AUC", title="Model versions", xlim=_padded(when))
+    when = history["decided_at"].to_list()
+    ax.set(xlabel="decided at (UTC)", ylabel="AUC", title="Champion decisions", xlim=_padded(when))
     ax.set_ylim(low - 0.02, high + 0.02)
     ax.ticklabel_format(axis="y", useOffset=False)
     ax.tick_params(axis="x", labelrotation=30)
     ax.legend(fontsize="small")
-    table = versions.with_columns(pl.col("aliases").list.join(", "))
-    note = (
-        "At each gate the challenger and the then champion are scored on the same labelled sessions; "
-        "a challenger is promoted only when its AUC is strictly higher."
+    made = history.filter(pl.col("champion_after") == champion).filter(pl.col("action") != "no-op").tail(1)
+    since = (
+        f" since {made['decided_at'][0]:%Y-%m-%d %H:%M} UTC ({made['action'][0]} by {made['decided_by'][0]})"
+        if champion and made.height
+        else ""
     )
+    note = (
+        f"{now}{since}. At each gate the challenger and the champion are scored on the same labelled sessions; "
+        "the challenger is promoted only when its AUC beats the champion's by more than the margin. "
+        "Promotions by hand and rollbacks carry a person's reason instead."
+    )
+    table = history.drop("decision_id", "champion_after")
     return Section(title, note, (_png(fig),), html_table(table))
+
+
+_ACTION_MARKERS = (
+    ("promoted", "o", "#55a868"),
+    ("rejected", "x", "#c44e52"),
+    ("no-op", ".", "#8172b2"),
+)
 
 
 def _padded(moments: list[dt.datetime]) -> tuple[dt.datetime, dt.datetime]:
@@ -273,8 +260,9 @@ def html_table(frame: pl.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render(title: str, sections: list[Section], model_name: str, champion: str | None) -> str:
-    """The whole HTML document: head with inline CSS, a header line, then each section."""
+def render(title: str, sections: list[Section], model_name: str, champion: str | None, caveat: str = "") -> str:
+    """The whole HTML document: head with inline CSS, a header line, the caveat on the quality
+    figures (if any), then each section."""
     made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     model = f"{model_name}, champion v{champion}" if champion else f"{model_name}, no champion registered"
     parts = [
@@ -285,6 +273,8 @@ def render(title: str, sections: list[Section], model_name: str, champion: str |
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="meta">{html.escape(model)}; generated {made}.</p>',
     ]
+    if caveat:
+        parts.append(f'<p class="caveat">{html.escape(caveat)}</p>')
     for section in sections:
         parts.append(f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.note)}</p>")
         parts.extend(f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{image}">'
@@ -297,6 +287,7 @@ def render(title: str, sections: list[Section], model_name: str, champion: str |
 _CSS = (
     "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222;background:#fff}"
     "h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em}.meta{color:#666}"
+    ".caveat{border-left:3px solid #dd8452;padding-left:.6em}"
     "img{display:block;max-width:100%;margin:1em 0}"
     "table{border-collapse:collapse;font-size:.9em}th,td{padding:.2em .8em;border-bottom:1px solid #eee}"
     "td{text-align:right;font-variant-numeric:tabular-nums}"

@@ -1,0 +1,50 @@
+"""Which scored sessions may judge a model: only those that start after the last day of sessions
+the model saw while it was trained and early-stopped (its `val_end` tag, `trained_through` in
+history.model_versions). A session inside that window would flatter it; one scored by a model
+whose window is not recorded cannot be told apart, so it is left out as well."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The scored sessions fit to judge their model, and the one sentence that says what was left out."""
+
+    sessions: pl.DataFrame
+    excluded: int  # labelled sessions left out
+    sentence: str  # "" when nothing labelled was left out
+
+
+def after_training(scores: pl.DataFrame, versions: pl.DataFrame) -> Holdout:
+    """`scores` (columns date, model_version, label, ...) without the sessions that start on or
+    before the `trained_through` day of the version that scored them (versions: history.VERSIONS)."""
+    windows = versions.select(model_version="version", trained_through="trained_through")
+    joined = scores.join(windows, on="model_version", how="left")
+    inside = pl.col("trained_through").is_null() | (pl.col("date") <= pl.col("trained_through"))
+    left_out = joined.filter(inside & pl.col("label").is_not_null())
+    kept = joined.filter(~inside).drop("trained_through")
+    if left_out.height == 0:
+        return Holdout(kept, 0, "")
+    per_version = (
+        left_out.group_by("model_version", "trained_through")
+        .agg(pl.len())
+        .sort("model_version")
+        .select(
+            pl.when(pl.col("trained_through").is_null())
+            .then(pl.format("v{} (training window not recorded)", "model_version"))
+            .otherwise(pl.format("v{} saw sessions through {}", "model_version", "trained_through"))
+        )
+        .to_series()
+        .to_list()
+    )
+    first, last = left_out["date"].min(), left_out["date"].max()
+    sentence = (
+        f"Quality figures (lift, AUC, calibration) leave out {left_out.height:,} labelled sessions of "
+        f"{first}..{last} that fall within the training window of the model that scored them "
+        f"({'; '.join(per_version)})."
+    )
+    return Holdout(kept, left_out.height, sentence)
