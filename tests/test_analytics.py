@@ -105,6 +105,34 @@ def test_given_scored_sessions_when_running_sql_then_the_lake_tables_answer(
     assert empty["n"][0] == 0
 
 
+# the decile query of docs/analysts.md: only sessions after the scoring model's training window
+HONEST_DECILES = """
+SELECT decile, COUNT(*) AS sessions, AVG(CAST(label AS DOUBLE)) AS buy_rate
+FROM (
+  SELECT s.score, q.label, NTILE(10) OVER (ORDER BY s.score) AS decile
+  FROM scores s
+  JOIN sequences q ON s.session_id = q.session_id AND s.date = q.date
+  JOIN models m ON s.model_version = m.version
+  WHERE q.label IS NOT NULL AND s.date > m.trained_through
+)
+GROUP BY decile ORDER BY decile
+"""
+
+
+def test_given_days_inside_the_training_window_when_the_decile_query_joins_models_then_only_later_days_count(
+    settings: Settings,
+) -> None:
+    days = write_sequences(Lake(settings.lake), synthetic_sequences(sessions=600, days=5, seed=5))
+    score_dates(settings, days[0], days[-1])
+    (through,) = run_sql(settings, "SELECT trained_through FROM models WHERE version = '1'")["trained_through"]
+    later = run_sql(settings, f"SELECT COUNT(*) AS n FROM scores WHERE date > DATE '{through}'")["n"][0]
+
+    deciles = run_sql(settings, HONEST_DECILES)
+
+    assert through == days[2] and 0 < later < 600
+    assert deciles["sessions"].sum() == later and deciles["decile"].to_list() == list(range(1, 11))
+
+
 @pytest.mark.parametrize(
     ("query", "fragment"),
     [

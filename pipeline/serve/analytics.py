@@ -15,6 +15,7 @@ from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.core.schemas import EVENT_TYPES, SCORES
+from clickstream.pipeline.serve.history import model_versions
 from clickstream.pipeline.serve.output import write_output
 from clickstream.pipeline.serve.scoring import cookie_intent_path
 
@@ -24,8 +25,10 @@ if TYPE_CHECKING:
 
 __all__ = ["SQL_TABLES", "explain_session", "query_scores", "run_sql", "session_trace", "write_output"]
 
-# Tables `clickstream sql` sees; partitioned ones carry their partition `date` column.
-SQL_TABLES = ("events", "sequences", "scores", "cookie_intent", "quarantine")
+# Tables `clickstream sql` sees; partitioned ones carry their partition `date` column. `models`
+# (history.VERSIONS, from the registry) holds each version's `trained_through` day, so that a
+# quality query can keep only the sessions after the training window of the model that scored them.
+SQL_TABLES = ("events", "sequences", "scores", "cookie_intent", "quarantine", "models")
 
 
 def query_scores(
@@ -67,7 +70,11 @@ def run_sql(settings: Settings, query: str) -> pl.DataFrame:
     if not query.strip():
         raise ClickstreamError("empty SQL query")
     lake = Lake(settings.lake)
-    named = {name: _sql_table(lake, name) for name in SQL_TABLES if re.search(rf"\b{name}\b", query, re.IGNORECASE)}
+    named = {
+        name: model_versions(settings).lazy() if name == "models" else _sql_table(lake, name)
+        for name in SQL_TABLES
+        if re.search(rf"\b{name}\b", query, re.IGNORECASE)
+    }
     try:
         return pl.SQLContext(frames=named).execute(query, eager=False).collect()
     except pl.exceptions.PolarsError as error:
