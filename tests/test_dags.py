@@ -179,13 +179,19 @@ def test_given_the_nightly_runs_then_lake_partitions_champion_and_scores_exist(n
 
 @pytest.mark.slow
 def test_given_a_finished_day_when_it_runs_again_then_partitions_and_model_versions_are_unchanged(nightly_lake):
+    from clickstream.models.champion import decision_history
+
     settings, _ = nightly_lake
     before = {t: _partition_hashes(settings, t) for t in ("events", "quarantine", "sequences")}
     versions = _versions(settings)
+    decisions = [(d.decision_id, d.to_record()) for d in decision_history(settings)]
     again = run_dag_for_day("clickstream_nightly", START + dt.timedelta(days=DAYS - 1))
     assert again.succeeded, again.tasks
     assert {t: _partition_hashes(settings, t) for t in before} == before
     assert _versions(settings) == versions
+    after = [(d.decision_id, d.to_record()) for d in decision_history(settings)]
+    assert after[: len(decisions)] == decisions  # every earlier record unchanged, the re-run appended
+    assert [fields["action"] for _, fields in after[len(decisions) :]] == ["no-op"]  # the re-used champion
 
 
 @pytest.mark.slow
