@@ -105,11 +105,6 @@ def set_challenger(settings: Settings, version: str) -> None:
     tracking_client(settings).set_registered_model_alias(settings.model_name, CHALLENGER, version)
 
 
-def set_champion(settings: Settings, version: str) -> None:
-    """Point the `champion` alias at `version`."""
-    tracking_client(settings).set_registered_model_alias(settings.model_name, CHAMPION, version)
-
-
 def version_tags(settings: Settings, version: str) -> dict[str, str]:
     """The tags of one registered version; ModelNotFoundError (one line) when there is no such version."""
     try:

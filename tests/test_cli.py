@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
-COMMANDS = ["generate", "ingest", "sequences", "train", "score", "scores", "sql", "session", "report", "demo"]
+COMMANDS = [
+    "generate", "ingest", "sequences", "train", "score", "scores", "sql", "session", "report", "demo",
+    "models", "promote", "rollback",
+]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
