@@ -12,9 +12,11 @@ What, in order:
 3. build_sequences: sequences/ for the day and the day before (sessions crossing midnight).
 4. train: a challenger on the rolling window (param `window_days`, default 30) ending at the day,
    in pool/queue `gpu`. Skipped, with the reason, until the window holds validation_days + 1 days.
-5. promote_if_better: the challenger becomes `champion` only if it beats it on the same
-   validation sessions; announce_champion then publishes the `clickstream-champion` Asset
-   (which triggers clickstream_rescore) and is skipped when the champion stays.
+5. promote_if_better: the challenger becomes `champion` only if it beats it by more than the
+   margin on the same validation sessions (each decision is appended to the champion's history;
+   a champion that cannot be loaded fails the task and stays); announce_champion then publishes
+   the `clickstream-champion` Asset (which triggers clickstream_rescore) and is skipped when the
+   champion stays.
 6. score: the day's (and the rebuilt previous day's) sessions with the champion -> scores/,
    publishing the `clickstream-scores` Asset; skipped while there is no champion yet. It runs
    even when training failed, so analysts still get scores from the current champion.
