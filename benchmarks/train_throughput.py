@@ -15,9 +15,9 @@ with YOOCHOOSE's shape: mean 3.6 events per session, lengths capped at 200, Zipf
 from __future__ import annotations
 
 import argparse
-import time
 from typing import TYPE_CHECKING
 
+from benchmarks.results import CpuClock, Ratio, load_average, record
 from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, N_ITEMS, synthetic_tensors
 
 if TYPE_CHECKING:
@@ -44,8 +44,8 @@ def _sync(device: torch.device) -> None:
 
 def fast_throughput(
     tensors: SequenceTensors, device: torch.device, batch_size: int, *, bf16: bool = False
-) -> float:
-    """Sessions/s of one epoch of the production training step over resident, bucketed batches."""
+) -> tuple[float, float]:
+    """(sessions/s, sessions/CPU-s) of one epoch of the production training step over resident, bucketed batches."""
     import contextlib
 
     import torch
@@ -74,10 +74,10 @@ def fast_throughput(
 
     epoch(torch.Generator().manual_seed(1), limit=5)  # warm-up: allocator, cuDNN plans
     _sync(device)
-    start = time.perf_counter()
+    clock = CpuClock()
     epoch(torch.Generator().manual_seed(2))
     _sync(device)
-    return tensors.n_sessions / (time.perf_counter() - start)
+    return _rates(tensors.n_sessions, clock)
 
 
 class _SessionDataset:
@@ -125,8 +125,8 @@ def _collate(samples: list[dict[str, torch.Tensor]]) -> SequenceTensors:
     )
 
 
-def naive_throughput(tensors: SequenceTensors, device: torch.device, batch_size: int) -> float:
-    """Sessions/s of the naive loop: DataLoader + per-sample collate, pad to the batch's
+def naive_throughput(tensors: SequenceTensors, device: torch.device, batch_size: int) -> tuple[float, float]:
+    """(sessions/s, sessions/CPU-s) of the naive loop: DataLoader + per-sample collate, pad to the batch's
     longest session, embed every padded slot, pack_padded_sequence."""
     import torch
     import torch.nn.functional as F
@@ -142,7 +142,7 @@ def naive_throughput(tensors: SequenceTensors, device: torch.device, batch_size:
         generator=torch.Generator().manual_seed(2),
     )
     _sync(device)
-    start = time.perf_counter()
+    clock = CpuClock()
     for batch in loader:
         batch = batch.to(device)
         loss = F.binary_cross_entropy_with_logits(model.forward_padded(batch), batch.label)
@@ -151,13 +151,18 @@ def naive_throughput(tensors: SequenceTensors, device: torch.device, batch_size:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
     _sync(device)
-    return tensors.n_sessions / (time.perf_counter() - start)
+    return _rates(tensors.n_sessions, clock)
+
+
+def _rates(sessions: int, clock: CpuClock) -> tuple[float, float]:
+    """(sessions per wall second, sessions per CPU-second of this process) since `clock` started."""
+    wall, cpu = clock.elapsed()
+    return sessions / wall, sessions / cpu
 
 
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from benchmarks.results import record
     from clickstream.models.device import resolve_device
     from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 
@@ -169,7 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     parser.add_argument("--note", default="", help="a sentence recorded with the figures (e.g. machine load)")
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--quick", action="store_true", help="40k / 10k sessions (RESULTS-quick.md)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sessions, args.naive_sessions, args.cpu_sessions = 40_000, 10_000, 20_000
+    load_before = load_average()
 
     device = resolve_device(args.device)
     tensors = synthetic_tensors(args.sessions)
@@ -184,19 +193,27 @@ def main(argv: list[str] | None = None) -> None:
     naive = naive_throughput(synthetic_tensors(args.naive_sessions), device, batch)
     rows.append(("naive: Dataset + collate + pad", device.type, args.naive_sessions, naive))
 
-    fast, naive_rate = rows[0][3], rows[-1][3]
-    table = "\n".join(f"| {name} | {dev} | {n:,} | {rate:,.0f} |" for name, dev, n, rate in rows)
+    (fast, fast_cpu), (naive_rate, naive_cpu) = rows[0][3], rows[-1][3]
+    table = "\n".join(
+        f"| {name} | {dev} | {n:,} | {rate:,.0f} | {per_cpu:,.0f} |" for name, dev, n, (rate, per_cpu) in rows
+    )
     body = f"""Model {ModelConfig()}, batch size {args.batch_size}, torch {torch.__version__}, \
 {torch.get_num_threads()} CPU threads. Synthetic YOOCHOOSE-shaped sessions: mean length \
-{lengths.mean():.2f}, max {int(lengths.max())}.
+{lengths.mean():.2f}, max {int(lengths.max())}. 1-minute load average {load_before:.1f} at the start, \
+{load_average():.1f} at the end.
 
-| loop | device | sessions timed | sessions/s (forward + backward + step) |
-|---|---|---:|---:|
+| loop | device | sessions timed | sessions/s (forward + backward + step) | sessions per CPU-second |
+|---|---|---:|---:|---:|
 {table}
 
-Packed vs naive on {device.type}: **{fast / naive_rate:.1f}x**."""
+Packed vs naive on {device.type}: **{fast_cpu / naive_cpu:.1f}x** the sessions per CPU-second \
+({fast / naive_rate:.1f}x per wall second; wall figures are context, they follow the machine's load).
+
+Where the time goes (torch.profiler, one CPU training step of the packed loop): the LSTM's forward and
+backward over the packed batch dominate; the naive loop adds a Python `__getitem__` per session, a
+per-sample collate, and embeds and runs padded slots."""
     if device.type == "cuda":
-        body += f" GPU vs the same code on this machine's CPU cores: **{fast / rows[2][3]:.0f}x**."
+        body += f" GPU vs the same code on this machine's CPU cores: **{fast / rows[2][3][0]:.0f}x**."
     else:
         body += (
             " GPU figures (the targets are for one H100) need a GPU machine: run"
@@ -205,8 +222,12 @@ Packed vs naive on {device.type}: **{fast / naive_rate:.1f}x**."""
     if args.note:
         body += f"\n\n{args.note}"
     print(body)
+    ratios = [
+        Ratio(f"training step ({device.type})", "naive loop: Dataset + collate + pad (same run)",
+              f"{fast_cpu:,.0f} sessions/CPU-s", f"{naive_cpu:,.0f} sessions/CPU-s", fast_cpu / naive_cpu),
+    ]
     if not args.no_record:
-        record(f"train_throughput ({device.type})", body)
+        record(f"train_throughput ({device.type})", body, ratios, quick=args.quick)
 
 
 if __name__ == "__main__":
