@@ -352,13 +352,12 @@ when it began: {load_before:.1f}, when it ended: {load:.1f}. The tensor load rea
 | clickstream, the same {args.pandas_days} days | {subset_s:.1f} s | | | |
 | speed-up over pandas (same run, same days) | **{ratio:.1f}x** | | | >= 10x |
 
-Where our CPU goes (cProfile of `build_sequences`): reading Parquet and the one sort of the batch's
-flat event table by (session, ts); sessions are runs of that sorted table, so list columns are built
-from offsets (no group-by, no per-session hash table) and days are built in batches of at most 4M
-events, which bounds memory. The plain polars pipeline pays a hash group-by for the outcome, two
-window `diff().over` passes and a second hash group-by building lists, all over the whole table at
-once; DuckDB's window functions sort every partition again and its `list()` aggregates with
-`ORDER BY` materialise per-group buffers, hence its memory.
+How the work differs (from the code of each, not yet a profile of each): the build sorts each batch's
+flat event table once by (session, ts) and treats sessions as runs of it, building list columns from
+offsets, in batches of at most 4M events (that bounds memory); the plain polars pipeline runs a hash
+group-by for the outcome, two windowed `diff().over` passes and a second hash group-by building the
+lists over the whole table at once; DuckDB's windows partition and sort again, and `list()` with
+`ORDER BY` buffers every group.
 
 Build summary: `{summary}`
 
