@@ -103,9 +103,36 @@ class BuyIntentLSTM(nn.Module):
         hidden[: layout.n_nonempty] = h_n[-1]  # rows by rank
         return layout, output.data, hidden[layout.rank]
 
+    def _final_hidden_by_length(self, batch: SequenceTensors) -> torch.Tensor:
+        """Final hidden state [n_sessions, hidden] in batch order (zeros for empty sessions), the
+        sessions run in groups of one length, each a dense [length, group] block.
+
+        The same recurrence as `_run_packed` (each session's is independent of the others'), but
+        torch runs a dense block on its fused oneDNN kernel, forward and backward, where a ragged
+        PackedSequence on the CPU runs step by step and its backward fills a zero tensor the size
+        of the whole batch at every step (over half of a CPU training step, torch.profiler)."""
+        n_events = int(batch.offsets[-1])
+        session_of_event, step = session_positions(batch.offsets, n_events)
+        continuous = batch.continuous(session_of_event, step)
+        x = self._event_features(batch.item, batch.category, batch.event_type, continuous)
+        hidden = x.new_zeros(batch.n_sessions, self.config.hidden_size)
+        lengths = batch.lengths
+        order = torch.argsort(lengths, stable=True)
+        for length, group in enumerate(order.split(torch.bincount(lengths).tolist())):
+            if length == 0 or group.numel() == 0:
+                continue
+            rows = batch.offsets[group].unsqueeze(0) + torch.arange(length).unsqueeze(1)  # [length, group]
+            _, (h_n, _) = self.lstm(x[rows])
+            hidden[group] = h_n[-1]
+        return hidden
+
     def forward(self, batch: SequenceTensors) -> torch.Tensor:
-        """Logits [n_sessions], in batch order. An empty session scores from a zero state."""
-        _, _, hidden = self._run_packed(batch)
+        """Logits [n_sessions], in batch order. An empty session scores from a zero state.
+        On the CPU sessions run grouped by length (`_final_hidden_by_length`), elsewhere packed."""
+        if batch.offsets.device.type == "cpu" and batch.n_sessions:
+            hidden = self._final_hidden_by_length(batch)
+        else:
+            hidden = self._run_packed(batch)[2]
         return self.head(self.head_dropout(hidden)).squeeze(-1)
 
     def step_logits(self, batch: SequenceTensors) -> torch.Tensor:
