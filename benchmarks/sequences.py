@@ -315,7 +315,7 @@ def main() -> None:
     ours_cpu = sum(build_cpu)
     ratios = [
         Ratio("events -> sequences, all dates", f"{name} ({_PEER_HOW[name]})",
-              f"{ours_cpu:.0f} CPU-s, {build_peak:.1f} GiB", f"{sum(cpu):.0f} CPU-s, {peak:.1f} GiB",
+              f"{ours_cpu:.1f} CPU-s, {build_peak:.1f} GiB", f"{sum(cpu):.1f} CPU-s, {peak:.1f} GiB",
               sum(cpu) / ours_cpu, 3.0)
         for name, (_, cpu, _, peak) in peers.items()
     ]
