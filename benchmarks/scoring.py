@@ -35,7 +35,7 @@ def main() -> None:
 
     from benchmarks.results import peak_rss_gb, record
     from clickstream.features.sequences import read_sequences
-    from clickstream.features.tensors import load_tensors
+    from clickstream.features.tensor_loader import load_tensors
     from clickstream.models.predict import predict
     from clickstream.models.scorer import load_scorer
     from clickstream.models.train import train_and_register

@@ -39,7 +39,8 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, Schema
 
 from clickstream.features.sequences import read_sequences
-from clickstream.features.tensors import CONTINUOUS_FEATURES, load_tensors
+from clickstream.features.tensor_loader import load_tensors
+from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.features.vocabulary import build_vocabulary
 from clickstream.models.baseline import fit_baseline
 from clickstream.models.evaluation import evaluate, write_plots
