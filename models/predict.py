@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from clickstream.models.batching import iterate_batches, resident
+from clickstream.models.device import float32_precision
 
 if TYPE_CHECKING:
     import numpy as np
@@ -19,12 +20,13 @@ if TYPE_CHECKING:
 
 @contextmanager
 def _evaluating_on(model: BuyIntentLSTM, device: torch.device) -> Iterator[BuyIntentLSTM]:
-    """The model in eval mode on `device`, put back on its own device and mode afterwards."""
+    """The model in eval mode on `device`, put back on its own device and mode afterwards; IEEE
+    float32 (no TF32), so a GPU scores what the CPU scores."""
     home = next(model.parameters()).device
     was_training = model.training
     model.to(device).eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_precision(tf32=False):
             yield model
     finally:
         model.to(home).train(was_training)
