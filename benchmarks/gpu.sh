@@ -5,7 +5,8 @@
 # and no installed clickstream): the repository's folders are mapped onto the clickstream namespace
 # through a temporary folder of symlinks on PYTHONPATH. Writes OUT_DIR/gpu_checks.json and
 # OUT_DIR/gpu_results.json (OUT_DIR: $OUT, else the current folder) and prints the markdown block
-# for benchmarks/RESULTS.md. Exit status 1 when a check or a part failed.
+# for benchmarks/RESULTS.md. Exit status 1 when a check or a part failed. Time limits (seconds):
+# CHECKS_TIMEOUT [150] for the checks, FIGURES_TIMEOUT [420] for the figures.
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-${OUT:-.}}
@@ -25,6 +26,6 @@ for ((i = 1; i <= $#; i++)); do [ "${!i}" = --device ] && { j=$((i + 1)); device
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 status=0
-timeout 150 "$python" -m clickstream.pipeline.orchestrate.gpu_checks --device "$device" --out "$out/gpu_checks.json" || status=1
-timeout 420 "$python" -m benchmarks.gpu --checks "$out/gpu_checks.json" --out "$out/gpu_results.json" "$@" || status=1
+timeout "${CHECKS_TIMEOUT:-150}" "$python" -m clickstream.pipeline.orchestrate.gpu_checks --device "$device" --out "$out/gpu_checks.json" || status=1
+timeout "${FIGURES_TIMEOUT:-420}" "$python" -m benchmarks.gpu --checks "$out/gpu_checks.json" --out "$out/gpu_results.json" "$@" || status=1
 exit $status

@@ -38,6 +38,7 @@ def test_given_no_frame_or_tracking_libraries_when_gpu_sh_runs_on_cpu_then_check
     (site / "sitecustomize.py").write_text(BLOCKER)  # loaded by every python the script starts
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHON": sys.executable}
+    env.update(CHECKS_TIMEOUT="1200", FIGURES_TIMEOUT="1200")  # a GPU's limits, not a shared CPU's
     done = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu.sh"), str(out), "--device", "cpu", "--sessions", "4000"],
         env=env,
