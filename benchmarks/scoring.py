@@ -89,7 +89,7 @@ def main() -> None:
 
     from benchmarks.results import CpuClock, Ratio, load_average, peak_rss_gb, record
     from clickstream.features.sequences import read_sequences
-    from clickstream.features.tensors import load_tensors
+    from clickstream.features.tensor_loader import load_tensors
     from clickstream.models.baseline import fit_baseline
     from clickstream.models.predict import predict
     from clickstream.models.scorer import load_scorer

@@ -111,7 +111,7 @@ def _cpu_since(start: os.times_result) -> tuple[float, float]:
 def _time_tensors(root: str, out_of_fold: bool, queue: SimpleQueue) -> None:
     """read_sequences of the columns load_tensors reads, build_vocabulary on all of it, load_tensors."""
     from clickstream.features.sequences import read_sequences
-    from clickstream.features.tensors import TENSOR_COLUMNS, load_tensors
+    from clickstream.features.tensor_loader import TENSOR_COLUMNS, load_tensors
     from clickstream.features.vocabulary import build_vocabulary
     from clickstream.pipeline.core.config import SequenceConfig
     from clickstream.pipeline.core.lake import Lake
@@ -339,7 +339,7 @@ Wall time and the CPU seconds of all its threads, user + system (on an idle 2-co
 system time is mostly page faults: this virtual machine touches a process's first ~3 GB of fresh memory at
 ~0.3 CPU s/GB and any more at ~3 CPU s/GB, so it varies from run to run). Load average
 when it began: {load_before:.1f}, when it ended: {load:.1f}. The tensor load reads the columns it uses
-(`features.tensors.TENSOR_COLUMNS`).
+(`features.tensor_loader.TENSOR_COLUMNS`).
 
 | step | wall | CPU | peak RSS | target |
 |---|---|---|---|---|

@@ -11,7 +11,10 @@ What, in order:
 2. ingest: raw files -> events/ (bad rows -> quarantine/).
 3. build_sequences: sequences/ for the day and the day before (sessions crossing midnight).
 4. train: a challenger on the rolling window (param `window_days`, default 30) ending at the day,
-   in pool/queue `gpu`. Skipped, with the reason, until the window holds validation_days + 1 days.
+   in pool/queue `gpu` (and the executor `CLICKSTREAM_TRAIN_EXECUTOR`, when set), on
+   `NIGHTLY.gpus_per_training` GPUs. A retry resumes from the last finished epoch (checkpoints are
+   in the lake's `_checkpoints/`, or `CLICKSTREAM_CHECKPOINTS`). Skipped, with the reason, until the
+   window holds validation_days + 1 days.
 5. promote_if_better: the challenger becomes `champion` only if it beats it by more than the
    margin on the same validation sessions (each decision is appended to the champion's history;
    a champion that cannot be loaded fails the task and stays); announce_champion then publishes
@@ -73,13 +76,8 @@ def clickstream_nightly() -> None:
         day = dt.date.fromisoformat(ingested["day"])
         return nightly.rebuild_sequences(load_settings(), day, day)
 
-    @task(
-        pool=NIGHTLY.gpu_pool,
-        queue=NIGHTLY.gpu_queue,
-        executor_config=nightly.gpu_executor_config(NIGHTLY.gpus_per_training),
-        execution_timeout=NIGHTLY.train_timeout,
-    )
-    def train(built: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+    @task(**nightly.train_task_options())
+    def train(built: dict[str, Any], params: dict[str, Any] | None = None, ti: Any = None) -> dict[str, Any]:
         params = params or {}
         with nightly.skip_when_no_data():
             return nightly.train_for_day(
@@ -88,6 +86,8 @@ def clickstream_nightly() -> None:
                 window_days=int(params.get("window_days") or NIGHTLY.window_days),
                 epochs=params.get("epochs"),
                 device=params.get("device") or NIGHTLY.device,
+                gpus=NIGHTLY.gpus_per_training,
+                resume=nightly.is_retry(ti),  # a retry continues the failed attempt's last finished epoch
             )
 
     @task

@@ -7,29 +7,21 @@ STORED_FEATURES as float32, the FLAG_FEATURES as bits of one byte); the other mo
 follow per batch from the offsets, the gaps and each session's start
 (`SequenceTensors.continuous`). That keeps the resident set about a quarter the size of a full
 [n_events, 14] float matrix, which is what loading time goes on.
+
+This module needs only torch: training and scoring on a GPU worker import it without the
+frame libraries. Building tensors from a SEQUENCES frame is features.tensor_loader.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
-import numpy as np
-import polars as pl
 import torch
 
-from clickstream.features.buy_rates import RATE_KEYS, logit_table, session_folds
-from clickstream.features.event_ids import BLOCK_EVENTS, EventIds, known_ids, session_blocks
-from clickstream.pipeline.core.schemas import EVENT_TYPES
-
-if TYPE_CHECKING:
-
-    from clickstream.features.buy_rates import LogitTable
-    from clickstream.features.vocabulary import Vocabulary
+# Index 0 is padding in every categorical tensor (item, category, event type); only the naive
+# padded path and the embeddings' padding_idx use it.
+PAD = 0
 
 # The model's continuous inputs per event, in order (SequenceTensors.continuous).
 CONTINUOUS_FEATURES: tuple[str, ...] = (
@@ -50,32 +42,12 @@ CONTINUOUS_FEATURES: tuple[str, ...] = (
 )
 
 # Those of CONTINUOUS_FEATURES that need the ids or the buy-rate tables, computed once by
-# load_tensors: the rows of SequenceTensors.stored, and the bits (bit i: FLAG_FEATURES[i]) of
+# features.tensor_loader.load_tensors: the rows of SequenceTensors.stored, and the bits (bit i: FLAG_FEATURES[i]) of
 # SequenceTensors.flags.
 STORED_FEATURES: tuple[str, ...] = ("log_gap_prev", "item_buy_logit", "category_buy_logit")
 FLAG_FEATURES: tuple[str, ...] = ("item_repeat", "same_item_as_previous", "same_category_as_previous")
 
-_THREADS = 2  # blocks filled at once: the 2-core machine this runs on
 
-# The SEQUENCES columns load_tensors reads: a reader need not decode the others.
-TENSOR_COLUMNS = (
-    "session_id",
-    "label",
-    "start_hour",
-    "start_weekday",
-    "item_id",
-    "category",
-    "event_type",
-    "log_gap_prev",
-)
-
-
-def feature_schema() -> str:
-    """A short hash of the model's input spec (the sequence columns read, the event types and the
-    continuous features in order): versions with the same hash take the same inputs, so one can
-    stand in for another. Registered as each model version's `feature_schema` tag."""
-    spec = {"columns": TENSOR_COLUMNS, "event_types": EVENT_TYPES, "continuous": CONTINUOUS_FEATURES}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def session_positions(offsets: torch.Tensor, n_events: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,92 +146,3 @@ class SequenceTensors:
             start=self.start[sessions],
             label=self.label[sessions],
         )
-
-
-def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold: bool = False) -> SequenceTensors:
-    """Flat CPU tensors of the sessions of a SEQUENCES frame, sessions in the frame's row order and
-    each session's events in list order; items and categories through `vocabulary`.
-
-    Reads only TENSOR_COLUMNS. No Python runs per session or event: list columns are taken as flat
-    values, ids as integer codes (features.event_ids), a block of sessions at a time so that no
-    temporary is as large as the frame. `label` is NaN where unknown. `out_of_fold` is for the
-    training sessions the vocabulary was built from (in this process: the counts per fold are not
-    saved): their buy-rate inputs then leave out their own fold (features.buy_rates).
-    """
-    sequences = sequences.with_columns(pl.col(RATE_KEYS).cast(pl.List(pl.Categorical)))  # as read: a no-op
-    known = known_ids()
-    lengths = sequences.get_column("item_id").list.len().fill_null(0).cast(pl.Int64).to_numpy()
-    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    n_events = int(offsets[-1])
-    loader = _BlockLoader(
-        sequences=sequences,
-        offsets=offsets,
-        known=known,
-        item_index=vocabulary.item_index(known).astype(np.int32),
-        category_index=vocabulary.category_index(known).astype(np.int32),
-        logits={key: logit_table(known, vocabulary.rates[key], out_of_fold=out_of_fold) for key in RATE_KEYS},
-        fold=session_folds(sequences) if out_of_fold else None,
-    )
-    start = sequences.select(pl.col("start_hour").cast(pl.Int32) * 8 + pl.col("start_weekday"))
-    tensors = SequenceTensors(
-        offsets=torch.from_numpy(offsets),
-        item=torch.empty(n_events, dtype=torch.int32),
-        category=torch.empty(n_events, dtype=torch.int32),
-        event_type=torch.empty(n_events, dtype=torch.int32),
-        stored=torch.empty(len(STORED_FEATURES), n_events),
-        flags=torch.empty(n_events, dtype=torch.uint8),
-        start=torch.from_numpy(start.to_series().to_numpy(writable=True)),
-        label=torch.from_numpy(
-            sequences.get_column("label").cast(pl.Float32).fill_null(float("nan")).to_numpy(writable=True)
-        ),
-    )
-    with ThreadPoolExecutor(_THREADS) as pool:  # numpy, polars and torch release the GIL while they work
-        list(pool.map(lambda block: loader.fill(tensors, *block), session_blocks(offsets, BLOCK_EVENTS)))
-    return tensors
-
-
-@dataclass(frozen=True, eq=False)
-class _BlockLoader:
-    """What a block of sessions' tensors are computed from: the frame and per-code lookup tables."""
-
-    sequences: pl.DataFrame
-    offsets: np.ndarray  # int64 [n_sessions + 1]
-    known: pl.Series  # features.event_ids.known_ids()
-    item_index: np.ndarray  # int32 [n_codes]: vocabulary index of each code
-    category_index: np.ndarray  # int32 [n_codes]
-    logits: dict[str, LogitTable]  # by features.buy_rates.RATE_KEYS
-    fold: np.ndarray | None  # int8 [n_sessions] out of fold (features.buy_rates.session_folds), else None
-
-    def fill(self, tensors: SequenceTensors, lo: int, hi: int) -> None:
-        """Write the events of sessions lo..hi-1 into the per-event tensors."""
-        part = self.sequences.slice(lo, hi - lo)
-        first, end = self.offsets[lo], self.offsets[hi]
-
-        def flat(name: str) -> pl.Series:
-            return part.get_column(name).explode(empty_as_null=False, keep_nulls=False)
-
-        lengths = np.diff(self.offsets[lo : hi + 1])
-        ids = {key: EventIds.of(flat(key), lengths, self.known) for key in RATE_KEYS}
-        items, categories = ids["item_id"], ids["category"]
-        stored = dict(zip(STORED_FEATURES, tensors.stored.numpy()[:, first:end], strict=True))
-        stored["log_gap_prev"][:] = flat("log_gap_prev").to_numpy()
-        fold = None if self.fold is None else self.fold[lo:hi]
-        for key, name in _LOGIT_FEATURES.items():
-            stored[name][:] = self.logits[key].of_events(ids[key], fold)
-        session_start = self.offsets[lo:hi][lengths > 0] - first
-        flags = {
-            "item_repeat": ~items.first_sighting,
-            "same_item_as_previous": items.same_as_previous(session_start),
-            "same_category_as_previous": categories.same_as_previous(session_start),
-        }
-        packed = tensors.flags.numpy()[first:end]
-        packed[:] = 0
-        for bit, name in enumerate(FLAG_FEATURES):
-            packed |= flags[name].view(np.uint8) << bit
-        tensors.item.numpy()[first:end] = self.item_index[items.code]
-        tensors.category.numpy()[first:end] = self.category_index[categories.code]
-        tensors.event_type.numpy()[first:end] = flat("event_type").to_numpy() + 1
-
-
-_LOGIT_FEATURES = {"item_id": "item_buy_logit", "category": "category_buy_logit"}  # by RATE_KEYS

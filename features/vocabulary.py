@@ -31,9 +31,8 @@ from clickstream.features.buy_rates import RATE_KEYS, BuyCounts, buy_counts, ses
 from clickstream.features.event_ids import EventIds
 from clickstream.pipeline.core.config import SequenceConfig
 
-# Index 0 is padding in every categorical tensor (only the naive padded path uses it);
+# Index 0 is padding in every categorical tensor (features.tensors.PAD, never assigned here);
 # index 1 is "out of vocabulary".
-PAD = 0
 OOV = 1
 OOV_BRAND = 2
 UNKNOWN_CATEGORY = "0"

@@ -17,7 +17,7 @@ import socket
 import polars as pl
 
 from clickstream.features.sequences import read_sequences
-from clickstream.features.tensors import feature_schema
+from clickstream.features.tensor_loader import feature_schema
 from clickstream.models.promotion import Candidate, Context, Decision, gate, manual, previous_champion, rollback
 from clickstream.models.registry import (
     FEATURE_SCHEMA_TAG,

@@ -1,6 +1,9 @@
-"""Which torch device a run trains or scores on."""
+"""Which torch device a run trains or scores on, and in which float32 precision."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -22,3 +25,20 @@ def resolve_device(name: str) -> torch.device:
             raise TrainingError(f"--device {name} asked for a GPU but torch sees none; use --device cpu or auto")
         return torch.device(name)
     raise TrainingError(f"unknown device {name!r}; use one of {', '.join(DEVICE_NAMES)}")
+
+
+@contextmanager
+def float32_precision(*, tf32: bool) -> Iterator[None]:
+    """Inside the block, float32 matmuls and cuDNN LSTMs run in TF32 (`tf32`, on GPUs that have
+    it: faster, about 1e-3 relative error) or in IEEE float32; the previous settings come back
+    after it. torch's own default lets cuDNN's LSTM use TF32, so plain float32 must be asked for.
+    No effect on CPU."""
+    backends = (torch.backends.cuda.matmul, torch.backends.cudnn.rnn)
+    before = [backend.fp32_precision for backend in backends]
+    for backend in backends:
+        backend.fp32_precision = "tf32" if tf32 else "ieee"
+    try:
+        yield
+    finally:
+        for backend, mode in zip(backends, before, strict=True):
+            backend.fp32_precision = mode

@@ -10,16 +10,18 @@ Under `torch.distributed` (see models.distributed) the same loop runs on every r
 rank trains on a strided shard of the epoch's batches through DistributedDataParallel,
 every rank evaluates the same validation set (so all take the same early-stopping
 decision without talking), and only rank 0 writes checkpoints and calls `on_epoch`.
+
+Precision: `config.bf16` runs the forward pass under bf16 autocast (the loss, the optimizer
+state and validation stay float32); `config.tf32` lets float32 matmuls and cuDNN's LSTM use
+TF32 on GPUs that have it. Both default off: plain IEEE float32 everywhere.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,18 +32,19 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch.nn.parallel import DistributedDataParallel
 
 from clickstream.models.batching import iterate_batches, resident
-from clickstream.models.device import resolve_device
+from clickstream.models.checkpoints import CheckpointStore
+from clickstream.models.device import float32_precision, resolve_device
 from clickstream.models.predict import predict
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.core.progress import LiveStatus
 
 if TYPE_CHECKING:
+    from pathlib import Path
 
     from clickstream.features.tensors import SequenceTensors
     from clickstream.models.lstm import BuyIntentLSTM
     from clickstream.pipeline.core.config import TrainConfig
 
-CHECKPOINT = "last.pt"
 PROGRESS_EVERY = 25  # batches between live loss readings (each one waits for the GPU)
 # small training sets get smaller batches rather than a handful of steps: on 300k sessions (ten days at
 # YOOCHOOSE volume) 500 steps per epoch gained +0.005 test AUC over 73 (benchmarks/RESULTS.md, "Model selection")
@@ -71,6 +74,7 @@ class FitResult:
     best_epoch: int
     best_val_auc: float
     device: str
+    resumed_epochs: int = 0  # epochs of `history` that came from the checkpoint, not this call
 
 
 @dataclass
@@ -123,16 +127,21 @@ def _fingerprint(train: SequenceTensors, val: SequenceTensors, config: TrainConf
         "weight_decay": config.weight_decay,
         "grad_clip": config.grad_clip,
         "seed": config.seed,
+        "bf16": config.bf16,
+        "tf32": config.tf32,
         "world_size": world,
     }
 
 
 def _save_checkpoint(
-    path: Path, model: BuyIntentLSTM, optimizer: torch.optim.Optimizer, progress: _Progress, fingerprint: dict
+    store: CheckpointStore,
+    model: BuyIntentLSTM,
+    optimizer: torch.optim.Optimizer,
+    progress: _Progress,
+    fingerprint: dict,
 ) -> None:
     """Write the checkpoint atomically: a reader sees the previous one or this one, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
+    store.save({
         "fingerprint": fingerprint,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -141,20 +150,16 @@ def _save_checkpoint(
         "best_val_auc": progress.best_val_auc,
         "best_weights": progress.best_weights,
         "stopped": progress.stopped,
-    }
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, temp)
-    os.replace(temp, path)
+    })
 
 
 def _load_checkpoint(
-    path: Path, model: BuyIntentLSTM, optimizer: torch.optim.Optimizer, fingerprint: dict
+    store: CheckpointStore, model: BuyIntentLSTM, optimizer: torch.optim.Optimizer, fingerprint: dict
 ) -> _Progress:
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = store.load()
     if state["fingerprint"] != fingerprint:
         raise TrainingError(
-            f"checkpoint {path} belongs to a run with other data or settings; delete it or train without --resume"
+            f"checkpoint {store} belongs to a run with other data or settings; delete it or train without --resume"
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -196,7 +201,9 @@ def _train_epoch(
     batch_size = epoch_batch_size(train.n_sessions, config.batch_size, world)
     batches = iterate_batches(train, batch_size, shuffle=True, generator=generator, rank=rank, world_size=world)
     for step, (_, batch) in enumerate(batches, 1):
-        loss = F.binary_cross_entropy_with_logits(net(batch).float(), batch.label)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            logits = net(batch)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
@@ -229,19 +236,19 @@ def fit(
     model: BuyIntentLSTM,
     config: TrainConfig,
     *,
-    checkpoint_dir: Path | None = None,
+    checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> FitResult:
     """Train `model` on `train` (labels 0/1, no NaN), early-stopping on `val` AUC.
 
     Runs up to `config.epochs` epochs of `epoch_batch_size(...)`-session batches per rank and
-    stops after `config.patience` epochs without a validation AUC gain. With `checkpoint_dir`,
-    `checkpoint_dir/last.pt` is rewritten atomically after every epoch; `resume=True` continues
-    from it (or starts fresh when it does not exist) and reaches the same weights as an
-    uninterrupted run. Deterministic for `config.seed` on CPU. Raises TrainingError on a NaN/inf
-    loss or a one-class validation set. The returned model holds the best epoch's weights, on
-    CPU, in eval mode.
+    stops after `config.patience` epochs without a validation AUC gain. With `checkpoint_dir` (a
+    path or fsspec URL, models.checkpoints), `<checkpoint_dir>/last.pt` is rewritten atomically
+    after every epoch; `resume=True` continues from it (or starts fresh when it does not exist)
+    and reaches the same weights as an uninterrupted run. Deterministic for `config.seed` on CPU.
+    Raises TrainingError on a NaN/inf loss or a one-class validation set. The returned model holds
+    the best epoch's weights, on CPU, in eval mode.
     """
     _check_labels(train, "train")
     _check_labels(val, "validation")
@@ -261,39 +268,43 @@ def fit(
         fused=device.type == "cuda",
     )
     fingerprint = _fingerprint(train, val, config, world)
-    checkpoint = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
+    checkpoint = CheckpointStore(checkpoint_dir) if checkpoint_dir is not None else None
     progress = _Progress(history=[])
     if resume and checkpoint is not None and checkpoint.exists():
         progress = _load_checkpoint(checkpoint, model, optimizer, fingerprint)
+    resumed_epochs = progress.epochs_done
 
     train_data, val_data = resident(train, device), resident(val, device)
     batch_size = epoch_batch_size(train.n_sessions, config.batch_size, world)
     n_batches = math.ceil(math.ceil(train.n_sessions / batch_size) / world)  # per rank
     status = LiveStatus("training", total=config.epochs * n_batches) if rank == 0 else None
-    try:
-        for epoch in range(progress.epochs_done + 1, config.epochs + 1):
-            if progress.stopped:
-                break
-            loss, seconds, seen = _train_epoch(net, optimizer, train_data, config, epoch, status)
-            val_auc, val_logloss = validation_metrics(model, val_data, device)
-            stats = EpochStats(epoch, loss, val_auc, val_logloss, seconds, seen / max(seconds, 1e-9))
-            progress.history.append(stats)
-            if val_auc > progress.best_val_auc:
-                progress.best_epoch, progress.best_val_auc = epoch, val_auc
-                progress.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            progress.stopped = epoch - progress.best_epoch >= config.patience
-            if rank == 0:
-                if checkpoint is not None:
-                    _save_checkpoint(checkpoint, model, optimizer, progress, fingerprint)
-                if status is not None:
-                    status.update(0, loss=loss, val_auc=val_auc)
-                if on_epoch is not None:
-                    on_epoch(stats)
-    finally:
-        if status is not None:
-            status.close()
+    with float32_precision(tf32=config.tf32):
+        try:
+            for epoch in range(progress.epochs_done + 1, config.epochs + 1):
+                if progress.stopped:
+                    break
+                loss, seconds, seen = _train_epoch(net, optimizer, train_data, config, epoch, status)
+                val_auc, val_logloss = validation_metrics(model, val_data, device)
+                stats = EpochStats(epoch, loss, val_auc, val_logloss, seconds, seen / max(seconds, 1e-9))
+                progress.history.append(stats)
+                if val_auc > progress.best_val_auc:
+                    progress.best_epoch, progress.best_val_auc = epoch, val_auc
+                    progress.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                progress.stopped = epoch - progress.best_epoch >= config.patience
+                if rank == 0:
+                    if checkpoint is not None:
+                        _save_checkpoint(checkpoint, model, optimizer, progress, fingerprint)
+                    if status is not None:
+                        status.update(0, loss=loss, val_auc=val_auc)
+                    if on_epoch is not None:
+                        on_epoch(stats)
+        finally:
+            if status is not None:
+                status.close()
 
     model.to("cpu")
     if progress.best_weights is not None:
         model.load_state_dict(progress.best_weights)
-    return FitResult(model.eval(), progress.history, progress.best_epoch, progress.best_val_auc, str(device))
+    return FitResult(
+        model.eval(), progress.history, progress.best_epoch, progress.best_val_auc, str(device), resumed_epochs
+    )

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from clickstream.features.tensors import SequenceTensors, session_positions
-from clickstream.features.vocabulary import PAD
+from clickstream.features.tensors import PAD, SequenceTensors, session_positions
 from clickstream.pipeline.core.config import ModelConfig
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from clickstream.models.batching import resident
+from clickstream.models.device import float32_precision
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,7 +35,8 @@ CPU_THREADS = 1
 @contextmanager
 def _evaluating_on(model: BuyIntentLSTM, device: torch.device) -> Iterator[BuyIntentLSTM]:
     """The model in eval mode on `device` (on the CPU with CPU_THREADS intra-op threads), put back
-    on its own device and mode, and torch's thread count restored, afterwards."""
+    on its own device and mode, and torch's thread count restored, afterwards; IEEE float32 (no
+    TF32), so a GPU scores what the CPU scores."""
     home = next(model.parameters()).device
     was_training = model.training
     threads = torch.get_num_threads()
@@ -42,7 +44,7 @@ def _evaluating_on(model: BuyIntentLSTM, device: torch.device) -> Iterator[BuyIn
     if device.type == "cpu":
         torch.set_num_threads(CPU_THREADS)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), float32_precision(tf32=False):
             yield model
     finally:
         torch.set_num_threads(threads)

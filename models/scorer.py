@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import mlflow.pytorch
 from mlflow.exceptions import MlflowException
 
-from clickstream.features.tensors import load_tensors
+from clickstream.features.tensor_loader import load_tensors
 from clickstream.features.vocabulary import Vocabulary
 from clickstream.models.device import resolve_device
 from clickstream.models.predict import predict, predict_steps

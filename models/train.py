@@ -12,7 +12,10 @@ Re-running: every version carries a fingerprint of its window, the window's data
 the settings. Re-running a window whose data and settings are unchanged re-uses that
 version (alias `challenger` goes back to it) instead of training a duplicate; a changed
 day in the window trains a new version. `resume=True` continues the window's
-interrupted run (same MLflow run, last checkpoint) after a kill.
+interrupted run (same MLflow run, last checkpoint) after a kill. Checkpoints live in
+`settings.checkpoints`, storage every worker sees, so a retry on another machine resumes too.
+`gpus` > 1 trains data-parallel on that many local processes (models.distributed); the
+launching process evaluates and registers, once.
 """
 
 from __future__ import annotations
@@ -39,12 +42,14 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Array, ColSpec, Schema
 
 from clickstream.features.sequences import read_sequences
-from clickstream.features.tensors import CONTINUOUS_FEATURES, feature_schema, load_tensors
+from clickstream.features.tensor_loader import feature_schema, load_tensors
+from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.features.vocabulary import build_vocabulary
 from clickstream.models.baseline import fit_baseline
 from clickstream.models.champion import actor, gate_challenger
+from clickstream.models.checkpoints import CheckpointStore
+from clickstream.models.distributed import check_ranks, fit_ranks
 from clickstream.models.evaluation import evaluate, write_plots
-from clickstream.models.fit import fit
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.predict import predict
 from clickstream.models.promotion import Decision
@@ -109,9 +114,10 @@ def train_and_register(
     device: str = "auto",
     promote: bool = False,
     resume: bool = False,
+    gpus: int = 1,
 ) -> TrainSummary:
     """train_challenger, then with `promote` the champion gate on the challenger's validation days."""
-    summary = train_challenger(settings, start, end, epochs=epochs, device=device, resume=resume)
+    summary = train_challenger(settings, start, end, epochs=epochs, device=device, resume=resume, gpus=gpus)
     if not promote:
         return summary
     decision = gate_challenger(settings, summary.version, *summary.validation, decided_by=actor("cli:train"))
@@ -126,6 +132,7 @@ def train_challenger(
     epochs: int | None = None,
     device: str = "auto",
     resume: bool = False,
+    gpus: int = 1,
 ) -> TrainSummary:
     """Train on the labelled sessions starting in [start, end] (default: all of sequences/),
     register the model with alias `challenger` and return the summary.
@@ -134,6 +141,8 @@ def train_challenger(
     is re-used. Raises TrainingError (run marked FAILED, aliases untouched) when the window
     cannot yield a trustworthy model.
     """
+    if gpus != 1:
+        check_ranks(gpus, device)
     config = dataclasses.replace(settings.train, epochs=epochs or settings.train.epochs, device=device)
     frame = read_sequences(Lake(settings.lake), start, end)
     labelled = frame.filter(frame["label"].is_not_null())
@@ -151,7 +160,7 @@ def train_challenger(
     ) as run:
         mlflow.set_tags({FINGERPRINT_TAG: fingerprint, "device": device})
         try:
-            version = _train_in_run(settings, config, split, fingerprint, resume)
+            version = _train_in_run(settings, config, split, fingerprint, resume, gpus)
         except TrainingError as error:
             mlflow.set_tag("failure_reason", str(error))
             raise  # leaving the `with` marks the run FAILED
@@ -211,9 +220,11 @@ def _check_trainable(split: _Split, config: TrainConfig) -> None:
             )
 
 
-def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, fingerprint: str, resume: bool) -> str:
+def _train_in_run(
+    settings: Settings, config: TrainConfig, split: _Split, fingerprint: str, resume: bool, gpus: int
+) -> str:
     """Fit, evaluate, log and register inside the active MLflow run; returns the new version."""
-    mlflow.log_params(_params(settings, config, split))
+    mlflow.log_params({**_params(settings, config, split), "gpus": gpus})
     _check_trainable(split, config)
 
     vocabulary = build_vocabulary(split.train, settings.sequences)
@@ -232,8 +243,10 @@ def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, finger
     model = BuyIntentLSTM(
         settings.model, vocabulary.n_items, vocabulary.n_categories, len(EVENT_TYPES) + 1, len(CONTINUOUS_FEATURES)
     )
-    checkpoints = settings.checkpoint_dir / fingerprint[:16]
-    result = fit(train, val, model, config, checkpoint_dir=checkpoints, resume=resume, on_epoch=_log_epoch)
+    checkpoints = CheckpointStore(f"{settings.checkpoints}/{fingerprint[:16]}")
+    result = fit_ranks(
+        train, val, model, config, ranks=gpus, checkpoint_dir=checkpoints.folder, resume=resume, on_epoch=_log_epoch
+    )
 
     labels, lengths = split.val["label"].to_numpy(), split.val["n_events"].to_numpy()
     lstm_scores = predict(result.model, val, device=result.device)
@@ -277,7 +290,7 @@ def _train_in_run(settings: Settings, config: TrainConfig, split: _Split, finger
         },
     )
     set_challenger(settings, str(version.version))
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the registered version supersedes them
+    checkpoints.clear()  # the registered version supersedes them
     return str(version.version)
 
 

@@ -33,6 +33,7 @@ def test_every_command_has_help_and_a_lake_option(command: str) -> None:
         (["no-such-command"], "No such command"),
         (["generate", "out", "--sessions", "0"], "--sessions"),
         (["ingest", "x.csv", "--format", "xml"], "--format"),
+        (["train", "--gpus", "99"], "--gpus 99 asked for 99 GPUs but torch sees"),
     ],
 )
 def test_user_error_is_one_line_and_exit_code_2(args: list[str], fragment: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,27 @@ def test_given_finished_days_when_backfilled_then_each_date_is_reingested_and_pa
     assert [run.tasks[f"ingest_day[{i}]"] for i in range(DAYS)] == ["success"] * DAYS
     assert run.tasks["score"] == "success"
     assert {t: _partition_hashes(settings, t) for t in before} == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("executor", "configured", "expected"),
+    [
+        ("LocalExecutor", "LocalExecutor", "executor=LocalExecutor errors=0"),
+        ("KubernetesExecutor", "LocalExecutor", "specifies executor 'KubernetesExecutor', which is not available"),
+    ],
+)
+def test_given_clickstream_train_executor_when_parsed_then_train_selects_it_if_airflow_has_it(
+    executor, configured, expected
+):
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(DAGS_FOLDER)!r})\n"
+        "dag = bag.dags.get('clickstream_nightly')\n"
+        "print('executor=%s errors=%d' % (dag.task_dict['train'].executor if dag else None, len(bag.import_errors)))\n"
+        "print(*bag.import_errors.values())\n"
+    )
+    env = {**os.environ, "CLICKSTREAM_TRAIN_EXECUTOR": executor, "AIRFLOW__CORE__EXECUTOR": configured}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert expected in done.stdout

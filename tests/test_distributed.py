@@ -1,18 +1,25 @@
-"""Data-parallel training: two CPU processes over gloo end with the same weights, and learn."""
+"""Data-parallel training: two CPU processes over gloo end with the same weights, and learn; the
+CLI's --gpus launches them and registers one model; asking for more GPUs than exist is one line."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fixtures import labelled_lake
 
-from clickstream.models.distributed import fit_distributed, load_job, train_rank, write_job
+from clickstream.models.distributed import check_ranks, fit_distributed, load_job, train_rank, write_job
 from clickstream.models.lstm import BuyIntentLSTM
+from clickstream.models.registry import alias_version, tracking_client
 from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError
+from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, synthetic_tensors
 
 N_ITEMS = 60
@@ -73,3 +80,43 @@ def test_given_a_diverging_distributed_run_then_training_error_with_the_ranks_me
     train.stored[0, 3] = float("nan")
     with pytest.raises(TrainingError, match="training loss became nan"):
         fit_distributed(train, val, tiny_model(), CONFIG, nproc=2, workdir=tmp_path)
+
+
+def test_given_more_gpus_than_torch_sees_then_a_one_line_error_and_cpu_ranks_are_always_allowed():
+    too_many = torch.cuda.device_count() + 1
+    with pytest.raises(TrainingError, match=rf"--gpus {too_many} asked for {too_many} GPUs but torch sees"):
+        check_ranks(too_many, "auto")
+    with pytest.raises(TrainingError, match="at least 1"):
+        check_ranks(0, "cpu")
+    check_ranks(4, "cpu")  # gloo ranks need no GPU
+
+
+@pytest.mark.slow
+def test_given_a_labelled_lake_when_the_cli_trains_with_two_cpu_ranks_then_one_version_is_registered(tmp_path):
+    settings = labelled_lake(tmp_path)
+    env = {**os.environ, "CLICKSTREAM_HOME": str(settings.home), "MLFLOW_TRACKING_URI": settings.tracking_uri}
+    command = [sys.executable, "-c", "from clickstream.pipeline.orchestrate.cli import main; main()"]
+    done = subprocess.run(
+        [*command, "train", "--gpus", "2", "--device", "cpu", "--epochs", "2", "--lake", settings.lake],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "v1 registered as challenger" in done.stdout
+
+    client = tracking_client(settings)
+    (version,) = client.search_model_versions(f"name='{settings.model_name}'")
+    run = client.get_run(version.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["gpus"] == "2"
+    metrics = run.data.metrics
+    assert 0.0 <= metrics["val_auc"] <= 1.0 and metrics["epochs_run"] == 2 and metrics["val_logloss"] > 0
+    # the epochs rank 0 finished, relayed to the launching process's run while training
+    epoch_aucs = client.get_metric_history(run.info.run_id, "epoch_val_auc")
+    assert [m.step for m in epoch_aucs] == [1, 2]
+    # the registered weights are the best epoch's, as rank 0 measured them
+    best = max(epoch_aucs, key=lambda m: m.value)
+    assert metrics["best_epoch"] == best.step and metrics["val_auc"] == pytest.approx(best.value, abs=1e-6)
+    assert alias_version(settings, "challenger") == "1"
+    assert not Lake(settings.lake).fs.exists(f"{settings.checkpoints}/{version.tags['fingerprint'][:16]}")

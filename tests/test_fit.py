@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clickstream.models.fit import CHECKPOINT, MIN_BATCH_SIZE, MIN_STEPS_PER_EPOCH, epoch_batch_size, fit
+from clickstream.models.checkpoints import CHECKPOINT
+from clickstream.models.fit import MIN_BATCH_SIZE, MIN_STEPS_PER_EPOCH, epoch_batch_size, fit
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError

@@ -8,7 +8,6 @@ s3fs, polars and the child processes only through the AWS_* environment."""
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import signal
 import subprocess
@@ -16,8 +15,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -31,37 +28,12 @@ DAY = dt.date(2024, 3, 1)
 DEADLINE_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on loopback for the whole module."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture(params=["local", "s3"])
-def lake(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lake:
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     """An empty lake on local disk or in a fresh S3 bucket."""
     if request.param == "local":
         return Lake(tmp_path / "lake")
-    endpoint = request.getfixturevalue("s3_endpoint")
-    for name, value in {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    import boto3
-
-    bucket = f"lake-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return Lake(f"s3://{bucket}/root")
+    return Lake(f"{request.getfixturevalue('s3_bucket')}/root")
 
 
 def _frame(version: int, rows: int = 3) -> pl.DataFrame:

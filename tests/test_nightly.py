@@ -1,5 +1,6 @@
 """The nightly steps as plain functions: which day a run covers, what counts as landing files,
-when training and scoring have nothing to do, and how failures are retried."""
+when training and scoring have nothing to do, how failures are retried, and that a retried
+training resumes where the failed attempt stopped."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import datetime as dt
 import importlib.util
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -150,3 +153,59 @@ def test_given_airflow_dags_test_when_late_run_deadline_then_none_else_a_deadlin
     monkeypatch.setattr("sys.argv", ["airflow", "scheduler"])
     alert = nightly.late_run_deadline()
     assert alert.interval == nightly.NIGHTLY.late_after
+
+
+def test_given_no_train_executor_then_the_train_task_uses_the_default_executor_else_the_named_one():
+    default = nightly.train_task_options(nightly.NightlyConfig())
+    assert "executor" not in default and (default["pool"], default["queue"]) == ("gpu", "gpu")
+    assert default["execution_timeout"] == nightly.NIGHTLY.train_timeout
+
+    kubernetes = nightly.train_task_options(nightly.NightlyConfig(train_executor="KubernetesExecutor"))
+    assert kubernetes["executor"] == "KubernetesExecutor"
+    assert kubernetes["executor_config"]["pod_template_file"].endswith("pod-template-train.yaml")
+    celery = nightly.train_task_options(nightly.NightlyConfig(train_executor="CeleryExecutor"))
+    assert celery["executor"] == "CeleryExecutor" and "pod_template_file" not in celery["executor_config"]
+
+
+@pytest.mark.parametrize(("try_number", "retry"), [(None, False), (1, False), (2, True), (4, True)])
+def test_given_a_task_instance_when_is_retry_then_true_only_after_the_first_try(try_number, retry):
+    assert nightly.is_retry(SimpleNamespace(try_number=try_number)) is retry
+
+
+@pytest.mark.slow
+def test_given_a_training_killed_after_an_epoch_when_the_retry_resumes_then_it_equals_an_uninterrupted_one(
+    tmp_path, monkeypatch
+):
+    from fixtures import labelled_lake
+
+    from clickstream.models import train as train_module
+    from clickstream.models.registry import tracking_client
+    from clickstream.models.scorer import load_scorer
+
+    day, window = dt.date(2014, 4, 4), 4
+    whole, killed = (labelled_lake(tmp_path / name, sessions=1200, seed=4) for name in ("whole", "killed"))
+    nightly.train_for_day(whole, day, window_days=window, device="cpu")
+    log_epoch = train_module._log_epoch
+
+    def killed_after_epoch_1(stats):
+        log_epoch(stats)
+        raise KeyboardInterrupt  # the worker dies after the epoch's checkpoint
+
+    monkeypatch.setattr(train_module, "_log_epoch", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        nightly.train_for_day(killed, day, window_days=window, device="cpu")
+    monkeypatch.setattr(train_module, "_log_epoch", log_epoch)
+    assert Lake(killed.lake).fs.glob(f"{killed.checkpoints}/*/last.pt")  # in the lake, seen by every worker
+
+    retried = nightly.is_retry(SimpleNamespace(try_number=2))
+    trained = nightly.train_for_day(killed, day, window_days=window, device="cpu", resume=retried)
+
+    expected, resumed = (
+        load_scorer(s, f"models:/{s.model_name}/1", device="cpu").model.state_dict() for s in (whole, killed)
+    )
+    assert trained["version"] == "1" and expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+    client = tracking_client(killed)
+    (run,) = client.search_runs([client.get_experiment_by_name("clickstream").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_train_loss")] == [1, 2]
+    assert not Lake(killed.lake).fs.glob(f"{killed.checkpoints}/*/last.pt")  # superseded by the version

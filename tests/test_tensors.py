@@ -13,14 +13,8 @@ from hypothesis import strategies as st
 
 from clickstream.features import event_ids
 from clickstream.features.sequences import sessions_of
-from clickstream.features.tensors import (
-    CONTINUOUS_FEATURES,
-    STORED_FEATURES,
-    TENSOR_COLUMNS,
-    SequenceTensors,
-    load_tensors,
-    session_positions,
-)
+from clickstream.features.tensor_loader import TENSOR_COLUMNS, load_tensors
+from clickstream.features.tensors import CONTINUOUS_FEATURES, STORED_FEATURES, SequenceTensors, session_positions
 from clickstream.features.vocabulary import OOV, build_vocabulary
 from clickstream.pipeline.core.config import SequenceConfig
 from clickstream.pipeline.core.schemas import EVENTS

@@ -93,7 +93,7 @@ def test_given_the_registered_model_when_loaded_with_mlflow_pytorch_in_a_fresh_p
         "mlflow.set_tracking_uri(sys.argv[1])\n"
         "path = mlflow.artifacts.download_artifacts('models:/clickstream-buy-intent@champion', dst_path=sys.argv[2])\n"
         "model = mlflow.pytorch.load_model(path)\n"
-        "from clickstream.features.tensors import load_tensors\n"
+        "from clickstream.features.tensor_loader import load_tensors\n"
         "from clickstream.features.vocabulary import Vocabulary\n"
         "from clickstream.models.predict import predict\n"
         "vocabulary = Vocabulary.load(Path(path) / 'extra_files')\n"

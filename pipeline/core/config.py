@@ -5,12 +5,13 @@ the CLI or the DAG) instead of reading the environment itself, so a value has
 exactly one default and one way to override it.
 
 Environment variables:
-    CLICKSTREAM_HOME      local state folder (Airflow db, MLflow db, checkpoints)  [./.clickstream]
+    CLICKSTREAM_HOME      local state folder (Airflow db, MLflow db)  [./.clickstream]
     CLICKSTREAM_LAKE      lake root, a path or an fsspec URL such as s3://bucket/lake  [./lake]
     CLICKSTREAM_LANDING   landing root with one folder per day, <landing>/YYYY-MM-DD/  [$CLICKSTREAM_HOME/landing]
     MLFLOW_TRACKING_URI   MLflow tracking store  [sqlite:///$CLICKSTREAM_HOME/mlflow.db]
     CLICKSTREAM_BAD_ROW_THRESHOLD   share of bad rows that fails an ingest  [0.05]
     CLICKSTREAM_PROMOTION_MARGIN    validation AUC a challenger must beat the champion by  [0.002]
+    CLICKSTREAM_CHECKPOINTS   training checkpoints, a path or fsspec URL every worker sees  [<lake>/_checkpoints]
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class TrainConfig:
     validation_days: int = 2  # the last days of the window validate
     seed: int = 7
     device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = False  # forward pass under bf16 autocast (GPU); off until measured (benchmarks/RESULTS.md)
+    tf32: bool = False  # float32 matmuls and cuDNN LSTM in TF32 (GPU); off: IEEE float32
     min_positives: int = 10  # fewer buyers than this in train or validation ends the run
 
 
@@ -81,13 +84,15 @@ class Settings:
     # about one standard error of the AUC difference of two models on the same ~100k validation
     # sessions (2 days at YOOCHOOSE's volume): noise alone rarely promotes (docs/model.md)
     promotion_margin: float = 0.002
+    checkpoint_root: str | None = None  # None: <lake>/_checkpoints
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.home / "checkpoints"
+    def checkpoints(self) -> str:
+        """Where training checkpoints go: storage every worker sees (a retry may run elsewhere)."""
+        return self.checkpoint_root or f"{self.lake}/_checkpoints"
 
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields replaced (None values are ignored)."""
@@ -109,6 +114,9 @@ def load_settings(
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_path / 'mlflow.db'}"
     threshold = float(env.get("CLICKSTREAM_BAD_ROW_THRESHOLD", "0.05"))
     margin = _promotion_margin(env.get("CLICKSTREAM_PROMOTION_MARGIN", "0.002"))
+    checkpoints = env.get("CLICKSTREAM_CHECKPOINTS") or None
+    if checkpoints and "://" not in checkpoints:
+        checkpoints = str(Path(checkpoints).absolute())
     return Settings(
         home=home_path,
         lake=lake_root,
@@ -116,6 +124,7 @@ def load_settings(
         tracking_uri=tracking,
         bad_row_threshold=threshold,
         promotion_margin=margin,
+        checkpoint_root=checkpoints,
     )
 
 

@@ -127,6 +127,9 @@ def train(
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     promote: Annotated[bool, typer.Option(help="Make it champion if it beats the current one.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint of this window.")] = False,
+    gpus: Annotated[
+        int, typer.Option(min=1, help="Training processes on this machine: one per GPU (CPU ranks with --device cpu).")
+    ] = 1,
     lake: LakeOpt = None,
 ) -> None:
     """Train the LSTM on sessions starting in the window and register it in MLflow."""
@@ -142,6 +145,7 @@ def train(
             device=device.value,
             promote=promote,
             resume=resume,
+            gpus=gpus,
         )
     )
 

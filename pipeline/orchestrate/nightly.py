@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,12 +47,18 @@ class NightlyConfig:
     gpu_pool: str = "gpu"  # training runs in this pool and queue
     gpu_queue: str = "gpu"
     gpu_pool_slots: int = 1  # trainings at once (created by `prepare_airflow`)
-    gpus_per_training: int = 1  # nvidia.com/gpu requested by the KubernetesExecutor pod
+    gpus_per_training: int = 1  # training processes (one per GPU, models.distributed); nvidia.com/gpu of the pod
+    # The executor the training task asks for, e.g. "KubernetesExecutor" (env CLICKSTREAM_TRAIN_EXECUTOR).
+    # It must be one of Airflow's configured executors ([core] executor lists several): DAG parsing
+    # rejects a task whose executor is not. None: the default executor.
+    train_executor: str | None = None
+    # Where the workers' image mounts docker/k8s/pod-template-train.yaml (KubernetesExecutor only)
+    train_pod_template: str = "/opt/airflow/pod_templates/pod-template-train.yaml"
     rescore_days: int = 7  # a new champion re-scores the latest this-many sequence days
     report_days: int = 7  # the nightly report covers the latest this-many days
 
 
-NIGHTLY = NightlyConfig()
+NIGHTLY = NightlyConfig(train_executor=os.environ.get("CLICKSTREAM_TRAIN_EXECUTOR") or None)
 
 # Asset names: clickstream_nightly publishes both; clickstream_rescore runs on a new champion.
 SCORES_ASSET = "clickstream-scores"
@@ -129,10 +136,20 @@ def rebuild_sequences(settings: Settings, start: dt.date, end: dt.date) -> dict[
 
 # ---- model -----------------------------------------------------------------------------------
 def train_for_day(
-    settings: Settings, day: dt.date, *, window_days: int, epochs: int | None = None, device: str = "auto"
+    settings: Settings,
+    day: dt.date,
+    *,
+    window_days: int,
+    epochs: int | None = None,
+    device: str = "auto",
+    gpus: int = 1,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train a challenger on the sessions starting in the window ending at `day` and register it
     (alias `challenger`); the same window, data and configuration reuse the version already registered.
+    `gpus` > 1 trains on that many processes of this machine. `resume` (a retried task, `is_retry`)
+    continues the interrupted attempt's MLflow run from its last finished epoch: checkpoints live in
+    `settings.checkpoints`, which every worker sees.
 
     Raises NoDataError (the DAG skips training) until the window holds validation_days + 1 days of
     sequences: the last validation_days validate, at least one day trains.
@@ -148,7 +165,7 @@ def train_for_day(
             f"training needs {need} days of sequences in {start}..{end} "
             f"({settings.train.validation_days} validate), found {len(have)}: training skipped"
         )
-    summary = train_challenger(settings, start, end, epochs=epochs, device=device)
+    summary = train_challenger(settings, start, end, epochs=epochs, device=device, gpus=gpus, resume=resume)
     return {
         "version": str(summary.version),
         "start": start.isoformat(),
@@ -309,6 +326,28 @@ def late_run_deadline(config: NightlyConfig = NIGHTLY) -> Any:
         interval=config.late_after,
         callback=AsyncCallback(alert_late_run),
     )
+
+
+def is_retry(ti: Any) -> bool:
+    """Whether the task instance of the running task is a retry (try_number above 1)."""
+    return int(getattr(ti, "try_number", None) or 1) > 1
+
+
+def train_task_options(config: NightlyConfig = NIGHTLY) -> dict[str, Any]:
+    """@task arguments of the training task: the gpu pool and queue, its own timeout, the GPU
+    request (`gpu_executor_config`) and, when `config.train_executor` names one, that executor;
+    the KubernetesExecutor also gets the pod template `config.train_pod_template`."""
+    options: dict[str, Any] = {
+        "pool": config.gpu_pool,
+        "queue": config.gpu_queue,
+        "execution_timeout": config.train_timeout,
+        "executor_config": gpu_executor_config(config.gpus_per_training),
+    }
+    if config.train_executor:
+        options["executor"] = config.train_executor
+        if config.train_executor == "KubernetesExecutor":
+            options["executor_config"] = {"pod_template_file": config.train_pod_template, **options["executor_config"]}
+    return options
 
 
 def gpu_executor_config(gpus: int) -> dict[str, Any]:
