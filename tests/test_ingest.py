@@ -170,7 +170,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("name", "content", "fragment"),
-    [("missing.dat", None, "no such file"), ("c.dat.gz", b"\x1f\x8b\x08\x00broken", "corrupt or truncated gzip")],
+    [("missing.dat", None, "no such file"), ("c.dat.gz", b"\x1f\x8b\x08\x00broken", "truncated gzip")],
 )
 def test_given_a_user_error_then_the_cli_prints_one_line_and_exits_2(
     tmp_path: Path, name: str, content: bytes | None, fragment: str

@@ -52,7 +52,7 @@ def test_given_blank_nul_and_latin1_lines_then_each_is_flagged(tmp_path: Path) -
     path.write_bytes(b"ok\n\nnul\x00here\ncaf\xe9\n" + "utf8 é\n".encode())
     (chunk,) = iter_line_chunks(path)
     assert chunk.problems().tolist() == [OK, BLANK, NUL, BAD_UTF8, OK]
-    assert chunk.text(np.array([3])) == ["caf\ufffd"]
+    assert chunk.texts(np.arange(5) == 3).to_list() == ["caf\ufffd"]
 
 
 def test_given_a_gzip_file_then_its_lines_equal_the_plain_file(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ Environment variables:
     MLFLOW_TRACKING_URI   MLflow tracking store  [sqlite:///$CLICKSTREAM_HOME/mlflow.db]
     CLICKSTREAM_BAD_ROW_THRESHOLD   share of bad rows that fails an ingest  [0.05]
     CLICKSTREAM_PROMOTION_MARGIN    validation AUC a challenger must beat the champion by  [0.002]
+    CLICKSTREAM_MAX_LINE_BYTES      longest raw line an ingest reads  [1048576]
+    CLICKSTREAM_MAX_FILE_BYTES      most (decompressed) bytes of one raw file  [68719476736]
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ class Settings:
     # about one standard error of the AUC difference of two models on the same ~100k validation
     # sessions (2 days at YOOCHOOSE's volume): noise alone rarely promotes (docs/model.md)
     promotion_margin: float = 0.002
+    max_line_bytes: int = 1 << 20  # a longer raw line fails the ingest (bounds memory per line)
+    max_file_bytes: int = 64 << 30  # decompressed; bounds a gzip bomb
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -109,6 +113,7 @@ def load_settings(
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_path / 'mlflow.db'}"
     threshold = float(env.get("CLICKSTREAM_BAD_ROW_THRESHOLD", "0.05"))
     margin = _promotion_margin(env.get("CLICKSTREAM_PROMOTION_MARGIN", "0.002"))
+    limits = {name: _byte_count(env, f"CLICKSTREAM_{name.upper()}") for name in ("max_line_bytes", "max_file_bytes")}
     return Settings(
         home=home_path,
         lake=lake_root,
@@ -116,6 +121,7 @@ def load_settings(
         tracking_uri=tracking,
         bad_row_threshold=threshold,
         promotion_margin=margin,
+        **{name: value for name, value in limits.items() if value is not None},
     )
 
 
@@ -128,3 +134,13 @@ def _promotion_margin(text: str) -> float:
     if not 0.0 <= margin < 1.0:
         raise ClickstreamError(f"CLICKSTREAM_PROMOTION_MARGIN {text!r} must be an AUC difference in [0, 1)")
     return margin
+
+
+def _byte_count(env: os._Environ[str] | dict[str, str], name: str) -> int | None:
+    """A positive whole number of bytes from the environment (None when unset)."""
+    text = env.get(name)
+    if text is None:
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ClickstreamError(f"{name}={text!r} is not a positive number of bytes")
+    return int(text)

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from clickstream.pipeline.core.schemas import EVENTS, UTC_TS, conform
@@ -146,7 +147,9 @@ def validate_lines(
     """`validate` for the rows of a chunk of lines; rejects of both steps, in line order."""
 
     def line_text(bad: pl.DataFrame) -> pl.Series:
-        return pl.Series(chunk.text(bad["line"].to_numpy() - chunk.first_line), dtype=pl.String)
+        keep = np.zeros(len(chunk), dtype=bool)
+        keep[bad["line"].to_numpy() - chunk.first_line] = True
+        return chunk.texts(keep)
 
     parsed = validate(split.rows, values, checks, source=source, labelled=labelled, raw_text=line_text)
     return ParsedChunk(parsed.events, pl.concat([split.rejects, parsed.rejects]).sort("line"))

@@ -27,7 +27,7 @@ from clickstream.pipeline.ingest.raw_fields import (
     validate_lines,
     zulu_timestamp,
 )
-from clickstream.pipeline.ingest.raw_files import iter_line_chunks, split_fields
+from clickstream.pipeline.ingest.raw_files import ReadLimits, iter_line_chunks, split_fields
 
 SOURCE = "yoochoose"
 CLICK_FIELDS = ["session_id", "timestamp", "item_id", "category"]
@@ -36,9 +36,24 @@ CATEGORY = r"^(S|[0-9]|1[0-2]|[0-9]{8,10})$"
 HEADER_LIKE = r"^[A-Za-z_ ]+$"
 
 
-def read_clicks(path: Path, window: TimeWindow, *, labelled: bool) -> Iterator[ParsedChunk]:
+def read_batch(
+    files: list[Path], buys: list[Path], window: TimeWindow, limits: ReadLimits
+) -> Iterator[tuple[Path, ParsedChunk]]:
+    """Clicks files, then buys files (a BatchReader of `formats.FORMATS`); clicks are labelled
+    when buys are given."""
+    for path in files:
+        for parsed in read_clicks(path, window, labelled=bool(buys), limits=limits):
+            yield path, parsed
+    for path in buys:
+        for parsed in read_buys(path, window, limits):
+            yield path, parsed
+
+
+def read_clicks(
+    path: Path, window: TimeWindow, *, labelled: bool, limits: ReadLimits = ReadLimits()
+) -> Iterator[ParsedChunk]:
     """A clicks file as `view` events, chunk by chunk in file order."""
-    for chunk in iter_line_chunks(path):
+    for chunk in iter_line_chunks(path, limits=limits):
         split = split_fields(chunk, CLICK_FIELDS)
         values = {**_common_values(), "event_type": pl.lit("view"), "category": raw("category")}
         checks = [
@@ -49,9 +64,9 @@ def read_clicks(path: Path, window: TimeWindow, *, labelled: bool) -> Iterator[P
         yield validate_lines(chunk, split, values, checks, source=SOURCE, labelled=labelled)
 
 
-def read_buys(path: Path, window: TimeWindow) -> Iterator[ParsedChunk]:
+def read_buys(path: Path, window: TimeWindow, limits: ReadLimits = ReadLimits()) -> Iterator[ParsedChunk]:
     """A buys file as `purchase` events with price and quantity, chunk by chunk in file order."""
-    for chunk in iter_line_chunks(path):
+    for chunk in iter_line_chunks(path, limits=limits):
         split = split_fields(chunk, BUY_FIELDS)
         values = {
             **_common_values(),
