@@ -271,14 +271,17 @@ def _short(error: Exception) -> str:
 def _parquet_fields(table: pl.DataFrame) -> pl.DataFrame:
     """Each column as text plus its kind (as for JSON: "string", "integer", "number", "other"),
     and `bad_utf8`: a binary value of the row is not UTF-8."""
-    columns, bad_utf8 = [], []
+    bad_utf8 = pl.Series("bad_utf8", [False] * table.height)
+    for name, dtype in table.schema.items():
+        if dtype == pl.Binary:
+            text = _utf8(table.get_column(name))
+            bad_utf8 |= table.get_column(name).is_not_null() & text.is_null()
+            table = table.with_columns(text)
+    columns = []
     for name, dtype in table.schema.items():
         column, kind = pl.col(name), "other"
         if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum):
             text, kind = column.cast(pl.String), "string"
-        elif dtype == pl.Binary:
-            text, kind = column.cast(pl.String, strict=False), "string"
-            bad_utf8.append(column.is_not_null() & text.is_null())
         elif dtype.is_integer() or (isinstance(dtype, pl.Decimal) and dtype.scale == 0):
             text, kind = column.cast(pl.String), "integer"
         elif dtype.is_float():
@@ -288,7 +291,22 @@ def _parquet_fields(table: pl.DataFrame) -> pl.DataFrame:
         else:  # booleans, nested values, durations...: kept as JSON for the quarantine
             text = pl.struct(column).struct.json_encode().str.json_path_match(f"$.{name}")
         columns += [text.alias(name), pl.when(column.is_not_null()).then(pl.lit(kind)).alias(f"kind_{name}")]
-    return table.select(*columns, pl.any_horizontal(pl.lit(False), *bad_utf8).alias("bad_utf8"))
+    return table.select(*columns).with_columns(bad_utf8)
+
+
+def _utf8(column: pl.Series) -> pl.Series:
+    """A binary column as text, null where a value is not UTF-8 (then decoded value by value)."""
+    try:
+        return column.cast(pl.String)
+    except pl.exceptions.ComputeError:
+        return pl.Series(column.name, [_decoded(value) for value in column.to_list()], dtype=pl.String)
+
+
+def _decoded(value: bytes | None) -> str | None:
+    try:
+        return None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _row_json(bad: pl.DataFrame) -> pl.Series:
