@@ -13,6 +13,7 @@ Environment variables:
     CLICKSTREAM_PROMOTION_MARGIN    validation AUC a challenger must beat the champion by  [0.002]
     CLICKSTREAM_MAX_LINE_BYTES      longest raw line an ingest reads  [1048576]
     CLICKSTREAM_MAX_FILE_BYTES      most (decompressed) bytes of one raw file  [68719476736]
+    CLICKSTREAM_MAX_GZIP_RATIO      most a raw .gz file may expand, times its size (past 16 MiB)  [100]
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class Settings:
     # sessions (2 days at YOOCHOOSE's volume): noise alone rarely promotes (docs/model.md)
     promotion_margin: float = 0.002
     max_line_bytes: int = 1 << 20  # a longer raw line fails the ingest (bounds memory per line)
-    max_file_bytes: int = 64 << 30  # decompressed; bounds a gzip bomb
+    max_file_bytes: int = 64 << 30  # decompressed
+    max_gzip_ratio: int = 100  # decompressed / compressed size of a raw .gz: stops a gzip bomb early
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -113,7 +115,8 @@ def load_settings(
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_path / 'mlflow.db'}"
     threshold = float(env.get("CLICKSTREAM_BAD_ROW_THRESHOLD", "0.05"))
     margin = _promotion_margin(env.get("CLICKSTREAM_PROMOTION_MARGIN", "0.002"))
-    limits = {name: _byte_count(env, f"CLICKSTREAM_{name.upper()}") for name in ("max_line_bytes", "max_file_bytes")}
+    names = ("max_line_bytes", "max_file_bytes", "max_gzip_ratio")
+    limits = {name: _positive_int(env, f"CLICKSTREAM_{name.upper()}") for name in names}
     return Settings(
         home=home_path,
         lake=lake_root,
@@ -136,11 +139,11 @@ def _promotion_margin(text: str) -> float:
     return margin
 
 
-def _byte_count(env: os._Environ[str] | dict[str, str], name: str) -> int | None:
-    """A positive whole number of bytes from the environment (None when unset)."""
+def _positive_int(env: os._Environ[str] | dict[str, str], name: str) -> int | None:
+    """A positive whole number from the environment (None when unset)."""
     text = env.get(name)
     if text is None:
         return None
     if not text.strip().isdigit() or int(text) < 1:
-        raise ClickstreamError(f"{name}={text!r} is not a positive number of bytes")
+        raise ClickstreamError(f"{name}={text!r} is not a positive whole number")
     return int(text)

@@ -102,7 +102,7 @@ def ingest_files(
     lake = Lake(settings.lake)
     _remove_abandoned_staging(Path(settings.home) / "staging")
     staging = Path(settings.home) / "staging" / f"ingest-{batch}-{uuid.uuid4().hex[:8]}@{owner()}"
-    limits = ReadLimits(max_line_bytes=settings.max_line_bytes, max_file_bytes=settings.max_file_bytes)
+    limits = ReadLimits(settings.max_line_bytes, settings.max_file_bytes, settings.max_gzip_ratio)
     read = input_format(fmt).reader()
     try:
         chunks = read(files, buys, TimeWindow.for_ingestion(today), limits)

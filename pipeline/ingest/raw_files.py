@@ -10,8 +10,8 @@ over the fields), never per line, except for the rare lines that need it (quoted
 
 Memory is bounded by the chunk, whatever the input: a chunk holds at most `CHUNK_BYTES`
 bytes (or one line of at most `ReadLimits.max_line_bytes`) and at most `CHUNK_LINES` lines,
-and a file may decompress to at most `ReadLimits.max_file_bytes`; past either limit the
-read stops with an InputError naming the file and the setting.
+and a file may decompress to at most `ReadLimits.file_bytes` (a gzip bomb stops early); past
+either limit the read stops with an InputError naming the file and the setting.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from clickstream.pipeline.core.errors import InputError
 CHUNK_BYTES = 32 << 20  # numpy's byte scans run fastest on chunks that fit the CPU caches
 CHUNK_LINES = 1 << 20  # bounds the per-line arrays of a chunk of short (e.g. blank) lines
 GZIP_BLOCK = 1 << 20  # compressed bytes handed to zlib at a time
+GZIP_FREE_BYTES = 16 << 20  # any gzip file may decompress to this much, whatever its ratio
 BOM = b"\xef\xbb\xbf"
 
 # Per-line problems found before any format looks at a line (code -> quarantine reason).
@@ -51,6 +52,14 @@ class ReadLimits:
 
     max_line_bytes: int = 1 << 20
     max_file_bytes: int = 64 << 30  # decompressed
+    max_gzip_ratio: int = 100  # a gzip file may decompress to this many times its size (past 16 MiB)
+
+    def file_bytes(self, path: Path) -> int:
+        """The most bytes `path` may decompress to: max_file_bytes, and for gzip at most
+        max_gzip_ratio times its compressed size (text logs compress 3-20 times; a bomb 1000)."""
+        if path.suffix != ".gz":
+            return self.max_file_bytes
+        return min(self.max_file_bytes, max(GZIP_FREE_BYTES, self.max_gzip_ratio * path.stat().st_size))
 
 
 @dataclass(frozen=True)
@@ -247,6 +256,7 @@ def iter_blocks(
     """
     total = 0
     with open_raw(path) as stream:
+        most = limits.file_bytes(path)
         while True:
             try:
                 block = stream.read(block_bytes)
@@ -256,12 +266,21 @@ def iter_blocks(
             if not block:
                 return
             total += len(block)
-            if total > limits.max_file_bytes:
-                raise InputError(
-                    f"{path}: more than {limits.max_file_bytes:,} bytes (decompressed), the per-file limit "
-                    "CLICKSTREAM_MAX_FILE_BYTES; split the file or raise the limit"
-                )
+            if total > most:
+                raise _too_big(path, most, limits)
             yield block
+
+
+def _too_big(path: Path, most: int, limits: ReadLimits) -> InputError:
+    if most < limits.max_file_bytes:
+        return InputError(
+            f"{path}: decompresses to more than {limits.max_gzip_ratio} times its size ({most:,} bytes), the limit "
+            "CLICKSTREAM_MAX_GZIP_RATIO: a gzip bomb? raise the limit if the file is genuine"
+        )
+    return InputError(
+        f"{path}: more than {limits.max_file_bytes:,} bytes (decompressed), the per-file limit "
+        "CLICKSTREAM_MAX_FILE_BYTES; split the file or raise the limit"
+    )
 
 
 def iter_line_chunks(
@@ -272,7 +291,7 @@ def iter_line_chunks(
 
     Raises InputError naming the file for an empty file, a corrupt or truncated gzip stream
     (with the last whole line and the decompressed offset before the damage), a line longer
-    than `limits.max_line_bytes` or more than `limits.max_file_bytes` of (decompressed) data.
+    than `limits.max_line_bytes` or a file past its decompressed size limit (`iter_blocks`).
     """
     carry, first_line = b"", 1
 
@@ -283,22 +302,36 @@ def iter_line_chunks(
     for block in iter_blocks(path, limits, chunk_bytes, where):
         if first_line == 1 and not carry and block.startswith(BOM):
             block = block[len(BOM) :]
-        data = carry + block if carry else block
-        cut = data.rfind(b"\n") + 1
-        for chunk in _chunks(str(path), data, first_line, cut, limits) if cut else ():
+        carry = carry + block if carry else block
+        while cut := _cut(carry):
+            chunk = _chunk(str(path), carry, first_line, cut, limits)
             yield chunk
             first_line += len(chunk)
-        carry = data[cut:]
+            carry = carry[cut:]
         if len(carry) > limits.max_line_bytes:
             raise _too_long(str(path), first_line, limits)
     if first_line == 1 and not carry:
         raise InputError(f"{path} is empty")
     if carry:
-        yield from _chunks(str(path), carry, first_line, len(carry), limits)
+        yield _chunk(str(path), carry, first_line, len(carry), limits)
 
 
-def _chunks(file: str, data: bytes, first_line: int, size: int, limits: ReadLimits) -> Iterator[LineChunk]:
-    """The lines of `data[:size]` as chunks of at most CHUNK_LINES lines."""
+def _cut(data: bytes) -> int:
+    """Bytes from the start of `data` to the end of its last whole line, or of its CHUNK_LINES-th
+    line when it holds more (found 1 MiB at a time, so that no index of every line is built)."""
+    if data.count(b"\n") <= CHUNK_LINES:
+        return data.rfind(b"\n") + 1
+    raw, seen, step = np.frombuffer(data, dtype=np.uint8), 0, 1 << 20
+    for start in range(0, len(raw), step):
+        newlines = np.flatnonzero(raw[start : start + step] == 10)
+        if seen + len(newlines) >= CHUNK_LINES:
+            return start + int(newlines[CHUNK_LINES - seen - 1]) + 1
+        seen += len(newlines)
+    raise AssertionError("unreachable: the count found more newlines")
+
+
+def _chunk(file: str, data: bytes, first_line: int, size: int, limits: ReadLimits) -> LineChunk:
+    """The lines of `data[:size]` (at most CHUNK_LINES of them)."""
     raw = np.frombuffer(data, dtype=np.uint8, count=size)
     newlines = np.flatnonzero(raw == 10)
     starts = np.concatenate(([0], newlines + 1))
@@ -309,14 +342,7 @@ def _chunks(file: str, data: bytes, first_line: int, size: int, limits: ReadLimi
     if ends[longest] - starts[longest] > limits.max_line_bytes:
         raise _too_long(file, first_line + longest, limits)
     has_cr = (ends > starts) & (raw[np.maximum(ends - 1, 0)] == 13)
-    ends = ends - has_cr
-    if len(starts) <= CHUNK_LINES:
-        yield LineChunk(file, data[:size] if size < len(data) else data, first_line, starts, ends)
-        return
-    for first in range(0, len(starts), CHUNK_LINES):
-        last = min(first + CHUNK_LINES, len(starts))
-        low, high = starts[first], starts[last] if last < len(starts) else size
-        yield LineChunk(file, data[low:high], first_line + first, starts[first:last] - low, ends[first:last] - low)
+    return LineChunk(file, data[:size] if size < len(data) else data, first_line, starts, ends - has_cr)
 
 
 def _too_long(file: str, line: int, limits: ReadLimits) -> InputError:

@@ -108,7 +108,7 @@ def test_given_corrupt_bytes_inside_a_gzip_then_the_error_says_corrupt_and_where
         list(iter_line_chunks(path))
 
 
-def test_given_a_gzip_bomb_then_the_per_file_limit_stops_it_with_a_one_line_error(tmp_path: Path) -> None:
+def test_given_a_gzip_bomb_then_the_default_limits_stop_it_early_with_a_one_line_error(tmp_path: Path) -> None:
     path = tmp_path / "clicks.dat.gz"
     with gzip.open(path, "wb") as out:
         for _ in range(64):
@@ -116,9 +116,19 @@ def test_given_a_gzip_bomb_then_the_per_file_limit_stops_it_with_a_one_line_erro
     assert path.stat().st_size < 1 << 20
     result = run_cli(
         "ingest", "--format", "yoochoose", str(path), "--lake", str(tmp_path / "lake"),
-        env={"CLICKSTREAM_MAX_FILE_BYTES": str(16 << 20), "CLICKSTREAM_HOME": str(tmp_path / "state")},
+        env={"CLICKSTREAM_HOME": str(tmp_path / "state")},
     )
-    assert_one_line_error(result, str(path), "16,777,216 bytes", "CLICKSTREAM_MAX_FILE_BYTES")
+    assert_one_line_error(result, str(path), "more than 100 times its size", "CLICKSTREAM_MAX_GZIP_RATIO")
+
+
+def test_given_a_file_over_the_per_file_limit_then_a_one_line_error_names_the_setting(tmp_path: Path) -> None:
+    path = tmp_path / "clicks.dat"
+    path.write_text(GOOD * 100)
+    result = run_cli(
+        "ingest", "--format", "yoochoose", str(path), "--lake", str(tmp_path / "lake"),
+        env={"CLICKSTREAM_MAX_FILE_BYTES": "10000", "CLICKSTREAM_HOME": str(tmp_path / "state")},
+    )
+    assert_one_line_error(result, str(path), "more than 10,000 bytes", "CLICKSTREAM_MAX_FILE_BYTES")
 
 
 def test_given_a_line_over_the_per_line_limit_then_the_error_names_the_line_and_the_setting(tmp_path: Path) -> None:
