@@ -44,6 +44,9 @@ def test_given_any_lines_when_chunked_then_each_physical_line_comes_once_with_it
     if expected[-1] == b"":  # a final newline ends the last line, it does not start one
         expected.pop()
     expected = [line.removesuffix(b"\r") for line in expected]
+    expected[0] = expected[0].removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is not part of line 1
+    if expected == [b""] and not text.removeprefix(b"\xef\xbb\xbf"):
+        return  # only a byte-order mark: an empty file
     assert all_lines(path, chunk_bytes) == list(enumerate(expected, start=1))
 
 

@@ -299,10 +299,11 @@ def iter_line_chunks(
         last = first_line - 1 + carry.count(b"\n")
         return f"after line {last:,} (decompressed byte {total:,})"
 
+    bom_checked = False
     for block in iter_blocks(path, limits, chunk_bytes, where):
-        if first_line == 1 and not carry and block.startswith(BOM):
-            block = block[len(BOM) :]
         carry = carry + block if carry else block
+        if not bom_checked and len(carry) >= len(BOM):
+            carry, bom_checked = carry.removeprefix(BOM), True
         while cut := _cut(carry):
             chunk = _chunk(str(path), carry, first_line, cut, limits)
             yield chunk
@@ -371,7 +372,8 @@ def split_fields(chunk: LineChunk, names: list[str], *, quoted: bool = False, he
     """
     codes = chunk.problems()
     raw = np.frombuffer(chunk.data, dtype=np.uint8)
-    commas = np.bincount(chunk._lines_of(np.flatnonzero(raw == 44)), minlength=len(chunk))
+    before = np.searchsorted(np.flatnonzero(raw == 44), chunk.starts)  # commas before each line's start
+    commas = np.diff(before, append=np.count_nonzero(raw == 44))
     codes[(codes == OK) & (commas + 1 != len(names))] = COLUMNS
     in_file = np.ones(len(chunk), dtype=bool)
     if header:
