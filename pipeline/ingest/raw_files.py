@@ -10,8 +10,9 @@ over the fields), never per line, except for the rare lines that need it (quoted
 
 Memory is bounded by the chunk, whatever the input: a chunk holds at most `CHUNK_BYTES`
 bytes (or one line of at most `ReadLimits.max_line_bytes`) and at most `CHUNK_LINES` lines,
-and a file may decompress to at most `ReadLimits.file_bytes` (a gzip bomb stops early); past
-either limit the read stops with an InputError naming the file and the setting.
+and a file may decompress to at most `ReadLimits.max_file_bytes`, a gzip stream past 16 MiB to
+at most `max_gzip_ratio` times its compressed bytes (a bomb stops at its first block); past a
+limit the read stops with an InputError naming the file and the setting.
 """
 
 from __future__ import annotations
@@ -52,14 +53,9 @@ class ReadLimits:
 
     max_line_bytes: int = 1 << 20
     max_file_bytes: int = 64 << 30  # decompressed
-    max_gzip_ratio: int = 100  # a gzip file may decompress to this many times its size (past 16 MiB)
-
-    def file_bytes(self, path: Path) -> int:
-        """The most bytes `path` may decompress to: max_file_bytes, and for gzip at most
-        max_gzip_ratio times its compressed size (text logs compress 3-20 times; a bomb 1000)."""
-        if path.suffix != ".gz":
-            return self.max_file_bytes
-        return min(self.max_file_bytes, max(GZIP_FREE_BYTES, self.max_gzip_ratio * path.stat().st_size))
+    # Past GZIP_FREE_BYTES, a gzip stream may give at most this many bytes per compressed byte
+    # read so far: text logs compress 3-20 times, a bomb of repeated bytes 1000 times.
+    max_gzip_ratio: int = 100
 
 
 @dataclass(frozen=True)
@@ -190,6 +186,11 @@ class _Gunzip:
         self._member: zlib._Decompress | None = None
         self._error: GzipError | None = None
 
+    @property
+    def consumed(self) -> int:
+        """Compressed bytes decompressed so far."""
+        return self._read - len(self._input)
+
     def read(self, size: int) -> bytes:
         parts: list[bytes] = []
         have = 0
@@ -256,7 +257,6 @@ def iter_blocks(
     """
     total = 0
     with open_raw(path) as stream:
-        most = limits.file_bytes(path)
         while True:
             try:
                 block = stream.read(block_bytes)
@@ -266,21 +266,17 @@ def iter_blocks(
             if not block:
                 return
             total += len(block)
-            if total > most:
-                raise _too_big(path, most, limits)
+            if total > limits.max_file_bytes:
+                raise InputError(
+                    f"{path}: more than {limits.max_file_bytes:,} bytes (decompressed), the per-file limit "
+                    "CLICKSTREAM_MAX_FILE_BYTES; split the file or raise the limit"
+                )
+            if isinstance(stream, _Gunzip) and total > max(GZIP_FREE_BYTES, limits.max_gzip_ratio * stream.consumed):
+                raise InputError(
+                    f"{path}: {stream.consumed:,} compressed bytes gave {total:,}, more than {limits.max_gzip_ratio} "
+                    "times as many, the limit CLICKSTREAM_MAX_GZIP_RATIO: a gzip bomb? raise it if the file is genuine"
+                )
             yield block
-
-
-def _too_big(path: Path, most: int, limits: ReadLimits) -> InputError:
-    if most < limits.max_file_bytes:
-        return InputError(
-            f"{path}: decompresses to more than {limits.max_gzip_ratio} times its size ({most:,} bytes), the limit "
-            "CLICKSTREAM_MAX_GZIP_RATIO: a gzip bomb? raise the limit if the file is genuine"
-        )
-    return InputError(
-        f"{path}: more than {limits.max_file_bytes:,} bytes (decompressed), the per-file limit "
-        "CLICKSTREAM_MAX_FILE_BYTES; split the file or raise the limit"
-    )
 
 
 def iter_line_chunks(

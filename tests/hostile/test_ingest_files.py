@@ -118,7 +118,8 @@ def test_given_a_gzip_bomb_then_the_default_limits_stop_it_early_with_a_one_line
         "ingest", "--format", "yoochoose", str(path), "--lake", str(tmp_path / "lake"),
         env={"CLICKSTREAM_HOME": str(tmp_path / "state")},
     )
-    assert_one_line_error(result, str(path), "more than 100 times its size", "CLICKSTREAM_MAX_GZIP_RATIO")
+    assert_one_line_error(result, str(path), "more than 100 times as many", "CLICKSTREAM_MAX_GZIP_RATIO")
+    assert not (tmp_path / "state" / "staging").exists() or not any((tmp_path / "state" / "staging").iterdir())
 
 
 def test_given_a_file_over_the_per_file_limit_then_a_one_line_error_names_the_setting(tmp_path: Path) -> None:
