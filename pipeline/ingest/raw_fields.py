@@ -7,14 +7,15 @@ does not parse; a reader pairs them with quarantine reasons via `first_reason`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from clickstream.pipeline.core.schemas import EVENTS, UTC_TS, conform
-from clickstream.pipeline.ingest.raw_files import LineChunk, SplitLines
+from clickstream.pipeline.ingest.raw_files import LineChunk, ReadLimits, SplitLines
 
 EARLIEST_EVENT = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
 MAX_ID_DIGITS = 18  # every id of up to 18 digits fits a signed 64-bit integer
@@ -91,6 +92,18 @@ def is_bad_optional(text: pl.Expr, parsed: pl.Expr, zero: pl.Expr) -> pl.Expr:
 
 def is_zero(text: pl.Expr) -> pl.Expr:
     return text.str.contains(r"^0+(\.0+)?$")
+
+
+def file_by_file(
+    read: Callable[[Path, TimeWindow, ReadLimits], Iterator[ParsedChunk]],
+    files: list[Path],
+    window: TimeWindow,
+    limits: ReadLimits,
+) -> Iterator[tuple[Path, ParsedChunk]]:
+    """Each file's parsed chunks, paired with the file, files in the order given."""
+    for path in files:
+        for parsed in read(path, window, limits):
+            yield path, parsed
 
 
 @dataclass(frozen=True)

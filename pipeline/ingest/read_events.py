@@ -27,6 +27,7 @@ from clickstream.pipeline.ingest.raw_fields import (
     ParsedChunk,
     TimeWindow,
     event_timestamp,
+    file_by_file,
     is_bad_optional,
     is_zero,
     price,
@@ -57,9 +58,7 @@ def read_batch(
     files: list[Path], buys: list[Path], window: TimeWindow, limits: ReadLimits
 ) -> Iterator[tuple[Path, ParsedChunk]]:
     """The event logs of a batch, file by file (a BatchReader of `formats.FORMATS`)."""
-    for path in files:
-        for parsed in read_event_log(path, window, limits):
-            yield path, parsed
+    return file_by_file(read_event_log, files, window, limits)
 
 
 def read_event_log(path: Path, window: TimeWindow, limits: ReadLimits = ReadLimits()) -> Iterator[ParsedChunk]:

@@ -17,6 +17,7 @@ from clickstream.pipeline.ingest.raw_fields import (
     ParsedChunk,
     TimeWindow,
     epoch_ms_timestamp,
+    file_by_file,
     is_numeric_id,
     raw,
     validate_lines,
@@ -32,9 +33,7 @@ def read_batch(
     files: list[Path], buys: list[Path], window: TimeWindow, limits: ReadLimits
 ) -> Iterator[tuple[Path, ParsedChunk]]:
     """Retailrocket events files, file by file (a BatchReader of `formats.FORMATS`)."""
-    for path in files:
-        for parsed in read_retailrocket(path, window, limits):
-            yield path, parsed
+    return file_by_file(read_retailrocket, files, window, limits)
 
 
 def read_retailrocket(path: Path, window: TimeWindow, limits: ReadLimits = ReadLimits()) -> Iterator[ParsedChunk]:

@@ -10,6 +10,7 @@ digits; price and quantity 0 mean unknown and become null.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import polars as pl
 from clickstream.pipeline.ingest.raw_fields import (
     ParsedChunk,
     TimeWindow,
+    file_by_file,
     is_bad_optional,
     is_numeric_id,
     is_zero,
@@ -43,16 +45,12 @@ def read_batch(
 ) -> Iterator[tuple[Path, ParsedChunk]]:
     """Clicks files, then buys files (a BatchReader of `formats.FORMATS`); clicks are labelled
     when buys are given."""
-    for path in files:
-        for parsed in read_clicks(path, window, labelled=bool(buys), limits=limits):
-            yield path, parsed
-    for path in buys:
-        for parsed in read_buys(path, window, limits):
-            yield path, parsed
+    yield from file_by_file(functools.partial(read_clicks, labelled=bool(buys)), files, window, limits)
+    yield from file_by_file(read_buys, buys, window, limits)
 
 
 def read_clicks(
-    path: Path, window: TimeWindow, *, labelled: bool, limits: ReadLimits = ReadLimits()
+    path: Path, window: TimeWindow, limits: ReadLimits = ReadLimits(), *, labelled: bool
 ) -> Iterator[ParsedChunk]:
     """A clicks file as `view` events, chunk by chunk in file order."""
     for chunk in iter_line_chunks(path, limits=limits):
