@@ -169,7 +169,7 @@ def _json_fields(lines: pl.DataFrame) -> pl.DataFrame:
         as_float = value.cast(pl.Float64, strict=False) == token.cast(pl.Float64, strict=False)
         same = (
             pl.when(kind == "string").then(~token.str.contains("\\", literal=True)
-                                           & (token.str.slice(1, token.str.len_bytes() - 2) == value))
+                                           & (token.str.slice(1, token.str.len_chars() - 2) == value))
             .when(kind == "integer").then((value == token) | as_float)
             .when(kind == "number").then(as_float)
             .when(kind == "other").then((value == token) | (value.str.slice(0, 1) == token))
@@ -203,9 +203,11 @@ def _decode_one_by_one(rows: pl.DataFrame, fields: tuple[str, ...]) -> pl.DataFr
     for line in rows.get_column("text").to_list():
         try:
             value = json.loads(line, parse_int=_Integer, parse_float=_Number, parse_constant=_not_json)
-            out["json"].append("object" if isinstance(value, dict) else "other")
         except (ValueError, RecursionError):
-            value = out["json"].append(None)
+            value, kind = {}, None
+        else:
+            kind = "object" if isinstance(value, dict) else "other"
+        out["json"].append(kind)
         value = value if isinstance(value, dict) else {}
         for name in fields:
             text, kind = _text_and_kind(value.get(name))
