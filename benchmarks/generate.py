@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+from clickstream.pipeline.ingest.formats import GENERATED
+
 DATA = Path(__file__).with_name("data")
 YOOCHOOSE_SESSIONS = 9_250_000
 YOOCHOOSE_DAYS = 183  # 2014-04-01 .. 2014-09-30, as the real data
@@ -24,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=YOOCHOOSE_SESSIONS)
     parser.add_argument("--days", type=int, default=YOOCHOOSE_DAYS)
-    parser.add_argument("--format", choices=("yoochoose", "events"), default="yoochoose")
+    parser.add_argument("--format", choices=GENERATED, default="yoochoose")
     args = parser.parse_args()
 
     import polars as pl

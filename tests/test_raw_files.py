@@ -44,6 +44,9 @@ def test_given_any_lines_when_chunked_then_each_physical_line_comes_once_with_it
     if expected[-1] == b"":  # a final newline ends the last line, it does not start one
         expected.pop()
     expected = [line.removesuffix(b"\r") for line in expected]
+    expected[0] = expected[0].removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is not part of line 1
+    if expected == [b""] and not text.removeprefix(b"\xef\xbb\xbf"):
+        return  # only a byte-order mark: an empty file
     assert all_lines(path, chunk_bytes) == list(enumerate(expected, start=1))
 
 
@@ -52,7 +55,7 @@ def test_given_blank_nul_and_latin1_lines_then_each_is_flagged(tmp_path: Path) -
     path.write_bytes(b"ok\n\nnul\x00here\ncaf\xe9\n" + "utf8 é\n".encode())
     (chunk,) = iter_line_chunks(path)
     assert chunk.problems().tolist() == [OK, BLANK, NUL, BAD_UTF8, OK]
-    assert chunk.text(np.array([3])) == ["caf\ufffd"]
+    assert chunk.texts(np.arange(5) == 3).to_list() == ["caf\ufffd"]
 
 
 def test_given_a_gzip_file_then_its_lines_equal_the_plain_file(tmp_path: Path) -> None:

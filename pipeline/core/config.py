@@ -12,6 +12,9 @@ Environment variables:
     CLICKSTREAM_BAD_ROW_THRESHOLD   share of bad rows that fails an ingest  [0.05]
     CLICKSTREAM_PROMOTION_MARGIN    validation AUC a challenger must beat the champion by  [0.002]
     CLICKSTREAM_CHECKPOINTS   training checkpoints, a path or fsspec URL every worker sees  [<lake>/_checkpoints]
+    CLICKSTREAM_MAX_LINE_BYTES      longest raw line an ingest reads  [1048576]
+    CLICKSTREAM_MAX_FILE_BYTES      most (decompressed) bytes of one raw file  [68719476736]
+    CLICKSTREAM_MAX_GZIP_RATIO      most a raw .gz file may expand, times its size (past 16 MiB)  [100]
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ class Settings:
     # sessions (2 days at YOOCHOOSE's volume): noise alone rarely promotes (docs/model.md)
     promotion_margin: float = 0.002
     checkpoint_root: str | None = None  # None: <lake>/_checkpoints
+    max_line_bytes: int = 1 << 20  # a longer raw line fails the ingest (bounds memory per line)
+    max_file_bytes: int = 64 << 30  # decompressed
+    max_gzip_ratio: int = 100  # decompressed / compressed size of a raw .gz: stops a gzip bomb early
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -117,6 +123,8 @@ def load_settings(
     checkpoints = env.get("CLICKSTREAM_CHECKPOINTS") or None
     if checkpoints and "://" not in checkpoints:
         checkpoints = str(Path(checkpoints).absolute())
+    names = ("max_line_bytes", "max_file_bytes", "max_gzip_ratio")
+    limits = {name: _positive_int(env, f"CLICKSTREAM_{name.upper()}") for name in names}
     return Settings(
         home=home_path,
         lake=lake_root,
@@ -125,6 +133,7 @@ def load_settings(
         bad_row_threshold=threshold,
         promotion_margin=margin,
         checkpoint_root=checkpoints,
+        **{name: value for name, value in limits.items() if value is not None},
     )
 
 
@@ -137,3 +146,13 @@ def _promotion_margin(text: str) -> float:
     if not 0.0 <= margin < 1.0:
         raise ClickstreamError(f"CLICKSTREAM_PROMOTION_MARGIN {text!r} must be an AUC difference in [0, 1)")
     return margin
+
+
+def _positive_int(env: os._Environ[str] | dict[str, str], name: str) -> int | None:
+    """A positive whole number from the environment (None when unset)."""
+    text = env.get(name)
+    if text is None:
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ClickstreamError(f"{name}={text!r} is not a positive whole number")
+    return int(text)

@@ -120,7 +120,9 @@ class Lake:
             return pl.read_parquet(handle)
 
     # ---- writing ------------------------------------------------------------
-    def write_partition(self, table: str, day: dt.date, frame: pl.DataFrame, part: str = "data") -> str:
+    def write_partition(
+        self, table: str, day: dt.date, frame: pl.DataFrame | pl.LazyFrame, part: str = "data"
+    ) -> str:
         """Atomically replace one partition file; returns its path.
 
         The frame is written as given: callers sort it first so that the same
@@ -128,22 +130,27 @@ class Lake:
         """
         return self.write_file(self.partition_file(table, day, part), frame)
 
-    def write_file(self, path: str, frame: pl.DataFrame) -> str:
-        """Write `frame` to a temporary name beside `path`, then move it into place."""
+    def write_file(self, path: str, frame: pl.DataFrame | pl.LazyFrame) -> str:
+        """Write `frame` to a temporary name beside `path`, then move it into place. A LazyFrame
+        is streamed to a local lake (memory bounded by polars' batches, not by the frame)."""
         parent = path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
             if self.is_local:
-                frame.write_parquet(tmp, statistics=True)
+                if isinstance(frame, pl.LazyFrame):
+                    frame.sink_parquet(tmp, statistics=True, maintain_order=True)
+                else:
+                    frame.write_parquet(tmp, statistics=True)
                 with open(tmp, "rb") as handle:
                     os.fsync(handle.fileno())
                 os.replace(tmp, path)
                 _fsync_dir(parent)  # the rename itself survives a power cut
                 _remove_abandoned_temporaries(path)
             else:
+                whole = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
                 with self.fs.open(tmp, "wb") as handle:
-                    frame.write_parquet(handle, statistics=True)
+                    whole.write_parquet(handle, statistics=True)
                 self.fs.mv(tmp, path)
         finally:
             if self.fs.exists(tmp):

@@ -5,8 +5,10 @@ Guarantees
   physical line of a text file (headers of CSV-with-header files excepted, blank lines
   included: they are quarantined as "blank line") or a row of a Parquet file.
 - Batches: the files of one call form a batch whose id hashes the format and the files'
-  absolute paths. Its events go to `events/date=D/part-<batch>.parquet` (D = UTC date of the
-  event), its rejects to `quarantine/date=<ingestion date>/part-<batch>.parquet`. Re-running a
+  real paths (`os.path.realpath`: `in/two.dat`, `in/sub/../two.dat` and a symbolic link to
+  it are one file, and one file given twice is an InputError). Its events go to
+  `events/date=D/part-<batch>.parquet` (D = UTC date of the event), its rejects to
+  `quarantine/date=<ingestion date>/part-<batch>.parquet`. Re-running a
   batch replaces exactly its own files (and removes the ones it no longer produces); other
   batches' files stay. Each file is replaced atomically, so a crash leaves the previous one.
 - Same input, same output: rows are deduplicated (exact duplicates within the batch are
@@ -16,6 +18,9 @@ Guarantees
   BadRowThresholdError. A file none of whose rows is valid is the wrong file (a YOOCHOOSE buys
   file given as clicks, say), not a few bad rows: the same, but an InputError naming it. An
   unreadable file raises InputError before anything is written.
+- Memory: one chunk of input (see `raw_files`) at a time; valid events and rejects are staged
+  on disk per chunk. The commit then holds one date's events (to sort and deduplicate them),
+  and the quarantine is streamed from its staged parts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import os
 import shutil
 import uuid
 from collections import Counter
@@ -37,16 +43,13 @@ from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import BadRowThresholdError, InputError
 from clickstream.pipeline.core.lake import Lake, is_stale, owner
 from clickstream.pipeline.core.schemas import EVENTS, QUARANTINE, conform
+from clickstream.pipeline.ingest.formats import input_format
 from clickstream.pipeline.ingest.raw_fields import TimeWindow
-from clickstream.pipeline.ingest.read_events import read_event_log
-from clickstream.pipeline.ingest.read_retailrocket import read_retailrocket
-from clickstream.pipeline.ingest.read_yoochoose import read_buys, read_clicks
+from clickstream.pipeline.ingest.raw_files import ReadLimits, check_file
 
 if TYPE_CHECKING:
+    from clickstream.pipeline.ingest.raw_fields import ParsedChunk
 
-    from clickstream.pipeline.ingest.raw_fields import ParsedChunk, TimeWindow
-
-FORMATS = ("yoochoose", "events", "retailrocket")
 SORT_KEYS = ("session_id", "cookie_id", "ts", "event_type", "item_id", "category", "price", "quantity")
 
 
@@ -75,8 +78,8 @@ class IngestSummary:
 
 
 def batch_id(fmt: str, files: Sequence[Path], buys: Sequence[Path] = ()) -> str:
-    """A short id for this set of inputs: the same files (by absolute path) give the same id."""
-    names = [str(p.absolute()) for p in sorted(files)] + ["--buys"] + [str(p.absolute()) for p in sorted(buys)]
+    """A short id for this set of inputs: the same files (by real path) give the same id."""
+    names = [*sorted(os.path.realpath(p) for p in files), "--buys", *sorted(os.path.realpath(p) for p in buys)]
     return hashlib.sha256("\0".join([fmt, *names]).encode()).hexdigest()[:12]
 
 
@@ -93,18 +96,20 @@ def ingest_files(
     `ingestion_date` (default: today, UTC) dates the quarantine partition and bounds the
     accepted timestamps (at most the end of the following day). Idempotent per batch.
     """
-    files, buys = [Path(p) for p in files], [Path(p) for p in buys]
-    _check_request(fmt, files, buys)
+    files, buys = _check_request(fmt, [Path(p) for p in files], [Path(p) for p in buys])
     today = ingestion_date or dt.datetime.now(dt.UTC).date()
     batch = batch_id(fmt, files, buys)
     lake = Lake(settings.lake)
     _remove_abandoned_staging(Path(settings.home) / "staging")
     staging = Path(settings.home) / "staging" / f"ingest-{batch}-{uuid.uuid4().hex[:8]}@{owner()}"
+    limits = ReadLimits(settings.max_line_bytes, settings.max_file_bytes, settings.max_gzip_ratio)
+    read = input_format(fmt).reader()
     try:
-        staged = _stage(_parsed_chunks(fmt, files, buys, TimeWindow.for_ingestion(today)), staging, fmt)
+        chunks = read(files, buys, TimeWindow.for_ingestion(today), limits)
+        staged = _stage(chunks, staging, fmt, sorted({str(p) for p in [*files, *buys]}))
         rows_read = staged.rows + staged.quarantined
         share = staged.quarantined / rows_read if rows_read else 0.0
-        _write_quarantine(lake, today, batch, staged.rejects)
+        _write_quarantine(lake, today, batch, staging / _REJECTS)
         where = f"nothing written to events/, see quarantine/date={today}/part-{batch}.parquet"
         _check_no_wrong_file(staged, fmt, where)
         if share > settings.bad_row_threshold:
@@ -140,92 +145,79 @@ def _remove_abandoned_staging(root: Path) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def _check_request(fmt: str, files: list[Path], buys: list[Path]) -> None:
-    if fmt not in FORMATS:
-        raise InputError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+def _check_request(fmt: str, files: list[Path], buys: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The files as real paths (see the module docstring); InputError for a request that cannot run."""
+    known = input_format(fmt)
     if not files:
         raise InputError("no input files given")
-    if buys and fmt != "yoochoose":
+    if buys and not known.takes_buys:
         raise InputError(f"--buys applies to the yoochoose format only, not {fmt}")
+    seen: dict[str, Path] = {}
     for path in [*files, *buys]:
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
-        if not path.is_file():
-            raise InputError(f"{path} is not a regular file")
+        check_file(path)
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InputError(f"{path} and {seen[real]} are the same file ({real}); give it once")
+        seen[real] = path
+    return [Path(os.path.realpath(p)) for p in files], [Path(os.path.realpath(p)) for p in buys]
 
 
 def _check_no_wrong_file(staged: _Staged, fmt: str, where: str) -> None:
     """InputError for the first file that gave rows but not one valid row."""
-    for path, bad in staged.bad_by_file.items():
+    for path, reasons in staged.reasons_by_file.items():
         if not staged.good_by_file[path]:
-            reasons = staged.rejects.filter(pl.col("file") == path).get_column("reason").value_counts(sort=True)
             hint = ""
-            if fmt == "yoochoose":
+            if input_format(fmt).takes_buys:
                 hint = "; YOOCHOOSE clicks files are the arguments, buys files go after --buys"
+            (reason, _), bad = reasons.most_common(1)[0], reasons.total()
             raise InputError(
-                f"{path}: none of its {bad:,} rows is valid {fmt} input (most often: {reasons[0, 'reason']}){hint}; "
-                f"{where}"
+                f"{path}: none of its {bad:,} rows is valid {fmt} input (most often: {reason}){hint}; {where}"
             )
 
 
-def _parsed_chunks(
-    fmt: str, files: list[Path], buys: list[Path], window: TimeWindow
-) -> Iterator[tuple[Path, ParsedChunk]]:
-    if fmt == "yoochoose":
-
-        for path in files:
-            for parsed in read_clicks(path, window, labelled=bool(buys)):
-                yield path, parsed
-        for path in buys:
-            for parsed in read_buys(path, window):
-                yield path, parsed
-    elif fmt == "events":
-
-        for path in files:
-            for parsed in read_event_log(path, window):
-                yield path, parsed
-    else:
-
-        for path in files:
-            for parsed in read_retailrocket(path, window):
-                yield path, parsed
+_EVENTS, _REJECTS = "events", "rejects"  # staging sub-folders: valid events per date, rejects per chunk
 
 
 @dataclass
 class _Staged:
     rows: int
     quarantined: int
-    rejects: pl.DataFrame
     bad_by_file: Counter[str]
     good_by_file: Counter[str]
+    reasons_by_file: dict[str, Counter[str]]
 
 
-def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str) -> _Staged:
-    """Spread valid events over per-date staging files; keep the rejects (in file and line order)."""
-    rows, rejects, bad_by_file, good_by_file = 0, [], Counter(), Counter()
+def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str, names: list[str]) -> _Staged:
+    """Spread valid events over per-date staging files and rejects over per-chunk ones, named
+    so that their name order is file (`names`, sorted) then line order."""
+    rows, bad_by_file, good_by_file, reasons_by_file = 0, Counter(), Counter(), {}
+    (staging / _REJECTS).mkdir(parents=True)
     for number, (path, parsed) in enumerate(chunks):
         rows += parsed.events.height
         good_by_file[str(path)] += parsed.events.height
         if parsed.rejects.height:
             bad_by_file[str(path)] += parsed.rejects.height
-            rejects.append(parsed.rejects.with_columns(file=pl.lit(str(path)), format=pl.lit(fmt)))
+            counts = parsed.rejects.get_column("reason").value_counts()
+            reasons_by_file.setdefault(str(path), Counter()).update(dict(counts.iter_rows()))
+            rejects = conform(parsed.rejects.with_columns(file=pl.lit(str(path)), format=pl.lit(fmt)), QUARANTINE)
+            rank = names.index(str(path))
+            rejects.write_parquet(staging / _REJECTS / f"{rank:06d}-{number:06d}.parquet", compression="lz4")
         if parsed.events.height:
             dated = parsed.events.with_columns(date=pl.col("ts").dt.date())
             for (day,), part in dated.partition_by("date", as_dict=True, include_key=False).items():
-                folder = staging / day.isoformat()
+                folder = staging / _EVENTS / day.isoformat()
                 folder.mkdir(parents=True, exist_ok=True)
-                part.write_parquet(folder / f"{number:06d}.parquet", compression="lz4", statistics=False)
-    quarantine = conform(pl.concat(rejects), QUARANTINE) if rejects else pl.DataFrame(schema=QUARANTINE)
-    return _Staged(rows, quarantine.height, quarantine, bad_by_file, good_by_file)
+                part.write_ipc(folder / f"{number:06d}.arrow", compression="uncompressed")  # cheapest round trip
+    return _Staged(rows, bad_by_file.total(), bad_by_file, good_by_file, reasons_by_file)
 
 
 def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt.date, ...]]:
     """Write each staged date as `part-<batch>`, deduplicated and sorted; drop this batch's stale parts."""
     part = f"part-{batch}"
-    days = sorted(dt.date.fromisoformat(folder.name) for folder in staging.glob("*") if folder.is_dir())
+    days = sorted(dt.date.fromisoformat(folder.name) for folder in (staging / _EVENTS).glob("*"))
     written = 0
     for day in days:
-        frame = pl.read_parquet(staging / day.isoformat() / "*.parquet").sort(SORT_KEYS, nulls_last=True)
+        frame = pl.read_ipc(staging / _EVENTS / day.isoformat() / "*.arrow").sort(SORT_KEYS, nulls_last=True)
         repeats = pl.all_horizontal(pl.col(name).eq_missing(pl.col(name).shift(1)) for name in frame.columns)
         frame = frame.filter(~repeats)  # sorted on every column that varies: duplicates are neighbours
         with lake.lock("events", day):
@@ -237,11 +229,12 @@ def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt
     return written, tuple(days)
 
 
-def _write_quarantine(lake: Lake, day: dt.date, batch: str, rejects: pl.DataFrame) -> None:
-    part = f"part-{batch}"
+def _write_quarantine(lake: Lake, day: dt.date, batch: str, staged: Path) -> None:
+    """The staged rejects (file then line order, see `_stage`) as this batch's quarantine part, streamed."""
+    part, files = f"part-{batch}", sorted(staged.glob("*.parquet"))
     with lake.lock("quarantine", day):
-        if rejects.height:
-            lake.write_partition("quarantine", day, rejects.sort("file", "line"), part)
+        if files:
+            lake.write_partition("quarantine", day, pl.scan_parquet(files), part)
         else:
             lake.remove_partition_file("quarantine", day, part)
 

@@ -7,13 +7,15 @@ does not parse; a reader pairs them with quarantine reasons via `first_reason`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from clickstream.pipeline.core.schemas import EVENTS, UTC_TS, conform
-from clickstream.pipeline.ingest.raw_files import LineChunk, SplitLines
+from clickstream.pipeline.ingest.raw_files import LineChunk, ReadLimits, SplitLines
 
 EARLIEST_EVENT = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
 MAX_ID_DIGITS = 18  # every id of up to 18 digits fits a signed 64-bit integer
@@ -92,6 +94,18 @@ def is_zero(text: pl.Expr) -> pl.Expr:
     return text.str.contains(r"^0+(\.0+)?$")
 
 
+def file_by_file(
+    read: Callable[[Path, TimeWindow, ReadLimits], Iterator[ParsedChunk]],
+    files: list[Path],
+    window: TimeWindow,
+    limits: ReadLimits,
+) -> Iterator[tuple[Path, ParsedChunk]]:
+    """Each file's parsed chunks, paired with the file, files in the order given."""
+    for path in files:
+        for parsed in read(path, window, limits):
+            yield path, parsed
+
+
 @dataclass(frozen=True)
 class ParsedChunk:
     """What a reader makes of a chunk: canonical events (EVENTS columns) and rejected rows."""
@@ -113,18 +127,24 @@ def validate(
     source: str,
     labelled: bool,
     raw_text: Callable[[pl.DataFrame], pl.Series],
+    naming_only: frozenset[str] = frozenset(),
 ) -> ParsedChunk:
     """Split parsed rows into canonical events and rejects.
 
     `rows` holds `line` and one String column per field; `values` computes EVENTS columns
     from `raw(field)`; `checks` (which may use both) give each bad row its first reason;
     `raw_text` renders the bad rows' original text. Both outputs keep the rows' order.
+    Reasons are worked out for the bad rows only. The checks with a reason in `naming_only`
+    hold only for rows a later check finds bad too (a header line's session id is no number):
+    they name the reason but are left out of the test for bad rows, so they cost nothing on
+    good ones.
     """
-    frame = rows.rename(lambda name: name if name == "line" else f"raw_{name}")
-    frame = frame.with_columns(**values).with_columns(first_reason(checks).alias("reason"))
-    bad = frame.filter(pl.col("reason").is_not_null())
+    frame = rows.rename(lambda name: name if name == "line" else f"raw_{name}").with_columns(**values)
+    is_bad = pl.any_horizontal(bad for bad, text in checks if text not in naming_only).fill_null(False)  # as when()
+    frame = frame.with_columns(is_bad.alias("bad"))
+    bad = frame.filter("bad").with_columns(first_reason(checks).alias("reason"))
     rejects = bad.select("line", raw_text(bad).alias("raw"), "reason")
-    good = frame.filter(pl.col("reason").is_null())
+    good = frame.filter(~pl.col("bad"))
     constants = {"source": pl.lit(source), "labelled": pl.lit(labelled)}
     missing = [
         constants.get(name, pl.lit(None, dtype=dtype)).alias(name)
@@ -142,11 +162,18 @@ def validate_lines(
     *,
     source: str,
     labelled: bool,
+    naming_only: frozenset[str] = frozenset(),
 ) -> ParsedChunk:
     """`validate` for the rows of a chunk of lines; rejects of both steps, in line order."""
 
     def line_text(bad: pl.DataFrame) -> pl.Series:
-        return pl.Series(chunk.text(bad["line"].to_numpy() - chunk.first_line), dtype=pl.String)
+        keep = np.zeros(len(chunk), dtype=bool)
+        keep[bad["line"].to_numpy() - chunk.first_line] = True
+        return chunk.texts(keep)
 
-    parsed = validate(split.rows, values, checks, source=source, labelled=labelled, raw_text=line_text)
+    parsed = validate(
+        split.rows, values, checks, source=source, labelled=labelled, raw_text=line_text, naming_only=naming_only
+    )
+    if not split.rejects.height:
+        return parsed
     return ParsedChunk(parsed.events, pl.concat([split.rejects, parsed.rejects]).sort("line"))

@@ -4,21 +4,29 @@ string fields.
 
 Line numbers are physical: line 1 is the first line of the (decompressed) file, and every
 line, blank or not, has its number. A line ends at "\\n"; a "\\r" just before it is dropped,
-so CRLF files read like LF files. Work is vectorised over a chunk (numpy over the bytes,
-polars' CSV parser over the fields), never per line, except for the rare lines that need
-it (invalid UTF-8, quoted CSV fields).
+so CRLF files read like LF files. A UTF-8 byte-order mark at the start of a file is not
+part of line 1. Work is vectorised over a chunk (numpy over the bytes, polars' CSV parser
+over the fields), never per line, except for the rare lines that need it (quoted CSV fields).
+
+Memory is bounded by the chunk, whatever the input: a chunk holds at most `CHUNK_BYTES`
+bytes (or one line of at most `ReadLimits.max_line_bytes`) and at most `CHUNK_LINES` lines,
+and a file may decompress to at most `ReadLimits.max_file_bytes`, a gzip stream past 16 MiB to
+at most `max_gzip_ratio` times its compressed bytes (a bomb stops at its first block); past a
+limit the read stops with an InputError naming the file and the setting.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import gzip
+import errno
+import os
+import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import numpy as np
 import polars as pl
@@ -27,10 +35,27 @@ import pyarrow as pa
 from clickstream.pipeline.core.errors import InputError
 
 CHUNK_BYTES = 32 << 20  # numpy's byte scans run fastest on chunks that fit the CPU caches
+CHUNK_LINES = 1 << 20  # bounds the per-line arrays of a chunk of short (e.g. blank) lines
+GZIP_BLOCK = 1 << 20  # compressed bytes handed to zlib at a time
+GZIP_FREE_BYTES = 16 << 20  # any gzip file may decompress to this much, whatever its ratio
+BOM = b"\xef\xbb\xbf"
 
 # Per-line problems found before any format looks at a line (code -> quarantine reason).
 OK, BLANK, NUL, BAD_UTF8, COLUMNS = 0, 1, 2, 3, 4
 LINE_REASONS = {BLANK: "blank line", NUL: "NUL byte", BAD_UTF8: "non-UTF-8 bytes"}
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Caps on what one raw file may hold, so that no input (a gzip bomb, a file without
+    newlines) can take unbounded memory or time. Settings: CLICKSTREAM_MAX_LINE_BYTES,
+    CLICKSTREAM_MAX_FILE_BYTES."""
+
+    max_line_bytes: int = 1 << 20
+    max_file_bytes: int = 64 << 30  # decompressed
+    # Past GZIP_FREE_BYTES, a gzip stream may give at most this many bytes per compressed byte
+    # read so far: text logs compress 3-20 times, a bomb of repeated bytes 1000 times.
+    max_gzip_ratio: int = 100
 
 
 @dataclass(frozen=True)
@@ -50,10 +75,19 @@ class LineChunk:
     def line_numbers(self) -> np.ndarray:
         return np.arange(self.first_line, self.first_line + len(self), dtype=np.int64)
 
-    def text(self, index: np.ndarray) -> list[str]:
-        """The selected lines as text, invalid UTF-8 replaced by U+FFFD."""
-        data, starts, ends = self.data, self.starts, self.ends
-        return [data[starts[i] : ends[i]].decode("utf-8", "replace") for i in index.tolist()]
+    def texts(self, keep: np.ndarray) -> pl.Series:
+        """The kept lines (a bool mask) as a String series in line order; invalid UTF-8 is
+        replaced by U+FFFD (one decode of all kept lines together, not one per line)."""
+        data = self.joined(keep)
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        if not _is_utf8(data):
+            data = data.decode("utf-8", "replace").encode()  # U+FFFD never holds a "\n"
+        newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+        offsets = np.concatenate(([0], newlines + 1)).astype(np.int64)
+        buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        array = pa.Array.from_buffers(pa.large_string(), len(newlines), buffers)
+        return pl.Series("line_text", array, dtype=pl.String).str.strip_suffix("\n")
 
     def problems(self) -> np.ndarray:
         """uint8 code per line: OK, BLANK, NUL or BAD_UTF8 (see LINE_REASONS)."""
@@ -69,14 +103,14 @@ class LineChunk:
         return codes
 
     def rejects(self, index: np.ndarray, codes: np.ndarray, reasons: dict[int, str] = LINE_REASONS) -> pl.DataFrame:
-        """Quarantine rows (line, raw, reason) for the lines at `index`, reason `reasons[codes[i]]`."""
-        return pl.DataFrame(
-            {
-                "line": self.line_numbers[index],
-                "raw": pl.Series(self.text(index), dtype=pl.String),
-                "reason": pl.Series([reasons[c] for c in codes[index].tolist()], dtype=pl.String),
-            }
+        """Quarantine rows (line, raw, reason) for the lines at `index` (ascending), reason
+        `reasons[codes[i]]`."""
+        keep = np.zeros(len(self), dtype=bool)
+        keep[index] = True
+        reason = pl.Series(codes[index], dtype=pl.UInt8).replace_strict(
+            list(reasons), list(reasons.values()), return_dtype=pl.String
         )
+        return pl.DataFrame({"line": self.line_numbers[index], "raw": self.texts(keep), "reason": reason})
 
     def joined(self, keep: np.ndarray) -> bytes:
         """The kept lines' text, each followed by "\\n" (CR of CRLF dropped)."""
@@ -90,17 +124,6 @@ class LineChunk:
         mask[cr] = False
         return raw[mask].tobytes()
 
-    def strings(self, keep: np.ndarray) -> pl.Series:
-        """The kept lines as a String series, in order (they must be valid UTF-8)."""
-        data = self.joined(keep)
-        if data and not data.endswith(b"\n"):
-            data += b"\n"
-        newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
-        offsets = np.concatenate(([0], newlines + 1)).astype(np.int64)
-        buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
-        array = pa.Array.from_buffers(pa.large_string(), len(newlines), buffers)
-        return pl.Series("line_text", array, dtype=pl.String).str.strip_suffix("\n")
-
     def header(self) -> list[str]:
         """The first line as CSV column names (quotes and surrounding spaces removed).
 
@@ -108,7 +131,9 @@ class LineChunk:
         """
         if self.first_line != 1 or self.problems()[0] != OK:
             raise InputError(f"{self.file}: line 1 is not a CSV header")
-        return [name.strip() for name in next(csv.reader([self.text(np.array([0]))[0]]))]
+        first = np.zeros(len(self), dtype=bool)
+        first[0] = True
+        return [name.strip() for name in next(csv.reader([self.texts(first)[0]]))]
 
     def _lines_of(self, offsets: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.starts, offsets, side="right") - 1
@@ -122,69 +147,206 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
+def check_file(path: Path) -> None:
+    """InputError naming `path` unless it is a regular file this process can reach: missing,
+    a symbolic link loop, a folder on the way that cannot be searched, a directory..."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied (a folder on its path cannot be searched)") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InputError(f"{path}: symbolic link loop (a link on its path points back to itself)") from None
+        if error.errno == errno.ENOTDIR:
+            raise InputError(f"{path}: no such file (a part of its path is not a folder)") from None
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path} is not a regular file")
+
+
+class _Stream(Protocol):
+    def read(self, size: int) -> bytes: ...
+
+
+class GzipError(Exception):
+    """The compressed stream is corrupt or ends early; the message says where."""
+
+
+class _Gunzip:
+    """A gzip file's decompressed bytes (all members), read block by block with zlib so that
+    no call decompresses more than it returns. Bytes decompressed before an error are
+    returned first; the GzipError (naming the compressed offset) comes with the next read."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self._input = b""  # compressed bytes read but not yet decompressed
+        self._read = 0  # compressed bytes read from the file
+        self._member: zlib._Decompress | None = None
+        self._error: GzipError | None = None
+
+    @property
+    def consumed(self) -> int:
+        """Compressed bytes decompressed so far."""
+        return self._read - len(self._input)
+
+    def read(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        have = 0
+        while have < size and self._error is None:
+            try:
+                part = self._next(size - have)
+            except GzipError as error:
+                self._error = error
+                break
+            if part is None:
+                break
+            parts.append(part)
+            have += len(part)
+        if not have and self._error is not None:
+            raise self._error
+        return b"".join(parts)
+
+    def _next(self, size: int) -> bytes | None:
+        """Up to `size` decompressed bytes (possibly none); None at the clean end of the file."""
+        if not self._input:
+            self._input = self._handle.read(GZIP_BLOCK)
+            self._read += len(self._input)
+            if not self._input:
+                if self._member is not None:
+                    raise GzipError(f"truncated gzip: the compressed data ends at byte {self._read:,} mid-stream")
+                return None
+        if self._member is None:
+            self._member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = self._member.decompress(self._input, size)
+        except zlib.error as error:
+            at = self._read - len(self._input)
+            raise GzipError(f"corrupt gzip data at or after compressed byte {at:,} ({error})") from None
+        if self._member.eof:
+            self._input, self._member = self._member.unused_data, None
+        else:
+            self._input = self._member.unconsumed_tail
+        return out
+
+
 @contextlib.contextmanager
-def open_raw(path: Path) -> Iterator[IO[bytes]]:
+def open_raw(path: Path) -> Iterator[_Stream]:
     """The file's bytes, decompressed when its name ends in `.gz`.
 
-    Raises InputError naming the file when it is missing, a directory, empty or unreadable.
+    Raises InputError naming the file when it is missing, a directory or unreadable.
     """
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if not path.is_file():
-        raise InputError(f"{path} is not a regular file")
+    check_file(path)
     try:
         handle = path.open("rb")
     except OSError as error:
         raise InputError(f"{path}: cannot open ({error.strerror})") from None
     with handle:
-        if path.suffix == ".gz":
-            with gzip.GzipFile(fileobj=handle, mode="rb") as stream:
-                yield stream
-        else:
-            yield handle
+        yield _Gunzip(handle) if path.suffix == ".gz" else handle
 
 
-def iter_line_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[LineChunk]:
-    """The file's lines in order, in chunks of about `chunk_bytes` (one long line may exceed it).
+def iter_blocks(
+    path: Path, limits: ReadLimits, block_bytes: int = CHUNK_BYTES, where: Callable[[int], str] | None = None
+) -> Iterator[bytes]:
+    """The file's (decompressed) bytes in order, in blocks of at most `block_bytes`.
 
-    Raises InputError naming the file (and the last good line) for an empty file or a
-    corrupt or truncated gzip stream.
+    Raises InputError naming the file when it cannot be opened, for a corrupt or truncated
+    gzip stream (saying where: `where(decompressed bytes so far)`, by default that offset)
+    and past `limits.max_file_bytes`.
     """
+    total = 0
     with open_raw(path) as stream:
-        carry, first_line = b"", 1
         while True:
             try:
-                block = stream.read(chunk_bytes)
-            except (EOFError, OSError, zlib.error) as error:
-                last = first_line - 1 + carry.count(b"\n")
-                raise InputError(f"{path}: corrupt or truncated gzip after line {last} ({error})") from None
-            data = carry + block if carry else block
+                block = stream.read(block_bytes)
+            except (GzipError, OSError) as error:
+                at = where(total) if where else f"decompressed byte {total:,}"
+                raise InputError(f"{path}: {error}, {at}") from None
             if not block:
-                if first_line == 1 and not data:
-                    raise InputError(f"{path} is empty")
-                if data:
-                    yield _chunk(str(path), data, first_line, len(data))
                 return
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                carry = data
-                continue
-            chunk = _chunk(str(path), data, first_line, cut)
+            total += len(block)
+            if total > limits.max_file_bytes:
+                raise InputError(
+                    f"{path}: more than {limits.max_file_bytes:,} bytes (decompressed), the per-file limit "
+                    "CLICKSTREAM_MAX_FILE_BYTES; split the file or raise the limit"
+                )
+            if isinstance(stream, _Gunzip) and total > max(GZIP_FREE_BYTES, limits.max_gzip_ratio * stream.consumed):
+                raise InputError(
+                    f"{path}: {stream.consumed:,} compressed bytes gave {total:,}, more than {limits.max_gzip_ratio} "
+                    "times as many, the limit CLICKSTREAM_MAX_GZIP_RATIO: a gzip bomb? raise it if the file is genuine"
+                )
+            yield block
+
+
+def iter_line_chunks(
+    path: Path, chunk_bytes: int = CHUNK_BYTES, limits: ReadLimits = ReadLimits()
+) -> Iterator[LineChunk]:
+    """The file's lines in order, in chunks of at most `chunk_bytes` (or one whole line) and
+    `CHUNK_LINES` lines.
+
+    Raises InputError naming the file for an empty file, a corrupt or truncated gzip stream
+    (with the last whole line and the decompressed offset before the damage), a line longer
+    than `limits.max_line_bytes` or a file past its decompressed size limit (`iter_blocks`).
+    """
+    carry, first_line = b"", 1
+
+    def where(total: int) -> str:
+        last = first_line - 1 + carry.count(b"\n")
+        return f"after line {last:,} (decompressed byte {total:,})"
+
+    bom_checked = False
+    for block in iter_blocks(path, limits, chunk_bytes, where):
+        carry = carry + block if carry else block
+        if not bom_checked and len(carry) >= len(BOM):
+            carry, bom_checked = carry.removeprefix(BOM), True
+        while cut := _cut(carry):
+            chunk = _chunk(str(path), carry, first_line, cut, limits)
             yield chunk
             first_line += len(chunk)
-            carry = data[cut:]
+            carry = carry[cut:]
+        if len(carry) > limits.max_line_bytes:
+            raise _too_long(str(path), first_line, limits)
+    if first_line == 1 and not carry:
+        raise InputError(f"{path} is empty")
+    if carry:
+        yield _chunk(str(path), carry, first_line, len(carry), limits)
 
 
-def _chunk(file: str, data: bytes, first_line: int, size: int) -> LineChunk:
+def _cut(data: bytes) -> int:
+    """Bytes from the start of `data` to the end of its last whole line, or of its CHUNK_LINES-th
+    line when it holds more (found 1 MiB at a time, so that no index of every line is built)."""
+    if data.count(b"\n") <= CHUNK_LINES:
+        return data.rfind(b"\n") + 1
+    raw, seen, step = np.frombuffer(data, dtype=np.uint8), 0, 1 << 20
+    for start in range(0, len(raw), step):
+        newlines = np.flatnonzero(raw[start : start + step] == 10)
+        if seen + len(newlines) >= CHUNK_LINES:
+            return start + int(newlines[CHUNK_LINES - seen - 1]) + 1
+        seen += len(newlines)
+    raise AssertionError("unreachable: the count found more newlines")
+
+
+def _chunk(file: str, data: bytes, first_line: int, size: int, limits: ReadLimits) -> LineChunk:
+    """The lines of `data[:size]` (at most CHUNK_LINES of them)."""
     raw = np.frombuffer(data, dtype=np.uint8, count=size)
     newlines = np.flatnonzero(raw == 10)
     starts = np.concatenate(([0], newlines + 1))
     ends = np.append(newlines, size)
     if starts[-1] == size:  # the chunk ends with "\n": no line after it
         starts, ends = starts[:-1], ends[:-1]
+    longest = int(np.argmax(ends - starts))
+    if ends[longest] - starts[longest] > limits.max_line_bytes:
+        raise _too_long(file, first_line + longest, limits)
     has_cr = (ends > starts) & (raw[np.maximum(ends - 1, 0)] == 13)
-    ends = ends - has_cr
-    return LineChunk(file, data[:size], first_line, starts.astype(np.int64), ends.astype(np.int64))
+    return LineChunk(file, data[:size] if size < len(data) else data, first_line, starts, ends - has_cr)
+
+
+def _too_long(file: str, line: int, limits: ReadLimits) -> InputError:
+    return InputError(
+        f"{file}: line {line:,} is longer than {limits.max_line_bytes:,} bytes, the per-line limit "
+        "CLICKSTREAM_MAX_LINE_BYTES (a file without line breaks, or the wrong file?)"
+    )
 
 
 @dataclass(frozen=True)
@@ -206,7 +368,8 @@ def split_fields(chunk: LineChunk, names: list[str], *, quoted: bool = False, he
     """
     codes = chunk.problems()
     raw = np.frombuffer(chunk.data, dtype=np.uint8)
-    commas = np.bincount(chunk._lines_of(np.flatnonzero(raw == 44)), minlength=len(chunk))
+    before = np.searchsorted(np.flatnonzero(raw == 44), chunk.starts)  # commas before each line's start
+    commas = np.diff(before, append=np.count_nonzero(raw == 44))
     codes[(codes == OK) & (commas + 1 != len(names))] = COLUMNS
     in_file = np.ones(len(chunk), dtype=bool)
     if header:
@@ -241,7 +404,9 @@ def _split_quoted(
     chunk: LineChunk, index: np.ndarray, schema: dict[str, pl.DataType]
 ) -> tuple[pl.DataFrame, np.ndarray]:
 
-    fields = [next(csv.reader([line]), []) for line in chunk.text(index)]
+    keep = np.zeros(len(chunk), dtype=bool)
+    keep[index] = True
+    fields = [next(csv.reader([line]), []) for line in chunk.texts(keep).to_list()]
     good = np.array([len(row) == len(schema) for row in fields], dtype=bool)
     columns = list(zip(*[row for row, ok in zip(fields, good, strict=True) if ok], strict=True)) or [()] * len(schema)
     rows = pl.DataFrame(

@@ -17,18 +17,26 @@ from clickstream.pipeline.ingest.raw_fields import (
     ParsedChunk,
     TimeWindow,
     epoch_ms_timestamp,
+    file_by_file,
     is_numeric_id,
     raw,
     validate_lines,
 )
-from clickstream.pipeline.ingest.raw_files import iter_line_chunks, split_fields
+from clickstream.pipeline.ingest.raw_files import ReadLimits, iter_line_chunks, split_fields
 
 SOURCE = "retailrocket"
 HEADER = ["timestamp", "visitorid", "event", "itemid", "transactionid"]
 EVENT_NAMES = {"view": "view", "addtocart": "add_to_cart", "transaction": "purchase"}
 
 
-def read_retailrocket(path: Path, window: TimeWindow) -> Iterator[ParsedChunk]:
+def read_batch(
+    files: list[Path], buys: list[Path], window: TimeWindow, limits: ReadLimits
+) -> Iterator[tuple[Path, ParsedChunk]]:
+    """Retailrocket events files, file by file (a BatchReader of `formats.FORMATS`)."""
+    return file_by_file(read_retailrocket, files, window, limits)
+
+
+def read_retailrocket(path: Path, window: TimeWindow, limits: ReadLimits = ReadLimits()) -> Iterator[ParsedChunk]:
     """A Retailrocket events file as canonical events, chunk by chunk in file order."""
     values = {
         "cookie_id": raw("visitorid"),
@@ -46,7 +54,7 @@ def read_retailrocket(path: Path, window: TimeWindow) -> Iterator[ParsedChunk]:
         (raw("itemid").is_null(), "missing itemid"),
         (~is_numeric_id(raw("itemid")), "unparsable itemid"),
     ]
-    for chunk in iter_line_chunks(path):
+    for chunk in iter_line_chunks(path, limits=limits):
         if chunk.first_line == 1 and (names := chunk.header()) != HEADER:
             raise InputError(f"{path}: header is {','.join(names)[:200]!r}, expected {','.join(HEADER)!r}")
         split = split_fields(chunk, HEADER, header=chunk.first_line == 1)

@@ -10,6 +10,7 @@ digits; price and quantity 0 mean unknown and become null.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import polars as pl
 from clickstream.pipeline.ingest.raw_fields import (
     ParsedChunk,
     TimeWindow,
+    file_by_file,
     is_bad_optional,
     is_numeric_id,
     is_zero,
@@ -27,18 +29,31 @@ from clickstream.pipeline.ingest.raw_fields import (
     validate_lines,
     zulu_timestamp,
 )
-from clickstream.pipeline.ingest.raw_files import iter_line_chunks, split_fields
+from clickstream.pipeline.ingest.raw_files import ReadLimits, iter_line_chunks, split_fields
 
 SOURCE = "yoochoose"
 CLICK_FIELDS = ["session_id", "timestamp", "item_id", "category"]
 BUY_FIELDS = ["session_id", "timestamp", "item_id", "price", "quantity"]
 CATEGORY = r"^(S|[0-9]|1[0-2]|[0-9]{8,10})$"
 HEADER_LIKE = r"^[A-Za-z_ ]+$"
+HEADER = "header line in a headerless file"
+NAMING_ONLY = frozenset({HEADER})  # a header line has no numeric session_id either: see validate()
 
 
-def read_clicks(path: Path, window: TimeWindow, *, labelled: bool) -> Iterator[ParsedChunk]:
+def read_batch(
+    files: list[Path], buys: list[Path], window: TimeWindow, limits: ReadLimits
+) -> Iterator[tuple[Path, ParsedChunk]]:
+    """Clicks files, then buys files (a BatchReader of `formats.FORMATS`); clicks are labelled
+    when buys are given."""
+    yield from file_by_file(functools.partial(read_clicks, labelled=bool(buys)), files, window, limits)
+    yield from file_by_file(read_buys, buys, window, limits)
+
+
+def read_clicks(
+    path: Path, window: TimeWindow, limits: ReadLimits = ReadLimits(), *, labelled: bool
+) -> Iterator[ParsedChunk]:
     """A clicks file as `view` events, chunk by chunk in file order."""
-    for chunk in iter_line_chunks(path):
+    for chunk in iter_line_chunks(path, limits=limits):
         split = split_fields(chunk, CLICK_FIELDS)
         values = {**_common_values(), "event_type": pl.lit("view"), "category": raw("category")}
         checks = [
@@ -46,12 +61,12 @@ def read_clicks(path: Path, window: TimeWindow, *, labelled: bool) -> Iterator[P
             (raw("category").is_null(), "missing category"),
             (~raw("category").str.contains(CATEGORY), "unparsable category"),
         ]
-        yield validate_lines(chunk, split, values, checks, source=SOURCE, labelled=labelled)
+        yield validate_lines(chunk, split, values, checks, source=SOURCE, labelled=labelled, naming_only=NAMING_ONLY)
 
 
-def read_buys(path: Path, window: TimeWindow) -> Iterator[ParsedChunk]:
+def read_buys(path: Path, window: TimeWindow, limits: ReadLimits = ReadLimits()) -> Iterator[ParsedChunk]:
     """A buys file as `purchase` events with price and quantity, chunk by chunk in file order."""
-    for chunk in iter_line_chunks(path):
+    for chunk in iter_line_chunks(path, limits=limits):
         split = split_fields(chunk, BUY_FIELDS)
         values = {
             **_common_values(),
@@ -64,7 +79,7 @@ def read_buys(path: Path, window: TimeWindow) -> Iterator[ParsedChunk]:
             (is_bad_optional(raw("price"), pl.col("price"), is_zero(raw("price"))), "unparsable price"),
             (is_bad_optional(raw("quantity"), pl.col("quantity"), is_zero(raw("quantity"))), "unparsable quantity"),
         ]
-        yield validate_lines(chunk, split, values, checks, source=SOURCE, labelled=True)
+        yield validate_lines(chunk, split, values, checks, source=SOURCE, labelled=True, naming_only=NAMING_ONLY)
 
 
 def _common_values() -> dict[str, pl.Expr]:
@@ -74,7 +89,7 @@ def _common_values() -> dict[str, pl.Expr]:
 def _common_checks(fields: list[str], window: TimeWindow) -> list[tuple[pl.Expr, str]]:
     header = pl.all_horizontal(raw(name).str.contains(HEADER_LIKE) for name in fields)
     return [
-        (header, "header line in a headerless file"),
+        (header, HEADER),
         (raw("session_id").is_null(), "missing session_id"),
         (~is_numeric_id(raw("session_id")), "unparsable session_id"),
         (raw("timestamp").is_null(), "missing timestamp"),

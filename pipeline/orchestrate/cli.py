@@ -18,6 +18,7 @@ import typer
 
 from clickstream.pipeline.core.config import Settings, load_settings
 from clickstream.pipeline.core.errors import ClickstreamError
+from clickstream.pipeline.ingest.formats import FORMATS, GENERATED
 
 app = typer.Typer(
     name="clickstream",
@@ -35,15 +36,8 @@ StartOpt = Annotated[str | None, typer.Option("--start", help="First date, YYYY-
 EndOpt = Annotated[str | None, typer.Option("--end", help="Last date, YYYY-MM-DD (inclusive).")]
 
 
-class RawFormat(StrEnum):
-    yoochoose = "yoochoose"
-    events = "events"
-    retailrocket = "retailrocket"
-
-
-class GenerateFormat(StrEnum):
-    yoochoose = "yoochoose"
-    events = "events"
+RawFormat = StrEnum("RawFormat", {name: name for name in FORMATS})  # --format choices: the registry's
+GenerateFormat = StrEnum("GenerateFormat", {name: name for name in GENERATED})
 
 
 class Device(StrEnum):
@@ -86,7 +80,7 @@ def generate(
     days: Annotated[int, typer.Option(min=1, help="Days the sessions spread over.")] = 7,
     start_date: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2014-04-01",
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
-    format: Annotated[GenerateFormat, typer.Option("--format", help="Output format.")] = GenerateFormat.yoochoose,
+    format: Annotated[GenerateFormat, typer.Option("--format", help="Output format.")] = GenerateFormat("yoochoose"),
     lake: LakeOpt = None,
 ) -> None:
     """Write synthetic logs with YOOCHOOSE's statistics and a known buying signal."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
+from clickstream.pipeline.ingest.formats import FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,10 @@ def training_window(day: dt.date, window_days: int) -> tuple[dt.date, dt.date]:
 
 
 # ---- landing -> events -> sequences ----------------------------------------------------------
-_YOOCHOOSE_CLICKS = "*clicks*.dat*"
-_YOOCHOOSE_BUYS = "*buys*.dat*"
-_EVENT_LOGS = ("events*.jsonl*", "events*.json*", "events*.csv*", "events*.parquet")
-
-
 def find_landing(settings: Settings, day: dt.date) -> dict[str, Any]:
-    """The raw files of `<landing>/YYYY-MM-DD/`, sorted by name: YOOCHOOSE clicks and buys, or cookie
-    event logs named `events*`. Other files there (e.g. the generator's truth.parquet) are ignored.
+    """The raw files of `<landing>/YYYY-MM-DD/`, sorted by name, of the first format of the registry
+    (`clickstream.pipeline.ingest.formats`) whose landing names match: YOOCHOOSE clicks and buys, or
+    cookie event logs named `events*`. Other files there (e.g. the generator's truth.parquet) are ignored.
 
     Raises NoDataError (the DAG skips the run) when the folder is missing or holds no raw log.
     """
@@ -96,12 +93,10 @@ def find_landing(settings: Settings, day: dt.date) -> dict[str, Any]:
         found = {p for pattern in patterns for p in folder.glob(pattern) if p.is_file() and not p.name.startswith(".")}
         return sorted(str(p) for p in found)
 
-    clicks, buys = matching(_YOOCHOOSE_CLICKS), matching(_YOOCHOOSE_BUYS)
-    if clicks:
-        return {"day": day.isoformat(), "format": "yoochoose", "files": clicks, "buys": buys}
-    events = matching(*_EVENT_LOGS)
-    if events:
-        return {"day": day.isoformat(), "format": "events", "files": events, "buys": []}
+    for fmt in FORMATS.values():
+        files = matching(*fmt.landing) if fmt.landing else []
+        if files:
+            return {"day": day.isoformat(), "format": fmt.name, "files": files, "buys": matching(*fmt.landing_buys)}
     raise NoDataError(f"no landing files for {day} in {folder}: nothing to ingest, the run is skipped")
 
 

@@ -67,6 +67,7 @@ import polars as pl
 
 from clickstream.pipeline.core.errors import ClickstreamError
 from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.ingest.formats import GENERATED
 from clickstream.pipeline.synthetic.sessions import (
     DAY_MS,
     Catalogue,
@@ -78,7 +79,6 @@ from clickstream.pipeline.synthetic.sessions import (
     simulate_clicks,
 )
 
-FORMATS = ("yoochoose", "events")
 CLICKS_FILE = "yoochoose-clicks.dat"
 BUYS_FILE = "yoochoose-buys.dat"
 EVENTS_FILE = "events.csv"
@@ -128,8 +128,8 @@ def generate_logs(
     timestamp falls on that day (a session crossing midnight spans two folders; its truth row
     is in the folder of its start). Files are replaced atomically; same arguments, same bytes.
     """
-    if fmt not in FORMATS:
-        raise ClickstreamError(f"unknown generate format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt not in GENERATED:
+        raise ClickstreamError(f"unknown generate format {fmt!r}; expected one of {', '.join(GENERATED)}")
     if sessions < 1 or days < 1 or seed < 0:
         raise ClickstreamError("generate needs sessions >= 1, days >= 1 and seed >= 0")
     if -(-sessions // days) >= IDS_PER_DAY:

@@ -3,9 +3,13 @@ them must give, either a one-line InputError naming the file, or quarantine reas
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
+import io
 import json
 from dataclasses import dataclass, field
+
+import polars as pl
 
 CLICK = "1,2014-04-07T10:51:09.277Z,214536502,0\n"
 GOOD = "".join(f"{s},2014-04-07T10:{s % 60:02d}:09.277Z,21453650{s % 7},{s % 12}\n" for s in range(1, 200))
@@ -28,6 +32,21 @@ def _big_session() -> bytes:
             for i in range(100_000))
     return "".join(rows).encode()
 
+
+def _parquet(**columns: pl.Series) -> bytes:
+    """An event log as Parquet: two good rows' columns, then `columns` replacing or adding some."""
+    frame = pl.DataFrame({k: [v, v] for k, v in EVENT.items()}).with_columns(**columns)
+    out = io.BytesIO()
+    frame.write_parquet(out)
+    return out.getvalue()
+
+
+CSV_EVENTS = "cookie_id,ts,event_type,item_id\r\nc1,2014-04-07T10:00:00Z,view,i1\r\nc2,2014-04-07T10:00:00Z,view,i2\r\n"
+JSON_BAD_IDS = [{**EVENT, "cookie_id": 1.5}, {**EVENT, "item_id": True}, {**EVENT, "cookie_id": {"a": 1}}] + [
+    {**EVENT, "item_id": n} for n in range(60)
+]
+
+MANY_EVENTS = "".join(json.dumps({**EVENT, "item_id": n}) + "\n" for n in range(60)).encode()
 
 CASES = [
     Case("truncated gzip", "yoochoose", {"c.dat.gz": gzip.compress(GOOD.encode() * 50)[:-40]}, error="truncated gzip"),
@@ -67,4 +86,23 @@ CASES = [
          {"e.jsonl": (json.dumps(EVENT) + "\n").encode(), "clicks.dat": GOOD.encode()},
          error="cannot tell the event-log format"),
     Case("YOOCHOOSE file given as events CSV", "events", {"e.csv": GOOD.encode()}, error="no column"),
+    Case("byte-order mark before an events CSV header", "events", {"e.csv": b"\xef\xbb\xbf" + CSV_EVENTS.encode()}),
+    Case("byte-order mark before YOOCHOOSE clicks", "yoochoose", {"c.dat": b"\xef\xbb\xbf" + GOOD.encode()}),
+    Case("JSON ids that are floats, booleans or objects", "events",
+         {"e.jsonl": "".join(json.dumps(o) + "\n" for o in JSON_BAD_IDS).encode()},
+         reasons=frozenset({"cookie_id is not a string or an integer", "item_id is not a string or an integer"})),
+    Case("Parquet ts that is a duration", "events", {"e.parquet": _parquet(ts=pl.Series([dt.timedelta(1)] * 2))},
+         error="none of its 2 rows .*unparsable ts"),
+    Case("Parquet ts that is a time of day", "events", {"e.parquet": _parquet(ts=pl.Series([dt.time(10)] * 2))},
+         error="none of its 2 rows .*unparsable ts"),
+    Case("Parquet id of non-UTF-8 bytes", "events",
+         {"e.parquet": _parquet(cookie_id=pl.Series([b"c1", b"\xff\xfe"])), "f.jsonl": MANY_EVENTS},
+         reasons=frozenset({"non-UTF-8 bytes"})),
+    Case("Parquet with an unused nested column", "events",
+         {"e.parquet": _parquet(context=pl.Series([{"page": [1, 2]}, {"page": []}]))}, duplicates=1),
+    Case("Parquet with a float id column", "events", {"e.parquet": _parquet(item_id=pl.Series([1.0, 2.0]))},
+         error="none of its 2 rows .*item_id is not a string or an integer"),
+    Case("gzip truncated after many lines", "yoochoose", {"c.dat.gz": gzip.compress(GOOD.encode() * 400)[:-5000]},
+         error=r"truncated gzip.* after line [1-9]"),
+    Case("a file without line breaks", "yoochoose", {"c.dat": b"1," * (1 << 20)}, error="per-line limit"),
 ]
