@@ -314,10 +314,14 @@ def _shuffled_within_sessions(clicks: Clicks, seed: int) -> Clicks:
 
 
 @pytest.mark.parametrize(("name", "order_matters"), [("counts", 0.0), ("order", 0.5), ("appeal", 0.3)])
-def test_given_a_world_when_clicks_are_shuffled_then_p_buy_moves_as_its_rule_says(name: str, order_matters: float) -> None:
+def test_given_a_world_when_clicks_are_shuffled_then_p_buy_moves_as_its_rule_says(
+    name: str, order_matters: float
+) -> None:
     """counts reads no order (only the dwell on each position moves with the items); order reads it most."""
     world = WORLDS[name]
-    catalogue = make_catalogue(np.random.default_rng(3), 2_000, category_scale=world.category_scale, item_sd=world.item_sd)
+    catalogue = make_catalogue(
+        np.random.default_rng(3), 2_000, category_scale=world.category_scale, item_sd=world.item_sd
+    )
     clicks = simulate_clicks(np.random.default_rng(4), catalogue, np.zeros(5_000, dtype=np.int64), world)
     shuffled = _shuffled_within_sessions(clicks, 5)
     before, after = buy_probability(clicks, catalogue, world), buy_probability(shuffled, catalogue, world)

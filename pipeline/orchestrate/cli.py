@@ -87,9 +87,7 @@ def generate(
     start_date: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2014-04-01",
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
     format: Annotated[GenerateFormat, typer.Option("--format", help="Output format.")] = GenerateFormat.yoochoose,
-    world: Annotated[
-        str, typer.Option(help="Shoppers and buying rule: default, counts, appeal or order.")
-    ] = "default",
+    world: Annotated[str, typer.Option(help="Shoppers and buying rule: default, counts, appeal or order.")] = "default",
     lake: LakeOpt = None,
 ) -> None:
     """Write synthetic logs with YOOCHOOSE's statistics and a known buying signal."""
@@ -98,9 +96,7 @@ def generate(
     from clickstream.pipeline.synthetic.generate import generate_logs
 
     _done(
-        generate_logs(
-            out_dir, sessions=sessions, days=days, start_date=start, seed=seed, fmt=format.value, world=world
-        )
+        generate_logs(out_dir, sessions=sessions, days=days, start_date=start, seed=seed, fmt=format.value, world=world)
     )
 
 

@@ -252,9 +252,7 @@ def _simulate_buys(rng: np.random.Generator, clicks: Clicks, catalogue: Catalogu
     return _Buys(session=session, item=item, ts_ms=ts_ms, price=price, quantity=quantity)
 
 
-def _write_yoochoose(
-    writer: _LandingWriter, catalogue: Catalogue, ids: np.ndarray, clicks: Clicks, buys: _Buys
-) -> int:
+def _write_yoochoose(writer: _LandingWriter, catalogue: Catalogue, ids: np.ndarray, clicks: Clicks, buys: _Buys) -> int:
 
     session = np.repeat(np.arange(len(ids)), clicks.lengths)
     click_frame = pl.DataFrame(

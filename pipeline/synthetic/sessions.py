@@ -35,8 +35,32 @@ W_LINGER = 0.3  # * clip(ln(gap before the last click / 40 s), -2, 2)
 LAST_LOOK_S = 10.0  # the dwell the interest update assumes for the last click
 
 _HOUR_WEIGHTS = np.array(
-    [2.0, 1.2, 0.8, 0.6, 0.6, 0.8, 1.5, 2.5, 3.5, 4.0, 4.2, 4.3,
-     4.5, 4.3, 4.2, 4.3, 4.5, 4.8, 5.5, 6.3, 6.8, 6.5, 5.0, 3.3]
+    [
+        2.0,
+        1.2,
+        0.8,
+        0.6,
+        0.6,
+        0.8,
+        1.5,
+        2.5,
+        3.5,
+        4.0,
+        4.2,
+        4.3,
+        4.5,
+        4.3,
+        4.2,
+        4.3,
+        4.5,
+        4.8,
+        5.5,
+        6.3,
+        6.8,
+        6.5,
+        5.0,
+        3.3,
+    ]
 )  # relative session starts per UTC hour
 DAY_MS = 86_400_000
 POPULARITY_TABLE = 1 << 20
@@ -246,7 +270,6 @@ def _default_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
     )
 
 
-
 def _layout(clicks: Clicks) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
     """(lengths, sessions, session of each click, last click of each session, clicks after each click)."""
     lengths = np.diff(clicks.offsets)
@@ -360,8 +383,14 @@ WORLDS: dict[str, World] = {
         DEFAULT_WORLD,
         World("counts", _counts_logit, mean_short=4.5, tail_share=0.2, tail_exponent=1.1, items_per_root=8.0),
         World(
-            "appeal", _appeal_logit, mean_short=2.2, tail_share=0.1, tail_exponent=1.4,
-            items_per_root=24.0, category_scale=0.4, item_sd=0.9,
+            "appeal",
+            _appeal_logit,
+            mean_short=2.2,
+            tail_share=0.1,
+            tail_exponent=1.4,
+            items_per_root=24.0,
+            category_scale=0.4,
+            item_sd=0.9,
         ),
         World("order", _order_logit, mean_short=3.5, tail_share=0.2, tail_exponent=1.0, items_per_root=12.0),
     )
