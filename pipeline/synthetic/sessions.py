@@ -35,32 +35,8 @@ W_LINGER = 0.3  # * clip(ln(gap before the last click / 40 s), -2, 2)
 LAST_LOOK_S = 10.0  # the dwell the interest update assumes for the last click
 
 _HOUR_WEIGHTS = np.array(
-    [
-        2.0,
-        1.2,
-        0.8,
-        0.6,
-        0.6,
-        0.8,
-        1.5,
-        2.5,
-        3.5,
-        4.0,
-        4.2,
-        4.3,
-        4.5,
-        4.3,
-        4.2,
-        4.3,
-        4.5,
-        4.8,
-        5.5,
-        6.3,
-        6.8,
-        6.5,
-        5.0,
-        3.3,
-    ]
+    [2.0, 1.2, 0.8, 0.6, 0.6, 0.8, 1.5, 2.5, 3.5, 4.0, 4.2, 4.3,
+     4.5, 4.3, 4.2, 4.3, 4.5, 4.8, 5.5, 6.3, 6.8, 6.5, 5.0, 3.3]
 )  # relative session starts per UTC hour
 DAY_MS = 86_400_000
 POPULARITY_TABLE = 1 << 20
