@@ -83,7 +83,7 @@ def test_given_an_empty_session_then_it_scores_from_a_zero_state_and_leaves_the_
         logits = model(batch)
         others = model(batch.select(torch.tensor([1, 3])))
     torch.testing.assert_close(logits[[1, 3]], others)
-    expected = model.head.bias.expand(2)
+    expected = model.head(torch.zeros(2, model.head[0].in_features)).squeeze(-1)
     torch.testing.assert_close(logits[[0, 2]], expected)
 
 

@@ -23,8 +23,9 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import fsspec
 import polars as pl
@@ -130,20 +131,32 @@ class Lake:
 
     def write_file(self, path: str, frame: pl.DataFrame) -> str:
         """Write `frame` to a temporary name beside `path`, then move it into place."""
+        return self._write_atomically(path, lambda handle: frame.write_parquet(handle, statistics=True))
+
+    def write_bytes(self, path: str, data: bytes) -> str:
+        """Replace the file at `path` with `data` atomically: readers see the old or the new content."""
+        return self._write_atomically(path, lambda handle: handle.write(data))
+
+    def config_file(self, name: str) -> str:
+        """Path of a settings file kept with the lake's data, `<lake>/_config/<name>`."""
+        return f"{self._path}/_config/{name}"
+
+    def _write_atomically(self, path: str, write: Callable[[BinaryIO], object]) -> str:
         parent = path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
             if self.is_local:
-                frame.write_parquet(tmp, statistics=True)
-                with open(tmp, "rb") as handle:
+                with open(tmp, "wb") as handle:
+                    write(handle)
+                    handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(tmp, path)
                 _fsync_dir(parent)  # the rename itself survives a power cut
                 _remove_abandoned_temporaries(path)
             else:
                 with self.fs.open(tmp, "wb") as handle:
-                    frame.write_parquet(handle, statistics=True)
+                    write(handle)
                 self.fs.mv(tmp, path)
         finally:
             if self.fs.exists(tmp):

@@ -150,6 +150,23 @@ def train(
 
 
 @app.command()
+def tune(
+    trials: Annotated[int, typer.Option(min=1, help="Trials to run at most.")] = 20,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Start no trial after this many seconds.")] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs per trial.")] = None,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    lake: LakeOpt = None,
+) -> None:
+    """Search model and training settings on the window's validation days; `train` uses the best."""
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    from clickstream.models.tuning import tune as run_tune
+
+    _done(run_tune(_settings(lake), first, last, trials=trials, timeout=timeout, epochs=epochs, device=device.value))
+
+
+@app.command()
 def score(
     start: StartOpt = None,
     end: EndOpt = None,
