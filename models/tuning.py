@@ -4,9 +4,9 @@ The window is split exactly as `train` splits it (the last `validation_days` day
 the vocabulary and tensors are built once and every trial fits a fresh model on them with
 `models.fit`. The objective is the best validation AUC over a trial's epochs; a trial whose
 per-epoch validation AUC falls below the median of earlier trials at the same epoch is pruned
-(Optuna's MedianPruner, after 2 complete trials and 1 epoch). The first trial always runs the
-current settings, so the result is never worse than them on these days. Trials run until
-`trials` have run or `timeout` seconds have passed (checked between trials).
+(Optuna's MedianPruner, once 2 trials have completed, from a trial's first epoch on). The first
+trial always runs the current settings, so the result is never worse than them on these days.
+Trials run until `trials` have run or `timeout` seconds have passed (checked between trials).
 
 Every trial is a nested MLflow run (its settings as params, per-epoch `epoch_val_auc`, its
 state as a tag) under one parent run "tune <window>" that holds the best settings. The best
