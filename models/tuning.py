@@ -4,8 +4,9 @@ The window is split exactly as `train` splits it (the last `validation_days` day
 the vocabulary and tensors are built once and every trial fits a fresh model on them with
 `models.fit`. The objective is the best validation AUC over a trial's epochs; a trial whose
 per-epoch validation AUC falls below the median of earlier trials at the same epoch is pruned
-(Optuna's MedianPruner, once 2 trials have completed, from a trial's first epoch on). The first
-trial always runs the current settings, so the result is never worse than them on these days.
+(Optuna's MedianPruner, once 2 trials have completed, from a trial's third epoch on: the first
+epochs' AUCs are too noisy to judge a setting by). The first trial always runs the current
+settings, so the result is never worse than them on these days.
 Trials run until `trials` have run or `timeout` seconds have passed (checked between trials).
 
 Every trial is a nested MLflow run (its settings as params, per-epoch `epoch_val_auc`, its
@@ -116,7 +117,7 @@ def tune(
     study = optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=config.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3),
     )
     study.enqueue_trial(_current(base, space), skip_if_exists=True)
     client = tracking_client(settings)
