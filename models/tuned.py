@@ -3,9 +3,10 @@
 `clickstream tune` writes the best model and training settings it found there (atomically);
 `train_challenger` (so `clickstream train` and the nightly DAG) reads them back on top of the
 defaults. The file carries the feature signature it was tuned for: a hash of the model's
-inputs (per-event and per-session features, event types, fixed categories) and of the
-sequence settings that shape them. Settings tuned for another signature are never applied:
-training then logs one warning line and keeps the defaults.
+inputs (features.tensors.feature_schema, the `feature_schema` tag of every registered version;
+the session inputs; the fixed categories) and of the sequence settings that shape them.
+Settings tuned for another signature are never applied: training then logs one warning line
+and keeps the defaults.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from clickstream.features.tensors import CONTINUOUS_FEATURES
+from clickstream.features.tensors import feature_schema
 from clickstream.features.vocabulary import FIXED_CATEGORIES
 from clickstream.models.lstm import SESSION_INPUTS
 from clickstream.pipeline.core.config import ModelConfig, Settings, TrainConfig
 from clickstream.pipeline.core.errors import ClickstreamError
 from clickstream.pipeline.core.lake import Lake
-from clickstream.pipeline.core.schemas import EVENT_TYPES
 
 TUNED_FILE = "training.json"
 TUNED_TRAIN_FIELDS = ("learning_rate", "weight_decay", "batch_size", "grad_clip")  # never epochs, seeds, days
@@ -47,9 +47,8 @@ class TunedSettings:
 def feature_signature(settings: Settings) -> str:
     """12 hex digits naming the feature schema a model is fitted on: equal inputs, equal signature."""
     schema = {
-        "continuous": CONTINUOUS_FEATURES,
+        "feature_schema": feature_schema(),  # the per-event inputs, as registered with every version
         "session_inputs": SESSION_INPUTS,
-        "event_types": list(EVENT_TYPES),
         "fixed_categories": FIXED_CATEGORIES,
         "sequences": dataclasses.asdict(settings.sequences),
     }

@@ -142,3 +142,14 @@ def test_given_a_pickled_and_reloaded_model_then_it_scores_identically():
     with torch.no_grad():
         assert torch.equal(reloaded(batch), model(batch))
 
+
+
+@settings(max_examples=15, deadline=None)
+@given(lengths=st.lists(st.integers(0, 12), min_size=1, max_size=10))
+def test_given_any_sessions_then_the_packed_path_equals_the_grouped_by_length_path(lengths):
+    """forward runs sessions grouped by length on the CPU and packed elsewhere: both give the same
+    final states, max over the steps and session sums (empty sessions included)."""
+    model, batch = tiny_model(), sessions(lengths)
+    with torch.no_grad():
+        for grouped, packed in zip(model._summary_by_length(batch), model._summary_packed(batch), strict=True):
+            torch.testing.assert_close(grouped, packed, atol=1e-5, rtol=1e-5)
