@@ -1,14 +1,17 @@
-"""Model quality on the generator's planted signal: LSTM vs LightGBM vs the truth.
+"""Model quality on the generator's planted signals: LSTM vs LightGBM vs the truth, per world.
 
-    python -m benchmarks.quality [--sessions N] [--days D] [--test-days T] [--epochs E] [--device auto|cpu|cuda]
+    python -m benchmarks.quality [--world W | --worlds all] [--sessions N] [--days D] [--test-days T]
+                                 [--epochs E] [--device auto|cpu|cuda] [--seed S]
                                  [--set train.batch_size=1024 --set model.dropout=0.3 ...]
 
-Generates N YOOCHOOSE sessions over D days (pipeline.synthetic.generate), runs the real stages
-(ingest, sequences), trains with `train_challenger` on the first D - T days (its last
-`validation_days` validate and early-stop), then scores the last T days, never seen in
-training or validation, with the registered LSTM, with the LightGBM baseline refitted on
-the same split, and with the generator's true probabilities (truth.parquet p_buy).
-Targets: LSTM test AUC > GBM test AUC, and within 0.03 of the truth's.
+For each world (pipeline.synthetic.sessions.WORLDS: default, counts, appeal, order) generates N
+YOOCHOOSE sessions over D days, runs the real stages (ingest, sequences), trains with
+`train_challenger` on the first D - T days (its last `validation_days` validate and
+early-stop), then scores the last T days, never seen in training or validation, with the
+registered LSTM, with the LightGBM baseline refitted on the same split, and with the
+generator's true probabilities (truth.parquet p_buy). Reports test AUC and expected
+calibration error (ECE) of each, and the validation AUCs the defaults are chosen on.
+Targets: LSTM test AUC above the GBM's in every world, within 0.02 of the truth's on average.
 """
 
 from __future__ import annotations
@@ -18,17 +21,44 @@ import dataclasses
 import datetime as dt
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from clickstream.models.evaluation import Evaluation
     from clickstream.pipeline.core.config import Settings
 
 START = dt.date(2014, 4, 1)
+HEADER = (
+    "| world | test sessions | LSTM AUC | GBM AUC | truth AUC | LSTM - GBM | truth - LSTM "
+    "| LSTM ECE | GBM ECE | truth ECE | val AUC LSTM / GBM | best epoch | train s |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
+)
+
+
+@dataclass(frozen=True)
+class WorldResult:
+    """One world's test scores and how training went."""
+
+    world: str
+    lstm: Evaluation
+    gbm: Evaluation
+    truth: Evaluation
+    val_auc: float
+    gbm_val_auc: float
+    best_epoch: int
+    test_sessions: int
+    seconds: float
 
 
 def main() -> None:
+    from clickstream.pipeline.synthetic.sessions import WORLDS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    worlds = parser.add_mutually_exclusive_group()
+    worlds.add_argument("--world", default="default", choices=list(WORLDS))
+    worlds.add_argument("--worlds", choices=["all"], help="every world, one table row each")
     parser.add_argument("--sessions", type=int, default=500_000)  # YOOCHOOSE volume: 50k a day
     parser.add_argument("--days", type=int, default=10)
     parser.add_argument("--test-days", type=int, default=2)
@@ -41,79 +71,93 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
 
+    from benchmarks.results import peak_rss_gb, record
+    from clickstream.pipeline.core.config import load_settings
+
+    names = list(WORLDS) if args.worlds else [args.world]
+    results, settings = [], None
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix=f"clickstream-quality-{name}-") as tmp:
+            settings = _with_overrides(load_settings(lake=str(Path(tmp) / "lake"), home=Path(tmp) / "state"), args.set)
+            results.append(run_world(settings, Path(tmp), name, args))
+            print(_row(results[-1]), flush=True)
+
+    assert settings is not None
+    epochs = args.epochs or settings.train.epochs
+    mean_gap = sum(r.truth.auc - r.lstm.auc for r in results) / len(results)
+    wins = sum(r.lstm.auc > r.gbm.auc for r in results)
+    body = f"""
+`python -m benchmarks.quality {'--worlds all' if args.worlds else f'--world {args.world}'} --sessions {args.sessions}`:
+per world {args.sessions:,} generated sessions over {args.days} days (seed {args.seed}); trained on the first
+{args.days - args.test_days} days (the last {settings.train.validation_days} of them validate and early-stop),
+tested on the last {args.test_days} days (never seen in training or validation).
+
+{HEADER}
+{chr(10).join(_row(r) for r in results)}
+
+**LSTM above GBM in {wins} of {len(results)} worlds; mean gap to truth {mean_gap:.4f}.**
+
+Model {settings.model}; training {dataclasses.asdict(dataclasses.replace(settings.train, epochs=epochs))}
+(device {args.device}). Peak RSS {peak_rss_gb():.1f} GiB.
+"""
+    section = "quality (worlds)" if args.worlds else f"quality ({args.world}, {args.sessions:,})"
+    record(section, body)
+    print(body)
+
+
+def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespace) -> WorldResult:
+    """Generate, ingest, build sequences, train and score one world in `root`."""
     import polars as pl
 
-    from benchmarks.results import peak_rss_gb, record
     from clickstream.features.sequences import build_sequences, read_sequences
     from clickstream.models.baseline import fit_baseline
     from clickstream.models.evaluation import evaluate
     from clickstream.models.scorer import load_scorer
     from clickstream.models.train import train_challenger
-    from clickstream.pipeline.core.config import load_settings
     from clickstream.pipeline.core.lake import Lake
     from clickstream.pipeline.ingest.ingest import ingest_files
     from clickstream.pipeline.synthetic.generate import generate_logs
 
-    with tempfile.TemporaryDirectory(prefix="clickstream-quality-") as tmp:
-        root = Path(tmp)
-        settings = load_settings(lake=str(root / "lake"), home=root / "state")
-        settings = _with_overrides(settings, args.set)
-        began = time.perf_counter()
-        raw = root / "raw"
-        generate_logs(raw, sessions=args.sessions, days=args.days, start_date=START, seed=args.seed)
-        ingest_files(settings, "yoochoose", [raw / "yoochoose-clicks.dat"], [raw / "yoochoose-buys.dat"])
-        build_sequences(settings, None, None)
-        prepared = time.perf_counter() - began
+    raw = root / "raw"
+    generate_logs(raw, sessions=args.sessions, days=args.days, start_date=START, seed=args.seed, world=world)
+    ingest_files(settings, "yoochoose", [raw / "yoochoose-clicks.dat"], [raw / "yoochoose-buys.dat"])
+    build_sequences(settings, None, None)
 
-        window_end = START + dt.timedelta(days=args.days - args.test_days - 1)
-        began = time.perf_counter()
-        summary = train_challenger(settings, START, window_end, epochs=args.epochs, device=args.device)
-        trained = time.perf_counter() - began
+    window_end = START + dt.timedelta(days=args.days - args.test_days - 1)
+    began = time.perf_counter()
+    summary = train_challenger(settings, START, window_end, epochs=args.epochs, device=args.device)
+    seconds = time.perf_counter() - began
 
-        lake = Lake(settings.lake)
-        labelled = pl.col("label").is_not_null()
-        train = read_sequences(lake, START, summary.validation[0] - dt.timedelta(days=1)).filter(labelled)
-        val = read_sequences(lake, *summary.validation).filter(labelled)
-        test = read_sequences(lake, window_end + dt.timedelta(days=1), None).filter(labelled)
-        truth = pl.read_parquet(raw / "truth.parquet").select("session_id", "p_buy")
-        test = test.join(truth, on="session_id", how="left").sort("session_start", "session_id")
-        missing_truth = test["p_buy"].null_count()
+    lake = Lake(settings.lake)
+    labelled = pl.col("label").is_not_null()
+    train = read_sequences(lake, START, summary.validation[0] - dt.timedelta(days=1)).filter(labelled)
+    val = read_sequences(lake, *summary.validation).filter(labelled)
+    test = read_sequences(lake, window_end + dt.timedelta(days=1), None).filter(labelled)
+    truth = pl.read_parquet(raw / "truth.parquet").select("session_id", "p_buy")
+    test = test.join(truth, on="session_id", how="left").sort("session_start", "session_id")
 
-        labels, lengths = test["label"].to_numpy(), test["n_events"].to_numpy()
-        scorer = load_scorer(settings, f"models:/{settings.model_name}/{summary.version}")
-        lstm = evaluate(labels, scorer.score(test), lengths)
-        gbm = evaluate(labels, fit_baseline(train, val, seed=settings.train.seed).predict(test), lengths)
-        oracle = evaluate(labels, test["p_buy"].fill_null(test["label"].mean()).to_numpy(), lengths)
-
-    model, config = settings.model, dataclasses.replace(settings.train, epochs=args.epochs or settings.train.epochs)
-    rows = [("LSTM (registered challenger)", lstm), ("LightGBM baseline, same split", gbm), ("truth p_buy", oracle)]
-    table = "\n".join(
-        f"| {name} | {e.auc:.4f} | {e.pr_auc:.4f} | {e.logloss:.4f} | {e.calibration_error:.4f} |" for name, e in rows
+    labels, lengths = test["label"].to_numpy(), test["n_events"].to_numpy()
+    scorer = load_scorer(settings, f"models:/{settings.model_name}/{summary.version}")
+    return WorldResult(
+        world=world,
+        lstm=evaluate(labels, scorer.score(test), lengths),
+        gbm=evaluate(labels, fit_baseline(train, val, seed=settings.train.seed).predict(test), lengths),
+        truth=evaluate(labels, test["p_buy"].fill_null(test["label"].mean()).to_numpy(), lengths),
+        val_auc=summary.val_auc,
+        gbm_val_auc=summary.gbm_val_auc,
+        best_epoch=summary.best_epoch,
+        test_sessions=test.height,
+        seconds=seconds,
     )
-    buckets = " / ".join(f"{k} {v:.3f}" for k, v in lstm.auc_by_length.items())
-    verdict = (
-        f"LSTM {'beats' if lstm.auc > gbm.auc else 'does NOT beat'} GBM by {lstm.auc - gbm.auc:+.4f}; "
-        f"gap to truth {oracle.auc - lstm.auc:.4f} ({'within' if oracle.auc - lstm.auc <= 0.03 else 'NOT within'} 0.03)"
+
+
+def _row(r: WorldResult) -> str:
+    return (
+        f"| {r.world} | {r.test_sessions:,} | {r.lstm.auc:.4f} | {r.gbm.auc:.4f} | {r.truth.auc:.4f} | "
+        f"{r.lstm.auc - r.gbm.auc:+.4f} | {r.truth.auc - r.lstm.auc:.4f} | {r.lstm.calibration_error:.4f} | "
+        f"{r.gbm.calibration_error:.4f} | {r.truth.calibration_error:.4f} | {r.val_auc:.4f} / {r.gbm_val_auc:.4f} | "
+        f"{r.best_epoch} | {r.seconds:.0f} |"
     )
-    body = f"""
-{args.sessions:,} generated sessions over {args.days} days (seed {args.seed}); trained on
-{summary.window[0]}..{summary.window[1]} ({summary.train_sessions:,} sessions; the last
-{settings.train.validation_days} days, {summary.val_sessions:,} sessions, validate), tested on the last
-{args.test_days} days ({test.height:,} labelled sessions never seen; {missing_truth} without a truth row).
-
-| scores on the test days | AUC | PR-AUC | log loss | calibration error |
-| --- | --- | --- | --- | --- |
-{table}
-
-**{verdict}.** Validation AUC (early-stopping days): LSTM {summary.val_auc:.4f}, GBM {summary.gbm_val_auc:.4f};
-best epoch {summary.best_epoch}. LSTM test AUC by session length: {buckets}.
-
-Model {model}; training {dataclasses.asdict(config)} (device {args.device}).
-Generate + ingest + sequences {prepared:.0f} s, train_challenger (LSTM + GBM + MLflow) {trained:.0f} s,
-peak RSS {peak_rss_gb():.1f} GiB.
-"""
-    record("quality", body)
-    print(body)
 
 
 def _with_overrides(settings: Settings, assignments: list[str]) -> Settings:
@@ -122,7 +166,8 @@ def _with_overrides(settings: Settings, assignments: list[str]) -> Settings:
         key, _, value = assignment.partition("=")
         group, _, name = key.partition(".")
         section = getattr(settings, group)
-        cast = type(getattr(section, name))
+        current = getattr(section, name)
+        cast = (lambda text: text.lower() in ("1", "true", "yes")) if isinstance(current, bool) else type(current)
         settings = dataclasses.replace(settings, **{group: dataclasses.replace(section, **{name: cast(value)})})
     return settings
 

@@ -4,9 +4,12 @@ Each event is the concatenation of its item, category and event-type embeddings 
 continuous features (`SequenceTensors.continuous`, derived per batch on the batch's device).
 `forward` gathers the batch's flat event rows straight into the time-major order of a
 `PackedSequence` and embeds only those real events: no padding is ever built, embedded or
-run through the LSTM. The head reads each session's final hidden state. `forward_padded` is
-the textbook path (pad, embed every slot, pack_padded_sequence) kept as the reference the
-packed path is tested against and the naive benchmark runs.
+run through the LSTM. The head reads each session's final hidden state, beside (by
+`ModelConfig`) the element-wise max of the LSTM's outputs over the session's steps and a few
+session-level aggregates of the inputs (`SESSION_INPUTS`: counts, duration, shares of
+revisits, mean buy rates), wide-and-deep style, through a small MLP. `forward_padded` is
+the textbook path (pad, embed every slot, pack_padded_sequence, pad_packed_sequence) kept
+as the reference the packed path is tested against and the naive benchmark runs.
 
 The module is a plain nn.Module (no closures, no open handles) so MLflow can pickle it.
 """
@@ -15,10 +18,41 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from clickstream.features.tensors import PAD, SequenceTensors, session_positions
+from clickstream.features.tensors import CONTINUOUS_FEATURES, PAD, SequenceTensors, session_positions
 from clickstream.pipeline.core.config import ModelConfig
+
+# The session-level inputs of the head, each a function of per-session sums of the events'
+# inputs (so the running value after every event is a running sum): see session_inputs.
+SESSION_INPUTS: tuple[str, ...] = (
+    "log_events",  # log1p(events)
+    "log_duration",  # log1p(seconds from the first to the last event)
+    "repeat_share",  # share of events that revisit an item
+    "same_category_share",  # share of events in the previous event's category
+    "item_buy_logit_mean",
+    "category_buy_logit_mean",
+    "log_gap_mean",
+)
+_GAP = CONTINUOUS_FEATURES.index("log_gap_prev")
+_SUMMED = [CONTINUOUS_FEATURES.index(name) for name in ("item_repeat", "same_category_as_previous",
+                                                          "item_buy_logit", "category_buy_logit", "log_gap_prev")]
+
+
+def event_summands(continuous: torch.Tensor) -> torch.Tensor:
+    """float64 [..., 2 + 5] per event: 1 (the count), seconds since the previous event, then the
+    inputs whose session mean SESSION_INPUTS holds. Summed over a session's events they give its
+    session_inputs; float64 so that running sums over a batch stay exact to float32."""
+    seconds = torch.expm1(continuous[..., _GAP : _GAP + 1].clamp(min=0.0))
+    ones = torch.ones_like(seconds)
+    return torch.cat([ones, seconds, continuous[..., _SUMMED]], dim=-1).double()
+
+
+def session_inputs(sums: torch.Tensor) -> torch.Tensor:
+    """float32 [..., len(SESSION_INPUTS)] from summed event_summands; all zeros for an empty session."""
+    count = sums[..., :1]
+    means = sums[..., 2:] / count.clamp(min=1.0)
+    return torch.cat([torch.log1p(count), torch.log1p(sums[..., 1:2]), means], dim=-1).float()
 
 
 class PackedLayout:
@@ -79,7 +113,13 @@ class BuyIntentLSTM(nn.Module):
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
         self.head_dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size, 1)
+        head_inputs = config.hidden_size * (2 if config.max_pool else 1)
+        head_inputs += len(SESSION_INPUTS) if config.session_inputs else 0
+        self.head = (
+            nn.Sequential(nn.Linear(head_inputs, config.head_hidden), nn.ReLU(), nn.Linear(config.head_hidden, 1))
+            if config.head_hidden
+            else nn.Linear(head_inputs, 1)
+        )
 
     def _event_features(
         self, item: torch.Tensor, category: torch.Tensor, event_type: torch.Tensor, continuous: torch.Tensor
@@ -88,23 +128,35 @@ class BuyIntentLSTM(nn.Module):
         parts = [self.item(item), self.category(category), self.event_type(event_type), continuous]
         return self.input_dropout(torch.cat(parts, dim=-1))
 
-    def _run_packed(self, batch: SequenceTensors) -> tuple[PackedLayout, torch.Tensor, torch.Tensor]:
+    def _score(self, hidden: torch.Tensor, pooled: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+        """Logits [...] from final (or running) hidden states, their max over the steps so far and
+        the summed event_summands so far."""
+        parts = [hidden]
+        if self.config.max_pool:
+            parts.append(pooled)
+        if self.config.session_inputs:
+            parts.append(session_inputs(sums))
+        return self.head(self.head_dropout(torch.cat(parts, dim=-1))).squeeze(-1)
+
+    def _run_packed(self, batch: SequenceTensors) -> tuple[PackedLayout, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(layout, LSTM outputs [n_events, hidden] in packed order, final hidden [n_sessions, hidden]
-        in batch order; zeros for empty sessions)."""
+        in batch order, flat event_summands [n_events, ...]); zero hidden states for empty sessions."""
         layout = PackedLayout(batch.offsets)
         rows = layout.packed_rows
         continuous = batch.continuous(layout.session_of_event, layout.step)
         x = self._event_features(batch.item[rows], batch.category[rows], batch.event_type[rows], continuous[rows])
         hidden = x.new_zeros(batch.n_sessions, self.config.hidden_size)
+        summands = event_summands(continuous)
         if layout.n_nonempty == 0:
-            return layout, x.new_zeros(0, self.config.hidden_size), hidden
+            return layout, x.new_zeros(0, self.config.hidden_size), hidden, summands
         output, (h_n, _) = self.lstm(PackedSequence(x, layout.batch_sizes))
         hidden[: layout.n_nonempty] = h_n[-1]  # rows by rank
-        return layout, output.data, hidden[layout.rank]
+        return layout, output.data, hidden[layout.rank], summands
 
-    def _final_hidden_by_length(self, batch: SequenceTensors) -> torch.Tensor:
-        """Final hidden state [n_sessions, hidden] in batch order (zeros for empty sessions), the
-        sessions run in groups of one length, each a dense [length, group] block.
+    def _summary_by_length(self, batch: SequenceTensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(final hidden [n_sessions, hidden], max of the outputs over the steps, summed event_summands)
+        in batch order (zeros for empty sessions), the sessions run in groups of one length, each a
+        dense [length, group] block.
 
         The same recurrence as `_run_packed` (each session's is independent of the others'), but
         torch runs a dense block on its fused oneDNN kernel, forward and backward, where a ragged
@@ -115,34 +167,53 @@ class BuyIntentLSTM(nn.Module):
         continuous = batch.continuous(session_of_event, step)
         x = self._event_features(batch.item, batch.category, batch.event_type, continuous)
         hidden = x.new_zeros(batch.n_sessions, self.config.hidden_size)
+        pooled = torch.zeros_like(hidden)
         lengths = batch.lengths
         order = torch.argsort(lengths, stable=True)
         for length, group in enumerate(order.split(torch.bincount(lengths).tolist())):
             if length == 0 or group.numel() == 0:
                 continue
             rows = batch.offsets[group].unsqueeze(0) + torch.arange(length).unsqueeze(1)  # [length, group]
-            _, (h_n, _) = self.lstm(x[rows])
+            output, (h_n, _) = self.lstm(x[rows])
             hidden[group] = h_n[-1]
-        return hidden
+            pooled[group] = output.amax(dim=0)
+        summands = event_summands(continuous)
+        sums = summands.new_zeros(batch.n_sessions, summands.shape[1]).index_add_(0, session_of_event, summands)
+        return hidden, pooled, sums
+
+    def _summary_packed(self, batch: SequenceTensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What `_summary_by_length` returns, through one PackedSequence (the path for GPUs)."""
+        layout, output, hidden, summands = self._run_packed(batch)
+        session = layout.session_of_event[layout.packed_rows]  # of each packed row
+        where = session[:, None].expand_as(output)
+        pooled = hidden.new_zeros(hidden.shape).scatter_reduce_(0, where, output, "amax", include_self=False)
+        sums = summands.new_zeros(batch.n_sessions, summands.shape[1]).index_add_(0, layout.session_of_event, summands)
+        return hidden, pooled, sums
 
     def forward(self, batch: SequenceTensors) -> torch.Tensor:
-        """Logits [n_sessions], in batch order. An empty session scores from a zero state.
-        On the CPU sessions run grouped by length (`_final_hidden_by_length`), elsewhere packed."""
+        """Logits [n_sessions], in batch order. An empty session scores from zero states and inputs.
+        On the CPU sessions run grouped by length (`_summary_by_length`), elsewhere packed."""
         if batch.offsets.device.type == "cpu" and batch.n_sessions:
-            hidden = self._final_hidden_by_length(batch)
-        else:
-            hidden = self._run_packed(batch)[2]
-        return self.head(self.head_dropout(hidden)).squeeze(-1)
+            return self._score(*self._summary_by_length(batch))
+        return self._score(*self._summary_packed(batch))
 
     def step_logits(self, batch: SequenceTensors) -> torch.Tensor:
         """Logit after each event [n_events], flat event order: the score the session would get
         if it ended there. The last event's logit equals `forward`'s for that session."""
-        layout, output, _ = self._run_packed(batch)
-        return self.head(self.head_dropout(output)).squeeze(-1)[layout.packed_position]
+        layout, output, _, summands = self._run_packed(batch)
+        if output.numel() == 0:
+            return output.new_zeros(0)
+        grid, _ = pad_packed_sequence(PackedSequence(output, layout.batch_sizes))  # [steps, ranks, hidden]
+        running_max = grid.cummax(dim=0).values[layout.step, layout.rank[layout.session_of_event]]
+        totals = summands.cumsum(0)
+        first = batch.offsets[:-1][layout.session_of_event]
+        running_sums = totals - totals[first] + summands[first]
+        return self._score(output[layout.packed_position], running_max, running_sums)
 
     def forward_padded(self, batch: SequenceTensors) -> torch.Tensor:
         """Reference logits [n_sessions] via the padded path: pad to the longest session, embed
-        every slot (padding included), pack_padded_sequence. Sessions must be non-empty."""
+        every slot (padding included), pack_padded_sequence, max over the padded outputs with
+        padding masked, sums over the padded slots. Sessions must be non-empty."""
         layout = PackedLayout(batch.offsets)
         n, width = batch.n_sessions, int(layout.lengths_cpu.max())
         slot = (layout.session_of_event, layout.step)
@@ -156,5 +227,8 @@ class BuyIntentLSTM(nn.Module):
         continuous[slot] = batch.continuous(*slot)
         x = self._event_features(padded["item"], padded["category"], padded["event_type"], continuous)
         packed = pack_padded_sequence(x, layout.lengths_cpu, batch_first=True, enforce_sorted=False)
-        _, (h_n, _) = self.lstm(packed)
-        return self.head(self.head_dropout(h_n[-1])).squeeze(-1)
+        output, (h_n, _) = self.lstm(packed)
+        steps, _ = pad_packed_sequence(output, batch_first=True, padding_value=float("-inf"))
+        real = (torch.arange(width, device=continuous.device) < layout.lengths_cpu.to(continuous.device)[:, None])
+        sums = (event_summands(continuous) * real[..., None]).sum(dim=1)
+        return self._score(h_n[-1], steps.amax(dim=1), sums)

@@ -64,6 +64,7 @@ from clickstream.models.registry import (
     tracking_client,
     version_with_fingerprint,
 )
+from clickstream.models.tuned import with_tuned
 from clickstream.pipeline.core.config import CHALLENGER, Settings, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.core.lake import Lake
@@ -139,14 +140,16 @@ def train_challenger(
 
     Idempotent per (window, data, settings): an existing version with the same fingerprint
     is re-used. Raises TrainingError (run marked FAILED, aliases untouched) when the window
-    cannot yield a trustworthy model.
+    cannot yield a trustworthy model. Tuned settings in the lake (models.tuned) apply on top of
+    `settings` when they were tuned for the same features.
     """
+    settings = with_tuned(settings)
     if gpus != 1:
         check_ranks(gpus, device)
     config = dataclasses.replace(settings.train, epochs=epochs or settings.train.epochs, device=device)
     frame = read_sequences(Lake(settings.lake), start, end)
     labelled = frame.filter(frame["label"].is_not_null())
-    split = _split(labelled, start, end, config.validation_days)
+    split = split_window(labelled, start, end, config.validation_days)
     fingerprint = _fingerprint(settings, config, split, labelled)
     client = tracking_client(settings)
     existing = version_with_fingerprint(settings, fingerprint)
@@ -182,7 +185,7 @@ class _Split:
         return f"{first or '(first date)'}..{last or '(last date)'}" if first or last else "any date of sequences/"
 
 
-def _split(labelled: pl.DataFrame, start: dt.date | None, end: dt.date | None, validation_days: int) -> _Split:
+def split_window(labelled: pl.DataFrame, start: dt.date | None, end: dt.date | None, validation_days: int) -> _Split:
     """Sessions starting on the last `validation_days` days up to the newest labelled one
     validate; earlier ones train. Window ends default to the data's first and last days."""
     days = labelled["session_start"].dt.date()
@@ -197,7 +200,7 @@ def _split(labelled: pl.DataFrame, start: dt.date | None, end: dt.date | None, v
     )
 
 
-def _check_trainable(split: _Split, config: TrainConfig) -> None:
+def check_trainable(split: _Split, config: TrainConfig) -> None:
     """TrainingError with the reason when the split cannot train and judge a model."""
     window = split.span
     if split.train.is_empty() and split.val.is_empty():
@@ -225,7 +228,7 @@ def _train_in_run(
 ) -> str:
     """Fit, evaluate, log and register inside the active MLflow run; returns the new version."""
     mlflow.log_params({**_params(settings, config, split), "gpus": gpus})
-    _check_trainable(split, config)
+    check_trainable(split, config)
 
     vocabulary = build_vocabulary(split.train, settings.sequences)
     # out of fold: a training session's own label never feeds its buy-rate inputs

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 COMMANDS = [
-    "generate", "ingest", "sequences", "train", "score", "scores", "sql", "session", "report", "demo",
+    "generate", "ingest", "sequences", "train", "tune", "score", "scores", "sql", "session", "report", "demo",
     "models", "promote", "rollback",
 ]
 
@@ -32,6 +32,8 @@ def test_every_command_has_help_and_a_lake_option(command: str) -> None:
         (["ingest"], "Missing argument"),
         (["no-such-command"], "No such command"),
         (["generate", "out", "--sessions", "0"], "--sessions"),
+        (["generate", "out", "--world", "mars"], "unknown world 'mars'; expected one of default"),
+        (["tune", "--trials", "0"], "--trials"),
         (["ingest", "x.csv", "--format", "xml"], "--format"),
         (["train", "--gpus", "99"], "--gpus 99 asked for 99 GPUs but torch sees"),
     ],

@@ -22,6 +22,7 @@ from clickstream.pipeline.orchestrate.airflow_home import (
     run_dag_for_day,
 )
 from clickstream.pipeline.orchestrate.nightly import CHAMPION_ASSET, NIGHTLY, SCORES_ASSET
+from clickstream.pipeline.orchestrate.tuning import TUNE
 
 NIGHTLY_TASKS = {
     "find_landing",
@@ -43,9 +44,14 @@ def dagbag():
     return DagBag(dag_folder=str(DAGS_FOLDER))
 
 
-def test_given_the_dags_folder_when_parsed_then_no_import_errors_and_three_dags(dagbag):
+def test_given_the_dags_folder_when_parsed_then_no_import_errors_and_four_dags(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dags) == {"clickstream_nightly", "clickstream_backfill", "clickstream_rescore"}
+    assert set(dagbag.dags) == {
+        "clickstream_nightly",
+        "clickstream_backfill",
+        "clickstream_rescore",
+        "clickstream_tune",
+    }
 
 
 def test_given_the_nightly_dag_then_daily_interval_schedule_no_catchup_one_active_run(dagbag):
@@ -78,7 +84,9 @@ def test_given_the_train_task_then_gpu_pool_queue_and_its_own_timeout(dagbag):
     assert train.execution_timeout == NIGHTLY.train_timeout
 
 
-@pytest.mark.parametrize("dag_id", ["clickstream_nightly", "clickstream_backfill", "clickstream_rescore"])
+@pytest.mark.parametrize(
+    "dag_id", ["clickstream_nightly", "clickstream_backfill", "clickstream_rescore", "clickstream_tune"]
+)
 def test_given_every_task_then_retries_with_backoff_a_timeout_and_a_failure_callback(dagbag, dag_id):
     for task in dagbag.dags[dag_id].tasks:
         assert task.retries == NIGHTLY.retries, task.task_id
@@ -95,6 +103,18 @@ def test_given_assets_then_nightly_publishes_scores_and_champion_and_rescore_run
     assert [a.name for a in dagbag.dags["clickstream_rescore"].schedule] == [CHAMPION_ASSET]
 
 
+def test_given_the_tune_dag_then_manual_one_gpu_task_with_its_budget_as_params(dagbag):
+    dag = dagbag.dags["clickstream_tune"]
+    assert dag.schedule is None and TUNE.schedule is None
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert set(dag.params) == {"trials", "timeout_s", "window_days", "device"}
+    assert dag.params["trials"] == TUNE.trials
+    (task,) = dag.tasks
+    assert (task.task_id, task.pool, task.queue) == ("tune", "gpu", "gpu")
+    assert task.execution_timeout == TUNE.task_timeout
+    assert dag.doc_md and "@weekly" in dag.doc_md
+
+
 def test_given_the_backfill_dag_then_manual_with_a_mapped_ingest_per_date(dagbag):
     dag = dagbag.dags["clickstream_backfill"]
     assert dag.schedule is None
@@ -106,7 +126,7 @@ def test_given_the_backfill_dag_then_manual_with_a_mapped_ingest_per_date(dagbag
 def test_given_a_fresh_interpreter_when_the_dag_files_are_imported_then_no_heavy_library_is_loaded():
     code = (
         "import runpy, sys\n"
-        f"for name in ('clickstream_nightly', 'clickstream_backfill'):\n"
+        f"for name in ('clickstream_nightly', 'clickstream_backfill', 'clickstream_tune'):\n"
         f"    runpy.run_path({str(DAGS_FOLDER)!r} + '/' + name + '.py')\n"
         f"print('HEAVY=' + ','.join(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )

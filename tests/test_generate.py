@@ -24,7 +24,14 @@ from clickstream.pipeline.synthetic.generate import (
     TRUTH_FILE,
     generate_logs,
 )
-from clickstream.pipeline.synthetic.sessions import MAX_CLICKS, Clicks, buy_probability, make_catalogue
+from clickstream.pipeline.synthetic.sessions import (
+    MAX_CLICKS,
+    WORLDS,
+    Clicks,
+    buy_probability,
+    make_catalogue,
+    simulate_clicks,
+)
 
 START = dt.date(2014, 4, 1)
 TS = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z"
@@ -207,8 +214,6 @@ def test_given_the_same_dwell_times_on_other_items_then_p_buy_changes() -> None:
 def test_given_real_sessions_when_clicks_are_reversed_then_many_p_buy_change(large: Path) -> None:
     catalogue = make_catalogue(np.random.default_rng(3), 2_000)
     rng = np.random.default_rng(4)
-    from clickstream.pipeline.synthetic.sessions import simulate_clicks
-
     clicks = simulate_clicks(rng, catalogue, np.zeros(5_000, dtype=np.int64))
     session = np.repeat(np.arange(5_000), clicks.lengths)
     reversed_rows = np.lexsort((-np.arange(len(session)), session))
@@ -266,10 +271,62 @@ def test_given_a_summary_then_it_prints_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"fmt": "csv"}, "unknown generate format"), ({"sessions": 0}, "sessions >= 1"), ({"seed": -1}, "seed")],
+    [
+        ({"fmt": "csv"}, "unknown generate format"),
+        ({"sessions": 0}, "sessions >= 1"),
+        ({"seed": -1}, "seed"),
+        ({"world": "mars"}, "unknown world 'mars'; expected one of default, counts, appeal, order"),
+    ],
 )
 def test_given_bad_arguments_then_a_one_line_user_error(tmp_path: Path, kwargs: dict, message: str) -> None:
     arguments = {"sessions": 10, "days": 1, "start_date": START, "seed": 0, **kwargs}
     with pytest.raises(ClickstreamError, match=message):
         generate_logs(tmp_path, **arguments)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("worlds")
+    for name in WORLDS:
+        generate_logs(root / name, sessions=30_000, days=2, start_date=START, seed=5, world=name)
+    return {name: root / name for name in WORLDS}
+
+
+def test_given_each_world_then_files_keep_the_format_and_truth_separates_buyers(worlds: dict[str, Path]) -> None:
+    shapes = {}
+    for name, out in worlds.items():
+        clicks = read_headerless(out / CLICKS_FILE, CLICK_COLUMNS)
+        truth = pl.read_parquet(out / TRUTH_FILE)
+        lines = (out / CLICKS_FILE).read_text().splitlines()[:500]
+        assert all(CLICK_LINE.match(line) for line in lines), name
+        assert 0.04 < truth["label"].mean() < 0.08, name
+        assert roc_auc_score(truth["label"], truth["p_buy"]) > 0.78, name
+        lengths = clicks.group_by("session_id").len()["len"]
+        shapes[name] = (round(lengths.mean(), 1), clicks["item_id"].n_unique())
+    assert len(set(shapes.values())) == len(WORLDS)  # each world its own lengths and catalogue
+
+
+def _shuffled_within_sessions(clicks: Clicks, seed: int) -> Clicks:
+    session = np.repeat(np.arange(len(clicks.lengths)), clicks.lengths)
+    rows = np.lexsort((np.random.default_rng(seed).random(len(session)), session))
+    return Clicks(clicks.offsets, clicks.item[rows], clicks.ts_ms)
+
+
+@pytest.mark.parametrize(("name", "order_matters"), [("counts", 0.0), ("order", 0.5), ("appeal", 0.3)])
+def test_given_a_world_when_clicks_are_shuffled_then_p_buy_moves_as_its_rule_says(
+    name: str, order_matters: float
+) -> None:
+    """counts reads no order (only the dwell on each position moves with the items); order reads it most."""
+    world = WORLDS[name]
+    catalogue = make_catalogue(
+        np.random.default_rng(3), 2_000, category_scale=world.category_scale, item_sd=world.item_sd
+    )
+    clicks = simulate_clicks(np.random.default_rng(4), catalogue, np.zeros(5_000, dtype=np.int64), world)
+    shuffled = _shuffled_within_sessions(clicks, 5)
+    before, after = buy_probability(clicks, catalogue, world), buy_probability(shuffled, catalogue, world)
+    moved = np.abs(np.log(before / after))[clicks.lengths >= 3]
+    if order_matters == 0.0:
+        np.testing.assert_allclose(before, after, rtol=1e-9)
+    else:
+        assert (moved > 0.1).mean() > order_matters

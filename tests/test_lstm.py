@@ -7,21 +7,22 @@ import io
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clickstream.features.tensors import SequenceTensors
-from clickstream.models.lstm import BuyIntentLSTM, PackedLayout
+from clickstream.features.tensors import CONTINUOUS_FEATURES, SequenceTensors
+from clickstream.models.lstm import SESSION_INPUTS, BuyIntentLSTM, PackedLayout, event_summands, session_inputs
 from clickstream.pipeline.core.config import ModelConfig
 from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, sessions_with_lengths
 
 N_ITEMS = 40
 
 
-def tiny_model(num_layers: int = 2, seed: int = 0) -> BuyIntentLSTM:
+def tiny_model(num_layers: int = 2, seed: int = 0, **head: object) -> BuyIntentLSTM:
     torch.manual_seed(seed)
-    config = ModelConfig(item_dim=6, category_dim=3, event_type_dim=2, hidden_size=8, num_layers=num_layers)
+    config = ModelConfig(item_dim=6, category_dim=3, event_type_dim=2, hidden_size=8, num_layers=num_layers, **head)
     return BuyIntentLSTM(config, N_ITEMS, N_CATEGORIES, N_EVENT_TYPES, N_CONTINUOUS).eval()
 
 
@@ -35,6 +36,36 @@ def test_given_any_sessions_when_scored_packed_then_equal_to_the_padded_referenc
     model, batch = tiny_model(layers), sessions(lengths)
     with torch.no_grad():
         torch.testing.assert_close(model(batch), model.forward_padded(batch), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        {"max_pool": False, "session_inputs": False, "head_hidden": 0},  # the final state alone, linear
+        {"max_pool": True, "session_inputs": False, "head_hidden": 0},
+        {"max_pool": False, "session_inputs": True, "head_hidden": 8},
+    ],
+)
+def test_given_each_head_when_scored_packed_then_equal_to_the_padded_reference_and_the_last_step(head):
+    model, batch = tiny_model(1, **head), sessions([3, 1, 9, 4, 4])
+    with torch.no_grad():
+        logits = model(batch)
+        torch.testing.assert_close(logits, model.forward_padded(batch), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.step_logits(batch)[batch.offsets[1:] - 1], logits, atol=1e-5, rtol=1e-5)
+
+
+def test_given_sessions_then_session_inputs_are_their_counts_duration_and_input_means():
+    batch = sessions([3, 1, 5])
+    layout = PackedLayout(batch.offsets)
+    continuous = batch.continuous(layout.session_of_event, layout.step)
+    sums = torch.zeros(3, 7, dtype=torch.float64).index_add_(0, layout.session_of_event, event_summands(continuous))
+    inputs = dict(zip(SESSION_INPUTS, session_inputs(sums).unbind(1), strict=True))
+    torch.testing.assert_close(inputs["log_events"], torch.log1p(torch.tensor([3.0, 1.0, 5.0])))
+    repeat = continuous[:, CONTINUOUS_FEATURES.index("item_repeat")]
+    expected = torch.stack([repeat[0:3].mean(), repeat[3:4].mean(), repeat[4:9].mean()])
+    torch.testing.assert_close(inputs["repeat_share"], expected)
+    seconds = torch.expm1(continuous[:, CONTINUOUS_FEATURES.index("log_gap_prev")].clamp(min=0).double())
+    torch.testing.assert_close(inputs["log_duration"][2], torch.log1p(seconds[4:9].sum()).float())
 
 
 def test_given_a_session_when_batched_with_much_longer_ones_then_its_score_does_not_change():
@@ -83,7 +114,7 @@ def test_given_an_empty_session_then_it_scores_from_a_zero_state_and_leaves_the_
         logits = model(batch)
         others = model(batch.select(torch.tensor([1, 3])))
     torch.testing.assert_close(logits[[1, 3]], others)
-    expected = model.head.bias.expand(2)
+    expected = model.head(torch.zeros(2, model.head[0].in_features)).squeeze(-1)
     torch.testing.assert_close(logits[[0, 2]], expected)
 
 
@@ -111,3 +142,14 @@ def test_given_a_pickled_and_reloaded_model_then_it_scores_identically():
     with torch.no_grad():
         assert torch.equal(reloaded(batch), model(batch))
 
+
+
+@settings(max_examples=15, deadline=None)
+@given(lengths=st.lists(st.integers(0, 12), min_size=1, max_size=10))
+def test_given_any_sessions_then_the_packed_path_equals_the_grouped_by_length_path(lengths):
+    """forward runs sessions grouped by length on the CPU and packed elsewhere: both give the same
+    final states, max over the steps and session sums (empty sessions included)."""
+    model, batch = tiny_model(), sessions(lengths)
+    with torch.no_grad():
+        for grouped, packed in zip(model._summary_by_length(batch), model._summary_packed(batch), strict=True):
+            torch.testing.assert_close(grouped, packed, atol=1e-5, rtol=1e-5)

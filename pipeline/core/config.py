@@ -54,6 +54,9 @@ class ModelConfig:
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.1
+    max_pool: bool = True  # the head also reads the max of the LSTM outputs over the session's steps
+    session_inputs: bool = True  # ... and session aggregates of the inputs (models.lstm.SESSION_INPUTS)
+    head_hidden: int = 32  # units of the head's hidden layer; 0: a linear head
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import fsspec
 import polars as pl
@@ -133,24 +134,48 @@ class Lake:
     def write_file(self, path: str, frame: pl.DataFrame | pl.LazyFrame) -> str:
         """Write `frame` to a temporary name beside `path`, then move it into place. A LazyFrame
         is streamed to a local lake (memory bounded by polars' batches, not by the frame)."""
+
+        def write(target: str | BinaryIO) -> None:
+            if isinstance(frame, pl.LazyFrame) and isinstance(target, str):
+                frame.sink_parquet(target, statistics=True, maintain_order=True)
+            else:
+                whole = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+                whole.write_parquet(target, statistics=True)
+
+        return self._write_atomically(path, write)
+
+    def write_bytes(self, path: str, data: bytes) -> str:
+        """Replace the file at `path` with `data` atomically: readers see the old or the new content."""
+
+        def write(target: str | BinaryIO) -> None:
+            if isinstance(target, str):
+                Path(target).write_bytes(data)
+            else:
+                target.write(data)
+
+        return self._write_atomically(path, write)
+
+    def config_file(self, name: str) -> str:
+        """Path of a settings file kept with the lake's data, `<lake>/_config/<name>`."""
+        return f"{self._path}/_config/{name}"
+
+    def _write_atomically(self, path: str, write: Callable[[str | BinaryIO], object]) -> str:
+        """`write` fills a temporary beside `path`: a local file path on a local lake, an open binary
+        handle on an object store; then the temporary is moved into place."""
         parent = path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         try:
             if self.is_local:
-                if isinstance(frame, pl.LazyFrame):
-                    frame.sink_parquet(tmp, statistics=True, maintain_order=True)
-                else:
-                    frame.write_parquet(tmp, statistics=True)
+                write(tmp)
                 with open(tmp, "rb") as handle:
                     os.fsync(handle.fileno())
                 os.replace(tmp, path)
                 _fsync_dir(parent)  # the rename itself survives a power cut
                 _remove_abandoned_temporaries(path)
             else:
-                whole = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
                 with self.fs.open(tmp, "wb") as handle:
-                    whole.write_parquet(handle, statistics=True)
+                    write(handle)
                 self.fs.mv(tmp, path)
         finally:
             if self.fs.exists(tmp):

@@ -81,6 +81,7 @@ def generate(
     start_date: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2014-04-01",
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
     format: Annotated[GenerateFormat, typer.Option("--format", help="Output format.")] = GenerateFormat("yoochoose"),
+    world: Annotated[str, typer.Option(help="Shoppers and buying rule: default, counts, appeal or order.")] = "default",
     lake: LakeOpt = None,
 ) -> None:
     """Write synthetic logs with YOOCHOOSE's statistics and a known buying signal."""
@@ -88,7 +89,9 @@ def generate(
     assert start is not None
     from clickstream.pipeline.synthetic.generate import generate_logs
 
-    _done(generate_logs(out_dir, sessions=sessions, days=days, start_date=start, seed=seed, fmt=format.value))
+    _done(
+        generate_logs(out_dir, sessions=sessions, days=days, start_date=start, seed=seed, fmt=format.value, world=world)
+    )
 
 
 @app.command()
@@ -142,6 +145,23 @@ def train(
             gpus=gpus,
         )
     )
+
+
+@app.command()
+def tune(
+    trials: Annotated[int, typer.Option(min=1, help="Trials to run at most.")] = 20,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Start no trial after this many seconds.")] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs per trial.")] = None,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    lake: LakeOpt = None,
+) -> None:
+    """Search model and training settings on the window's validation days; `train` uses the best."""
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    from clickstream.models.tuning import tune as run_tune
+
+    _done(run_tune(_settings(lake), first, last, trials=trials, timeout=timeout, epochs=epochs, device=device.value))
 
 
 @app.command()

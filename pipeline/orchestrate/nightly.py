@@ -130,6 +130,22 @@ def rebuild_sequences(settings: Settings, start: dt.date, end: dt.date) -> dict[
 
 
 # ---- model -----------------------------------------------------------------------------------
+def trainable_window(settings: Settings, day: dt.date, window_days: int, what: str) -> tuple[dt.date, dt.date]:
+    """The training window ending at `day`; NoDataError (`what` skipped) until it holds
+    validation_days + 1 days of sequences: the last validation_days validate, at least one trains."""
+    from clickstream.pipeline.core.lake import Lake
+
+    start, end = training_window(day, window_days)
+    have = [d for d in Lake(settings.lake).dates("sequences") if start <= d <= end]
+    need = settings.train.validation_days + 1
+    if len(have) < need:
+        raise NoDataError(
+            f"{what} needs {need} days of sequences in {start}..{end} "
+            f"({settings.train.validation_days} validate), found {len(have)}: {what} skipped"
+        )
+    return start, end
+
+
 def train_for_day(
     settings: Settings,
     day: dt.date,
@@ -150,16 +166,8 @@ def train_for_day(
     sequences: the last validation_days validate, at least one day trains.
     """
     from clickstream.models.train import train_challenger
-    from clickstream.pipeline.core.lake import Lake
 
-    start, end = training_window(day, window_days)
-    have = [d for d in Lake(settings.lake).dates("sequences") if start <= d <= end]
-    need = settings.train.validation_days + 1
-    if len(have) < need:
-        raise NoDataError(
-            f"training needs {need} days of sequences in {start}..{end} "
-            f"({settings.train.validation_days} validate), found {len(have)}: training skipped"
-        )
+    start, end = trainable_window(settings, day, window_days, "training")
     summary = train_challenger(settings, start, end, epochs=epochs, device=device, gpus=gpus, resume=resume)
     return {
         "version": str(summary.version),

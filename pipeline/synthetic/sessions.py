@@ -2,11 +2,14 @@
 sessions and the planted buying rule, all as flat numpy arrays (no per-session objects).
 
 Everything here is a pure function of a `numpy.random.Generator`, so one seed gives one
-dataset. The buying rule (`buy_logit`) is documented in pipeline/synthetic/generate.py.
+dataset. A `World` fixes the shoppers' habits (session lengths, catalogue size, how much an
+item's appeal differs from its category's) and the buying rule; WORLDS names them and the
+rules are documented in pipeline/synthetic/generate.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,13 +62,16 @@ class Catalogue:
         return len(self.item_id)
 
 
-def catalogue_size(sessions: int) -> int:
-    """Items in the catalogue: about 16 * sqrt(sessions), 200 to 50,000 (YOOCHOOSE: 52,739)."""
-    return int(np.clip(round(16 * np.sqrt(sessions)), 200, 50_000))
+def catalogue_size(sessions: int, items_per_root: float = 16.0) -> int:
+    """Items in the catalogue: about `items_per_root` * sqrt(sessions), 200 to 50,000 (YOOCHOOSE: 52,739)."""
+    return int(np.clip(round(items_per_root * np.sqrt(sessions)), 200, 50_000))
 
 
-def make_catalogue(rng: np.random.Generator, n_items: int) -> Catalogue:
-    """A catalogue of `n_items` with Zipf popularity, fixed categories, prices and buy propensities."""
+def make_catalogue(
+    rng: np.random.Generator, n_items: int, *, category_scale: float = 1.0, item_sd: float = 0.4
+) -> Catalogue:
+    """A catalogue of `n_items` with Zipf popularity, fixed categories, prices and buy propensities:
+    a category effect times `category_scale` plus an item's own N(0, `item_sd`)."""
     item_id = 214_500_000 + np.sort(rng.choice(430_000_000, size=n_items, replace=False)).astype(np.int64)
     item_id = rng.permutation(item_id)  # popularity rank is not id order
     n_brands = int(np.clip(n_items // 100, 5, 500))
@@ -87,7 +93,7 @@ def make_catalogue(rng: np.random.Generator, n_items: int) -> Catalogue:
     price = np.maximum(100, np.round(rng.lognormal(np.log(2_000), 1.0, n_items))).astype(np.int64)
     # what sells is mostly a matter of category (learnable from few buys), partly of the item
     category_effect = np.concatenate([[0.0], np.linspace(-0.8, 0.8, 12), [0.6], rng.normal(0.0, 0.6, len(brands))])
-    propensity = category_effect[category] + rng.normal(0.0, 0.4, n_items)
+    propensity = category_scale * category_effect[category] + rng.normal(0.0, item_sd, n_items)
     propensity -= np.dot(_normalised(weight), propensity)  # a click's expected propensity is 0
     return Catalogue(
         item_id=item_id,
@@ -116,12 +122,14 @@ def session_starts(rng: np.random.Generator, n: int, day_start_ms: int) -> np.nd
     return np.sort(day_start_ms + hour * 3_600_000 + within)
 
 
-def session_lengths(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Clicks per session (int64, 1..200): mostly short (geometric, mean 2.9) with a
-    power-law tail (15%, Pareto exponent 1.2); mean about 3.6, 29% have one click."""
-    short = rng.geometric(1 / 2.9, n)
-    tail = np.floor(2.0 * rng.random(n) ** (-1 / 1.2)).astype(np.int64)
-    lengths = np.where(rng.random(n) < 0.85, short, tail)
+def session_lengths(
+    rng: np.random.Generator, n: int, *, mean_short: float = 2.9, tail_share: float = 0.15, tail_exponent: float = 1.2
+) -> np.ndarray:
+    """Clicks per session (int64, 1..200): mostly short (geometric, mean `mean_short`) with a
+    power-law tail (`tail_share`, Pareto `tail_exponent`); by default mean about 3.6, 29% single clicks."""
+    short = rng.geometric(1 / mean_short, n)
+    tail = np.floor(2.0 * rng.random(n) ** (-1 / tail_exponent)).astype(np.int64)
+    lengths = np.where(rng.random(n) < 1.0 - tail_share, short, tail)
     return np.minimum(lengths, MAX_CLICKS).astype(np.int64)
 
 
@@ -138,11 +146,17 @@ class Clicks:
         return np.diff(self.offsets)
 
 
-def simulate_clicks(rng: np.random.Generator, catalogue: Catalogue, starts_ms: np.ndarray) -> Clicks:
+def simulate_clicks(
+    rng: np.random.Generator, catalogue: Catalogue, starts_ms: np.ndarray, world: World | None = None
+) -> Clicks:
     """Click sessions starting at `starts_ms`: item choices with re-clicks, returns to earlier
-    items and category browsing; lognormal gaps (1 s to 25 min) between clicks."""
+    items and category browsing; lognormal gaps (1 s to 25 min) between clicks; session
+    lengths as `world` draws them (default: DEFAULT_WORLD)."""
     n = len(starts_ms)
-    lengths = session_lengths(rng, n)
+    world = world or DEFAULT_WORLD
+    lengths = session_lengths(
+        rng, n, mean_short=world.mean_short, tail_share=world.tail_share, tail_exponent=world.tail_exponent
+    )
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     n_clicks = int(offsets[-1])
@@ -195,23 +209,19 @@ def _same_category(catalogue: Catalogue, previous: np.ndarray, u: np.ndarray) ->
     return catalogue.by_category[np.clip(pos, lo_pos, hi_pos - 1)]
 
 
-def buy_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
-    """The planted buying rule: one logit per session (float64) from its clicks in order.
+def _default_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
+    """World "default": dwell-weighted interest, a return to an earlier item, a focused end,
+    lingering before the last click; one logit per session (float64) from its clicks in order.
 
     Depends on the order of clicks, not only on counts: reversing or shuffling a session
     changes it whenever its last clicks change.
     """
-    offsets, item = clicks.offsets, clicks.item
-    lengths = np.diff(offsets)
-    n = len(lengths)
-    session = np.repeat(np.arange(n), lengths)
-    last = offsets[1:] - 1
-    from_end = last[session] - np.arange(len(item))
+    item = clicks.item
+    lengths, n, session, last, from_end = _layout(clicks)
 
     # interest_k = (1 - a_k) * interest_{k-1} + a_k * propensity(i_k), a_k = dwell_k / (dwell_k + 40 s):
     # a long look at an item pulls the interest towards what that item sells like.
-    dwell_s = np.diff(clicks.ts_ms, append=0) / 1000.0
-    dwell_s[last] = LAST_LOOK_S  # the last click's dwell is unknown: count it as a short look
+    dwell_s = _dwell_s(clicks, last)
     keep = np.cumsum(np.log(DWELL_MEDIAN_S / (dwell_s + DWELL_MEDIAN_S)))
     pull = dwell_s / (dwell_s + DWELL_MEDIAN_S) * np.exp(keep[last][session] - keep)
     interest = np.bincount(session, weights=pull * catalogue.propensity[item], minlength=n)
@@ -224,9 +234,7 @@ def buy_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
     c1, c2, c3 = category[last], category[np.maximum(last - 1, 0)], category[np.maximum(last - 2, 0)]
     focused = has3 & (c1 == c2) & (c2 == c3) & (catalogue.category_names[c1] != "0")
 
-    has2 = lengths >= 2
-    last_gap_s = (clicks.ts_ms[last] - clicks.ts_ms[np.maximum(last - 1, 0)]) / 1000.0
-    linger = np.where(has2, np.clip(np.log(np.maximum(last_gap_s, 1.0) / DWELL_MEDIAN_S), -2, 2), 0.0)
+    linger = _linger(clicks, lengths, last)
 
     return (
         BASE_LOGIT
@@ -238,6 +246,138 @@ def buy_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
     )
 
 
-def buy_probability(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
+def _layout(clicks: Clicks) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
+    """(lengths, sessions, session of each click, last click of each session, clicks after each click)."""
+    lengths = np.diff(clicks.offsets)
+    session = np.repeat(np.arange(len(lengths)), lengths)
+    last = clicks.offsets[1:] - 1
+    return lengths, len(lengths), session, last, last[session] - np.arange(len(clicks.item))
+
+
+def _dwell_s(clicks: Clicks, last: np.ndarray) -> np.ndarray:
+    """Seconds from each click to the next; LAST_LOOK_S for a session's last (unknown: a short look)."""
+    dwell_s = np.diff(clicks.ts_ms, append=0) / 1000.0
+    dwell_s[last] = LAST_LOOK_S
+    return dwell_s
+
+
+def _linger(clicks: Clicks, lengths: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """clip(ln(gap before the last click / 40 s), -2, 2); 0 for a single click."""
+    last_gap_s = (clicks.ts_ms[last] - clicks.ts_ms[np.maximum(last - 1, 0)]) / 1000.0
+    return np.where(lengths >= 2, np.clip(np.log(np.maximum(last_gap_s, 1.0) / DWELL_MEDIAN_S), -2, 2), 0.0)
+
+
+def _seen_earlier(item: np.ndarray, session: np.ndarray) -> np.ndarray:
+    """bool per click: its item occurred earlier in its session."""
+    order = np.lexsort((np.arange(len(item)), item, session))
+    repeat = np.zeros(len(item), dtype=bool)
+    repeat[order[1:]] = (session[order[1:]] == session[order[:-1]]) & (item[order[1:]] == item[order[:-1]])
+    return repeat
+
+
+def _counts_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
+    """World "counts": how much and how long the shopper looked, in any order."""
+    lengths, n, session, last, _ = _layout(clicks)
+    dwell_s = _dwell_s(clicks, last)
+    duration_s = (clicks.ts_ms[last] - clicks.ts_ms[clicks.offsets[:-1]]) / 1000.0
+    distinct = lengths - np.bincount(session, weights=_seen_earlier(clicks.item, session), minlength=n)
+    mean_log_dwell = np.bincount(session, weights=np.log(dwell_s / DWELL_MEDIAN_S), minlength=n) / lengths
+    mean_propensity = np.bincount(session, weights=catalogue.propensity[clicks.item], minlength=n) / lengths
+    return (
+        COUNTS_BASE_LOGIT
+        + 0.9 * np.log(lengths)
+        - 1.2 * distinct / lengths
+        + 0.45 * np.clip(np.log1p(duration_s / 120.0), 0, 4)
+        + 0.35 * np.clip(mean_log_dwell, -2, 2)
+        + 0.8 * mean_propensity
+    )
+
+
+def _appeal_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
+    """World "appeal": the appeal of the item the session ends on and of the best item seen."""
+    lengths, n, session, last, _ = _layout(clicks)
+    appeal = catalogue.propensity[clicks.item]
+    best = np.maximum.reduceat(appeal, clicks.offsets[:-1])
+    last_item_views = np.bincount(session, weights=clicks.item == clicks.item[last][session], minlength=n)
+    return (
+        APPEAL_BASE_LOGIT
+        + 0.3 * np.log(lengths)
+        + 1.3 * appeal[last]
+        + 0.5 * best
+        + 0.8 * (last_item_views >= 2)
+        + 0.2 * _linger(clicks, lengths, last)
+    )
+
+
+def _order_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
+    """World "order": the path through categories and back to earlier items, recent steps most."""
+    lengths, n, session, last, from_end = _layout(clicks)
+    category = catalogue.category[clicks.item]
+    position = np.arange(len(category)) - clicks.offsets[:-1][session]
+    final = category[last][session]
+    same = category == final
+    # the final category was left for another one and came back to: ... c ... x ... c (end)
+    last_other = np.maximum.reduceat(np.where(same, -1, position), clicks.offsets[:-1])
+    first_same = np.minimum.reduceat(np.where(same, position, MAX_CLICKS), clicks.offsets[:-1])
+    came_back = first_same < last_other
+    wandered_off = (lengths >= 2) & (first_same == lengths - 1)  # ends on a category not seen before
+    previous_item = np.concatenate([[-1], clicks.item[:-1]])
+    returned = _seen_earlier(clicks.item, session) & (clicks.item != previous_item)  # not a reload
+    recent_returns = np.bincount(session, weights=returned * 0.6**from_end, minlength=n)
+    first_is_last = (lengths >= 3) & (category[clicks.offsets[:-1]] == category[last])
+    return (
+        ORDER_BASE_LOGIT
+        + 0.25 * np.log(lengths)
+        + 1.5 * came_back
+        + 1.4 * recent_returns
+        - 1.0 * wandered_off
+        + 0.6 * first_is_last
+    )
+
+
+@dataclass(frozen=True)
+class World:
+    """One kind of shop: its shoppers' session lengths, its catalogue and its buying rule."""
+
+    name: str
+    rule: Callable[[Clicks, Catalogue], np.ndarray]  # one buy logit per session
+    mean_short: float = 2.9  # session_lengths
+    tail_share: float = 0.15
+    tail_exponent: float = 1.2
+    items_per_root: float = 16.0  # catalogue_size
+    category_scale: float = 1.0  # make_catalogue
+    item_sd: float = 0.4
+
+
+COUNTS_BASE_LOGIT = -3.97
+APPEAL_BASE_LOGIT = -4.35
+ORDER_BASE_LOGIT = -4.4
+DEFAULT_WORLD = World("default", _default_logit)
+WORLDS: dict[str, World] = {
+    world.name: world
+    for world in (
+        DEFAULT_WORLD,
+        World("counts", _counts_logit, mean_short=4.5, tail_share=0.2, tail_exponent=1.1, items_per_root=8.0),
+        World(
+            "appeal",
+            _appeal_logit,
+            mean_short=2.2,
+            tail_share=0.1,
+            tail_exponent=1.4,
+            items_per_root=24.0,
+            category_scale=0.4,
+            item_sd=0.9,
+        ),
+        World("order", _order_logit, mean_short=3.5, tail_share=0.2, tail_exponent=1.0, items_per_root=12.0),
+    )
+}
+
+
+def buy_logit(clicks: Clicks, catalogue: Catalogue, world: World | None = None) -> np.ndarray:
+    """The planted buying rule of `world` (default: DEFAULT_WORLD): one logit per session (float64)."""
+    return (world or DEFAULT_WORLD).rule(clicks, catalogue)
+
+
+def buy_probability(clicks: Clicks, catalogue: Catalogue, world: World | None = None) -> np.ndarray:
     """The true probability (float64 in (0, 1)) that each session ends in a purchase."""
-    return 1.0 / (1.0 + np.exp(-buy_logit(clicks, catalogue)))
+    return 1.0 / (1.0 + np.exp(-buy_logit(clicks, catalogue, world)))
