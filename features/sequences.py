@@ -36,7 +36,6 @@ import pyarrow.parquet as pq
 
 from clickstream.features.sessionize import sessionize
 from clickstream.pipeline.core.config import SequenceConfig, Settings
-from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE, SEQUENCES, UTC_TS, conform
 
@@ -86,10 +85,7 @@ def build_sequences(settings: Settings, start: dt.date | None, end: dt.date | No
     gets an empty partition. Raises NoDataError when events/ holds no date in the range.
     """
     lake = Lake(settings.lake)
-    days = [d for d in lake.dates("events") if (start is None or d >= start) and (end is None or d <= end)]
-    if not days:
-        window = f"{start or 'the beginning'} .. {end or 'the end'}"
-        raise NoDataError(f"no events in events/ for {window}; run `clickstream ingest` first")
+    days = lake.require_dates("events", start, end, "run `clickstream ingest` first")
     summary = SequenceSummary()
     with lake.lock("sequences"):
         for batch in _batches(lake, days):

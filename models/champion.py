@@ -63,7 +63,10 @@ def gate_challenger(
     frame = read_sequences(Lake(settings.lake), start, end)
     frame = frame.filter(frame["label"].is_not_null())
     if frame.is_empty():
-        raise NoDataError(f"no labelled sessions in sequences/ between {start} and {end} to compare models on")
+        raise NoDataError(
+            f"no labelled sessions in sequences/ of lake {Lake(settings.lake)} between {start} and {end} "
+            "to compare models on"
+        )
     challenger = _scored(_load(settings, version), tags, frame)  # a challenger that cannot load is a plain error
     champion_version = alias_version(settings, CHAMPION)
     champion = None

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING
 import mlflow
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
 from clickstream.pipeline.core.config import CHALLENGER, CHAMPION, Settings
 from clickstream.pipeline.core.errors import ModelNotFoundError, TrackingStoreError
+from clickstream.pipeline.core.tracking import redacted, scrubbed
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -52,11 +54,17 @@ def tracking_client(settings: Settings) -> MlflowClient:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
     try:  # the first contact: a store that is not there fails here, once mlflow's HTTP retries are spent
+        client = mlflow.MlflowClient(settings.tracking_uri, settings.tracking_uri)
         experiment = client.get_experiment_by_name(EXPERIMENT)
-    except MlflowException as error:
-        message = str(error).strip().splitlines()[0].replace(settings.tracking_uri, redacted(settings.tracking_uri))
+    except ImportError as error:  # a database URI whose driver is not installed
+        raise TrackingStoreError(
+            f"cannot open the MLflow tracking store {redacted(settings.tracking_uri)} (MLFLOW_TRACKING_URI): "
+            f"its database driver {error.name or error} is not installed"
+        ) from None
+    except (MlflowException, SQLAlchemyError, OSError) as error:
+        lines = str(error).strip().splitlines()
+        message = scrubbed(lines[0] if lines else type(error).__name__, settings.tracking_uri)
         raise TrackingStoreError(
             f"cannot reach the MLflow tracking store {redacted(settings.tracking_uri)} (MLFLOW_TRACKING_URI): {message}"
         ) from None
@@ -74,13 +82,6 @@ def _create_experiment(settings: Settings, client: MlflowClient, name: str) -> s
 def experiment_id(client: MlflowClient) -> str:
     """The id of the `clickstream` experiment (tracking_client creates it)."""
     return client.get_experiment_by_name(EXPERIMENT).experiment_id
-
-
-def redacted(uri: str) -> str:
-    """The URI without any user:password part, safe to print."""
-    scheme, sep, rest = uri.partition("://")
-    netloc, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{netloc.rpartition('@')[2]}{slash}{path}" if sep else uri
 
 
 def version_with_fingerprint(settings: Settings, fingerprint: str) -> ModelVersion | None:

@@ -21,9 +21,10 @@ from clickstream.features.tensor_loader import load_tensors
 from clickstream.features.vocabulary import Vocabulary
 from clickstream.models.device import resolve_device
 from clickstream.models.predict import predict, predict_steps
-from clickstream.models.registry import redacted, tracking_client
+from clickstream.models.registry import tracking_client
 from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.errors import ModelNotFoundError
+from clickstream.pipeline.core.tracking import redacted, require_store
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,7 +50,14 @@ class Scorer:
     device: str = "cpu"
 
     def score(self, sequences: pl.DataFrame) -> np.ndarray:
-        """Buy probability per session: float32 in [0, 1], in the frame's row order."""
+        """Buy probability per session: float32 in [0, 1], in the frame's row order.
+
+        A score depends on the session and on the rows it shares a batch with: batches are
+        cut from the sessions sorted by length, ties in row order, and a matrix product may
+        round a row differently at another position in its batch. So the same frame scores
+        bit-identically every time on one machine, while the same session in another frame
+        (another row order, other sessions) may differ by a few float32 ulps (about 3e-8 at
+        0.5). Callers that want row-order independence sort first (scoring.score_frame)."""
         return predict(self.model, load_tensors(sequences, self.vocabulary), device=self.device)
 
     def running_scores(self, sequences: pl.DataFrame) -> np.ndarray:
@@ -89,6 +97,7 @@ def _resolve(settings: Settings, uri: str) -> tuple[str, str, str]:
             f"{uri!r} is not a registry model URI; use models:/NAME@ALIAS, models:/NAME/VERSION, "
             f"runs:/RUN_ID/model or a run id from {store}"
         )
+    require_store(settings.tracking_uri, uri)  # opening a missing store would create it
     client = tracking_client(settings)
     try:
         if models:

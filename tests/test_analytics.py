@@ -13,8 +13,9 @@ from fixtures import synthetic_sequences, write_sequences
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
 from clickstream.pipeline.core.lake import Lake
-from clickstream.pipeline.serve.analytics import explain_session, find_session, query_scores, run_sql
+from clickstream.pipeline.serve.analytics import explain_session, find_session, query_scores
 from clickstream.pipeline.serve.scoring import score_dates
+from clickstream.pipeline.serve.sql import run_sql
 
 
 @pytest.fixture
@@ -136,9 +137,9 @@ def test_given_days_inside_the_training_window_when_the_decile_query_joins_model
 @pytest.mark.parametrize(
     ("query", "fragment"),
     [
-        ("SELEC * FROM scores", "SQL error: sql parser error"),
-        ("SELECT nope FROM scores", 'unable to find column "nope"'),
-        ("SELECT * FROM nowhere", "relation 'nowhere' was not found"),
+        ("SELEC * FROM scores", "SQL error: Parser Error"),
+        ("SELECT nope FROM scores", 'Referenced column "nope" not found'),
+        ("SELECT * FROM nowhere", "Table with name nowhere does not exist"),
     ],
 )
 def test_given_a_bad_query_when_running_sql_then_a_one_line_clickstream_error(

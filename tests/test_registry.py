@@ -7,14 +7,9 @@ import socket
 
 import pytest
 
-from clickstream.models.registry import redacted, tracking_client
+from clickstream.models.registry import tracking_client
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrackingStoreError
-
-
-def test_given_a_tracking_uri_with_credentials_then_messages_show_it_without_them() -> None:
-    assert redacted("postgresql://user:secret@db:5432/mlflow") == "postgresql://db:5432/mlflow"
-    assert redacted("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
 
 
 def test_given_a_tracking_server_that_is_not_there_then_one_line_naming_it_without_credentials(

@@ -9,21 +9,28 @@ Environment variables:
     CLICKSTREAM_LAKE      lake root, a path or an fsspec URL such as s3://bucket/lake  [./lake]
     CLICKSTREAM_LANDING   landing root with one folder per day, <landing>/YYYY-MM-DD/  [$CLICKSTREAM_HOME/landing]
     MLFLOW_TRACKING_URI   MLflow tracking store  [sqlite:///$CLICKSTREAM_HOME/mlflow.db]
-    CLICKSTREAM_BAD_ROW_THRESHOLD   share of bad rows that fails an ingest  [0.05]
-    CLICKSTREAM_PROMOTION_MARGIN    validation AUC a challenger must beat the champion by  [0.002]
+    CLICKSTREAM_BAD_ROW_THRESHOLD   share of bad rows that fails an ingest, 0..1  [0.05]
+    CLICKSTREAM_PROMOTION_MARGIN    validation AUC a challenger must beat the champion by, 0 <= x < 1  [0.002]
     CLICKSTREAM_CHECKPOINTS   training checkpoints, a path or fsspec URL every worker sees  [<lake>/_checkpoints]
-    CLICKSTREAM_MAX_LINE_BYTES      longest raw line an ingest reads  [1048576]
-    CLICKSTREAM_MAX_FILE_BYTES      most (decompressed) bytes of one raw file  [68719476736]
-    CLICKSTREAM_MAX_GZIP_RATIO      most a raw .gz file may expand, times its size (past 16 MiB)  [100]
+    CLICKSTREAM_MAX_LINE_BYTES      longest raw line an ingest reads, >= 1  [1048576]
+    CLICKSTREAM_MAX_FILE_BYTES      most (decompressed) bytes of one raw file, >= 1  [68719476736]
+    CLICKSTREAM_MAX_GZIP_RATIO      most a raw .gz file may expand, times its size (past 16 MiB), >= 1  [100]
+    CLICKSTREAM_SQL_TIMEOUT_S       time limit of one `clickstream sql` query, seconds > 0  [60]
+    CLICKSTREAM_SQL_MEMORY_MB       memory limit of one `clickstream sql` query, MiB >= 64  [2048]
+
+A malformed or out-of-range value is a SettingError naming the variable and its range.
+A local lake root that exists must be a folder.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from clickstream.pipeline.core.errors import ClickstreamError
+from clickstream.pipeline.core.errors import SettingError
 
 MODEL_NAME = "clickstream-buy-intent"
 CHAMPION = "champion"
@@ -94,6 +101,8 @@ class Settings:
     max_line_bytes: int = 1 << 20  # a longer raw line fails the ingest (bounds memory per line)
     max_file_bytes: int = 64 << 30  # decompressed
     max_gzip_ratio: int = 100  # decompressed / compressed size of a raw .gz: stops a gzip bomb early
+    sql_timeout_s: float = 60.0
+    sql_memory_mb: int = 2048
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -111,7 +120,7 @@ class Settings:
 def load_settings(
     lake: str | None = None,
     home: str | Path | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Settings from explicit values, then the environment, then the defaults."""
     env = os.environ if environ is None else environ
@@ -119,43 +128,58 @@ def load_settings(
     lake_root = lake or env.get("CLICKSTREAM_LAKE") or "lake"
     if "://" not in lake_root:
         lake_root = str(Path(lake_root).absolute())
+        if Path(lake_root).exists() and not Path(lake_root).is_dir():
+            origin = "--lake" if lake else "CLICKSTREAM_LAKE"
+            raise SettingError(f"lake root {lake_root} ({origin}) is not a folder")
     landing = env.get("CLICKSTREAM_LANDING") or str(home_path / "landing")
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_path / 'mlflow.db'}"
-    threshold = float(env.get("CLICKSTREAM_BAD_ROW_THRESHOLD", "0.05"))
-    margin = _promotion_margin(env.get("CLICKSTREAM_PROMOTION_MARGIN", "0.002"))
     checkpoints = env.get("CLICKSTREAM_CHECKPOINTS") or None
     if checkpoints and "://" not in checkpoints:
         checkpoints = str(Path(checkpoints).absolute())
-    names = ("max_line_bytes", "max_file_bytes", "max_gzip_ratio")
-    limits = {name: _positive_int(env, f"CLICKSTREAM_{name.upper()}") for name in names}
+    limits = {
+        name: int(env_number(env, f"CLICKSTREAM_{name.upper()}", getattr(Settings, name), low=1, integer=True))
+        for name in ("max_line_bytes", "max_file_bytes", "max_gzip_ratio")
+    }
     return Settings(
         home=home_path,
         lake=lake_root,
         landing=landing,
         tracking_uri=tracking,
-        bad_row_threshold=threshold,
-        promotion_margin=margin,
+        bad_row_threshold=env_number(env, "CLICKSTREAM_BAD_ROW_THRESHOLD", 0.05, low=0.0, high=1.0),
+        promotion_margin=env_number(env, "CLICKSTREAM_PROMOTION_MARGIN", 0.002, low=0.0, high=1.0, high_open=True),
         checkpoint_root=checkpoints,
-        **{name: value for name, value in limits.items() if value is not None},
+        sql_timeout_s=env_number(env, "CLICKSTREAM_SQL_TIMEOUT_S", 60.0, low=0.0, low_open=True),
+        sql_memory_mb=int(env_number(env, "CLICKSTREAM_SQL_MEMORY_MB", 2048, low=64, integer=True)),
+        **limits,
     )
 
 
-def _promotion_margin(text: str) -> float:
-    """CLICKSTREAM_PROMOTION_MARGIN as a float in [0, 1); a ClickstreamError names it otherwise."""
+def env_number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    *,
+    low: float,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> float:
+    """The number in environment variable `name` (`default` when unset or empty), checked
+    against [low, high] (an end excluded with `low_open` / `high_open`); a SettingError names
+    the variable and the accepted range otherwise."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    accepted = f"{'an integer' if integer else 'a number'} {'>' if low_open else '>='} {low:g}" + (
+        f" and {'<' if high_open else '<='} {high:g}" if high is not None else ""
+    )
     try:
-        margin = float(text)
+        value = int(text) if integer else float(text)
     except ValueError:
-        margin = -1.0
-    if not 0.0 <= margin < 1.0:
-        raise ClickstreamError(f"CLICKSTREAM_PROMOTION_MARGIN {text!r} must be an AUC difference in [0, 1)")
-    return margin
-
-
-def _positive_int(env: os._Environ[str] | dict[str, str], name: str) -> int | None:
-    """A positive whole number from the environment (None when unset)."""
-    text = env.get(name)
-    if text is None:
-        return None
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ClickstreamError(f"{name}={text!r} is not a positive whole number")
-    return int(text)
+        raise SettingError(f"{name}={text!r} is not a number; expected {accepted}") from None
+    below = value < low or (low_open and value == low)
+    above = high is not None and (value > high or (high_open and value == high))
+    if not math.isfinite(value) or below or above:
+        raise SettingError(f"{name}={text!r} is out of range; expected {accepted}")
+    return value

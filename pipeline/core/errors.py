@@ -6,6 +6,10 @@ class ClickstreamError(Exception):
     """Base for user-facing errors: the message is the whole story, one line."""
 
 
+class SettingError(ClickstreamError):
+    """A setting from the environment or a flag is malformed or outside its accepted range."""
+
+
 class InputError(ClickstreamError):
     """A raw input file cannot be read at all (missing, corrupt gzip, wrong format)."""
 

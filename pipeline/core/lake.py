@@ -30,7 +30,8 @@ from typing import BinaryIO
 import fsspec
 import polars as pl
 
-from clickstream.pipeline.core.errors import LakePathError, LockedError
+from clickstream.pipeline.core.errors import LakePathError, LockedError, NoDataError
+from clickstream.pipeline.core.tracking import redacted
 
 # A lock whose holder runs on another host cannot be checked; after this long it is taken over
 # (longer than any task's timeout, so a live holder would already have been stopped by Airflow).
@@ -66,6 +67,10 @@ class Lake:
             raise LakePathError(f"invalid partition file name {part!r}")
         return f"{self.partition_dir(table, day)}/{part}.parquet"
 
+    def __str__(self) -> str:
+        """The root as messages name it (any credential in a URL redacted)."""
+        return redacted(self.root)
+
     def url(self, path: str) -> str:
         """The path as a URL that polars and pyarrow open with this lake's filesystem."""
         return path if self.is_local else self.fs.unstrip_protocol(path)
@@ -82,6 +87,15 @@ class Lake:
             if match and self.fs.glob(f"{entry.rstrip('/')}/*.parquet"):
                 days.append(dt.date.fromisoformat(match.group(1)))
         return sorted(days)
+
+    def require_dates(self, table: str, start: dt.date | None, end: dt.date | None, then: str) -> list[dt.date]:
+        """The table's dates in [start, end] (default: all), ascending; a NoDataError naming the
+        lake, the table and the window when there are none, ending with `then` (what to run first)."""
+        days = [d for d in self.dates(table) if (start is None or d >= start) and (end is None or d <= end)]
+        if not days:
+            window = "" if start is None and end is None else f" for {start or '...'}..{end or '...'}"
+            raise NoDataError(f"no {table}/ partitions{window} in lake {self}; {then}")
+        return days
 
     def partition_files(self, table: str, day: dt.date) -> list[str]:
         """Committed files of one partition, sorted by name (stable read order)."""

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from clickstream.pipeline.core.config import Settings, load_settings
+from clickstream.pipeline.core.config import CHAMPION, Settings, load_settings
 from clickstream.pipeline.core.errors import ClickstreamError
 from clickstream.pipeline.ingest.formats import FORMATS, GENERATED
 
@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[env X, default Y]" is text, not markup
 )
 
 LakeOpt = Annotated[
@@ -65,6 +66,20 @@ def parse_date(value: str | None, flag: str) -> dt.date | None:
 
 def _settings(lake: str | None) -> Settings:
     return load_settings(lake=lake)
+
+
+def _require_sequences(settings: Settings, first: dt.date | None, last: dt.date | None) -> None:
+    """Fail in a second, before torch and MLflow load, when there is nothing to work on."""
+    from clickstream.pipeline.core.lake import Lake
+
+    Lake(settings.lake).require_dates("sequences", first, last, "run `clickstream sequences` first")
+
+
+def _require_model(settings: Settings, model: str | None) -> None:
+    """Fail in a second, before MLflow loads (or creates a store), when no model can be there."""
+    from clickstream.pipeline.core.tracking import require_store
+
+    require_store(settings.tracking_uri, model or f"models:/{settings.model_name}@{CHAMPION}")
 
 
 def _done(summary: object) -> None:
@@ -129,13 +144,16 @@ def train(
     ] = 1,
     lake: LakeOpt = None,
 ) -> None:
-    """Train the LSTM on sessions starting in the window and register it in MLflow."""
+    """Train the LSTM on sessions starting in the window and register it in MLflow
+    (the tracking store is MLFLOW_TRACKING_URI)."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    settings = _settings(lake)
+    _require_sequences(settings, first, last)
     from clickstream.models.train import train_and_register
 
     _done(
         train_and_register(
-            _settings(lake),
+            settings,
             first,
             last,
             epochs=epochs,
@@ -171,11 +189,14 @@ def score(
     model: Annotated[str | None, typer.Option(help="Model URI [models:/clickstream-buy-intent@champion].")] = None,
     lake: LakeOpt = None,
 ) -> None:
-    """Score the sessions of those dates into scores/."""
+    """Score the sessions of those dates into scores/ (models from MLFLOW_TRACKING_URI)."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    settings = _settings(lake)
+    _require_sequences(settings, first, last)
+    _require_model(settings, model)
     from clickstream.pipeline.serve.scoring import score_dates
 
-    _done(score_dates(_settings(lake), first, last, model))
+    _done(score_dates(settings, first, last, model))
 
 
 @app.command()
@@ -192,10 +213,11 @@ def scores(
 ) -> None:
     """Scored sessions for analysts (latest day by default)."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    settings = _settings(lake)
     from clickstream.pipeline.serve.analytics import query_scores, write_output
 
     frame = query_scores(
-        _settings(lake),
+        settings,
         first,
         last,
         top=top,
@@ -203,20 +225,33 @@ def scores(
         cookie=cookie,
         session=session,
     )
-    _done(write_output(frame, format.value, out))
+    _done(write_output(frame, format.value, out, lake=settings.lake))
 
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="SQL over tables events, sequences, scores, cookie_intent.")],
+    query: Annotated[
+        str, typer.Argument(help="DuckDB SQL over tables events, sequences, scores, cookie_intent, quarantine.")
+    ],
     format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
-    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write to this file (outside the lake) instead of stdout.")] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Time limit in seconds [env CLICKSTREAM_SQL_TIMEOUT_S, default 60]."),
+    ] = None,
+    memory_mb: Annotated[
+        int | None,
+        typer.Option(min=64, help="Memory limit in MiB [env CLICKSTREAM_SQL_MEMORY_MB, default 2048]."),
+    ] = None,
     lake: LakeOpt = None,
 ) -> None:
-    """Run a SQL query over the lake."""
-    from clickstream.pipeline.serve.analytics import run_sql, write_output
+    """Run one SQL query over the lake's tables, sandboxed: no files, network or extensions."""
+    settings = _settings(lake)
+    from clickstream.pipeline.serve.output import write_output
+    from clickstream.pipeline.serve.sql import run_sql
 
-    _done(write_output(run_sql(_settings(lake), query), format.value, out))
+    frame = run_sql(settings, query, timeout_s=timeout, memory_mb=memory_mb)
+    _done(write_output(frame, format.value, out, lake=settings.lake))
 
 
 @app.command("session")
@@ -225,10 +260,13 @@ def session_trace(
     model: Annotated[str | None, typer.Option(help="Model URI [champion].")] = None,
     lake: LakeOpt = None,
 ) -> None:
-    """A session's events in order with the model's running buying intent."""
+    """A session's events in order with the model's running buying intent
+    (models from MLFLOW_TRACKING_URI)."""
+    settings = _settings(lake)
+    _require_model(settings, model)
     from clickstream.pipeline.serve.analytics import explain_session, write_output
 
-    _done(write_output(explain_session(_settings(lake), session_id, model), "table", None))
+    _done(write_output(explain_session(settings, session_id, model), "table", None))
 
 
 @app.command()

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import polars as pl
 
-from clickstream.models.registry import alias_version, redacted, tracking_client
+from clickstream.models.registry import alias_version, tracking_client
 from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.errors import ClickstreamError
 from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.tracking import redacted
 from clickstream.pipeline.orchestrate.airflow_home import (
     airflow_environ,
     finished_run,

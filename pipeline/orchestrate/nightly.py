@@ -140,7 +140,7 @@ def trainable_window(settings: Settings, day: dt.date, window_days: int, what: s
     need = settings.train.validation_days + 1
     if len(have) < need:
         raise NoDataError(
-            f"{what} needs {need} days of sequences in {start}..{end} "
+            f"{what} needs {need} days of sequences in {start}..{end} of lake {Lake(settings.lake)} "
             f"({settings.train.validation_days} validate), found {len(have)}: {what} skipped"
         )
     return start, end
@@ -204,10 +204,14 @@ def score_days(settings: Settings, start: dt.date, end: dt.date) -> dict[str, An
     Idempotent: the same champion and sequences give the same scores (only scored_at differs).
     """
     from clickstream.models.registry import alias_version
+    from clickstream.pipeline.core.tracking import redacted, store_is_missing
     from clickstream.pipeline.serve.scoring import score_dates
 
-    if alias_version(settings, CHAMPION) is None:
-        raise NoDataError(f"no {CHAMPION} model registered yet: scoring starts after the first promotion")
+    if store_is_missing(settings.tracking_uri) or alias_version(settings, CHAMPION) is None:
+        raise NoDataError(
+            f"no {CHAMPION} model registered yet in {redacted(settings.tracking_uri)}: "
+            "scoring starts after the first promotion"
+        )
     summary = score_dates(settings, start, end)
     return {
         "dates": [d.isoformat() for d in summary.dates],
@@ -246,7 +250,7 @@ def rescore_recent(settings: Settings, days: int) -> dict[str, Any]:
 
     dates = Lake(settings.lake).dates("sequences")[-days:]
     if not dates:
-        raise NoDataError("sequences/ is empty: nothing to re-score")
+        raise NoDataError(f"sequences/ of lake {Lake(settings.lake)} is empty: nothing to re-score")
     return score_days(settings, dates[0], dates[-1])
 
 

@@ -1,34 +1,25 @@
-"""What analysts ask of the lake: scored sessions with filters, SQL over the lake's tables,
-and one session's events with the model's running buying intent."""
+"""What analysts ask of the lake: scored sessions with filters and one session's events with
+the model's running buying intent (SQL over the lake's tables is serve.sql)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from clickstream.models.scorer import load_scorer
-from clickstream.pipeline.core import schemas
 from clickstream.pipeline.core.config import Settings
-from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
+from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.core.schemas import EVENT_TYPES, SCORES
-from clickstream.pipeline.serve.history import model_versions
 from clickstream.pipeline.serve.output import write_output
-from clickstream.pipeline.serve.scoring import cookie_intent_path
 
 if TYPE_CHECKING:
 
     from clickstream.pipeline.serve.scoring import Scorer
 
-__all__ = ["SQL_TABLES", "explain_session", "query_scores", "run_sql", "session_trace", "write_output"]
-
-# Tables `clickstream sql` sees; partitioned ones carry their partition `date` column. `models`
-# (history.VERSIONS, from the registry) holds each version's `trained_through` day, so that a
-# quality query can keep only the sessions after the training window of the model that scored them.
-SQL_TABLES = ("events", "sequences", "scores", "cookie_intent", "quarantine", "models")
+__all__ = ["explain_session", "query_scores", "session_trace", "write_output"]
 
 
 def query_scores(
@@ -45,9 +36,7 @@ def query_scores(
     filter, sorted by score descending then session_id; `top` keeps the first N of that order.
     Columns: date, then the SCORES columns."""
     lake = Lake(settings.lake)
-    scored = lake.dates("scores")
-    if not scored:
-        raise NoDataError("no scores in the lake; run `clickstream score` first")
+    scored = lake.require_dates("scores", None, None, "run `clickstream score` first")
     if start is None and end is None:
         start = end = scored[-1]
     scan = lake.scan("scores", start, end)
@@ -63,25 +52,6 @@ def query_scores(
     return (ordered if top is None else ordered.head(top)).collect()
 
 
-def run_sql(settings: Settings, query: str) -> pl.DataFrame:
-    """The result of one polars SQL query over the lake's tables (SQL_TABLES), each registered
-    lazily and only when the query names it; an empty table has its schema and no rows.
-    Any SQL error becomes a one-line ClickstreamError."""
-    if not query.strip():
-        raise ClickstreamError("empty SQL query")
-    lake = Lake(settings.lake)
-    named = {
-        name: model_versions(settings).lazy() if name == "models" else _sql_table(lake, name)
-        for name in SQL_TABLES
-        if re.search(rf"\b{name}\b", query, re.IGNORECASE)
-    }
-    try:
-        return pl.SQLContext(frames=named).execute(query, eager=False).collect()
-    except pl.exceptions.PolarsError as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ClickstreamError(f"SQL error: {message} (tables: {', '.join(SQL_TABLES)})") from None
-
-
 def explain_session(settings: Settings, session_id: str, model_uri: str | None = None) -> pl.DataFrame:
     """The session's input events in time order with the running buying intent after each,
     from `model_uri` (default the champion); see session_trace for the columns."""
@@ -93,7 +63,7 @@ def find_session(lake: Lake, session_id: str) -> pl.DataFrame:
     scan = lake.scan("sequences")
     found = None if scan is None else scan.filter(pl.col("session_id") == session_id).collect()
     if found is None or found.height == 0:
-        raise NoDataError(f"session {session_id!r} is not in sequences/")
+        raise NoDataError(f"session {session_id!r} is not in sequences/ of lake {lake}")
     return found.sort("session_start").head(1)
 
 
@@ -117,13 +87,3 @@ def session_trace(sequence: pl.DataFrame, scorer: Scorer) -> pl.DataFrame:
         intent=pl.Series(intent, dtype=pl.Float32),
     )
     return trace.with_columns(change=pl.col("intent").diff().fill_null(pl.col("intent")))
-
-
-def _sql_table(lake: Lake, name: str) -> pl.LazyFrame:
-    if name == "cookie_intent":
-        path = cookie_intent_path(lake)
-        if not lake.fs.exists(path):
-            return pl.LazyFrame(schema=schemas.COOKIE_INTENT)
-        return pl.scan_parquet(path) if lake.is_local else lake.read_file(path).lazy()
-    scan = lake.scan(name)
-    return scan if scan is not None else pl.LazyFrame(schema={**getattr(schemas, name.upper()), "date": pl.Date})

@@ -19,8 +19,9 @@ TABLE_DECIMALS = 4
 FORMULA_START = r"^[=+\-@\t\r]"
 
 
-def write_output(frame: pl.DataFrame, fmt: str, out: Path | None) -> str:
-    """Write `frame` as `fmt` to `out` (atomically) or to stdout; returns a one-line summary.
+def write_output(frame: pl.DataFrame, fmt: str, out: Path | None, *, lake: str | None = None) -> str:
+    """Write `frame` as `fmt` to `out` (atomically; never a folder nor inside `lake`, see
+    replace_file) or to stdout; returns a one-line summary.
 
     table: aligned columns, numbers right-aligned, floats to 4 decimals, nulls blank.
     csv: header row; text cells starting with = + - @ tab or CR get a leading ' so a
@@ -34,11 +35,11 @@ def write_output(frame: pl.DataFrame, fmt: str, out: Path | None) -> str:
     if fmt == "parquet":
         if out is None:
             raise ClickstreamError("--format parquet writes binary data: give --out FILE")
-        replace_file(out, lambda tmp: frame.write_parquet(tmp, statistics=True))
+        replace_file(out, lambda tmp: frame.write_parquet(tmp, statistics=True), lake=lake)
         return f"{shape} written to {out} (parquet)"
     text = {"table": format_table, "csv": format_csv, "json": format_json}[fmt](frame)
     if out is not None:
-        replace_file(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        replace_file(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), lake=lake)
         return f"{shape} written to {out} ({fmt})"
     sys.stdout.write(text)
     sys.stdout.flush()
@@ -119,15 +120,25 @@ def _fixed(value: pl.Expr, decimals: int) -> pl.Expr:
     return pl.concat_str([sign, whole, pl.lit("."), fraction])
 
 
-def replace_file(out: Path, write: Callable[[Path], object]) -> None:
+def replace_file(out: Path, write: Callable[[Path], object], *, lake: str | None = None) -> None:
     """Run write(tmp) on a temporary name beside `out`, then move it into place: readers see the
-    old file or the new one, never a part; a failed write leaves no temporary file behind."""
+    old file or the new one, never a part; a failed write leaves no temporary file behind.
+    Refused (ClickstreamError) when `out` is a folder, or a path inside the local `lake` root,
+    whose files only the pipeline writes."""
     out = Path(out)
-    if out.parent and not out.parent.exists():
+    if out.is_dir():
+        raise ClickstreamError(f"cannot write {out}: it is a folder; give a file name")
+    if out.parent and not out.parent.is_dir():
         raise ClickstreamError(f"cannot write {out}: folder {out.parent} does not exist")
+    if lake is not None and "://" not in lake.removeprefix("file://"):
+        root = Path(lake.removeprefix("file://")).resolve()
+        if out.resolve() == root or root in out.resolve().parents:
+            raise ClickstreamError(f"cannot write {out}: it is inside the lake {root}; write outside the lake")
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     try:
         write(tmp)
         os.replace(tmp, out)
+    except OSError as error:
+        raise ClickstreamError(f"cannot write {out}: {error.strerror or error}") from None
     finally:
         tmp.unlink(missing_ok=True)

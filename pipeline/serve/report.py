@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 
 from clickstream.models.evaluation import evaluate, write_plots
 from clickstream.pipeline.core.config import CHAMPION, Settings
-from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.serve.history import decisions, model_versions
 from clickstream.pipeline.serve.holdout import after_training
@@ -55,9 +54,7 @@ def write_report(settings: Settings, start: dt.date | None, end: dt.date | None,
     """Write the HTML report for scored dates in [start, end] (default: every scored date) to
     `out` atomically; returns a one-line summary. NoDataError when no date in the window was scored."""
     lake = Lake(settings.lake)
-    scored_days = [d for d in lake.dates("scores") if (start is None or d >= start) and (end is None or d <= end)]
-    if not scored_days:
-        raise NoDataError("no scored dates in that window; run `clickstream score` first")
+    scored_days = lake.require_dates("scores", start, end, "run `clickstream score` first")
     first, last = scored_days[0], scored_days[-1]
     scores = scored_sessions(lake, first, last)
     versions = model_versions(settings)
@@ -72,7 +69,7 @@ def write_report(settings: Settings, start: dt.date | None, end: dt.date | None,
     ]
     title = f"clickstream report {first}..{last}"
     document = render(title, sections, settings.model_name, champion, holdout.sentence)
-    replace_file(Path(out), lambda tmp: Path(tmp).write_text(document, encoding="utf-8"))
+    replace_file(Path(out), lambda tmp: Path(tmp).write_text(document, encoding="utf-8"), lake=settings.lake)
     plots = sum(len(s.images) for s in sections)
     return f"report for {first}..{last}: {scores.height:,} scored sessions, {plots} plots -> {out}"
 

@@ -18,7 +18,6 @@ import polars as pl
 from clickstream.features.sequences import read_sequences
 from clickstream.models.scorer import load_scorer
 from clickstream.pipeline.core.config import Settings
-from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.core.schemas import COOKIE_INTENT, SCORES, conform
 
@@ -75,15 +74,8 @@ def score_dates(
 
 def scoring_dates(lake: Lake, start: dt.date | None, end: dt.date | None) -> list[dt.date]:
     """The sequences/ dates in [start, end], ascending; the latest one when both are None."""
-    available = lake.dates("sequences")
-    if start is None and end is None:
-        days = available[-1:]
-    else:
-        days = [d for d in available if (start is None or d >= start) and (end is None or d <= end)]
-    if not days:
-        window = "the lake" if start is None and end is None else f"{start or '...'}..{end or '...'}"
-        raise NoDataError(f"no sequences to score in {window}; run `clickstream sequences` first")
-    return days
+    days = lake.require_dates("sequences", start, end, "run `clickstream sequences` first")
+    return days[-1:] if start is None and end is None else days
 
 
 def score_with(settings: Settings, scorer: Scorer, days: list[dt.date]) -> ScoreSummary:
@@ -110,7 +102,11 @@ def score_with(settings: Settings, scorer: Scorer, days: list[dt.date]) -> Score
 
 
 def score_frame(sequences: pl.DataFrame, scorer: Scorer, scored_at: dt.datetime) -> pl.DataFrame:
-    """One SCORES row per session of `sequences`, sorted by session_id."""
+    """One SCORES row per session of `sequences`, sorted by session_id.
+
+    The sessions are scored in session_id order, so the same sessions in any row order are
+    cut into the same batches and get bit-identical scores (see `Scorer.score`)."""
+    sequences = sequences.sort("session_id", "session_start")
     scores = scorer.score(sequences) if sequences.height else []
     frame = sequences.select("session_id", "cookie_id", "session_start", "n_events").with_columns(
         score=pl.Series(scores, dtype=pl.Float32),
@@ -118,7 +114,7 @@ def score_frame(sequences: pl.DataFrame, scorer: Scorer, scored_at: dt.datetime)
         model_version=pl.lit(str(scorer.model_version)),
         scored_at=pl.lit(scored_at),
     )
-    return conform(frame, SCORES).sort("session_id")
+    return conform(frame, SCORES)
 
 
 def cookie_intent_path(lake: Lake) -> str:

@@ -1,0 +1,132 @@
+"""`clickstream sql`: one analyst query over the lake's tables, run in a DuckDB sandbox.
+
+The query sees the lake's tables (SQL_TABLES) and nothing else: each is registered as a
+lazy Arrow dataset over its committed Parquet files (partitioned ones with their `date`
+column) before the connection is locked. Then
+
+- external access is off: no file or URL functions (read_csv, read_parquet, glob, COPY,
+  ATTACH, ...), no network, no Python objects by name, no extension installing or loading;
+- the configuration is locked: SET/RESET cannot lift any of it;
+- the query runs under a memory limit (DuckDB's own, with no spilling to disk, and the
+  result it returns) and a time limit (interrupted when it passes).
+
+The database is in memory and thrown away after the query, so statements other than
+SELECT change nothing outside it. Every failure is one ClickstreamError line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from clickstream.pipeline.core import schemas
+from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import ClickstreamError
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.serve.scoring import cookie_intent_path
+
+# Tables a query sees; partitioned ones carry their partition `date` column.
+SQL_TABLES = ("events", "sequences", "scores", "cookie_intent", "quarantine")
+THREADS = min(4, os.cpu_count() or 1)
+_BATCH_ROWS = 65_536
+_PARTITION = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
+# Set after the tables are registered and before the query; lock_configuration comes last.
+_SANDBOX = (
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+    "SET lock_configuration = true",
+)
+
+
+def run_sql(
+    settings: Settings, query: str, *, timeout_s: float | None = None, memory_mb: int | None = None
+) -> pl.DataFrame:
+    """The result of one DuckDB SQL query over the lake's tables, each registered only when
+    the query names it; an empty table has its schema and no rows. The time and memory limits
+    default to settings.sql_timeout_s and settings.sql_memory_mb; a result larger than the
+    memory limit is refused too."""
+    if not query.strip():
+        raise ClickstreamError("empty SQL query")
+    timeout_s = settings.sql_timeout_s if timeout_s is None else timeout_s
+    memory_mb = settings.sql_memory_mb if memory_mb is None else memory_mb
+    lake = Lake(settings.lake)
+    named = [name for name in SQL_TABLES if re.search(rf"\b{name}\b", query, re.IGNORECASE)]
+    con = duckdb.connect(":memory:", config={"threads": THREADS, "memory_limit": f"{memory_mb}MiB"})
+    timer = threading.Timer(timeout_s, con.interrupt)
+    try:
+        con.execute("SET temp_directory = ''")  # no spilling: the memory limit is the limit
+        con.execute("SET TimeZone = 'UTC'")  # timestamps come back in UTC, as the lake holds them
+        for name in named:
+            con.register(name, _dataset(lake, name))
+        for statement in _SANDBOX:
+            con.execute(statement)
+        timer.start()
+        return _fetch(con.sql(query), memory_mb)
+    except duckdb.InterruptException:
+        raise ClickstreamError(
+            f"SQL query stopped at its time limit of {timeout_s:g} s (--timeout, CLICKSTREAM_SQL_TIMEOUT_S)"
+        ) from None
+    except duckdb.OutOfMemoryException:
+        raise ClickstreamError(_over_memory(memory_mb)) from None
+    except duckdb.PermissionException as error:
+        raise ClickstreamError(
+            f"SQL error: {_first_line(error)}; queries read only the lake's tables ({', '.join(SQL_TABLES)})"
+        ) from None
+    except duckdb.Error as error:
+        raise ClickstreamError(f"SQL error: {_first_line(error)} (tables: {', '.join(SQL_TABLES)})") from None
+    finally:
+        timer.cancel()
+        con.close()
+
+
+def _fetch(result: duckdb.DuckDBPyRelation | None, memory_mb: int) -> pl.DataFrame:
+    """The result as a polars frame, batch by batch, refused once it passes the memory limit
+    (an empty frame for a statement without one)."""
+    if result is None:
+        return pl.DataFrame()
+    reader = result.to_arrow_reader(_BATCH_ROWS)
+    batches, size = [], 0
+    for batch in reader:
+        size += batch.nbytes
+        if size > memory_mb * 2**20:
+            raise ClickstreamError(_over_memory(memory_mb, "its result"))
+        batches.append(batch)
+    return pl.from_arrow(pa.Table.from_batches(batches, schema=reader.schema))
+
+
+def _dataset(lake: Lake, name: str) -> ds.Dataset | pa.Table:
+    """Table `name` as a lazy Arrow dataset over its committed files (an empty table with its
+    schema when it has none)."""
+    filesystem = None if lake.is_local else PyFileSystem(FSSpecHandler(lake.fs))
+    if name == "cookie_intent":
+        path = cookie_intent_path(lake)
+        if lake.fs.exists(path):
+            return ds.dataset([path], format="parquet", filesystem=filesystem)
+        return pl.DataFrame(schema=schemas.COOKIE_INTENT).to_arrow()
+    files = lake.files(name)
+    if not files:
+        return pl.DataFrame(schema={**getattr(schemas, name.upper()), "date": pl.Date}).to_arrow()
+    return ds.dataset(
+        files, format="parquet", filesystem=filesystem, partitioning=_PARTITION, partition_base_dir=lake.table_dir(name)
+    )
+
+
+def _over_memory(memory_mb: int, what: str = "it") -> str:
+    return (
+        f"SQL query stopped: {what} needs more than its memory limit of {memory_mb:,} MiB "
+        "(--memory-mb, CLICKSTREAM_SQL_MEMORY_MB); aggregate, filter or add LIMIT"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
