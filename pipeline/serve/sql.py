@@ -7,8 +7,8 @@ column) before the connection is locked. Then
 - external access is off: no file or URL functions (read_csv, read_parquet, glob, COPY,
   ATTACH, ...), no network, no Python objects by name, no extension installing or loading;
 - the configuration is locked: SET/RESET cannot lift any of it;
-- the query runs under a memory limit (DuckDB's own, with no spilling to disk, and the
-  result it returns) and a time limit (interrupted when it passes).
+- the query runs under a memory limit, half of it DuckDB's working memory (no spilling to
+  disk) and half the result it returns, and under a time limit (interrupted when it passes).
 
 The database is in memory and thrown away after the query, so statements other than
 SELECT change nothing outside it. Every failure is one ClickstreamError line.
@@ -30,10 +30,10 @@ from clickstream.pipeline.core import schemas
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError
 from clickstream.pipeline.core.lake import Lake
-from clickstream.pipeline.serve.scoring import cookie_intent_path
 
 # Tables a query sees; partitioned ones carry their partition `date` column.
 SQL_TABLES = ("events", "sequences", "scores", "cookie_intent", "quarantine")
+UNPARTITIONED = ("cookie_intent",)
 THREADS = min(4, os.cpu_count() or 1)
 _BATCH_ROWS = 65_536
 _PARTITION = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
@@ -60,7 +60,8 @@ def run_sql(
     memory_mb = settings.sql_memory_mb if memory_mb is None else memory_mb
     lake = Lake(settings.lake)
     named = [name for name in SQL_TABLES if re.search(rf"\b{name}\b", query, re.IGNORECASE)]
-    con = duckdb.connect(":memory:", config={"threads": THREADS, "memory_limit": f"{memory_mb}MiB"})
+    # the limit is shared: half for the engine's working memory, half for the result it returns
+    con = duckdb.connect(":memory:", config={"threads": THREADS, "memory_limit": f"{memory_mb // 2}MiB"})
     timer = threading.Timer(timeout_s, con.interrupt)
     try:
         con.execute("SET temp_directory = ''")  # no spilling: the memory limit is the limit
@@ -97,7 +98,7 @@ def _fetch(result: duckdb.DuckDBPyRelation | None, memory_mb: int) -> pl.DataFra
     batches, size = [], 0
     for batch in reader:
         size += batch.nbytes
-        if size > memory_mb * 2**20:
+        if size > memory_mb // 2 * 2**20:
             raise ClickstreamError(_over_memory(memory_mb, "its result"))
         batches.append(batch)
     return pl.from_arrow(pa.Table.from_batches(batches, schema=reader.schema))
@@ -107,14 +108,15 @@ def _dataset(lake: Lake, name: str) -> ds.Dataset | pa.Table:
     """Table `name` as a lazy Arrow dataset over its committed files (an empty table with its
     schema when it has none)."""
     filesystem = None if lake.is_local else PyFileSystem(FSSpecHandler(lake.fs))
-    if name == "cookie_intent":
-        path = cookie_intent_path(lake)
-        if lake.fs.exists(path):
-            return ds.dataset([path], format="parquet", filesystem=filesystem)
-        return pl.DataFrame(schema=schemas.COOKIE_INTENT).to_arrow()
+    schema = getattr(schemas, name.upper())
+    if name in UNPARTITIONED:  # one file for all days, straight under the table's folder
+        files = sorted(lake.fs.glob(f"{lake.table_dir(name)}/*.parquet"))
+        if not files:
+            return pl.DataFrame(schema=schema).to_arrow()
+        return ds.dataset(files, format="parquet", filesystem=filesystem)
     files = lake.files(name)
     if not files:
-        return pl.DataFrame(schema={**getattr(schemas, name.upper()), "date": pl.Date}).to_arrow()
+        return pl.DataFrame(schema={**schema, "date": pl.Date}).to_arrow()
     return ds.dataset(
         files, format="parquet", filesystem=filesystem, partitioning=_PARTITION, partition_base_dir=lake.table_dir(name)
     )
