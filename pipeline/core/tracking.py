@@ -1,8 +1,8 @@
 """The MLflow tracking URI as text, without MLflow: printable (secrets redacted) and cheap
 questions about it that let commands fail before importing MLflow or creating a store.
 
-A URI's secrets are its user-info (`user:password@`), every query value (`?token=...`) and
-its fragment; `redacted` removes all of them, so any message may name the store.
+A URI's secrets are its user-info (`user:password@`), every query value (`?token=...`, or a
+bare `?word`) and its fragment; `redacted` removes all of them, so any message may name the store.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def redacted(uri: str) -> str:
     if parts is None:
         return uri
     scheme, _, location, query, fragment = parts
-    masked = "&".join(f"{key}={MASK}" if has else key for key, has, _ in (p.partition("=") for p in query.split("&")))
+    masked = "&".join(f"{key}={MASK}" if has else MASK for key, has, _ in (p.partition("=") for p in query.split("&")))
     return f"{scheme}://{location}" + (f"?{masked}" if query else "") + (f"#{MASK}" if fragment else "")
 
 
@@ -45,7 +45,7 @@ def scrubbed(text: str, uri: str) -> str:
     if parts is None:
         return text
     _, userinfo, _, query, fragment = parts
-    secrets = [userinfo.partition(":")[2], fragment, *(p.partition("=")[2] for p in query.split("&"))]
+    secrets = [userinfo.partition(":")[2], fragment, *(p.rpartition("=")[2] for p in query.split("&"))]
     for secret in sorted({s for raw in secrets for s in (raw, unquote(raw)) if len(s) >= 3}, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text

@@ -68,11 +68,14 @@ def _settings(lake: str | None) -> Settings:
     return load_settings(lake=lake)
 
 
-def _require_sequences(settings: Settings, first: dt.date | None, last: dt.date | None) -> None:
-    """Fail in a second, before torch and MLflow load, when there is nothing to work on."""
+FIRST_RUN = {"sequences": "run `clickstream sequences` first", "scores": "run `clickstream score` first"}
+
+
+def _require_data(settings: Settings, table: str, first: dt.date | None, last: dt.date | None) -> None:
+    """Fail in a second, before torch and MLflow load, when `table` holds nothing to work on."""
     from clickstream.pipeline.core.lake import Lake
 
-    Lake(settings.lake).require_dates("sequences", first, last, "run `clickstream sequences` first")
+    Lake(settings.lake).require_dates(table, first, last, FIRST_RUN[table])
 
 
 def _require_model(settings: Settings, model: str | None) -> None:
@@ -148,7 +151,7 @@ def train(
     (the tracking store is MLFLOW_TRACKING_URI)."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
     settings = _settings(lake)
-    _require_sequences(settings, first, last)
+    _require_data(settings, "sequences", first, last)
     from clickstream.models.train import train_and_register
 
     _done(
@@ -192,7 +195,7 @@ def score(
     """Score the sessions of those dates into scores/ (models from MLFLOW_TRACKING_URI)."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
     settings = _settings(lake)
-    _require_sequences(settings, first, last)
+    _require_data(settings, "sequences", first, last)
     _require_model(settings, model)
     from clickstream.pipeline.serve.scoring import score_dates
 
@@ -214,6 +217,7 @@ def scores(
     """Scored sessions for analysts (latest day by default)."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
     settings = _settings(lake)
+    _require_data(settings, "scores", None, None)
     from clickstream.pipeline.serve.analytics import query_scores, write_output
 
     frame = query_scores(
@@ -247,9 +251,11 @@ def sql(
 ) -> None:
     """Run one SQL query over the lake's tables, sandboxed: no files, network or extensions."""
     settings = _settings(lake)
-    from clickstream.pipeline.serve.output import write_output
+    from clickstream.pipeline.serve.output import check_out, write_output
     from clickstream.pipeline.serve.sql import run_sql
 
+    if out is not None:
+        check_out(out, settings.lake)  # before the query, not after it
     frame = run_sql(settings, query, timeout_s=timeout, memory_mb=memory_mb)
     _done(write_output(frame, format.value, out, lake=settings.lake))
 
@@ -278,9 +284,11 @@ def report(
 ) -> None:
     """One self-contained HTML report with plots of scores, lift and model quality."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    settings = _settings(lake)
+    _require_data(settings, "scores", first, last)
     from clickstream.pipeline.serve.report import write_report
 
-    _done(write_report(_settings(lake), first, last, out))
+    _done(write_report(settings, first, last, out))
 
 
 class RegistryFormat(StrEnum):

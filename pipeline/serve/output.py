@@ -21,7 +21,7 @@ FORMULA_START = r"^[=+\-@\t\r]"
 
 def write_output(frame: pl.DataFrame, fmt: str, out: Path | None, *, lake: str | None = None) -> str:
     """Write `frame` as `fmt` to `out` (atomically; never a folder nor inside `lake`, see
-    replace_file) or to stdout; returns a one-line summary.
+    check_out) or to stdout; returns a one-line summary.
 
     table: aligned columns, numbers right-aligned, floats to 4 decimals, nulls blank.
     csv: header row; text cells starting with = + - @ tab or CR get a leading ' so a
@@ -120,20 +120,26 @@ def _fixed(value: pl.Expr, decimals: int) -> pl.Expr:
     return pl.concat_str([sign, whole, pl.lit("."), fraction])
 
 
-def replace_file(out: Path, write: Callable[[Path], object], *, lake: str | None = None) -> None:
-    """Run write(tmp) on a temporary name beside `out`, then move it into place: readers see the
-    old file or the new one, never a part; a failed write leaves no temporary file behind.
-    Refused (ClickstreamError) when `out` is a folder, or a path inside the local `lake` root,
-    whose files only the pipeline writes."""
+def check_out(out: Path, lake: str | None) -> None:
+    """ClickstreamError unless `out` can be an analyst file: not inside the local `lake` root
+    (links followed; only the pipeline writes there), not a folder, in a folder that exists."""
     out = Path(out)
-    if out.is_dir():
-        raise ClickstreamError(f"cannot write {out}: it is a folder; give a file name")
-    if out.parent and not out.parent.is_dir():
-        raise ClickstreamError(f"cannot write {out}: folder {out.parent} does not exist")
     if lake is not None and "://" not in lake.removeprefix("file://"):
         root = Path(lake.removeprefix("file://")).resolve()
         if out.resolve() == root or root in out.resolve().parents:
             raise ClickstreamError(f"cannot write {out}: it is inside the lake {root}; write outside the lake")
+    if out.is_dir():
+        raise ClickstreamError(f"cannot write {out}: it is a folder; give a file name")
+    if not out.parent.is_dir():
+        raise ClickstreamError(f"cannot write {out}: folder {out.parent} does not exist")
+
+
+def replace_file(out: Path, write: Callable[[Path], object], *, lake: str | None = None) -> None:
+    """Run write(tmp) on a temporary name beside `out`, then move it into place: readers see the
+    old file or the new one, never a part; a failed write leaves no temporary file behind.
+    `out` must pass check_out."""
+    out = Path(out)
+    check_out(out, lake)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
     try:
         write(tmp)

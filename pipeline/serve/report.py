@@ -31,7 +31,7 @@ from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.serve.history import decisions, model_versions
 from clickstream.pipeline.serve.holdout import after_training
-from clickstream.pipeline.serve.output import format_cells, replace_file
+from clickstream.pipeline.serve.output import check_out, format_cells, replace_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -53,6 +53,7 @@ class Section:
 def write_report(settings: Settings, start: dt.date | None, end: dt.date | None, out: Path) -> str:
     """Write the HTML report for scored dates in [start, end] (default: every scored date) to
     `out` atomically; returns a one-line summary. NoDataError when no date in the window was scored."""
+    check_out(out, settings.lake)  # before the work, not after it
     lake = Lake(settings.lake)
     scored_days = lake.require_dates("scores", start, end, "run `clickstream score` first")
     first, last = scored_days[0], scored_days[-1]

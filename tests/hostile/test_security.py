@@ -19,7 +19,7 @@ from clickstream.pipeline.core.errors import LakePathError, ModelNotFoundError
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.orchestrate.demo import ui_commands
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PLACEHOLDER_FILE = "docker/.env.example"  # documents every secret, with placeholder values only
 PASSWORD = "s3cr3t-pw"  # this module's own dummy
 DUMMIES = {"testing", "secret", PASSWORD}  # moto's and the tests' stand-in credentials
