@@ -52,9 +52,9 @@ class Scorer:
     def score(self, sequences: pl.DataFrame) -> np.ndarray:
         """Buy probability per session: float32 in [0, 1], in the frame's row order.
 
-        A score depends on the session and on the rows it shares a batch with: batches are
-        cut from the sessions sorted by length, ties in row order, and a matrix product may
-        round a row differently at another position in its batch. So the same frame scores
+        A score depends on the session and on the rows it shares a batch with: a batch holds
+        sessions of one length in row order (predict.equal_length_batches), and a matrix
+        product may round a row differently at another position or batch size. So the same frame scores
         bit-identically every time on one machine, while the same session in another frame
         (another row order, other sessions) may differ by a few float32 ulps (about 3e-8 at
         0.5). Callers that want row-order independence sort first (scoring.score_frame)."""

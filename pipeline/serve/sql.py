@@ -2,7 +2,8 @@
 
 The query sees the lake's tables (SQL_TABLES) and nothing else: each is registered as a
 lazy Arrow dataset over its committed Parquet files (partitioned ones with their `date`
-column) before the connection is locked. Then
+column), and `models` as the registry's versions read up front, before the connection is
+locked. Then
 
 - external access is off: no file or URL functions (read_csv, read_parquet, glob, COPY,
   ATTACH, ...), no network, no Python objects by name, no extension installing or loading;
@@ -30,9 +31,13 @@ from clickstream.pipeline.core import schemas
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError
 from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.tracking import store_is_missing
+from clickstream.pipeline.serve.history import VERSIONS, model_versions
 
-# Tables a query sees; partitioned ones carry their partition `date` column.
-SQL_TABLES = ("events", "sequences", "scores", "cookie_intent", "quarantine")
+# Tables a query sees; partitioned ones carry their partition `date` column. `models`
+# (history.VERSIONS, from the registry) holds each version's `trained_through` day, so that a
+# quality query can keep only the sessions after the training window of the model that scored them.
+SQL_TABLES = ("events", "sequences", "scores", "cookie_intent", "quarantine", "models")
 UNPARTITIONED = ("cookie_intent",)
 THREADS = min(4, os.cpu_count() or 1)
 _BATCH_ROWS = 65_536
@@ -67,7 +72,7 @@ def run_sql(
         con.execute("SET temp_directory = ''")  # no spilling: the memory limit is the limit
         con.execute("SET TimeZone = 'UTC'")  # timestamps come back in UTC, as the lake holds them
         for name in named:
-            con.register(name, _dataset(lake, name))
+            con.register(name, _registry_table(settings) if name == "models" else _dataset(lake, name))
         for statement in _SANDBOX:
             con.execute(statement)
         timer.start()
@@ -120,6 +125,12 @@ def _dataset(lake: Lake, name: str) -> ds.Dataset | pa.Table:
     return ds.dataset(
         files, format="parquet", filesystem=filesystem, partitioning=_PARTITION, partition_base_dir=lake.table_dir(name)
     )
+
+
+def _registry_table(settings: Settings) -> pa.Table:
+    """`models`: every registered version (empty, and no store created, while there is none)."""
+    versions = pl.DataFrame(schema=VERSIONS) if store_is_missing(settings.tracking_uri) else model_versions(settings)
+    return versions.to_arrow()
 
 
 def _over_memory(memory_mb: int, what: str = "it") -> str:
