@@ -31,6 +31,8 @@ COMMANDS = ("generate", "ingest", "sequences", "train", "score", "scores", "sql"
         ("CLICKSTREAM_SQL_TIMEOUT_S", "1m", "a number > 0"),
         ("CLICKSTREAM_SQL_MEMORY_MB", "1.5", "an integer >= 64"),
         ("CLICKSTREAM_SQL_MEMORY_MB", "8", "an integer >= 64"),
+        ("CLICKSTREAM_PROMOTION_MARGIN", "1", "a number >= 0 and < 1"),
+        ("CLICKSTREAM_PROMOTION_MARGIN", "-0.01", "a number >= 0 and < 1"),
     ],
 )
 def test_given_a_malformed_environment_value_then_one_line_naming_the_variable_and_range(

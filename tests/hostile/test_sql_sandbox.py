@@ -68,10 +68,11 @@ def test_given_the_lake_tables_then_queries_read_them_with_their_date_column(lak
 
     assert per_day["date"].to_list() == [dt.date(2014, 4, 1), dt.date(2014, 4, 2)]
     assert per_day["n"].sum() == 300
-    for table in SQL_TABLES:  # tables without files answer empty, with their columns
+    for table in SQL_TABLES:  # tables without files (models: without a store) answer empty
         assert run_sql(lake_settings, f"SELECT COUNT(*) AS n FROM {table}")["n"].to_list() == [
             300 if table == "sequences" else 0
         ]
+    assert not Path(lake_settings.tracking_uri.removeprefix("sqlite:///")).exists()  # not created by asking
 
 
 @pytest.mark.parametrize(
