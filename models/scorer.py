@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow.pytorch
+import numpy as np
+import polars as pl
+import torch
 from mlflow.exceptions import MlflowException
 
 from clickstream.features.tensor_loader import load_tensors
@@ -27,9 +30,6 @@ from clickstream.pipeline.core.errors import ModelNotFoundError
 from clickstream.pipeline.core.tracking import redacted, require_store
 
 if TYPE_CHECKING:
-    import numpy as np
-    import polars as pl
-
     from clickstream.models.lstm import BuyIntentLSTM
 
 MODEL_ARTIFACT = "model"  # the model's folder inside its run
@@ -52,13 +52,17 @@ class Scorer:
     def score(self, sequences: pl.DataFrame) -> np.ndarray:
         """Buy probability per session: float32 in [0, 1], in the frame's row order.
 
-        A score depends on the session and on the rows it shares a batch with: a batch holds
-        sessions of one length in row order (predict.equal_length_batches), and a matrix
-        product may round a row differently at another position or batch size. So the same frame scores
-        bit-identically every time on one machine, while the same session in another frame
-        (another row order, other sessions) may differ by a few float32 ulps (about 3e-8 at
-        0.5). Callers that want row-order independence sort first (scoring.score_frame)."""
-        return predict(self.model, load_tensors(sequences, self.vocabulary), device=self.device)
+        The sessions are scored in (session_id, session_start) order, whatever order the rows
+        come in, so the same sessions get bit-identical scores in any row order: a batch holds
+        sessions of one length in scoring order (predict.equal_length_batches), and a matrix
+        product may round a row differently at another position in its batch. A session scored
+        among other sessions (another day, a one-session trace) may differ by a few float32
+        ulps (about 3e-8 near 0.5)."""
+        order = sequences.select(pl.arg_sort_by("session_id", "session_start")).to_series().to_numpy().astype(np.int64)
+        tensors = load_tensors(sequences, self.vocabulary).select(torch.from_numpy(order))
+        scores = np.empty(sequences.height, dtype=np.float32)
+        scores[order] = predict(self.model, tensors, device=self.device)
+        return scores
 
     def running_scores(self, sequences: pl.DataFrame) -> np.ndarray:
         """Buy probability after each event: float32 in [0, 1], flat (row order, then event order)."""

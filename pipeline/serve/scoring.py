@@ -102,11 +102,7 @@ def score_with(settings: Settings, scorer: Scorer, days: list[dt.date]) -> Score
 
 
 def score_frame(sequences: pl.DataFrame, scorer: Scorer, scored_at: dt.datetime) -> pl.DataFrame:
-    """One SCORES row per session of `sequences`, sorted by session_id.
-
-    The sessions are scored in session_id order, so the same sessions in any row order are
-    cut into the same batches and get bit-identical scores (see `Scorer.score`)."""
-    sequences = sequences.sort("session_id", "session_start")
+    """One SCORES row per session of `sequences`, sorted by session_id."""
     scores = scorer.score(sequences) if sequences.height else []
     frame = sequences.select("session_id", "cookie_id", "session_start", "n_events").with_columns(
         score=pl.Series(scores, dtype=pl.Float32),
@@ -114,7 +110,7 @@ def score_frame(sequences: pl.DataFrame, scorer: Scorer, scored_at: dt.datetime)
         model_version=pl.lit(str(scorer.model_version)),
         scored_at=pl.lit(scored_at),
     )
-    return conform(frame, SCORES)
+    return conform(frame, SCORES).sort("session_id")
 
 
 def cookie_intent_path(lake: Lake) -> str:
