@@ -85,7 +85,8 @@ def test_given_the_registered_model_when_loaded_with_mlflow_pytorch_in_a_fresh_p
     trained: tuple[Settings, TrainSummary], tmp_path: Path
 ) -> None:
     settings, _ = trained
-    frame = read_sequences(Lake(settings.lake), None, None)
+    # in the scorer's own order, so that plain `predict` cuts the same batches (Scorer.score)
+    frame = read_sequences(Lake(settings.lake), None, None).sort("session_id", "session_start")
     frame.write_parquet(tmp_path / "sessions.parquet")
     script = (
         "import sys, numpy as np, polars as pl, mlflow, mlflow.pytorch\n"
