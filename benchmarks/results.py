@@ -82,9 +82,7 @@ def record(name: str, body: str, ratios: list[Ratio] | None = None, *, quick: bo
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if ratios is not None:
         text = _with_ratios(text, name, ratios, stamp, results.with_suffix(".ratios.json") if quick else RATIOS)
-    load = " / ".join(f"{value:.2f}" for value in os.getloadavg())  # the machine is shared: how busy it was
-    heading = f"## {name}\n\n_Run {stamp} on {machine()}, load average {load} at the end._"
-    text = _replace_section(text, name, f"{heading}\n\n{body.strip()}")
+    text = _replace_section(text, name, f"## {name}\n\n_Run {stamp} on {machine()}._\n\n{body.strip()}")
     results.write_text(text)
 
 
