@@ -1,6 +1,7 @@
 """How good a buying-intent score is: ranking (AUC, PR-AUC), probability quality
-(log loss, expected calibration error), AUC per session-length bucket, and the ROC
-and calibration plots logged with every run. Pure functions of labels and scores."""
+(log loss, expected calibration error), AUC per session-length bucket, the ROC
+and calibration plots logged with every run, and the choice of calibration by held-out
+calibration error. Pure functions of labels and scores."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from pathlib import Path
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
+
+from clickstream.models.calibration import METHODS, Calibration, fit_calibration, logit
 
 # (metric suffix, shortest, longest) in events; None = no upper bound
 LENGTH_BUCKETS: tuple[tuple[str, int, int | None], ...] = (
@@ -140,3 +144,34 @@ def write_plots(
     fig.savefig(calibration_path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return [roc_path, calibration_path]
+
+
+@dataclass(frozen=True)
+class CalibrationChoice:
+    """The calibration fitted on all validation sessions, and how each method did on held-out halves."""
+
+    calibration: Calibration
+    heldout_ece: dict[str, float]  # by method: expected calibration error, each half scored by the other's fit
+
+    @property
+    def ece(self) -> float:
+        """Held-out expected calibration error of the chosen method."""
+        return self.heldout_ece[self.calibration.method]
+
+
+def choose_calibration(labels: np.ndarray, scores: np.ndarray) -> CalibrationChoice:
+    """The method of METHODS with the lowest held-out calibration error on these labelled sessions
+    (uncalibrated `scores`, in [0, 1]), fitted on all of them. The halves interleave the sessions
+    in their given (time) order, so both span the same days. Deterministic."""
+    labels = np.asarray(labels, dtype=np.float64)
+    logits = logit(scores)
+    halves = np.arange(labels.size) % 2 == 0
+    heldout = {}
+    for method in METHODS:
+        calibrated = np.empty_like(logits)
+        for fit_on in (halves, ~halves):
+            fitted = fit_calibration(labels[fit_on], logits[fit_on], method)
+            calibrated[~fit_on] = fitted.probability(torch.from_numpy(logits[~fit_on])).numpy()
+        heldout[method] = expected_calibration_error(labels, calibrated)
+    best = min(METHODS, key=lambda method: heldout[method])  # min keeps the first of equals
+    return CalibrationChoice(fit_calibration(labels, logits, best), heldout)

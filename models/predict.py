@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from clickstream.models.batching import resident
+from clickstream.models.calibration import UNCALIBRATED, Calibration
 from clickstream.models.device import float32_precision
 
 if TYPE_CHECKING:
@@ -70,17 +71,19 @@ def predict(
     model: BuyIntentLSTM,
     tensors: SequenceTensors,
     *,
+    calibration: Calibration = UNCALIBRATED,
     batch_size: int = BATCH_SIZE,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """Purchase probability of every session: float32 in [0, 1], in input session order.
-    Deterministic (eval mode, no dropout); the model is left on its own device and mode."""
+    """Purchase probability of every session through `calibration` (default: the raw sigmoid):
+    float32 in [0, 1], in input session order. Deterministic (eval mode, no dropout); the model
+    is left on its own device and mode."""
     device = torch.device(device)
     data = resident(tensors, device)
     scores = torch.empty(tensors.n_sessions, dtype=torch.float32, device=device)
     with _evaluating_on(model, device):
         for sessions, batch in equal_length_batches(data, batch_size):
-            scores[sessions] = torch.sigmoid(model(batch).float())
+            scores[sessions] = calibration.probability(model(batch).float())
     return scores.cpu().numpy()
 
 
@@ -88,16 +91,18 @@ def predict_steps(
     model: BuyIntentLSTM,
     tensors: SequenceTensors,
     *,
+    calibration: Calibration = UNCALIBRATED,
     batch_size: int = BATCH_SIZE,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """Running purchase probability after each event: float32 in [0, 1], flat event order
-    (row i matches event row i of `tensors`); a session's last value equals its `predict` score."""
+    """Running purchase probability after each event through `calibration`: float32 in [0, 1], flat
+    event order (row i matches event row i of `tensors`); a session's last value equals its
+    `predict` score."""
     device = torch.device(device)
     data = resident(tensors, device)
     scores = torch.empty(data.item.numel(), dtype=torch.float32, device=device)
     with _evaluating_on(model, device):
         for sessions, batch in equal_length_batches(data, batch_size):
             _, rows = data.event_rows(sessions)
-            scores[rows] = torch.sigmoid(model.step_logits(batch).float())
+            scores[rows] = calibration.probability(model.step_logits(batch).float())
     return scores.cpu().numpy()

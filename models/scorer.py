@@ -1,5 +1,7 @@
-"""A registered model ready to score sequences: the LSTM plus the vocabulary it was
-trained with, both read from the same MLflow model directory so they cannot drift apart.
+"""A registered model ready to score sequences: the LSTM with the vocabulary and the
+calibration it was trained with (a models.bundle.ModelBundle), all read from the artifacts
+of the same MLflow model, the ones its pyfunc (models.pyfunc) serves from, so they cannot
+drift apart and `clickstream score` gives what MLflow's clients give.
 
 Models load only from the configured tracking store (`settings.tracking_uri`): a
 `models:/` URI, `runs:/<run id>/model`, or a bare run id. Local paths and other
@@ -14,26 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import mlflow.pytorch
-import numpy as np
-import polars as pl
-import torch
+import mlflow.artifacts
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 
-from clickstream.features.tensor_loader import load_tensors
-from clickstream.features.vocabulary import Vocabulary
+from clickstream.models.bundle import ModelBundle
 from clickstream.models.device import resolve_device
-from clickstream.models.predict import predict, predict_steps
 from clickstream.models.registry import tracking_client
 from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.errors import ModelNotFoundError
 from clickstream.pipeline.core.tracking import redacted, require_store
 
 if TYPE_CHECKING:
+    import numpy as np
+    import polars as pl
+
+    from clickstream.features.vocabulary import Vocabulary
+    from clickstream.models.calibration import Calibration
     from clickstream.models.lstm import BuyIntentLSTM
 
 MODEL_ARTIFACT = "model"  # the model's folder inside its run
-VOCABULARY_FOLDER = "extra_files"  # where mlflow.pytorch puts `extra_files` inside the model folder
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 _RUNS_URI = re.compile(r"^runs:/(?P<run>[0-9a-f]{32})/(?P<path>(?!.*\.\.)[\w./-]+)$")  # no `..`: stays in the run
@@ -41,32 +43,35 @@ _RUNS_URI = re.compile(r"^runs:/(?P<run>[0-9a-f]{32})/(?P<path>(?!.*\.\.)[\w./-]
 
 @dataclass
 class Scorer:
-    """One model version with its vocabulary; scoring is deterministic (eval mode, no dropout)."""
+    """One model version; scoring is deterministic (eval mode, no dropout) and calibrated."""
 
     model_name: str
     model_version: str
-    model: BuyIntentLSTM
-    vocabulary: Vocabulary
-    device: str = "cpu"
+    bundle: ModelBundle
+
+    @property
+    def model(self) -> BuyIntentLSTM:
+        return self.bundle.model
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.bundle.vocabulary
+
+    @property
+    def calibration(self) -> Calibration:
+        return self.bundle.calibration
+
+    @property
+    def device(self) -> str:
+        return self.bundle.device
 
     def score(self, sequences: pl.DataFrame) -> np.ndarray:
-        """Buy probability per session: float32 in [0, 1], in the frame's row order.
-
-        The sessions are scored in (session_id, session_start) order, whatever order the rows
-        come in, so the same sessions get bit-identical scores in any row order: a batch holds
-        sessions of one length in scoring order (predict.equal_length_batches), and a matrix
-        product may round a row differently at another position in its batch. A session scored
-        among other sessions (another day, a one-session trace) may differ by a few float32
-        ulps (about 3e-8 near 0.5)."""
-        order = sequences.select(pl.arg_sort_by("session_id", "session_start")).to_series().to_numpy().astype(np.int64)
-        tensors = load_tensors(sequences, self.vocabulary).select(torch.from_numpy(order))
-        scores = np.empty(sequences.height, dtype=np.float32)
-        scores[order] = predict(self.model, tensors, device=self.device)
-        return scores
+        """Calibrated buy probability per session: float32 in [0, 1], in the frame's row order."""
+        return self.bundle.score(sequences)
 
     def running_scores(self, sequences: pl.DataFrame) -> np.ndarray:
-        """Buy probability after each event: float32 in [0, 1], flat (row order, then event order)."""
-        return predict_steps(self.model, load_tensors(sequences, self.vocabulary), device=self.device)
+        """Calibrated buy probability after each event: float32 in [0, 1], flat (row order, then event order)."""
+        return self.bundle.running_scores(sequences)
 
 
 def load_scorer(settings: Settings, model_uri: str | None = None, *, device: str = "auto") -> Scorer:
@@ -83,11 +88,18 @@ def load_scorer(settings: Settings, model_uri: str | None = None, *, device: str
         if not (local / "MLmodel").exists():
             raise ModelNotFoundError(f"{uri} is not an MLflow model (no MLmodel file)")
         try:
-            model = mlflow.pytorch.load_model(str(local), map_location="cpu").eval()
-            vocabulary = Vocabulary.load(local / VOCABULARY_FOLDER)
-        except (MlflowException, OSError, ValueError) as error:
+            bundle = ModelBundle.load(_artifacts(local), str(resolve_device(device)))
+        except KeyError as error:
+            raise ModelNotFoundError(f"{uri} is not a clickstream model: it has no {error} artifact") from None
+        except (MlflowException, OSError, ValueError, RuntimeError) as error:
             raise ModelNotFoundError(f"{uri} is not a clickstream model: {_first_line(error)}") from None
-    return Scorer(name, version, model, vocabulary, str(resolve_device(device)))
+    return Scorer(name, version, bundle)
+
+
+def _artifacts(model_dir: Path) -> dict[str, Path]:
+    """The local paths of the artifacts a pyfunc model records in its MLmodel, by name."""
+    flavor = Model.load(str(model_dir / "MLmodel")).flavors.get("python_function", {})
+    return {name: model_dir / spec["path"] for name, spec in flavor.get("artifacts", {}).items()}
 
 
 def _resolve(settings: Settings, uri: str) -> tuple[str, str, str]:

@@ -1,32 +1,31 @@
 """`clickstream train`: one training window in, one registered challenger out.
 
-train_challenger reads the labelled sessions that start in the window, holds out the
-last `validation_days` days (a time-ordered split), builds the vocabulary from the
-training days only, fits the LSTM, fits the LightGBM baseline on the same split, logs
-everything to one MLflow run and registers the model as a new version of
-`clickstream-buy-intent` with alias `challenger`. A failed guard (empty window, one
-class, too few buyers, NaN loss) ends the run FAILED with the reason and leaves the
-aliases alone.
+train_challenger takes the window's labelled sessions split by time (models.training_data:
+the last `validation_days` days validate), builds the vocabulary from the training days only,
+fits the LSTM, calibrates its scores on the validation days (models.calibration, the method
+chosen by held-out calibration error), fits the LightGBM baseline on the same split, logs
+everything to one MLflow run (params, per-epoch and system metrics, the training and
+validation datasets, plots) and registers the model, an MLflow pyfunc (models.packaging), as
+a new version of `clickstream-buy-intent` with alias `challenger`; the validation metrics
+are linked to that logged model. A failed guard (empty window, one class, too few buyers,
+NaN loss) ends the run FAILED with the reason and leaves the aliases alone.
 
 Re-running: every version carries a fingerprint of its window, the window's data and
 the settings. Re-running a window whose data and settings are unchanged re-uses that
 version (alias `challenger` goes back to it) instead of training a duplicate; a changed
-day in the window trains a new version. `resume=True` continues the window's
-interrupted run (same MLflow run, last checkpoint) after a kill. Checkpoints live in
+day in the window trains a new version. A run of the same fingerprint left RUNNING by a
+killed process is marked KILLED when the window is trained again; `resume=True` instead
+continues the window's interrupted run (same MLflow run, last checkpoint). Checkpoints live in
 `settings.checkpoints`, storage every worker sees, so a retry on another machine resumes too.
 `gpus` > 1 trains data-parallel on that many local processes (models.distributed); the
 launching process evaluates and registers, once.
 """
-
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import importlib.metadata
-import json
 import math
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -34,23 +33,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
-import mlflow.pytorch
 import numpy as np
-import polars as pl
 import torch
-from mlflow.models import ModelSignature
-from mlflow.types.schema import Array, ColSpec, Schema
+from mlflow.entities import RunStatus
 
-from clickstream.features.sequences import read_sequences
 from clickstream.features.tensor_loader import feature_schema, load_tensors
 from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.features.vocabulary import build_vocabulary
 from clickstream.models.baseline import fit_baseline
+from clickstream.models.bundle import ModelBundle
 from clickstream.models.champion import actor, gate_challenger
 from clickstream.models.checkpoints import CheckpointStore
 from clickstream.models.distributed import check_ranks, fit_ranks
-from clickstream.models.evaluation import evaluate, write_plots
+from clickstream.models.evaluation import choose_calibration, evaluate, expected_calibration_error, write_plots
 from clickstream.models.lstm import BuyIntentLSTM
+from clickstream.models.packaging import log_model, register
 from clickstream.models.predict import predict
 from clickstream.models.promotion import Decision
 from clickstream.models.registry import (
@@ -64,18 +61,20 @@ from clickstream.models.registry import (
     tracking_client,
     version_with_fingerprint,
 )
+from clickstream.models.training_data import Split, TrainingData, check_trainable, datasets, prepare
 from clickstream.models.tuned import with_tuned
 from clickstream.pipeline.core.config import CHALLENGER, Settings, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError
-from clickstream.pipeline.core.lake import Lake
-from clickstream.pipeline.core.schemas import EVENT_TYPES, SEQUENCES, with_strings
+from clickstream.pipeline.core.lake import STALE_LOCK_AGE, is_stale, owner
+from clickstream.pipeline.core.schemas import EVENT_TYPES
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
     from clickstream.models.fit import EpochStats
 
-PACKAGES = ("pipeline", "features", "models")  # shipped with the model, as clickstream.*, so it loads anywhere
+OWNER_TAG = "owner"  # host:pid of the process training a run, to tell a killed run from a live one
 
 
 @dataclass(frozen=True)
@@ -140,95 +139,46 @@ def train_challenger(
 
     Idempotent per (window, data, settings): an existing version with the same fingerprint
     is re-used. Raises TrainingError (run marked FAILED, aliases untouched) when the window
-    cannot yield a trustworthy model. Tuned settings in the lake (models.tuned) apply on top of
-    `settings` when they were tuned for the same features.
+    cannot yield a trustworthy model. Runs of the same fingerprint left RUNNING by a process
+    that is gone (killed) are marked KILLED; `resume` continues the newest unfinished one.
+    Tuned settings in the lake (models.tuned) apply on top of `settings` when they were tuned for
+    the same features.
     """
     settings = with_tuned(settings)
     if gpus != 1:
         check_ranks(gpus, device)
     config = dataclasses.replace(settings.train, epochs=epochs or settings.train.epochs, device=device)
-    frame = read_sequences(Lake(settings.lake), start, end)
-    labelled = frame.filter(frame["label"].is_not_null())
-    split = split_window(labelled, start, end, config.validation_days)
-    fingerprint = _fingerprint(settings, config, split, labelled)
+    data = prepare(settings, config, start, end)
     client = tracking_client(settings)
-    existing = version_with_fingerprint(settings, fingerprint)
+    existing = version_with_fingerprint(settings, data.fingerprint)
     if existing is not None:
         set_challenger(settings, str(existing.version))
         return _summary(client, settings.model_name, str(existing.version), reused=True)
 
-    run_id = _unfinished_run(client, fingerprint) if resume else None
+    resumed = _end_abandoned_runs(client, data.fingerprint, resume)
     with mlflow.start_run(
-        run_id=run_id, experiment_id=experiment_id(client), run_name=f"train {split.span}"
+        run_id=resumed,
+        experiment_id=experiment_id(client),
+        run_name=f"train {data.split.span}",
+        tags={FINGERPRINT_TAG: data.fingerprint, OWNER_TAG: owner(), "device": device},
+        log_system_metrics=True,
     ) as run:
-        mlflow.set_tags({FINGERPRINT_TAG: fingerprint, "device": device})
         try:
-            version = _train_in_run(settings, config, split, fingerprint, resume, gpus)
+            version = _train_in_run(settings, config, data, resume, gpus)
         except TrainingError as error:
             mlflow.set_tag("failure_reason", str(error))
             raise  # leaving the `with` marks the run FAILED
     return _summary(client, settings.model_name, version, reused=False, run_id=run.info.run_id)
 
 
-@dataclass(frozen=True)
-class _Split:
-    """The window's labelled sessions split by time: the last days validate."""
-
-    window: tuple[dt.date | None, dt.date | None]  # None: unbounded and no data
-    validation: tuple[dt.date | None, dt.date | None]
-    train: pl.DataFrame
-    val: pl.DataFrame
-
-    @property
-    def span(self) -> str:
-        first, last = self.window
-        return f"{first or '(first date)'}..{last or '(last date)'}" if first or last else "any date of sequences/"
-
-
-def split_window(labelled: pl.DataFrame, start: dt.date | None, end: dt.date | None, validation_days: int) -> _Split:
-    """Sessions starting on the last `validation_days` days up to the newest labelled one
-    validate; earlier ones train. Window ends default to the data's first and last days."""
-    days = labelled["session_start"].dt.date()
-    last = days.max() if len(days) else end
-    val_start = last - dt.timedelta(days=validation_days - 1) if last else None
-    is_val = pl.col("session_start").dt.date() >= val_start if val_start else pl.lit(False)
-    return _Split(
-        window=(start or days.min(), end or last),
-        validation=(val_start, last),
-        train=labelled.filter(~is_val),
-        val=labelled.filter(is_val),
-    )
-
-
-def check_trainable(split: _Split, config: TrainConfig) -> None:
-    """TrainingError with the reason when the split cannot train and judge a model."""
-    window = split.span
-    if split.train.is_empty() and split.val.is_empty():
-        raise TrainingError(f"no labelled sessions start in {window}; build sequences for it first")
-    if split.train.is_empty():
-        raise TrainingError(
-            f"{window} holds no labelled sessions before its {config.validation_days} validation day(s); "
-            "widen the window"
-        )
-    for name, part in (("training", split.train), ("validation", split.val)):
-        buyers = int(part["label"].sum())
-        if part.is_empty() or buyers in (0, part.height):
-            raise TrainingError(
-                f"the {name} sessions ({part.height:,}) hold a single class ({buyers:,} buyers); "
-                "a model cannot be trained or judged on them"
-            )
-        if buyers < config.min_positives:
-            raise TrainingError(
-                f"only {buyers} buyers in the {name} sessions; at least {config.min_positives} are needed"
-            )
-
-
-def _train_in_run(
-    settings: Settings, config: TrainConfig, split: _Split, fingerprint: str, resume: bool, gpus: int
-) -> str:
-    """Fit, evaluate, log and register inside the active MLflow run; returns the new version."""
+def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, resume: bool, gpus: int) -> str:
+    """Fit, evaluate, calibrate, log and register inside the active MLflow run; returns the new version."""
+    split = data.split
     mlflow.log_params({**_params(settings, config, split), "gpus": gpus})
     check_trainable(split, config)
+    inputs = datasets(settings, split)
+    for context, dataset in inputs.items():
+        mlflow.log_input(dataset, context=context)
 
     vocabulary = build_vocabulary(split.train, settings.sequences)
     # out of fold: a training session's own label never feeds its buy-rate inputs
@@ -246,55 +196,60 @@ def _train_in_run(
     model = BuyIntentLSTM(
         settings.model, vocabulary.n_items, vocabulary.n_categories, len(EVENT_TYPES) + 1, len(CONTINUOUS_FEATURES)
     )
-    checkpoints = CheckpointStore(f"{settings.checkpoints}/{fingerprint[:16]}")
+    checkpoints = CheckpointStore(f"{settings.checkpoints}/{data.fingerprint[:16]}")
     result = fit_ranks(
         train, val, model, config, ranks=gpus, checkpoint_dir=checkpoints.folder, resume=resume, on_epoch=_log_epoch
     )
 
     labels, lengths = split.val["label"].to_numpy(), split.val["n_events"].to_numpy()
-    lstm_scores = predict(result.model, val, device=result.device)
-    gbm_scores = fit_baseline(split.train, split.val, seed=config.seed).predict(split.val)
-    if not np.isfinite(lstm_scores).all():
+    raw_scores = predict(result.model, val, device=result.device)
+    if not np.isfinite(raw_scores).all():
         raise TrainingError("the trained model gives non-finite scores on the validation sessions")
+    choice = choose_calibration(labels, raw_scores)
+    bundle = ModelBundle(result.model.cpu().eval(), vocabulary, choice.calibration, settings.sequences)
+    lstm_scores = bundle.score(split.val)  # what the registered model scores: calibrated
+    gbm_scores = fit_baseline(split.train, split.val, seed=config.seed).predict(split.val)
+    mlflow.log_params({"calibration": choice.calibration.method})
+    mlflow.set_tag("trained_on", result.device)
+
+    with tempfile.TemporaryDirectory(prefix="clickstream-run-") as tmp:
+        plots = Path(tmp) / "plots"
+        write_plots(labels, {"LSTM": lstm_scores, "LSTM uncalibrated": raw_scores, "GBM": gbm_scores}, plots)
+        mlflow.log_artifacts(str(plots), "plots")
+        vocabulary.save(Path(tmp) / "vocabulary")
+        mlflow.log_artifacts(str(Path(tmp) / "vocabulary"), "vocabulary")
+    logged = log_model(bundle, split.val)
+    # linked to the logged model and the validation dataset (MLflow 3 model metrics), and on the run
     mlflow.log_metrics(
         {
             **evaluate(labels, lstm_scores, lengths).metrics("val_"),
             **evaluate(labels, gbm_scores, lengths).metrics("gbm_val_"),
+            "val_ece_raw": expected_calibration_error(labels, raw_scores),
+            "val_ece": choice.ece,
+            **{f"val_ece_heldout_{method}": ece for method, ece in choice.heldout_ece.items()},
+            "calibration_slope": choice.calibration.slope,
+            "calibration_intercept": choice.calibration.intercept,
+            "val_mean_score": float(lstm_scores.mean()),
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
-        }
+        },
+        model_id=logged.model_id,
+        dataset=inputs["validation"],
     )
-    mlflow.set_tag("trained_on", result.device)
-
-    with tempfile.TemporaryDirectory(prefix="clickstream-run-") as tmp:
-        plots, vocabulary_dir = Path(tmp) / "plots", Path(tmp) / "vocabulary"
-        write_plots(labels, {"LSTM": lstm_scores, "GBM": gbm_scores}, plots)
-        mlflow.log_artifacts(str(plots), "plots")
-        vocabulary_files = vocabulary.save(vocabulary_dir)
-        mlflow.log_artifacts(str(vocabulary_dir), "vocabulary")
-        info = mlflow.pytorch.log_model(
-            result.model,
-            name="model",
-            serialization_format="pickle",
-            code_paths=[str(_code_package(Path(tmp) / "code"))],
-            extra_files=[str(path) for path in vocabulary_files],
-            signature=_signature(),
-            pip_requirements=_requirements(),
-        )
-    version = mlflow.register_model(
-        info.model_uri,
+    version = register(
+        logged,
         settings.model_name,
         tags={
-            FINGERPRINT_TAG: fingerprint,
+            FINGERPRINT_TAG: data.fingerprint,
             VAL_START_TAG: split.validation[0].isoformat(),
             VAL_END_TAG: split.validation[1].isoformat(),
             WINDOW_TAG: f"{split.window[0]}..{split.window[1]}",
             FEATURE_SCHEMA_TAG: feature_schema(),
         },
     )
-    set_challenger(settings, str(version.version))
+    set_challenger(settings, version)
     checkpoints.clear()  # the registered version supersedes them
-    return str(version.version)
+    return version
 
 
 def _log_epoch(stats: EpochStats) -> None:
@@ -307,7 +262,7 @@ def _log_epoch(stats: EpochStats) -> None:
     )
 
 
-def _params(settings: Settings, config: TrainConfig, split: _Split) -> dict[str, object]:
+def _params(settings: Settings, config: TrainConfig, split: Split) -> dict[str, object]:
     """Run parameters: the data window and split, and every model, training and sequence setting."""
     return {
         "window_start": split.window[0],
@@ -327,32 +282,31 @@ def _params(settings: Settings, config: TrainConfig, split: _Split) -> dict[str,
     }
 
 
-def _fingerprint(settings: Settings, config: TrainConfig, split: _Split, labelled: pl.DataFrame) -> str:
-    """sha256 of the window, its labelled sessions' content and the settings (device excluded)."""
-    rows = with_strings(labelled).hash_rows(seed=0).to_numpy().tobytes()
-    described = json.dumps(
-        {
-            "window": [str(day) for day in split.window],
-            "model": dataclasses.asdict(settings.model),
-            "train": {k: v for k, v in dataclasses.asdict(config).items() if k != "device"},
-            "sequences": dataclasses.asdict(settings.sequences),
-            "data": hashlib.sha256(rows).hexdigest(),
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(described.encode()).hexdigest()
-
-
-def _unfinished_run(client: MlflowClient, fingerprint: str) -> str | None:
-    """The newest run of this fingerprint that did not finish (killed or failed), to continue it."""
+def _end_abandoned_runs(client: MlflowClient, fingerprint: str, resume: bool) -> str | None:
+    """Mark this fingerprint's runs left RUNNING by a process that is gone as KILLED, then return the
+    run to continue: with `resume`, the newest one that did not finish (killed or failed), else None.
+    A run whose process still trains (on this host; on another, for STALE_LOCK_AGE) is left alone."""
     runs = client.search_runs(
         [experiment_id(client)],
         f"tags.{FINGERPRINT_TAG} = '{fingerprint}' and attributes.status != 'FINISHED'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
     )
-    return runs[0].info.run_id if runs else None
+    dead = [run for run in runs if run.info.status != "RUNNING" or _abandoned(run)]
+    resumed = dead[0].info.run_id if resume and dead else None
+    for run in dead:
+        if run.info.status == "RUNNING" and run.info.run_id != resumed:
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            client.set_tag(run.info.run_id, "failure_reason", "its process ended without finishing the run")
+    return resumed
+
+
+def _abandoned(run: Run) -> bool:
+    """Whether a RUNNING run's process is gone: its owner tag says so (lake.is_stale); a run without one
+    (killed before tagging) counts once it is older than STALE_LOCK_AGE."""
+    started = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC)
+    age = dt.datetime.now(dt.UTC) - started
+    holder = run.data.tags.get(OWNER_TAG)
+    return is_stale(holder, age) if holder else age >= STALE_LOCK_AGE
 
 
 def _summary(
@@ -377,35 +331,6 @@ def _summary(
     )
 
 
-def _signature() -> ModelSignature:
-    """The model's input is a SEQUENCES frame (scored via models.scorer), its output one score per session."""
-
-    def mlflow_type(dtype: object) -> object:
-        if hasattr(dtype, "inner"):
-            return Array(mlflow_type(dtype.inner))
-        name = type(dtype).__name__
-        return {
-            "String": "string",
-            "Categorical": "string",
-            "Boolean": "boolean",
-            "Float32": "float",
-            "Float64": "double",
-        }.get(name, "datetime" if name == "Datetime" else "integer")
-
-    return ModelSignature(
-        inputs=Schema([ColSpec(mlflow_type(dtype), name) for name, dtype in SEQUENCES.items()]),
-        outputs=Schema([ColSpec("float", "score")]),
-    )
-
-
-def _requirements() -> list[str]:
-    """Pinned runtime requirements of the logged model (no slow inference of them by MLflow)."""
-    return [
-        f"{package}=={importlib.metadata.version(package).split('+')[0]}"
-        for package in ("torch", "polars", "pyarrow", "numpy", "mlflow")
-    ]
-
-
 def code_version() -> str:
     """The git commit of the code (suffixed -dirty with uncommitted changes), else the package version."""
     repo = Path(__file__).parents[1]
@@ -428,13 +353,3 @@ def code_version() -> str:
         return f"clickstream {importlib.metadata.version('clickstream')}"
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _code_package(folder: Path) -> Path:
-    """A copy of the project's code laid out as its installed namespace (`clickstream/pipeline`, ...),
-    so the shipped model imports `clickstream.models...` and never a top-level `models`."""
-    repo = Path(__file__).resolve().parents[1]
-    package = folder / "clickstream"
-    for name in PACKAGES:
-        shutil.copytree(repo / name, package / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return package

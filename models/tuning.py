@@ -46,7 +46,7 @@ from clickstream.features.vocabulary import build_vocabulary
 from clickstream.models.fit import EpochStats, fit
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.registry import experiment_id, tracking_client
-from clickstream.models.train import check_trainable, split_window
+from clickstream.models.training_data import check_trainable, split_window
 from clickstream.models.tuned import TunedSettings, feature_signature, write_tuned
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrainingError

@@ -45,7 +45,8 @@ def test_given_sessions_then_scores_are_float32_probabilities_in_input_row_order
 
     assert scores.dtype == np.float32 and scores.shape == (frame.height,)
     assert ((scores >= 0) & (scores <= 1)).all()
-    np.testing.assert_array_equal(champion.score(frame.reverse()), scores[::-1])
+    # in another row order the sessions share batches (matrix products) with others: equal up to rounding
+    np.testing.assert_allclose(champion.score(frame.reverse()), scores[::-1], rtol=0, atol=1e-6)
     np.testing.assert_array_equal(champion.score(frame), scores)
 
 

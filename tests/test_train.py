@@ -1,29 +1,32 @@
-"""`clickstream train`: one MLflow run per window, a registered challenger that loads
-anywhere, idempotent re-runs, resume after a kill, and guards that fail the run."""
+"""`clickstream train`: one MLflow run per window with its datasets and system metrics, a
+registered, calibrated challenger with a truthful signature, idempotent re-runs, resume after
+a kill, killed runs that do not stay RUNNING, and guards that fail the run."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import polars as pl
 import pytest
 from fixtures import labelled_lake, synthetic_sequences, write_sequences
 
 from clickstream.features.sequences import read_sequences
 from clickstream.models import train as train_module
-from clickstream.models.evaluation import auc
+from clickstream.models.calibration import METHODS, UNCALIBRATED
+from clickstream.models.evaluation import auc, expected_calibration_error
 from clickstream.models.registry import alias_version, tracking_client
 from clickstream.models.scorer import load_scorer
 from clickstream.models.train import TrainSummary, code_version, train_and_register, train_challenger
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrainingError
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.lake import Lake, owner
 
 NAME = "clickstream-buy-intent"
 
@@ -31,7 +34,9 @@ NAME = "clickstream-buy-intent"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, TrainSummary]:
     settings = labelled_lake(tmp_path_factory.mktemp("train"))
-    return settings, train_and_register(settings, None, None, device="cpu", promote=True)
+    with pytest.MonkeyPatch.context() as patch:  # a system metrics sample every second, not every 10
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+        return settings, train_and_register(settings, None, None, device="cpu", promote=True)
 
 
 def test_given_a_labelled_window_when_trained_then_one_finished_run_logs_params_metrics_and_artifacts(
@@ -66,7 +71,49 @@ def test_given_a_trained_window_then_its_version_is_challenger_with_window_tags_
     assert alias_version(settings, "challenger") == summary.version == "1"
     assert version.tags["val_start"] == "2014-04-03" and len(version.tags["fingerprint"]) == 64
     signature = mlflow.models.get_model_info(f"models:/{NAME}/1").signature
-    assert "item_id" in signature.inputs.input_names() and signature.outputs.input_names() == ["score"]
+    inputs = {spec.name: spec for spec in signature.inputs.inputs}
+    assert {"session_id", "item_id", "category", "event_type"} == set(signature.inputs.required_input_names())
+    assert str(inputs["log_gap_prev"].type) == "Array(double)" and not {"label", "cookie_id", "log_dwell"} & set(inputs)
+    assert signature.outputs.input_names() == ["session_id", "score"]
+
+
+def test_given_a_trained_window_then_its_run_logs_both_datasets_system_metrics_and_metrics_on_the_logged_model(
+    trained: tuple[Settings, TrainSummary],
+) -> None:
+    settings, summary = trained
+    client = tracking_client(settings)
+    run = client.get_run(summary.run_id)
+
+    datasets = {d.tags[0].value: d.dataset for d in run.inputs.dataset_inputs}
+    assert datasets["training"].name == "sequences 2014-04-01..2014-04-02"
+    assert datasets["validation"].name == "sequences 2014-04-03..2014-04-04"
+    assert datasets["training"].digest != datasets["validation"].digest
+    assert any(name.startswith("system/cpu_utilization") for name in run.data.metrics)
+    (model_id,) = {output.model_id for output in run.outputs.model_outputs}
+    linked = {m.key: m for m in mlflow.get_logged_model(model_id).metrics}
+    assert linked["val_auc"].value == summary.val_auc
+    assert linked["val_auc"].dataset_digest == datasets["validation"].digest
+
+
+def test_given_a_trained_window_then_its_scores_are_calibrated_on_the_validation_days_with_auc_unchanged(
+    trained: tuple[Settings, TrainSummary],
+) -> None:
+    settings, summary = trained
+    run = tracking_client(settings).get_run(summary.run_id)
+    metrics = run.data.metrics
+    val = read_sequences(Lake(settings.lake), *summary.validation)
+    scorer = load_scorer(settings, f"models:/{NAME}/{summary.version}", device="cpu")
+
+    calibrated = scorer.score(val)
+    raw = dataclasses.replace(scorer.bundle, calibration=UNCALIBRATED).score(val)
+
+    assert run.data.params["calibration"] == scorer.calibration.method in METHODS
+    assert metrics["val_ece_raw"] == pytest.approx(expected_calibration_error(val["label"].to_numpy(), raw), abs=1e-6)
+    assert metrics["val_ece"] == min(metrics[f"val_ece_heldout_{method}"] for method in METHODS)
+    assert auc(val["label"].to_numpy(), calibrated) == pytest.approx(auc(val["label"].to_numpy(), raw), abs=1e-6)
+    assert {"plots/calibration.png", "plots/roc.png"} <= {
+        a.path for a in tracking_client(settings).list_artifacts(summary.run_id, "plots")
+    }
 
 
 def test_given_the_logged_val_auc_then_the_registered_model_reproduces_it_on_the_validation_days(
@@ -78,38 +125,6 @@ def test_given_the_logged_val_auc_then_the_registered_model_reproduces_it_on_the
     scores = load_scorer(settings, f"models:/{NAME}/{summary.version}", device="cpu").score(val)
 
     assert auc(val["label"].to_numpy(), scores) == pytest.approx(summary.val_auc, abs=1e-9)
-
-
-@pytest.mark.slow
-def test_given_the_registered_model_when_loaded_with_mlflow_pytorch_in_a_fresh_process_then_scores_are_identical(
-    trained: tuple[Settings, TrainSummary], tmp_path: Path
-) -> None:
-    settings, _ = trained
-    # in the scorer's own order, so that plain `predict` cuts the same batches (Scorer.score)
-    frame = read_sequences(Lake(settings.lake), None, None).sort("session_id", "session_start")
-    frame.write_parquet(tmp_path / "sessions.parquet")
-    script = (
-        "import sys, numpy as np, polars as pl, mlflow, mlflow.pytorch\n"
-        "from pathlib import Path\n"
-        "mlflow.set_tracking_uri(sys.argv[1])\n"
-        "path = mlflow.artifacts.download_artifacts('models:/clickstream-buy-intent@champion', dst_path=sys.argv[2])\n"
-        "model = mlflow.pytorch.load_model(path)\n"
-        "from clickstream.features.tensor_loader import load_tensors\n"
-        "from clickstream.features.vocabulary import Vocabulary\n"
-        "from clickstream.models.predict import predict\n"
-        "vocabulary = Vocabulary.load(Path(path) / 'extra_files')\n"
-        "np.save(sys.argv[4], predict(model, load_tensors(pl.read_parquet(sys.argv[3]), vocabulary)))\n"
-    )
-    files = [tmp_path / name for name in ("model", "sessions.parquet", "scores.npy")]
-    subprocess.run(
-        [sys.executable, "-c", script, settings.tracking_uri, *map(str, files)],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-    )
-
-    in_process = load_scorer(settings, device="cpu").score(frame)
-    np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), in_process)
 
 
 def test_given_the_same_window_and_data_when_trained_again_then_the_version_is_reused_without_a_new_run(
@@ -150,6 +165,66 @@ def test_given_a_run_killed_after_its_first_epoch_when_resumed_then_it_continues
     assert [r.info.run_id for r in runs] == [summary.run_id] and runs[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(summary.run_id, "epoch_train_loss")] == [1, 2]
     assert [v.version for v in client.search_model_versions(f"name='{NAME}'")] == [1]
+
+
+_KILLED_AFTER_EPOCH_1 = """
+import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from fixtures import tiny_settings
+from clickstream.models import train
+from clickstream.pipeline.core.config import load_settings
+
+settings = tiny_settings(load_settings(lake=sys.argv[2], home=Path(sys.argv[3]), environ={}))
+log_epoch = train._log_epoch
+
+
+def killed(stats):
+    log_epoch(stats)
+    os._exit(9)  # as SIGKILL: no `finally`, no end of the MLflow run
+
+
+train._log_epoch = killed
+train.train_challenger(settings, None, None, device="cpu")
+"""
+
+
+@pytest.mark.slow
+def test_given_a_run_killed_mid_training_when_the_window_is_trained_again_then_that_run_is_killed_not_running(
+    tmp_path: Path,
+) -> None:
+    settings = labelled_lake(tmp_path, sessions=1200, seed=4)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_EPOCH_1, str(Path(__file__).parent), settings.lake, str(settings.home)],
+        capture_output=True,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+    )
+    client = tracking_client(settings)
+    experiment = client.get_experiment_by_name("clickstream").experiment_id
+    (left,) = client.search_runs([experiment])
+    assert killed.returncode == 9 and left.info.status == "RUNNING"
+
+    summary = train_challenger(settings, None, None, device="cpu")
+
+    statuses = {r.info.run_id: r.info.status for r in client.search_runs([experiment])}
+    assert statuses == {left.info.run_id: "KILLED", summary.run_id: "FINISHED"}
+    assert "ended without finishing" in client.get_run(left.info.run_id).data.tags["failure_reason"]
+
+
+def test_given_a_running_run_of_a_live_process_when_the_window_is_trained_then_it_is_left_running(
+    settings: Settings,
+) -> None:
+    client = tracking_client(settings)
+    experiment = client.get_experiment_by_name("clickstream").experiment_id
+    tags = {"fingerprint": "f" * 64}
+    live = client.create_run(experiment, tags={**tags, "owner": owner()})
+    gone = client.create_run(experiment, tags={**tags, "owner": f"{socket.gethostname()}:{2**22 + 12345}"})
+
+    resumed = train_module._end_abandoned_runs(client, "f" * 64, resume=False)
+
+    assert resumed is None
+    assert client.get_run(live.info.run_id).info.status == "RUNNING"
+    assert client.get_run(gone.info.run_id).info.status == "KILLED"
 
 
 def _nan_features(frame: pl.DataFrame) -> pl.DataFrame:
