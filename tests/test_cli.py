@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from fixtures import synthetic_sequences, write_sequences
+
+from clickstream.pipeline.core.lake import Lake
 
 COMMANDS = [
     "generate", "ingest", "sequences", "train", "tune", "score", "scores", "sql", "session", "report", "demo",
@@ -35,11 +39,20 @@ def test_every_command_has_help_and_a_lake_option(command: str) -> None:
         (["generate", "out", "--world", "mars"], "unknown world 'mars'; expected one of default"),
         (["tune", "--trials", "0"], "--trials"),
         (["ingest", "x.csv", "--format", "xml"], "--format"),
-        (["train", "--gpus", "99"], "--gpus 99 asked for 99 GPUs but torch sees"),
     ],
 )
 def test_user_error_is_one_line_and_exit_code_2(args: list[str], fragment: str) -> None:
-    result = run_cli(*args)
+    _assert_one_line_error(run_cli(*args), fragment)
+
+
+def test_given_more_gpus_than_torch_sees_then_one_line_naming_the_flag(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"  # with sequences: an empty lake is refused before the flag is checked
+    write_sequences(Lake(lake), synthetic_sequences(sessions=60, days=3))
+
+    _assert_one_line_error(run_cli("train", "--gpus", "99", "--lake", str(lake)), "--gpus 99 asked for 99 GPUs")
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: ")
     assert fragment in result.stderr
