@@ -175,8 +175,9 @@ class BuyIntentLSTM(nn.Module):
                 continue
             rows = batch.offsets[group].unsqueeze(0) + torch.arange(length).unsqueeze(1)  # [length, group]
             output, (h_n, _) = self.lstm(x[rows])
-            hidden[group] = h_n[-1]
-            pooled[group] = output.amax(dim=0)
+            # .to: under bf16 autocast the LSTM answers in bf16; the summary stays float32
+            hidden[group] = h_n[-1].to(hidden.dtype)
+            pooled[group] = output.amax(dim=0).to(pooled.dtype)
         summands = event_summands(continuous)
         sums = summands.new_zeros(batch.n_sessions, summands.shape[1]).index_add_(0, session_of_event, summands)
         return hidden, pooled, sums
