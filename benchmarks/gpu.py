@@ -119,7 +119,7 @@ def training(args: argparse.Namespace, device: torch.device) -> dict:
 
 def naive(args: argparse.Namespace, device: torch.device) -> dict:
     n = args.naive_sessions
-    return {"sessions": n, "sessions_per_s": naive_throughput(synthetic_tensors(n, seed=3), device, 4096)}
+    return {"sessions": n, "sessions_per_s": naive_throughput(synthetic_tensors(n, seed=3), device, 4096)[0]}
 
 
 def cpu(args: argparse.Namespace, device: torch.device) -> dict:
