@@ -99,7 +99,7 @@ class _SessionDataset:
             "event_type": t.event_type[lo:hi],
             "stored": t.stored[:, lo:hi],
             "flags": t.flags[lo:hi],
-            "start": t.start[i],
+            "start_hour": t.start_hour[i],
             "label": t.label[i],
         }
 
@@ -120,7 +120,7 @@ def _collate(samples: list[dict[str, torch.Tensor]]) -> SequenceTensors:
         event_type=torch.cat([s["event_type"] for s in samples]),
         stored=torch.cat([s["stored"] for s in samples], dim=1),
         flags=torch.cat([s["flags"] for s in samples]),
-        start=torch.stack([s["start"] for s in samples]),
+        start_hour=torch.stack([s["start_hour"] for s in samples]),
         label=torch.stack([s["label"] for s in samples]),
     )
 

@@ -30,7 +30,6 @@ TENSOR_COLUMNS = (
     "session_id",
     "label",
     "start_hour",
-    "start_weekday",
     "item_id",
     "category",
     "event_type",
@@ -64,7 +63,6 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
         logits={key: logit_table(known, vocabulary.rates[key], out_of_fold=out_of_fold) for key in RATE_KEYS},
         fold=session_folds(sequences) if out_of_fold else None,
     )
-    start = sequences.select(pl.col("start_hour").cast(pl.Int32) * 8 + pl.col("start_weekday"))
     tensors = SequenceTensors(
         offsets=torch.from_numpy(offsets),
         item=torch.empty(n_events, dtype=torch.int32),
@@ -72,7 +70,7 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
         event_type=torch.empty(n_events, dtype=torch.int32),
         stored=torch.empty(len(STORED_FEATURES), n_events),
         flags=torch.empty(n_events, dtype=torch.uint8),
-        start=torch.from_numpy(start.to_series().to_numpy(writable=True)),
+        start_hour=torch.from_numpy(sequences.get_column("start_hour").cast(pl.Int32).to_numpy(writable=True)),
         label=torch.from_numpy(
             sequences.get_column("label").cast(pl.Float32).fill_null(float("nan")).to_numpy(writable=True)
         ),

@@ -32,8 +32,6 @@ CONTINUOUS_FEATURES: tuple[str, ...] = (
     "log_position_from_end",  # log1p(events after this one)
     "start_hour_sin",  # hour of the session start (UTC) on the unit circle
     "start_hour_cos",
-    "start_weekday_sin",  # weekday of the session start on the unit circle
-    "start_weekday_cos",
     "item_repeat",  # 1.0 where the item was already seen earlier in the session (a revisit)
     "same_item_as_previous",  # 1.0 where the item equals the previous event's (a reload, another picture)
     "same_category_as_previous",  # 1.0 where the category equals the previous event's
@@ -70,7 +68,7 @@ class SequenceTensors:
     event_type: int32 [n_events]  EVENT_TYPE_CODE + 1 (0 = PAD)
     stored:     float32 [len(STORED_FEATURES), n_events]  one feature per row
     flags:      uint8 [n_events]  bit i set where FLAG_FEATURES[i] holds
-    start:      int32 [n_sessions]  start_hour * 8 + start_weekday (1 = Monday)
+    start_hour: int32 [n_sessions]  hour of the session start (UTC, 0-23)
     label:      float32 [n_sessions]  1.0 buyer, 0.0 not, NaN unknown
     """
 
@@ -80,7 +78,7 @@ class SequenceTensors:
     event_type: torch.Tensor
     stored: torch.Tensor
     flags: torch.Tensor
-    start: torch.Tensor
+    start_hour: torch.Tensor
     label: torch.Tensor
 
     @property
@@ -103,13 +101,11 @@ class SequenceTensors:
         """float32 [n_events, len(CONTINUOUS_FEATURES)] in flat event order, given each event's
         session and position (`session_positions`): the stored features plus those that follow
         from them. An event's dwell is the next event's gap, unknown (0, dwell_known 0) for a
-        session's last; the session start goes on the unit circle by hour and weekday."""
+        session's last; the session start's hour goes on the unit circle."""
         after = self.lengths[session] - 1 - position  # events after this one
         last = after == 0
         gap = self.stored[STORED_FEATURES.index("log_gap_prev")]
-        start = self.start[session]
-        hour = (start // 8).float() * (2 * math.pi / 24)
-        weekday = (start % 8 - 1).float() * (2 * math.pi / 7)
+        hour = self.start_hour[session].float() * (2 * math.pi / 24)
         column = dict(zip(STORED_FEATURES, self.stored.unbind(0), strict=True))
         column.update({name: ((self.flags >> bit) & 1).float() for bit, name in enumerate(FLAG_FEATURES)})
         column.update(
@@ -119,8 +115,6 @@ class SequenceTensors:
             log_position_from_end=torch.log1p(after.float()),
             start_hour_sin=hour.sin(),
             start_hour_cos=hour.cos(),
-            start_weekday_sin=weekday.sin(),
-            start_weekday_cos=weekday.cos(),
         )
         return torch.stack([column[name] for name in CONTINUOUS_FEATURES], dim=1)
 
@@ -143,6 +137,6 @@ class SequenceTensors:
             event_type=self.event_type[events],
             stored=self.stored[:, events],
             flags=self.flags[events],
-            start=self.start[sessions],
+            start_hour=self.start_hour[sessions],
             label=self.label[sessions],
         )

@@ -71,8 +71,7 @@ def signature() -> ModelSignature:
                 ColSpec(anything, "event_type"),  # sessions: list of EVENT_TYPE_CODE; events: a name
                 ColSpec(Array(DataType.double), "log_gap_prev", required=False),  # sessions
                 ColSpec(DataType.long, "start_hour", required=False),  # sessions
-                ColSpec(DataType.long, "start_weekday", required=False),  # sessions, 1 = Monday
-                ColSpec(anything, "session_start", required=False),  # sessions, instead of the two above
+                ColSpec(anything, "session_start", required=False),  # sessions, instead of start_hour
                 ColSpec(anything, "ts", required=False),  # events
             ]
         ),

@@ -7,8 +7,8 @@ calibration as `clickstream score`.
 
 - sessions, as rows of the lake's sequences/: the columns the model reads are `session_id`,
   `item_id`, `category`, `event_type` (lists of EVENT_TYPE_CODE), `log_gap_prev` (lists of
-  floats), and `start_hour` with `start_weekday` (1 = Monday), or else `session_start` to derive
-  them from. Other columns are ignored. Rows come back in input order.
+  floats), and `start_hour` (0-23 UTC), or else `session_start` to derive it from. Other
+  columns are ignored. Rows come back in input order.
 - raw events, one row per event: `session_id`, `ts`, `item_id`, `category` (may be null) and
   `event_type` (a name of EVENT_TYPES; any other becomes "other"). They become sessions with the
   pipeline's own functions (features.sequences.sessions_of): events in time order, those at or
@@ -35,7 +35,7 @@ from clickstream.models.bundle import ModelBundle
 from clickstream.pipeline.core.config import SequenceConfig
 from clickstream.pipeline.core.schemas import EVENT_TYPES, SEQUENCES, UTC_TS
 
-SESSION_COLUMNS = ("session_id", "item_id", "category", "event_type", "log_gap_prev", "start_hour", "start_weekday")
+SESSION_COLUMNS = ("session_id", "item_id", "category", "event_type", "log_gap_prev", "start_hour")
 EVENT_COLUMNS = ("session_id", "ts", "item_id", "category", "event_type")
 _LISTS = ("item_id", "category", "event_type", "log_gap_prev")
 
@@ -71,17 +71,17 @@ def score_input(bundle: ModelBundle, frame: pd.DataFrame) -> pl.DataFrame:
 
 def sessions_frame(frame: pd.DataFrame) -> pl.DataFrame:
     """The SEQUENCES columns the model reads from a frame of sessions (list columns as lists or arrays)."""
-    start = [] if {"start_hour", "start_weekday"} <= set(frame.columns) else ["session_start"]
-    needed = [c for c in SESSION_COLUMNS if not (start and c.startswith("start_"))] + start
+    start = [] if "start_hour" in frame.columns else ["session_start"]
+    needed = [c for c in SESSION_COLUMNS if not (start and c == "start_hour")] + start
     _require(frame, needed, "sessions")
     raw = pl.from_pandas(frame[needed].reset_index(drop=True))
     types = {name: SEQUENCES[name] for name in SESSION_COLUMNS}
     try:
         if start:
             when = _utc(raw.get_column("session_start"))
-            raw = raw.with_columns(start_hour=when.dt.hour(), start_weekday=when.dt.weekday())
+            raw = raw.with_columns(start_hour=when.dt.hour())
         sessions = raw.select(
-            *(pl.col(name).cast(types[name], strict=True) for name in ("session_id", "start_hour", "start_weekday")),
+            *(pl.col(name).cast(types[name], strict=True) for name in ("session_id", "start_hour")),
             pl.col("item_id").cast(pl.List(pl.String)).cast(types["item_id"]),
             pl.col("category").cast(pl.List(pl.String)).cast(types["category"]),
             pl.col("event_type").cast(types["event_type"], strict=True),
@@ -91,8 +91,8 @@ def sessions_frame(frame: pd.DataFrame) -> pl.DataFrame:
     except (pl.exceptions.PolarsError, TypeError, ValueError) as error:
         raise _invalid(f"sessions input has columns of the wrong type: {_first_line(error)}") from None
     lengths = sessions.select(pl.col(c).list.len() for c in _LISTS)
-    if _has_nulls(sessions, "session_id", "start_hour", "start_weekday", "item_id", "event_type", "log_gap_prev"):
-        raise _invalid("sessions input has nulls in session_id, start_hour, start_weekday or a whole list column")
+    if _has_nulls(sessions, "session_id", "start_hour", "item_id", "event_type", "log_gap_prev"):
+        raise _invalid("sessions input has nulls in session_id, start_hour or a whole list column")
     if not all((lengths.get_column(c).fill_null(-1) == lengths.get_column("item_id")).all() for c in _LISTS):
         raise _invalid("each session's item_id, category, event_type and log_gap_prev lists must be equally long")
     codes = sessions.get_column("event_type").explode(empty_as_null=False, keep_nulls=False)

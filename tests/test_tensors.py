@@ -84,14 +84,10 @@ def test_property_flat_tensors_and_offsets_match_the_list_columns_exactly(rows):
     assert column["log_position"] == torch.log1p(torch.tensor(positions)).tolist()
     from_end = [float(n - 1 - p) for n in frame["n_events"] for p in range(n)]
     assert column["log_position_from_end"] == torch.log1p(torch.tensor(from_end)).tolist()
-    sessions = frame.select("start_hour", "start_weekday", "n_events").iter_rows()
-    starts = [(hour, weekday) for hour, weekday, n in sessions for _ in range(n)]
-    for name, angle in (
-        ("start_hour", [h * 2 * math.pi / 24 for h, _ in starts]),
-        ("start_weekday", [(w - 1) * 2 * math.pi / 7 for _, w in starts]),
-    ):
-        assert column[f"{name}_sin"] == pytest.approx([math.sin(a) for a in angle], abs=1e-6)
-        assert column[f"{name}_cos"] == pytest.approx([math.cos(a) for a in angle], abs=1e-6)
+    starts = frame.select("start_hour", "n_events").iter_rows()
+    angle = [hour * 2 * math.pi / 24 for hour, n in starts for _ in range(n)]
+    assert column["start_hour_sin"] == pytest.approx([math.sin(a) for a in angle], abs=1e-6)
+    assert column["start_hour_cos"] == pytest.approx([math.cos(a) for a in angle], abs=1e-6)
     revisits, same_item, same_category = [], [], []
     for session_items, session_categories in zip(frame["item_id"], frame["category"], strict=True):
         session_items, session_categories = session_items.to_list(), session_categories.to_list()
@@ -118,7 +114,7 @@ def test_property_loading_block_by_block_gives_the_same_tensors_whatever_the_blo
         patch.setattr(event_ids, "BLOCK_EVENTS", block_events)
         blocks = load_tensors(frame, vocabulary, out_of_fold=out_of_fold)
 
-    for name in ("offsets", "item", "category", "event_type", "stored", "flags", "start", "label"):
+    for name in ("offsets", "item", "category", "event_type", "stored", "flags", "start_hour", "label"):
         assert torch.equal(getattr(blocks, name).nan_to_num(), getattr(whole, name).nan_to_num()), name
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clickstream.features.tensors import FLAG_FEATURES, STORED_FEATURES, SequenceTensors
+from clickstream.features.tensors import CONTINUOUS_FEATURES, FLAG_FEATURES, STORED_FEATURES, SequenceTensors
 
 N_ITEMS = 52_000  # YOOCHOOSE's catalogue size, order of magnitude
 N_CATEGORIES = 340
 N_EVENT_TYPES = 6  # PAD + EVENT_TYPES
-N_CONTINUOUS = 14  # len(features.tensors.CONTINUOUS_FEATURES)
+N_CONTINUOUS = len(CONTINUOUS_FEATURES)
 MAX_LENGTH = 200
 
 
@@ -45,7 +45,7 @@ def sessions_with_lengths(lengths: np.ndarray, *, seed: int = 0, n_items: int = 
     event_type = np.full(n_events, 1, dtype=np.int32) + (rng.random(n_events) < 0.05)
     stored = rng.normal(0.0, 1.0, (len(STORED_FEATURES), n_events)).astype(np.float32)
     flags = rng.integers(0, 1 << len(FLAG_FEATURES), n_events, dtype=np.uint8)
-    start = rng.integers(0, 24, n_sessions, dtype=np.int32) * 8 + rng.integers(1, 8, n_sessions, dtype=np.int32)
+    start_hour = rng.integers(0, 24, n_sessions, dtype=np.int32)
     last_item = np.append(item, 1)[np.where(lengths > 0, offsets[1:] - 1, n_events)]  # 1: empty session
     logit = -4.0 + 5.0 * (last_item % 4 == 0) + 0.2 * np.minimum(lengths, 10)
     label = (rng.random(n_sessions) < 1 / (1 + np.exp(-logit))).astype(np.float32)
@@ -56,6 +56,6 @@ def sessions_with_lengths(lengths: np.ndarray, *, seed: int = 0, n_items: int = 
         event_type=torch.from_numpy(event_type),
         stored=torch.from_numpy(stored),
         flags=torch.from_numpy(flags),
-        start=torch.from_numpy(start),
+        start_hour=torch.from_numpy(start_hour),
         label=torch.from_numpy(label),
     )
