@@ -1,5 +1,6 @@
-"""The fit loop: AdamW on BCE-with-logits over resident, length-bucketed batches, early
-stopping on validation AUC, a checkpoint after every epoch, and resume after a kill.
+"""The fit loop: AdamW on BCE-with-logits over resident, length-bucketed batches, the learning
+rate lowered after every epoch without a validation AUC gain, early stopping on validation AUC,
+a checkpoint after every epoch, and resume after a kill.
 
 Reproducibility: every epoch reseeds the shuffle generator and torch's RNG (dropout) from
 (seed, epoch, rank), so an epoch's randomness never depends on what ran before it, and a
@@ -124,6 +125,7 @@ def _fingerprint(train: SequenceTensors, val: SequenceTensors, config: TrainConf
         "val_sessions": val.n_sessions,
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
+        "lr_decay": config.lr_decay,
         "weight_decay": config.weight_decay,
         "grad_clip": config.grad_clip,
         "seed": config.seed,
@@ -170,6 +172,21 @@ def _load_checkpoint(
         best_weights=state["best_weights"],
         stopped=state["stopped"],
     )
+
+
+def epoch_learning_rate(config: TrainConfig, history: list[EpochStats]) -> float:
+    """The next epoch's learning rate: `config.learning_rate` times `config.lr_decay` for every
+    epoch of `history` that did not raise the best validation AUC. Once the validation AUC stalls,
+    smaller steps settle the weights instead of jumping around the optimum (epoch-to-epoch AUC
+    swings of a few thousandths at a constant rate). A function of the history alone, which the
+    checkpoint holds, so a resumed run continues at the same rate."""
+    best, rate = -math.inf, config.learning_rate
+    for stats in history:
+        if stats.val_auc > best:
+            best = stats.val_auc
+        else:
+            rate *= config.lr_decay
+    return rate
 
 
 def validation_metrics(model: BuyIntentLSTM, tensors: SequenceTensors, device: torch.device) -> tuple[float, float]:
@@ -283,6 +300,8 @@ def fit(
             for epoch in range(progress.epochs_done + 1, config.epochs + 1):
                 if progress.stopped:
                     break
+                for group in optimizer.param_groups:
+                    group["lr"] = epoch_learning_rate(config, progress.history)
                 loss, seconds, seen = _train_epoch(net, optimizer, train_data, config, epoch, status)
                 val_auc, val_logloss = validation_metrics(model, val_data, device)
                 stats = EpochStats(epoch, loss, val_auc, val_logloss, seconds, seen / max(seconds, 1e-9))

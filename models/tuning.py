@@ -6,7 +6,10 @@ the vocabulary and tensors are built once and every trial fits a fresh model on 
 per-epoch validation AUC falls below the median of earlier trials at the same epoch is pruned
 (Optuna's MedianPruner, once 2 trials have completed, from a trial's third epoch on: the first
 epochs' AUCs are too noisy to judge a setting by). The first trial always runs the current
-settings, so the result is never worse than them on these days.
+settings, so the result is never worse than them on these days. The next trials are the current
+settings' neighbours, one parameter moved one step each (`neighbours`), in the space's order:
+a short search on a slow machine then tries the small moves most likely to help before Optuna's
+sampler (TPE) explores the rest of the space.
 Trials run until `trials` have run or `timeout` seconds have passed (checked between trials).
 
 Every trial is a nested MLflow run (its settings as params, per-epoch `epoch_val_auc`, its
@@ -15,14 +18,14 @@ settings are written to `<lake>/_config/training.json` (models.tuned) with the f
 signature they were tuned for; `train` and the nightly DAG apply them from then on.
 
 Search space (SEARCH_SPACE; `choice` values, `float` uniform bounds, `log` log-uniform bounds):
-    model.hidden_size    choice  32, 64, 96, 128
+    model.dropout        float   0.0 .. 0.4        (neighbours: +-0.1)
+    train.weight_decay   log     1e-6 .. 1e-3      (neighbours: x3, /3)
+    train.learning_rate  log     1e-3 .. 1e-2      (neighbours: x3, /3)
+    model.hidden_size    choice  32, 64, 96, 128   (neighbours: the next value up, then down)
+    model.head_hidden    choice  0, 32, 64         (0: a linear head)
     model.category_dim   choice  8, 16, 32
     model.item_dim       choice  0, 8, 16          (0: no learned item embedding)
-    model.head_hidden    choice  0, 32, 64         (0: a linear head)
     model.max_pool       choice  true, false
-    model.dropout        float   0.0 .. 0.4
-    train.learning_rate  log     1e-3 .. 1e-2
-    train.weight_decay   log     1e-6 .. 1e-3
 Epochs, patience, seed and validation days stay as configured; batch size is left out because
 training sets below about 2M sessions use smaller batches anyway (models.fit.epoch_batch_size).
 """
@@ -55,15 +58,17 @@ from clickstream.pipeline.core.schemas import EVENT_TYPES
 
 # "group.field": (kind, values): kind "choice" (values to pick from), "float" or "log" (low, high)
 SEARCH_SPACE: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "model.dropout": ("float", (0.0, 0.4)),
+    "train.weight_decay": ("log", (1e-6, 1e-3)),
+    "train.learning_rate": ("log", (1e-3, 1e-2)),
     "model.hidden_size": ("choice", (32, 64, 96, 128)),
+    "model.head_hidden": ("choice", (0, 32, 64)),
     "model.category_dim": ("choice", (8, 16, 32)),
     "model.item_dim": ("choice", (0, 8, 16)),
-    "model.head_hidden": ("choice", (0, 32, 64)),
     "model.max_pool": ("choice", (True, False)),
-    "model.dropout": ("float", (0.0, 0.4)),
-    "train.learning_rate": ("log", (1e-3, 1e-2)),
-    "train.weight_decay": ("log", (1e-6, 1e-3)),
 }
+FLOAT_STEP = 0.1  # a "float" parameter's neighbours: +- this
+LOG_FACTOR = 3.0  # a "log" parameter's neighbours: x and / this
 TUNE_TAG = "clickstream.tune"  # on the parent run: the window searched
 
 
@@ -120,7 +125,9 @@ def tune(
         sampler=optuna.samplers.TPESampler(seed=config.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3),
     )
-    study.enqueue_trial(_current(base, space), skip_if_exists=True)
+    current = _current(base, space)
+    for params in [current, *neighbours(current, space)]:
+        study.enqueue_trial(params, skip_if_exists=True)
     client = tracking_client(settings)
     with mlflow.start_run(experiment_id=experiment_id(client), run_name=f"tune {split.span}") as parent:
         mlflow.set_tags({TUNE_TAG: split.span, "device": device})
@@ -131,12 +138,13 @@ def tune(
             timeout=timeout,
             catch=(TrainingError,),
         )
-        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if not finished:
+        states = optuna.trial.TrialState
+        ran = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL))  # not the queued
+        if not any(t.state == states.COMPLETE for t in ran):
             raise TrainingError(f"every tuning trial on {split.span} failed or was pruned; see the MLflow runs")
         best = study.best_trial
         first = study.trials[0]
-        default_auc = first.value if first.state == optuna.trial.TrialState.COMPLETE else math.nan
+        default_auc = first.value if first.state == states.COMPLETE else math.nan
         tuned = _settings_of(base, best.params)
         mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
         mlflow.log_metrics({"best_val_auc": best.value, "default_val_auc": default_auc})
@@ -149,15 +157,14 @@ def tune(
                 val_auc=float(best.value),
                 default_val_auc=float(default_auc),
                 window=(str(split.window[0]), str(split.window[1])),
-                trials=len(study.trials),
+                trials=len(ran),
                 run_id=parent.info.run_id,
             ),
         )
-    states = [t.state for t in study.trials]
     return TuneSummary(
-        trials=len(states),
-        pruned=states.count(optuna.trial.TrialState.PRUNED),
-        failed=states.count(optuna.trial.TrialState.FAIL),
+        trials=len(ran),
+        pruned=sum(t.state == states.PRUNED for t in ran),
+        failed=sum(t.state == states.FAIL for t in ran),
         default_val_auc=default_auc,
         best_val_auc=float(best.value),
         best={k: v for k, v in best.params.items() if v != first.params.get(k)},
@@ -215,6 +222,27 @@ def _current(settings: Settings, space: dict[str, tuple[str, tuple[Any, ...]]]) 
         for name, value in current.items()
         if (value in space[name][1] if space[name][0] == "choice" else space[name][1][0] <= value <= space[name][1][1])
     }
+
+
+def neighbours(current: dict[str, Any], space: dict[str, tuple[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
+    """`current` with one parameter moved one step inside `space`, parameter by parameter in the
+    space's order: a choice to the next value up then down, a float by +-FLOAT_STEP, a log-uniform
+    one by x and / LOG_FACTOR (clipped to its bounds). Parameters missing from `current` are left out."""
+    moved = []
+    for name, (kind, values) in space.items():
+        if name not in current:
+            continue
+        value = current[name]
+        if kind == "choice":
+            at = values.index(value)
+            steps = [values[i] for i in (at + 1, at - 1) if 0 <= i < len(values)]
+        else:
+            low, high = values
+            linear = kind == "float"
+            up, down = (value + FLOAT_STEP, value - FLOAT_STEP) if linear else (value * LOG_FACTOR, value / LOG_FACTOR)
+            steps = [min(max(step, low), high) for step in (up, down)]
+        moved += [{**current, name: step} for step in dict.fromkeys(steps) if step != value]
+    return moved
 
 
 def _settings_of(settings: Settings, params: dict[str, Any]) -> Settings:

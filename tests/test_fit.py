@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from clickstream.models.checkpoints import CHECKPOINT
-from clickstream.models.fit import MIN_BATCH_SIZE, MIN_STEPS_PER_EPOCH, epoch_batch_size, fit
+from clickstream.models.fit import (
+    MIN_BATCH_SIZE,
+    MIN_STEPS_PER_EPOCH,
+    EpochStats,
+    epoch_batch_size,
+    epoch_learning_rate,
+    fit,
+)
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError
@@ -83,6 +90,17 @@ def test_given_no_auc_gain_for_patience_epochs_then_training_stops_early(small):
     result = fit(train, val, tiny_model(), frozen)
     assert [s.epoch for s in result.history] == [1, 2, 3]
     assert result.best_epoch == 1
+
+
+def test_given_epochs_without_an_auc_gain_then_the_learning_rate_halves_after_each_of_them():
+    config = TrainConfig(learning_rate=0.008, lr_decay=0.5)
+    aucs = [0.60, 0.70, 0.69, 0.71, 0.71, 0.65]  # a tie is no gain
+    history = [EpochStats(n + 1, 0.1, auc, 0.2, 1.0, 1.0) for n, auc in enumerate(aucs)]
+
+    rates = [epoch_learning_rate(config, history[:done]) for done in range(len(aucs) + 1)]
+
+    assert rates == [0.008, 0.008, 0.008, 0.004, 0.004, 0.002, 0.001]
+    assert epoch_learning_rate(replace(config, lr_decay=1.0), history) == 0.008
 
 
 def test_given_a_loss_that_becomes_nan_then_fit_raises_training_error(small):

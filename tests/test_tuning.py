@@ -14,7 +14,7 @@ from fixtures import labelled_lake
 from clickstream.models.registry import tracking_client
 from clickstream.models.train import train_challenger
 from clickstream.models.tuned import TUNED_FILE, feature_signature, read_tuned, with_tuned
-from clickstream.models.tuning import TUNE_TAG, TuneSummary, tune
+from clickstream.models.tuning import TUNE_TAG, TuneSummary, neighbours, tune
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
 from clickstream.pipeline.core.lake import Lake
@@ -105,3 +105,28 @@ def test_given_too_few_days_of_sequences_then_the_weekly_tune_skips_with_the_rea
     short = labelled_lake(Path(settings.lake).parent / "short", sessions=300, days=2)
     with pytest.raises(NoDataError, match=r"tuning needs 3 days of sequences .* found 2"):
         tune_latest(short, trials=1, timeout_s=None, window_days=30)
+
+
+def test_given_the_current_settings_then_neighbours_move_one_parameter_one_step_inside_the_space() -> None:
+    space = {
+        "model.dropout": ("float", (0.0, 0.4)),
+        "train.weight_decay": ("log", (1e-6, 1e-3)),
+        "model.hidden_size": ("choice", (32, 64, 96)),
+        "model.max_pool": ("choice", (True, False)),
+        "model.item_dim": ("choice", (0, 8)),
+    }
+    current = {"model.dropout": 0.35, "train.weight_decay": 1e-3, "model.hidden_size": 64, "model.max_pool": True}
+
+    moved = neighbours(current, space)
+
+    changes = [next((k, v) for k, v in params.items() if v != current[k]) for params in moved]
+    assert changes == [
+        ("model.dropout", 0.4),  # 0.45 clipped to the bound
+        ("model.dropout", pytest.approx(0.25)),
+        ("train.weight_decay", pytest.approx(1e-3 / 3)),  # x3 is clipped to the current value: no move
+        ("model.hidden_size", 96),
+        ("model.hidden_size", 32),
+        ("model.max_pool", False),
+    ]  # item_dim is not in `current`: not moved
+    assert all(sum(v != current[k] for k, v in params.items()) == 1 for params in moved)
+    assert all(set(params) == set(current) for params in moved)

@@ -76,6 +76,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     patience: int = 3  # epochs without val AUC gain before stopping
+    lr_decay: float = 0.5  # the learning rate is multiplied by this after each epoch without a val AUC gain
     validation_days: int = 2  # the last days of the window validate
     seed: int = 7
     device: str = "auto"  # auto | cpu | cuda
