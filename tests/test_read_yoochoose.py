@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clickstream.pipeline.ingest.raw_fields import ParsedChunk, TimeWindow
+from clickstream.pipeline.ingest.raw_fields import ZULU_FORMAT, ParsedChunk, TimeWindow, zulu_timestamp
 from clickstream.pipeline.ingest.read_yoochoose import read_buys, read_clicks
 
 WINDOW = TimeWindow.for_ingestion(dt.date(2015, 1, 1))
@@ -107,3 +107,38 @@ def test_given_buys_then_purchases_carry_price_and_quantity_and_zero_means_unkno
         ("purchase", None, None, True),
     ]
     assert parsed.rejects.select("line", "reason").rows() == [(3, "unparsable price"), (4, "unparsable quantity")]
+
+
+def _as_polars_reads_it(texts: list[str | None]) -> pl.Series:
+    return pl.Series("t", texts, dtype=pl.String).str.to_datetime(
+        ZULU_FORMAT, time_unit="us", time_zone="UTC", strict=False
+    )
+
+
+STAMPS = st.datetimes(dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 59)).map(
+    lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+)
+NEAR_STAMPS = st.text(st.sampled_from("0123456789-T:.Z "), min_size=20, max_size=26)
+EDITED_STAMPS = st.tuples(STAMPS, st.integers(0, 23), st.sampled_from("0123456789-T:.Z x")).map(
+    lambda s: s[0][: s[1]] + s[2] + s[0][s[1] + 1 :]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(STAMPS | NEAR_STAMPS | EDITED_STAMPS | st.none() | st.text(max_size=30), max_size=40))
+def test_given_any_texts_then_the_fast_timestamp_parse_equals_polars_to_datetime(texts: list[str | None]) -> None:
+    frame = pl.DataFrame({"t": texts}, schema={"t": pl.String})
+    assert frame.select(zulu_timestamp(pl.col("t")))["t"].equals(_as_polars_reads_it(texts))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2016-02-29T23:59:59.999Z", "2015-02-29T00:00:00.000Z", "2014-04-31T00:00:00.000Z", "2014-04-07T24:00:00.000Z",
+     "2014-04-07T23:60:00.000Z", "2014-04-07T23:59:60.000Z", "2014-00-07T10:51:09.277Z", "2014-13-07T10:51:09.277Z",
+     "9999-12-31T23:59:59.999Z", "0000-01-01T00:00:00.000Z", "2014-04-07T10:51:09Z", "2014-04-07T10:51:09.277123Z",
+     "2014-04-07 10:51:09.277Z", "1969-12-31T23:59:59.999Z"],
+)  # fmt: skip
+def test_given_a_calendar_edge_then_the_fast_timestamp_parse_equals_polars_to_datetime(text: str) -> None:
+    texts = ["2014-04-07T10:51:09.277Z", text, None]
+    frame = pl.DataFrame({"t": texts}, schema={"t": pl.String})
+    assert frame.select(zulu_timestamp(pl.col("t")))["t"].equals(_as_polars_reads_it(texts))
