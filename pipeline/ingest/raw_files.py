@@ -289,7 +289,7 @@ def iter_line_chunks(
     (with the last whole line and the decompressed offset before the damage), a line longer
     than `limits.max_line_bytes` or a file past its decompressed size limit (`iter_blocks`).
     """
-    carry, first_line = b"", 1
+    carry, first_line = b"", 1  # carry: the start of a line no block so far has ended
 
     def where(total: int) -> str:
         last = first_line - 1 + carry.count(b"\n")
@@ -297,40 +297,53 @@ def iter_line_chunks(
 
     bom_checked = False
     for block in iter_blocks(path, limits, chunk_bytes, where):
-        carry = carry + block if carry else block
-        if not bom_checked and len(carry) >= len(BOM):
-            carry, bom_checked = carry.removeprefix(BOM), True
-        while cut := _cut(carry):
-            chunk = _chunk(str(path), carry, first_line, cut, limits)
-            yield chunk
-            first_line += len(chunk)
-            carry = carry[cut:]
+        if not bom_checked:
+            block, carry = carry + block, b""
+            if len(block) < len(BOM):
+                carry = block
+                continue
+            block, bom_checked = block.removeprefix(BOM), True
+        end = block.rfind(b"\n") + 1
+        if end:  # the lines that end in this block, with the start of the first one carried over (one copy)
+            lines, carry = (carry + block[:end] if carry else block[:end]), block[end:]
+            for chunk in _chunks(str(path), lines, first_line, limits):
+                yield chunk
+                first_line += len(chunk)
+        else:
+            carry += block
         if len(carry) > limits.max_line_bytes:
             raise _too_long(str(path), first_line, limits)
     if first_line == 1 and not carry:
         raise InputError(f"{path} is empty")
     if carry:
-        yield _chunk(str(path), carry, first_line, len(carry), limits)
+        yield from _chunks(str(path), carry, first_line, limits)
 
 
-def _cut(data: bytes) -> int:
-    """Bytes from the start of `data` to the end of its last whole line, or of its CHUNK_LINES-th
-    line when it holds more (found 1 MiB at a time, so that no index of every line is built)."""
-    if data.count(b"\n") <= CHUNK_LINES:
-        return data.rfind(b"\n") + 1
-    raw, seen, step = np.frombuffer(data, dtype=np.uint8), 0, 1 << 20
+def _chunks(file: str, data: bytes, first_line: int, limits: ReadLimits) -> Iterator[LineChunk]:
+    """The lines of `data` (whole lines, the last one possibly without its "\n"), CHUNK_LINES at most per chunk."""
+    while data:
+        newlines = _newlines(data)
+        size = int(newlines[-1]) + 1 if len(newlines) else len(data)
+        chunk = _chunk(file, data, first_line, newlines, size, limits)
+        yield chunk
+        first_line, data = first_line + len(chunk), data[size:]
+
+
+def _newlines(data: bytes) -> np.ndarray:
+    """Offsets of the first CHUNK_LINES "\n" of `data`, found 1 MiB at a time so that no index of
+    more lines is built."""
+    raw, found, seen, step = np.frombuffer(data, dtype=np.uint8), [], 0, 1 << 20
     for start in range(0, len(raw), step):
-        newlines = np.flatnonzero(raw[start : start + step] == 10)
-        if seen + len(newlines) >= CHUNK_LINES:
-            return start + int(newlines[CHUNK_LINES - seen - 1]) + 1
-        seen += len(newlines)
-    raise AssertionError("unreachable: the count found more newlines")
+        found.append(np.flatnonzero(raw[start : start + step] == 10) + start)
+        seen += len(found[-1])
+        if seen >= CHUNK_LINES:
+            break
+    return np.concatenate(found)[:CHUNK_LINES]
 
 
-def _chunk(file: str, data: bytes, first_line: int, size: int, limits: ReadLimits) -> LineChunk:
-    """The lines of `data[:size]` (at most CHUNK_LINES of them)."""
+def _chunk(file: str, data: bytes, first_line: int, newlines: np.ndarray, size: int, limits: ReadLimits) -> LineChunk:
+    """The lines of `data[:size]`, whose "\n" are at `newlines` (at most CHUNK_LINES of them)."""
     raw = np.frombuffer(data, dtype=np.uint8, count=size)
-    newlines = np.flatnonzero(raw == 10)
     starts = np.concatenate(([0], newlines + 1))
     ends = np.append(newlines, size)
     if starts[-1] == size:  # the chunk ends with "\n": no line after it
@@ -368,8 +381,8 @@ def split_fields(chunk: LineChunk, names: list[str], *, quoted: bool = False, he
     """
     codes = chunk.problems()
     raw = np.frombuffer(chunk.data, dtype=np.uint8)
-    before = np.searchsorted(np.flatnonzero(raw == 44), chunk.starts)  # commas before each line's start
-    commas = np.diff(before, append=np.count_nonzero(raw == 44))
+    comma_offsets = np.flatnonzero(raw == 44)
+    commas = np.diff(np.searchsorted(comma_offsets, chunk.starts), append=len(comma_offsets))  # per line
     codes[(codes == OK) & (commas + 1 != len(names))] = COLUMNS
     in_file = np.ones(len(chunk), dtype=bool)
     if header:
