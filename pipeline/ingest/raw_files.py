@@ -114,6 +114,8 @@ class LineChunk:
 
     def joined(self, keep: np.ndarray) -> bytes:
         """The kept lines' text, each followed by "\\n" (CR of CRLF dropped)."""
+        if not keep.any():
+            return b""
         raw = np.frombuffer(self.data, dtype=np.uint8)
         cr = self.ends[self.ends < len(raw)]
         cr = cr[raw[cr] == 13]
