@@ -241,8 +241,10 @@ def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt
     for day in days:
         # one date's events are few enough that threads would cost more CPU than they save
         frame = _staged_events(staging, day).sort(SORT_KEYS, nulls_last=True, multithreaded=False)
-        repeats = pl.all_horizontal(pl.col(name).eq_missing(pl.col(name).shift(1)) for name in frame.columns)
-        frame = frame.filter(~repeats)  # sorted on every column that varies: duplicates are neighbours
+        # sorted on every column that varies: duplicates are neighbours
+        repeats = frame.select(pl.all_horizontal(pl.all().eq_missing(pl.all().shift(1)))).to_series()
+        if repeats.any():
+            frame = frame.filter(~repeats)
         with lake.lock("events", day):
             lake.write_partition("events", day, frame, part)
         written += frame.height
