@@ -6,6 +6,7 @@ line with exit code 2. The bad-input corpus runs in tests/hostile."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gzip
 import hashlib
 import subprocess
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import BadRowThresholdError, InputError
 from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.ingest import raw_files, read_yoochoose
 from clickstream.pipeline.ingest.ingest import batch_id, ingest_files
 
 TODAY = dt.date(2015, 1, 1)
@@ -55,6 +57,24 @@ def test_given_clicks_and_buys_then_events_are_partitioned_by_date_sorted_and_la
     assert events.select("session_id", "ts").rows() == sorted(events.select("session_id", "ts").rows())
     assert Lake(settings.lake).files("events")[0].endswith(f"part-{summary.batch}.parquet")
     assert "200 written" in str(summary) and "\n" not in str(summary)
+
+
+@pytest.mark.parametrize("chunk_bytes", [40, 700])
+def test_given_small_chunks_then_the_events_equal_those_of_one_chunk(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int
+) -> None:
+    # chunks of one line hold one value per column; a chunk's constant columns are staged apart
+    clicks = GOOD + "1,2014-04-08T10:00:00.000Z,214536501,S\n"
+    paths = write(tmp_path / "in", {"clicks.dat": clicks.encode(), "buys.dat": BUYS.encode()})
+    whole = ingest_files(settings, "yoochoose", [paths["clicks.dat"]], [paths["buys.dat"]], ingestion_date=TODAY)
+    expected = Lake(settings.lake).scan("events").collect()
+    small = functools.partial(raw_files.iter_line_chunks, chunk_bytes=chunk_bytes)
+    monkeypatch.setattr(read_yoochoose, "iter_line_chunks", small)
+    lake = settings.with_overrides(lake=str(tmp_path / "small-lake"))
+    summary = ingest_files(lake, "yoochoose", [paths["clicks.dat"]], [paths["buys.dat"]], ingestion_date=TODAY)
+    assert summary == whole
+    assert Lake(lake.lake).scan("events").collect().equals(expected)
+    assert expected.height == 201 and expected["ts"].dt.date().n_unique() == 2
 
 
 def test_given_clicks_without_buys_then_events_are_unlabelled(settings: Settings, tmp_path: Path) -> None:
