@@ -73,14 +73,11 @@ def zulu_timestamp(text: pl.Expr) -> pl.Expr:
 def _zulu_values(text: pl.Series) -> pl.Series:
     """Texts of exactly the ZULU_MILLIS layout with an in-range date and time are read as fixed-width
     digits (numpy over their bytes); the others, rare in real logs, go through `to_datetime`."""
-    array = text.to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: offsets + bytes
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
-    data = np.frombuffer(array.buffers()[2] or b"", dtype=np.uint8)
-    fixed = (np.diff(offsets) == len(ZULU_MILLIS)) & text.is_not_null().to_numpy()
-    if fixed.all() and offsets[-1] - offsets[0] == len(ZULU_MILLIS) * len(text):
-        layout = data[offsets[0] : offsets[-1]].reshape(-1, len(ZULU_MILLIS))  # no copy
-    else:
-        layout = data[offsets[:-1][fixed, None] + np.arange(len(ZULU_MILLIS))]
+    fixed = (text.str.len_bytes() == len(ZULU_MILLIS)).fill_null(False).to_numpy()
+    array = (text if fixed.all() else text.filter(fixed)).to_arrow(compat_level=pl.CompatLevel.oldest())
+    first, last = np.frombuffer(array.buffers()[1], dtype=np.int64)[[array.offset, array.offset + len(array)]]
+    # large_string: every text of the same length, so their bytes form a (texts x layout) block, not copied
+    layout = np.frombuffer(array.buffers()[2] or b"", dtype=np.uint8)[first:last].reshape(-1, len(ZULU_MILLIS))
     micros, fast = _fixed_width_micros(layout)
     values = np.zeros(len(text), dtype=np.int64)
     values[fixed] = micros
