@@ -203,8 +203,8 @@ def validate(
     """
     frame = rows.rename(lambda name: name if name == "line" else f"raw_{name}").with_columns(**values)
     is_bad = pl.any_horizontal(bad for bad, text in checks if text not in naming_only).fill_null(False)  # as when()
-    is_bad = frame.select(is_bad).to_series()
-    good, bad = (frame.filter(~is_bad), frame.filter(is_bad)) if is_bad.any() else (frame, frame.clear())
+    bad_rows = frame.select(is_bad).to_series()
+    good, bad = (frame.filter(~bad_rows), frame.filter(bad_rows)) if bad_rows.any() else (frame, frame.clear())
     bad = bad.with_columns(first_reason(checks).alias("reason"))
     rejects = bad.select("line", raw_text(bad).alias("raw"), "reason")
     constants = {"source": pl.lit(source), "labelled": pl.lit(labelled)}

@@ -322,7 +322,7 @@ def iter_line_chunks(
 
 
 def _chunks(file: str, data: bytes, first_line: int, limits: ReadLimits) -> Iterator[LineChunk]:
-    """The lines of `data` (whole lines, the last one possibly without its "\n"), CHUNK_LINES at most per chunk."""
+    """The lines of `data` (whole lines, the last one possibly without its "\\n"), CHUNK_LINES at most per chunk."""
     while data:
         newlines = _newlines(data)
         size = int(newlines[-1]) + 1 if len(newlines) else len(data)
@@ -332,7 +332,7 @@ def _chunks(file: str, data: bytes, first_line: int, limits: ReadLimits) -> Iter
 
 
 def _newlines(data: bytes) -> np.ndarray:
-    """Offsets of the first CHUNK_LINES "\n" of `data`, found 1 MiB at a time so that no index of
+    """Offsets of the first CHUNK_LINES "\\n" of `data`, found 1 MiB at a time so that no index of
     more lines is built."""
     raw, found, seen, step = np.frombuffer(data, dtype=np.uint8), [], 0, 1 << 20
     for start in range(0, len(raw), step):
@@ -344,7 +344,7 @@ def _newlines(data: bytes) -> np.ndarray:
 
 
 def _chunk(file: str, data: bytes, first_line: int, newlines: np.ndarray, size: int, limits: ReadLimits) -> LineChunk:
-    """The lines of `data[:size]`, whose "\n" are at `newlines` (at most CHUNK_LINES of them)."""
+    """The lines of `data[:size]`, whose "\\n" are at `newlines` (at most CHUNK_LINES of them)."""
     raw = np.frombuffer(data, dtype=np.uint8, count=size)
     starts = np.concatenate(([0], newlines + 1))
     ends = np.append(newlines, size)
