@@ -1,4 +1,4 @@
-"""Which torch device a run trains or scores on, and in which float32 precision."""
+"""Which torch device a run trains or scores on, in which float32 precision, and on how many CPU threads."""
 
 from __future__ import annotations
 
@@ -42,3 +42,19 @@ def float32_precision(*, tf32: bool) -> Iterator[None]:
     finally:
         for backend, mode in zip(backends, before, strict=True):
             backend.fp32_precision = mode
+
+
+@contextmanager
+def cpu_threads(device: torch.device, threads: int) -> Iterator[None]:
+    """Inside the block, torch runs CPU ops on `threads` intra-op threads when `device` is the CPU
+    (no effect on a GPU); torch's previous count comes back after it. The LSTM's per-step matmuls
+    are small: on a 2-core machine a second thread made a training step several times slower
+    (both threads spin waiting for each other, and any other work on the cores stretches every
+    wait), so training and scoring default to one (benchmarks/RESULTS.md, "demo")."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

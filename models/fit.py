@@ -12,6 +12,9 @@ rank trains on a strided shard of the epoch's batches through DistributedDataPar
 every rank evaluates the same validation set (so all take the same early-stopping
 decision without talking), and only rank 0 writes checkpoints and calls `on_epoch`.
 
+On the CPU the loop runs on `config.cpu_threads` torch intra-op threads (default 1, see
+models.device.cpu_threads); torch's own count is restored afterwards.
+
 Precision: `config.bf16` runs the forward pass under bf16 autocast (the loss, the optimizer
 state and validation stay float32); `config.tf32` lets float32 matmuls and cuDNN's LSTM use
 TF32 on GPUs that have it. Both default off: plain IEEE float32 everywhere.
@@ -34,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from clickstream.models.batching import iterate_batches, resident
 from clickstream.models.checkpoints import CheckpointStore
-from clickstream.models.device import float32_precision, resolve_device
+from clickstream.models.device import cpu_threads, float32_precision, resolve_device
 from clickstream.models.predict import predict
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.core.progress import LiveStatus
@@ -295,7 +298,7 @@ def fit(
     batch_size = epoch_batch_size(train.n_sessions, config.batch_size, world)
     n_batches = math.ceil(math.ceil(train.n_sessions / batch_size) / world)  # per rank
     status = LiveStatus("training", total=config.epochs * n_batches) if rank == 0 else None
-    with float32_precision(tf32=config.tf32):
+    with float32_precision(tf32=config.tf32), cpu_threads(device, config.cpu_threads):
         try:
             for epoch in range(progress.epochs_done + 1, config.epochs + 1):
                 if progress.stopped:

@@ -20,7 +20,7 @@ import torch
 
 from clickstream.models.batching import resident
 from clickstream.models.calibration import UNCALIBRATED, Calibration
-from clickstream.models.device import float32_precision
+from clickstream.models.device import cpu_threads, float32_precision
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,15 +40,11 @@ def _evaluating_on(model: BuyIntentLSTM, device: torch.device) -> Iterator[BuyIn
     TF32), so a GPU scores what the CPU scores."""
     home = next(model.parameters()).device
     was_training = model.training
-    threads = torch.get_num_threads()
     model.to(device).eval()
-    if device.type == "cpu":
-        torch.set_num_threads(CPU_THREADS)
     try:
-        with torch.inference_mode(), float32_precision(tf32=False):
+        with torch.inference_mode(), float32_precision(tf32=False), cpu_threads(device, CPU_THREADS):
             yield model
     finally:
-        torch.set_num_threads(threads)
         model.to(home).train(was_training)
 
 

@@ -99,12 +99,13 @@ def check_trainable(split: Split, config: TrainConfig) -> None:
 
 
 def fingerprint(settings: Settings, config: TrainConfig, split: Split, labelled: pl.DataFrame) -> str:
-    """sha256 of the window, its labelled sessions' content and the settings (device excluded)."""
+    """sha256 of the window, its labelled sessions' content and the settings (where it runs excluded:
+    device and CPU threads)."""
     described = json.dumps(
         {
             "window": [str(day) for day in split.window],
             "model": dataclasses.asdict(settings.model),
-            "train": {k: v for k, v in dataclasses.asdict(config).items() if k != "device"},
+            "train": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("device", "cpu_threads")},
             "sequences": dataclasses.asdict(settings.sequences),
             "data": content_digest(labelled),
         },

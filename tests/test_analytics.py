@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 
@@ -158,6 +159,25 @@ def test_given_a_bad_query_on_the_command_line_then_one_line_on_stderr_and_exit_
     assert result.returncode == 2
     assert result.stderr.startswith("error: SQL error:") and len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
+
+
+def test_given_a_query_without_models_on_the_command_line_then_neither_torch_nor_mlflow_is_imported(
+    settings: Settings, scored: list[dt.date]
+) -> None:
+    code = (
+        "import sys\n"
+        "from clickstream.pipeline.orchestrate.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as done:\n    assert not done.code, done.code\n"
+        "print('HEAVY=' + ','.join(m for m in ('torch', 'mlflow') if m in sys.modules))\n"
+    )
+    query = "SELECT COUNT(*) AS n FROM scores"  # a registry exists, but the query does not name `models`
+    result = subprocess.run(
+        [sys.executable, "-c", code, "sql", query, "--format", "csv", "--lake", settings.lake],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["n", "400", "HEAVY="]
 
 
 def test_given_scores_as_csv_on_the_command_line_then_stdout_is_only_the_csv(

@@ -63,6 +63,23 @@ def test_given_a_learnable_task_when_fitted_then_validation_auc_passes_0_8(data)
     assert result.device == "cpu"
 
 
+@pytest.mark.parametrize(("before", "configured"), [(2, 1), (1, 2)])
+def test_given_cpu_threads_when_fitting_on_cpu_then_epochs_run_on_them_and_torch_count_is_restored(
+    small, before, configured
+):
+    train, val = small
+    inside = []
+    torch.set_num_threads(before)
+    try:
+        config = replace(FAST, epochs=1, cpu_threads=configured)
+        fit(train, val, tiny_model(), config, on_epoch=lambda _: inside.append(torch.get_num_threads()))
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert inside == [configured]
+    assert after == before
+
+
 def test_given_a_run_killed_after_one_epoch_when_resumed_then_weights_equal_an_uninterrupted_run(small, tmp_path):
     train, val = small
     whole = fit(train, val, tiny_model(), FAST, checkpoint_dir=tmp_path / "whole")

@@ -17,6 +17,7 @@ Environment variables:
     CLICKSTREAM_MAX_GZIP_RATIO      most a raw .gz file may expand, times its size (past 16 MiB), >= 1  [100]
     CLICKSTREAM_SQL_TIMEOUT_S       time limit of one `clickstream sql` query, seconds > 0  [60]
     CLICKSTREAM_SQL_MEMORY_MB       memory limit of one `clickstream sql` query, MiB >= 64  [2048]
+    CLICKSTREAM_TRAIN_CPU_THREADS   torch threads of a training on the CPU, >= 1  [1]
 
 A malformed or out-of-range value is a SettingError naming the variable and its range.
 A local lake root that exists must be a folder.
@@ -80,6 +81,9 @@ class TrainConfig:
     validation_days: int = 2  # the last days of the window validate
     seed: int = 7
     device: str = "auto"  # auto | cpu | cuda
+    # torch intra-op threads when training on the CPU (env CLICKSTREAM_TRAIN_CPU_THREADS); on 2 shared
+    # cores 1 measured several times faster than torch's default of one per core (benchmarks/RESULTS.md, "demo")
+    cpu_threads: int = 1
     bf16: bool = False  # forward pass under bf16 autocast (GPU); off until measured (benchmarks/RESULTS.md)
     tf32: bool = False  # float32 matmuls and cuDNN LSTM in TF32 (GPU); off: IEEE float32
     min_positives: int = 10  # fewer buyers than this in train or validation ends the run
@@ -151,6 +155,7 @@ def load_settings(
         checkpoint_root=checkpoints,
         sql_timeout_s=env_number(env, "CLICKSTREAM_SQL_TIMEOUT_S", 60.0, low=0.0, low_open=True),
         sql_memory_mb=int(env_number(env, "CLICKSTREAM_SQL_MEMORY_MB", 2048, low=64, integer=True)),
+        train=TrainConfig(cpu_threads=int(env_number(env, "CLICKSTREAM_TRAIN_CPU_THREADS", 1, low=1, integer=True))),
         **limits,
     )
 

@@ -31,6 +31,7 @@ COMMANDS = ("generate", "ingest", "sequences", "train", "score", "scores", "sql"
         ("CLICKSTREAM_SQL_TIMEOUT_S", "1m", "a number > 0"),
         ("CLICKSTREAM_SQL_MEMORY_MB", "1.5", "an integer >= 64"),
         ("CLICKSTREAM_SQL_MEMORY_MB", "8", "an integer >= 64"),
+        ("CLICKSTREAM_TRAIN_CPU_THREADS", "0", "an integer >= 1"),
         ("CLICKSTREAM_PROMOTION_MARGIN", "1", "a number >= 0 and < 1"),
         ("CLICKSTREAM_PROMOTION_MARGIN", "-0.01", "a number >= 0 and < 1"),
     ],
@@ -53,10 +54,12 @@ def test_given_valid_environment_values_then_they_are_used(tmp_path: Path) -> No
             "CLICKSTREAM_BAD_ROW_THRESHOLD": " 1 ",
             "CLICKSTREAM_SQL_TIMEOUT_S": "2.5",
             "CLICKSTREAM_SQL_MEMORY_MB": "512",
+            "CLICKSTREAM_TRAIN_CPU_THREADS": "2",
         },
     )
 
     assert (settings.bad_row_threshold, settings.sql_timeout_s, settings.sql_memory_mb) == (1.0, 2.5, 512)
+    assert settings.train.cpu_threads == 2
 
 
 def test_given_a_malformed_environment_value_on_the_command_line_then_exit_2(tmp_path: Path) -> None:
