@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,6 +88,24 @@ def test_given_no_champion_when_score_days_then_no_data_and_no_scores_written(se
     with pytest.raises(NoDataError, match="no champion model registered yet"):
         nightly.score_days(settings, DAY, DAY)
     assert Lake(settings.lake).dates("scores") == []
+
+
+def test_given_a_fresh_state_when_training_and_scoring_skip_then_torch_is_not_imported(tmp_path):
+    code = (
+        "import datetime as dt, sys\n"
+        "from clickstream.pipeline.core.config import load_settings\n"
+        "from clickstream.pipeline.core.errors import NoDataError\n"
+        "from clickstream.pipeline.orchestrate import nightly\n"
+        f"settings = load_settings(lake={str(tmp_path / 'lake')!r}, home={str(tmp_path / 'home')!r}, environ={{}})\n"
+        "for step in (lambda: nightly.train_for_day(settings, dt.date(2014, 4, 7), window_days=30),\n"
+        "             lambda: nightly.score_days(settings, dt.date(2014, 4, 7), dt.date(2014, 4, 7))):\n"
+        "    try:\n        step()\n    except NoDataError:\n        pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"  # a skipped Airflow task does not load torch
 
 
 def test_given_a_range_when_backfill_dates_then_every_day_inclusive_ascending():

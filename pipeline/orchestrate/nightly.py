@@ -165,9 +165,9 @@ def train_for_day(
     Raises NoDataError (the DAG skips training) until the window holds validation_days + 1 days of
     sequences: the last validation_days validate, at least one day trains.
     """
+    start, end = trainable_window(settings, day, window_days, "training")  # a skip imports no torch
     from clickstream.models.train import train_challenger
 
-    start, end = trainable_window(settings, day, window_days, "training")
     summary = train_challenger(settings, start, end, epochs=epochs, device=device, gpus=gpus, resume=resume)
     return {
         "version": str(summary.version),
@@ -205,13 +205,14 @@ def score_days(settings: Settings, start: dt.date, end: dt.date) -> dict[str, An
     """
     from clickstream.models.registry import alias_version
     from clickstream.pipeline.core.tracking import redacted, store_is_missing
-    from clickstream.pipeline.serve.scoring import score_dates
 
     if store_is_missing(settings.tracking_uri) or alias_version(settings, CHAMPION) is None:
         raise NoDataError(
             f"no {CHAMPION} model registered yet in {redacted(settings.tracking_uri)}: "
             "scoring starts after the first promotion"
         )
+    from clickstream.pipeline.serve.scoring import score_dates
+
     summary = score_dates(settings, start, end)
     return {
         "dates": [d.isoformat() for d in summary.dates],
