@@ -4,7 +4,8 @@ An item embedding needs many sessions of an item before it learns that the item 
 smoothed buy rate (target encoding, as the RecSys 2015 winners used) carries that from the
 first sighting. For every id: the labelled training sessions containing it (each session once)
 and how many of them bought, smoothed towards the window's buyer share with SMOOTHING
-pseudo-sessions, fed to the model as log-odds.
+pseudo-sessions, fed to the model as log-odds, beside log1p of the session count: how much
+evidence is behind the rate (a rate at the prior from 3 sessions and one from 3,000 differ).
 
 On the training sessions themselves the counts leave out the session's own fold (FOLDS folds
 by a stable hash of session_id), so a session's label never feeds its own features; every
@@ -87,27 +88,35 @@ def event_counts(
 
 
 @dataclass(frozen=True, eq=False)
-class LogitTable:
-    """Smoothed buy log-odds of one key's ids relative to the prior's, per code of known_ids()
-    (features.event_ids), or out of fold per (fold, code)."""
+class CodeTable:
+    """One float32 input of one key's ids per code of known_ids() (features.event_ids), or out of
+    fold per (fold, code)."""
 
     values: np.ndarray  # float32 [n_codes], or [FOLDS * n_codes] out of fold
     n_codes: int
     out_of_fold: bool
 
     def of_events(self, ids: EventIds, fold: np.ndarray | None) -> np.ndarray:
-        """float32 log-odds of every event of `ids` (0 for unseen ids); `fold` is session_folds of
+        """float32 value of every event of `ids` (0 for unseen ids); `fold` is session_folds of
         its sessions, read only out of fold."""
         return self.values[event_slots(ids, fold if self.out_of_fold else None, self.n_codes)]
 
 
-def logit_table(ids: pl.Series, rates: BuyCounts, *, out_of_fold: bool) -> LogitTable:
-    """The log-odds of every id of `ids` (features.event_ids.known_ids: one per code) from `rates`;
-    `out_of_fold` for the sessions `rates` was counted on (see _counts_by_code)."""
+def logit_table(ids: pl.Series, rates: BuyCounts, *, out_of_fold: bool) -> CodeTable:
+    """The smoothed buy log-odds, relative to the prior's, of every id of `ids`
+    (features.event_ids.known_ids: one per code) from `rates`; `out_of_fold` for the sessions
+    `rates` was counted on (see _counts_by_code)."""
     sessions, buyers = _counts_by_code(ids, rates, out_of_fold=out_of_fold)
     counts = pl.DataFrame({"sessions": sessions, "buyers": buyers})
     logits = counts.select(_logit(rates.prior, pl.col("sessions"), pl.col("buyers")).cast(pl.Float32))
-    return LogitTable(logits.to_series().to_numpy(), ids.len(), out_of_fold)
+    return CodeTable(logits.to_series().to_numpy(), ids.len(), out_of_fold)
+
+
+def evidence_table(ids: pl.Series, rates: BuyCounts, *, out_of_fold: bool) -> CodeTable:
+    """log1p of the labelled training sessions behind the buy rate of every id of `ids`
+    (`logit_table`: the same counts, the same out-of-fold rule); 0 for ids `rates` lacks."""
+    sessions, _ = _counts_by_code(ids, rates, out_of_fold=out_of_fold)
+    return CodeTable(np.log1p(sessions).astype(np.float32), ids.len(), out_of_fold)
 
 
 def session_folds(sequences: pl.DataFrame) -> np.ndarray:

@@ -13,14 +13,14 @@ import numpy as np
 import polars as pl
 import torch
 
-from clickstream.features.buy_rates import RATE_KEYS, logit_table, session_folds
+from clickstream.features.buy_rates import RATE_KEYS, evidence_table, logit_table, session_folds
 from clickstream.features.event_ids import BLOCK_EVENTS, EventIds, known_ids, session_blocks
 from clickstream.features.tensors import CONTINUOUS_FEATURES, FLAG_FEATURES, STORED_FEATURES, SequenceTensors
 from clickstream.pipeline.core.schemas import EVENT_TYPES
 
 if TYPE_CHECKING:
 
-    from clickstream.features.buy_rates import LogitTable
+    from clickstream.features.buy_rates import CodeTable
     from clickstream.features.vocabulary import Vocabulary
 
 _THREADS = 2  # blocks filled at once: the 2-core machine this runs on
@@ -46,7 +46,7 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
     values, ids as integer codes (features.event_ids), a block of sessions at a time so that no
     temporary is as large as the frame. `label` is NaN where unknown. `out_of_fold` is for the
     training sessions the vocabulary was built from (in this process: the counts per fold are not
-    saved): their buy-rate inputs then leave out their own fold (features.buy_rates).
+    saved): their buy-rate and evidence inputs then leave out their own fold (features.buy_rates).
     """
     sequences = sequences.with_columns(pl.col(RATE_KEYS).cast(pl.List(pl.Categorical)))  # as read: a no-op
     known = known_ids()
@@ -60,7 +60,10 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
         known=known,
         item_index=vocabulary.item_index(known).astype(np.int32),
         category_index=vocabulary.category_index(known).astype(np.int32),
-        logits={key: logit_table(known, vocabulary.rates[key], out_of_fold=out_of_fold) for key in RATE_KEYS},
+        tables={
+            name: table(known, vocabulary.rates[key], out_of_fold=out_of_fold)
+            for name, (key, table) in _RATE_FEATURES.items()
+        },
         fold=session_folds(sequences) if out_of_fold else None,
     )
     tensors = SequenceTensors(
@@ -89,7 +92,7 @@ class _BlockLoader:
     known: pl.Series  # features.event_ids.known_ids()
     item_index: np.ndarray  # int32 [n_codes]: vocabulary index of each code
     category_index: np.ndarray  # int32 [n_codes]
-    logits: dict[str, LogitTable]  # by features.buy_rates.RATE_KEYS
+    tables: dict[str, CodeTable]  # by the stored feature they fill (_RATE_FEATURES)
     fold: np.ndarray | None  # int8 [n_sessions] out of fold (features.buy_rates.session_folds), else None
 
     def fill(self, tensors: SequenceTensors, lo: int, hi: int) -> None:
@@ -106,8 +109,8 @@ class _BlockLoader:
         stored = dict(zip(STORED_FEATURES, tensors.stored.numpy()[:, first:end], strict=True))
         stored["log_gap_prev"][:] = flat("log_gap_prev").to_numpy()
         fold = None if self.fold is None else self.fold[lo:hi]
-        for key, name in _LOGIT_FEATURES.items():
-            stored[name][:] = self.logits[key].of_events(ids[key], fold)
+        for name, (key, _) in _RATE_FEATURES.items():
+            stored[name][:] = self.tables[name].of_events(ids[key], fold)
         session_start = self.offsets[lo:hi][lengths > 0] - first
         flags = {
             "item_repeat": ~items.first_sighting,
@@ -123,7 +126,14 @@ class _BlockLoader:
         tensors.event_type.numpy()[first:end] = flat("event_type").to_numpy() + 1
 
 
-_LOGIT_FEATURES = {"item_id": "item_buy_logit", "category": "category_buy_logit"}  # by RATE_KEYS
+# The stored features read from the training window's buy counts: the key of RATE_KEYS and the table of each.
+_RATE_FEATURES = {
+    "item_buy_logit": ("item_id", logit_table),
+    "category_buy_logit": ("category", logit_table),
+    "item_evidence": ("item_id", evidence_table),
+    "category_evidence": ("category", evidence_table),
+}
+
 
 def feature_schema() -> str:
     """A short hash of the model's input spec (the sequence columns read, the event types and the

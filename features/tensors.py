@@ -5,7 +5,7 @@ per-event tensor, in time order. No per-session Python object exists anywhere.
 Only what cannot be recomputed cheaply is held per event (indices as int32, the
 STORED_FEATURES as float32, the FLAG_FEATURES as bits of one byte); the other model inputs
 follow per batch from the offsets, the gaps and each session's start
-(`SequenceTensors.continuous`). That keeps the resident set about a quarter the size of a full
+(`SequenceTensors.continuous`). That keeps the resident set about a third the size of a full
 [n_events, 14] float matrix, which is what loading time goes on.
 
 This module needs only torch: training and scoring on a GPU worker import it without the
@@ -37,12 +37,16 @@ CONTINUOUS_FEATURES: tuple[str, ...] = (
     "same_category_as_previous",  # 1.0 where the category equals the previous event's
     "item_buy_logit",  # smoothed buy log-odds of the item in the training window (features.buy_rates)
     "category_buy_logit",  # the same for the event's category
+    "item_evidence",  # log1p(labelled training sessions behind item_buy_logit); 0 for an unseen item
+    "category_evidence",  # the same for category_buy_logit
 )
 
 # Those of CONTINUOUS_FEATURES that need the ids or the buy-rate tables, computed once by
 # features.tensor_loader.load_tensors: the rows of SequenceTensors.stored, and the bits (bit i: FLAG_FEATURES[i]) of
 # SequenceTensors.flags.
-STORED_FEATURES: tuple[str, ...] = ("log_gap_prev", "item_buy_logit", "category_buy_logit")
+STORED_FEATURES: tuple[str, ...] = (
+    "log_gap_prev", "item_buy_logit", "category_buy_logit", "item_evidence", "category_evidence"
+)
 FLAG_FEATURES: tuple[str, ...] = ("item_repeat", "same_item_as_previous", "same_category_as_previous")
 
 

@@ -1,5 +1,6 @@
-"""Training-window buy rates as model inputs: smoothed, unseen ids at the prior, and out of fold
-on the training sessions so that a session's own label never feeds its own inputs."""
+"""Training-window buy rates and the evidence behind them as model inputs: smoothed, unseen ids at
+the prior (evidence 0), and out of fold on the training sessions so that a session's own label
+never feeds its own inputs."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from clickstream.features.buy_rates import (
     BuyCounts,
     count_buyers,
     event_counts,
+    evidence_table,
     logit_table,
     session_folds,
 )
@@ -36,10 +38,11 @@ def _flat(frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
     return frame["item_id"].explode(), np.repeat(np.arange(frame.height), lengths)
 
 
-def _logits(frame: pl.DataFrame, rates: BuyCounts, *, out_of_fold: bool) -> np.ndarray:
-    """What the model gets for every item event of `frame` (flat, session order), as load_tensors builds it."""
+def _logits(frame: pl.DataFrame, rates: BuyCounts, *, out_of_fold: bool, table=logit_table) -> np.ndarray:
+    """What the model gets for every item event of `frame` (flat, session order), as load_tensors
+    builds it: the buy log-odds, or with `table=evidence_table` the evidence behind them."""
     ids = EventIds.of_lists(frame["item_id"])
-    return logit_table(ids.ids, rates, out_of_fold=out_of_fold).of_events(ids, session_folds(frame))
+    return table(ids.ids, rates, out_of_fold=out_of_fold).of_events(ids, session_folds(frame))
 
 
 def test_given_a_window_then_counts_take_each_labelled_session_once_per_item():
@@ -90,15 +93,16 @@ def test_property_a_sessions_own_label_never_changes_its_out_of_fold_inputs(item
     np.testing.assert_allclose(after[rows == row], before[rows == row], rtol=1e-6)
 
 
-def test_given_shuffled_sessions_then_every_event_keeps_its_inputs():
+@pytest.mark.parametrize("table", [logit_table, evidence_table])
+def test_given_shuffled_sessions_then_every_event_keeps_its_inputs(table):
     frame = _sessions([["a", "b"], ["b"], ["c", "a", "a"], ["b", "c"]], [True, False, True, False])
     rates = count_buyers(frame, "item_id")
     _, rows = _flat(frame)
-    values = _logits(frame, rates, out_of_fold=True)
+    values = _logits(frame, rates, out_of_fold=True, table=table)
 
     shuffled = frame[[2, 0, 3, 1]]
     _, shuffled_rows = _flat(shuffled)
-    shuffled_values = _logits(shuffled, count_buyers(shuffled, "item_id"), out_of_fold=True)
+    shuffled_values = _logits(shuffled, count_buyers(shuffled, "item_id"), out_of_fold=True, table=table)
 
     by_session = {s: values[rows == n] for n, s in enumerate(frame["session_id"])}
     for n, session in enumerate(shuffled["session_id"]):
@@ -131,11 +135,50 @@ def test_property_event_counts_are_the_labelled_sessions_holding_the_id_outside_
     assert counts["buyers"].to_list() == [sum(labels[s] for s in sessions) for sessions in counted]
 
 
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(
+    items=st.lists(st.lists(st.sampled_from("abcde"), max_size=4), min_size=1, max_size=30),
+    data=st.data(),
+    out_of_fold=st.booleans(),
+)
+def test_property_evidence_is_log1p_of_the_labelled_sessions_holding_the_id_outside_the_own_fold(
+    items, data, out_of_fold
+):
+    labels = data.draw(st.lists(st.one_of(st.none(), st.booleans()), min_size=len(items), max_size=len(items)))
+    frame = _sessions(items, labels)
+    ids, rows = _flat(frame)
+    fold = session_folds(frame)
+
+    evidence = _logits(frame, count_buyers(frame, "item_id"), out_of_fold=out_of_fold, table=evidence_table)
+
+    counted = [  # plain Python: how many other-fold (or all) labelled sessions hold each event's id
+        sum(
+            labels[s] is not None and item in items[s] and not (out_of_fold and fold[s] == fold[row])
+            for s in range(len(items))
+        )
+        for item, row in zip(ids, rows, strict=True)
+    ]
+    assert evidence.dtype == np.float32
+    np.testing.assert_allclose(evidence, np.log1p(np.array(counted, dtype=np.float64)), rtol=1e-6)
+
+
+def test_given_unseen_and_missing_ids_then_their_evidence_is_zero():
+    frame = _sessions([["a"], ["a"], ["b"]], [True, False, None])  # "b" only in an unlabelled session
+    rates = count_buyers(frame, "item_id")
+
+    ids = EventIds.of(pl.Series(["a", "b", "never", None]), np.array([4]))
+    seen, unlabelled, unseen, missing = evidence_table(ids.ids, rates, out_of_fold=False).of_events(ids, None)
+
+    assert seen == np.float32(math.log1p(2))
+    assert unlabelled == unseen == missing == 0.0
+
+
 def test_given_counts_without_their_folds_then_out_of_fold_inputs_are_refused():
     frame = _sessions([["a"], ["b"]], [True, False])
     saved = count_buyers(frame, "item_id")
     reloaded = BuyCounts(saved.counts, saved.prior)  # what Vocabulary.load gives: no counts per fold
 
-    with pytest.raises(ValueError, match="counts per fold"):
-        _logits(frame, reloaded, out_of_fold=True)
-    assert np.isfinite(_logits(frame, reloaded, out_of_fold=False)).all()
+    for table in (logit_table, evidence_table):
+        with pytest.raises(ValueError, match="counts per fold"):
+            _logits(frame, reloaded, out_of_fold=True, table=table)
+        assert np.isfinite(_logits(frame, reloaded, out_of_fold=False, table=table)).all()

@@ -117,8 +117,10 @@ def test_given_a_labelled_lake_when_the_cli_trains_with_two_cpu_ranks_then_one_v
     epoch_aucs = client.get_metric_history(run.info.run_id, "epoch_val_auc")
     assert [m.step for m in epoch_aucs] == [1, 2]
     # the registered weights are the best epoch's, as rank 0 measured them; the registered val_auc is
-    # scored again in the scorer's batches, where float32 rounding can swap near-tied sessions
+    # scored again in the scorer's batches and calibrated, where float32 rounding can tie near-equal
+    # scores: this two-epoch model is near chance, so its Platt slope is tiny (about 1e-6) and the
+    # calibrated scores of many sessions round to the same float32
     best = max(epoch_aucs, key=lambda m: m.value)
-    assert metrics["best_epoch"] == best.step and metrics["val_auc"] == pytest.approx(best.value, abs=1e-3)
+    assert metrics["best_epoch"] == best.step and metrics["val_auc"] == pytest.approx(best.value, abs=5e-3)
     assert alias_version(settings, "challenger") == "1"
     assert not Lake(settings.lake).fs.exists(f"{settings.checkpoints}/{version.tags['fingerprint'][:16]}")

@@ -58,12 +58,17 @@ def test_given_sessions_then_session_inputs_are_their_counts_duration_and_input_
     batch = sessions([3, 1, 5])
     layout = PackedLayout(batch.offsets)
     continuous = batch.continuous(layout.session_of_event, layout.step)
-    sums = torch.zeros(3, 7, dtype=torch.float64).index_add_(0, layout.session_of_event, event_summands(continuous))
+    summands = event_summands(continuous)
+    sums = torch.zeros(3, summands.shape[1], dtype=torch.float64).index_add_(0, layout.session_of_event, summands)
     inputs = dict(zip(SESSION_INPUTS, session_inputs(sums).unbind(1), strict=True))
     torch.testing.assert_close(inputs["log_events"], torch.log1p(torch.tensor([3.0, 1.0, 5.0])))
     repeat = continuous[:, CONTINUOUS_FEATURES.index("item_repeat")]
     expected = torch.stack([repeat[0:3].mean(), repeat[3:4].mean(), repeat[4:9].mean()])
     torch.testing.assert_close(inputs["repeat_share"], expected)
+    for name in ("item_buy_logit", "category_buy_logit"):
+        column = continuous[:, CONTINUOUS_FEATURES.index(name)]
+        expected = torch.stack([column[0:3].mean(), column[3:4].mean(), column[4:9].mean()])
+        torch.testing.assert_close(inputs[f"{name}_mean"], expected, msg=name)
     seconds = torch.expm1(continuous[:, CONTINUOUS_FEATURES.index("log_gap_prev")].clamp(min=0).double())
     torch.testing.assert_close(inputs["log_duration"][2], torch.log1p(seconds[4:9].sum()).float())
 

@@ -11,7 +11,7 @@ from hypothesis import assume, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from clickstream.features import event_ids
+from clickstream.features import event_ids, tensor_loader
 from clickstream.features.sequences import sessions_of
 from clickstream.features.tensor_loader import TENSOR_COLUMNS, load_tensors
 from clickstream.features.tensors import CONTINUOUS_FEATURES, STORED_FEATURES, SequenceTensors, session_positions
@@ -97,6 +97,10 @@ def test_property_flat_tensors_and_offsets_match_the_list_columns_exactly(rows):
     assert column["item_repeat"] == revisits
     assert column["same_item_as_previous"] == same_item
     assert column["same_category_as_previous"] == same_category
+    labelled = frame.filter(pl.col("label").is_not_null())
+    for key, name in (("item_id", "item_evidence"), ("category", "category_evidence")):
+        holding = [sum(value in ids for ids in labelled[key].to_list()) for value in frame[key].explode().to_list()]
+        assert column[name] == pytest.approx(np.log1p(holding).tolist(), rel=1e-6), name
     labels = [math.nan if label is None else float(label) for label in frame["label"]]
     assert np.array_equal(tensors.label.numpy(), np.array(labels, dtype=np.float32), equal_nan=True)
 
@@ -168,3 +172,11 @@ def test_property_inputs_derived_per_batch_do_not_depend_on_the_batch(rows, data
     _, events = tensors.event_rows(chosen)
 
     assert torch.equal(_continuous(batch), _continuous(tensors)[events])
+
+
+def test_given_another_list_of_continuous_features_then_the_feature_schema_differs(monkeypatch):
+    current = tensor_loader.feature_schema()
+
+    monkeypatch.setattr(tensor_loader, "CONTINUOUS_FEATURES", CONTINUOUS_FEATURES[:-2])
+
+    assert tensor_loader.feature_schema() != current  # so versions taking other inputs are never compared
