@@ -1,12 +1,15 @@
-"""Post-hoc calibration of the LSTM's scores: probability = sigmoid(slope * logit + intercept).
+"""Post-hoc calibration of the LSTM's scores: a strictly increasing map from logits to probabilities.
 
-The slope is kept strictly positive, so the map is strictly increasing: every ranking
-metric (AUC, PR-AUC, AUC by length) is exactly what it was without calibration; only the
-probabilities move. Three methods, fitted by log loss on labelled sessions:
+Every slope is kept strictly positive, so the map is strictly increasing: every ranking
+metric (AUC, PR-AUC, AUC by length) is what it was without calibration; only the
+probabilities move. Four methods, fitted by log loss on labelled sessions:
 
-- ``none``: slope 1, intercept 0 (the raw sigmoid of the logit);
-- ``temperature``: the slope only (over- or under-confidence);
-- ``platt``: slope and intercept (also a shifted base rate, e.g. scores that run high).
+- ``none``: the raw sigmoid of the logit;
+- ``temperature``: sigmoid(slope * logit) (over- or under-confidence);
+- ``platt``: sigmoid(slope * logit + intercept) (also a shifted base rate, e.g. scores that run high);
+- ``beta``: sigmoid(slope * ln p - slope_rest * ln(1 - p) + intercept), p the raw probability (beta
+  calibration, Kull et al. 2017): the low and the high scores get slopes of their own, for raw scores
+  that are under-confident at one end and not at the other, which no Platt map straightens.
 
 Which method a model gets is measured on its validation sessions (models.evaluation.choose_calibration).
 """
@@ -19,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.optimize import minimize
-from scipy.special import expit
+from scipy.special import expit, log_expit
 
-METHODS = ("none", "temperature", "platt")  # simplest first: it wins a tie
+METHODS = ("none", "temperature", "platt", "beta")  # simplest first: it wins a tie
 _EPS = 1e-7  # float32 probabilities are clipped to [EPS, 1 - EPS] before their logit is taken
 
 
@@ -33,9 +37,13 @@ class Calibration:
     method: str = "none"
     slope: float = 1.0
     intercept: float = 0.0
+    slope_rest: float = 1.0  # beta only: the weight of -ln(1 - p)
 
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
-        """sigmoid(slope * logits + intercept), in the logits' dtype; `none` is exactly sigmoid(logits)."""
+        """The calibrated probabilities, in the logits' dtype; `none` is exactly sigmoid(logits)."""
+        if self.method == "beta":  # ln p = logsigmoid(x), -ln(1 - p) = softplus(x)
+            z = self.slope * F.logsigmoid(logits) + self.slope_rest * F.softplus(logits)
+            return torch.sigmoid(z + self.intercept)
         return torch.sigmoid(logits * self.slope + self.intercept)
 
     def save(self, path: Path) -> Path:
@@ -46,8 +54,9 @@ class Calibration:
     def load(cls, path: Path) -> Calibration:
         """The calibration `save` wrote; ValueError for an unknown method or a slope that is not > 0."""
         fields = json.loads(path.read_text())
-        calibration = cls(str(fields["method"]), float(fields["slope"]), float(fields["intercept"]))
-        if calibration.method not in METHODS or not calibration.slope > 0:
+        rest = float(fields.get("slope_rest", 1.0))  # absent from files saved before beta existed
+        calibration = cls(str(fields["method"]), float(fields["slope"]), float(fields["intercept"]), rest)
+        if calibration.method not in METHODS or not (calibration.slope > 0 and calibration.slope_rest > 0):
             raise ValueError(f"{path} holds no valid calibration: {fields}")
         return calibration
 
@@ -59,6 +68,8 @@ def fit_calibration(labels: np.ndarray, logits: np.ndarray, method: str) -> Cali
     """The `method` calibration of minimum log loss on these sessions (float64 logits, 0/1 labels)."""
     if method == "none" or labels.size == 0:
         return Calibration(method)
+    if method == "beta":
+        return _fit_beta(labels, logits)
     with_intercept = method == "platt"
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -70,6 +81,21 @@ def fit_calibration(labels: np.ndarray, logits: np.ndarray, method: str) -> Cali
 
     found = minimize(loss, np.zeros(2 if with_intercept else 1), jac=True, method="L-BFGS-B")
     return Calibration(method, float(np.exp(found.x[0])), float(found.x[1]) if with_intercept else 0.0)
+
+
+def _fit_beta(labels: np.ndarray, logits: np.ndarray) -> Calibration:
+    """The beta calibration of minimum log loss, slopes kept > 0 through their logs; it starts at the identity."""
+    log_p, log_rest = log_expit(logits), -log_expit(-logits)  # ln p and -ln(1 - p)
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        slope, slope_rest, intercept = np.exp(theta[0]), np.exp(theta[1]), theta[2]
+        z = slope * log_p + slope_rest * log_rest + intercept
+        residual = expit(z) - labels
+        gradient = [np.mean(residual * log_p) * slope, np.mean(residual * log_rest) * slope_rest, np.mean(residual)]
+        return float(np.mean(np.logaddexp(0.0, z) - labels * z)), np.array(gradient)
+
+    found = minimize(loss, np.zeros(3), jac=True, method="L-BFGS-B")
+    return Calibration("beta", float(np.exp(found.x[0])), float(found.x[2]), float(np.exp(found.x[1])))
 
 
 def logit(scores: np.ndarray) -> np.ndarray:

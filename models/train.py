@@ -229,6 +229,7 @@ def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, r
             **{f"val_ece_heldout_{method}": ece for method, ece in choice.heldout_ece.items()},
             "calibration_slope": choice.calibration.slope,
             "calibration_intercept": choice.calibration.intercept,
+            "calibration_slope_rest": choice.calibration.slope_rest,
             "val_mean_score": float(lstm_scores.mean()),
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),

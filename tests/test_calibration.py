@@ -53,17 +53,37 @@ def test_given_temperature_then_only_the_slope_is_fitted() -> None:
     assert fitted.intercept == 0.0 and fitted.slope == pytest.approx(0.5, abs=0.1)
 
 
+def test_given_scores_under_confident_at_the_high_end_only_then_beta_is_chosen_and_recovers_the_map() -> None:
+    rng = np.random.default_rng(3)
+    raw = rng.normal(-3.0, 1.2, 60_000)  # the model's logits
+    log_p, log_rest = -np.logaddexp(0.0, -raw), np.logaddexp(0.0, raw)  # ln p, -ln(1 - p)
+    truth = 1 / (1 + np.exp(-(0.9 * log_p + 2.5 * log_rest - 0.2)))  # a beta map: no Platt map is it
+    labels = rng.random(raw.size) < truth
+    scores = (1 / (1 + np.exp(-raw))).astype(np.float32)
+
+    choice = choose_calibration(labels, scores)
+
+    assert choice.calibration.method == "beta"
+    assert choice.heldout_ece["beta"] < choice.heldout_ece["platt"]
+    assert choice.calibration.slope == pytest.approx(0.9, abs=0.15)
+    assert choice.calibration.slope_rest == pytest.approx(2.5, abs=0.5)
+    calibrated = choice.calibration.probability(torch.from_numpy(logit(scores))).numpy()
+    assert auc(labels, calibrated) == pytest.approx(auc(labels, scores), abs=1e-6)
+
+
 @given(
+    method=st.sampled_from(["platt", "beta"]),
     slope=st.floats(1e-3, 1e3),
+    slope_rest=st.floats(1e-3, 1e3),
     intercept=st.floats(-20, 20),
     logits=st.lists(st.floats(-30, 30), min_size=2, max_size=50),
 )
 def test_given_any_calibration_then_probabilities_never_reverse_the_order_of_logits(
-    slope: float, intercept: float, logits: list[float]
+    method: str, slope: float, slope_rest: float, intercept: float, logits: list[float]
 ) -> None:
     ordered = torch.tensor(sorted(logits), dtype=torch.float32)
 
-    probabilities = Calibration("platt", slope, intercept).probability(ordered)
+    probabilities = Calibration(method, slope, intercept, slope_rest).probability(ordered)
 
     assert (probabilities[1:] >= probabilities[:-1]).all()
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
@@ -76,8 +96,10 @@ def test_given_no_calibration_then_probabilities_are_exactly_the_sigmoid() -> No
 
 
 def test_given_a_saved_calibration_then_it_loads_equal_and_a_bad_one_is_refused(tmp_path: Path) -> None:
-    calibration = Calibration("platt", 0.8, -0.4)
-
-    assert Calibration.load(calibration.save(tmp_path / "calibration.json")) == calibration
-    with pytest.raises(ValueError, match="no valid calibration"):
-        Calibration.load(Calibration("platt", -1.0, 0.0).save(tmp_path / "bad.json"))
+    for calibration in (Calibration("platt", 0.8, -0.4), Calibration("beta", 0.9, -0.2, 2.5)):
+        assert Calibration.load(calibration.save(tmp_path / "calibration.json")) == calibration
+    (tmp_path / "before_beta.json").write_text('{"method": "platt", "slope": 0.8, "intercept": -0.4}')
+    assert Calibration.load(tmp_path / "before_beta.json") == Calibration("platt", 0.8, -0.4)
+    for bad in (Calibration("platt", -1.0, 0.0), Calibration("beta", 1.0, 0.0, 0.0)):
+        with pytest.raises(ValueError, match="no valid calibration"):
+            Calibration.load(bad.save(tmp_path / "bad.json"))
