@@ -68,34 +68,28 @@ def fit_calibration(labels: np.ndarray, logits: np.ndarray, method: str) -> Cali
     """The `method` calibration of minimum log loss on these sessions (float64 logits, 0/1 labels)."""
     if method == "none" or labels.size == 0:
         return Calibration(method)
-    if method == "beta":
-        return _fit_beta(labels, logits)
-    with_intercept = method == "platt"
+    if method == "beta":  # slopes of ln p and -ln(1 - p), then the intercept
+        slope, slope_rest, intercept = _fit_logistic(labels, [log_expit(logits), -log_expit(-logits)], True)
+        return Calibration(method, slope, intercept, slope_rest)
+    slope, intercept = _fit_logistic(labels, [logits], method == "platt")
+    return Calibration(method, slope, intercept)
+
+
+def _fit_logistic(labels: np.ndarray, inputs: list[np.ndarray], with_intercept: bool) -> list[float]:
+    """Weights of minimum log loss for sigmoid(sum of weight * input (+ intercept)), the input weights
+    kept > 0 through their logs; the intercept last (0.0 without one). Starts at weights 1, intercept 0."""
+    n = len(inputs)
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        slope, intercept = np.exp(theta[0]), theta[1] if with_intercept else 0.0  # exp: slope > 0
-        z = slope * logits + intercept
+        weights = np.exp(theta[:n])
+        z = sum(w * x for w, x in zip(weights, inputs, strict=True)) + (theta[n] if with_intercept else 0.0)
         residual = expit(z) - labels
-        gradient = [np.mean(residual * logits) * slope, np.mean(residual)]
-        return float(np.mean(np.logaddexp(0.0, z) - labels * z)), np.array(gradient[: theta.size])
-
-    found = minimize(loss, np.zeros(2 if with_intercept else 1), jac=True, method="L-BFGS-B")
-    return Calibration(method, float(np.exp(found.x[0])), float(found.x[1]) if with_intercept else 0.0)
-
-
-def _fit_beta(labels: np.ndarray, logits: np.ndarray) -> Calibration:
-    """The beta calibration of minimum log loss, slopes kept > 0 through their logs; it starts at the identity."""
-    log_p, log_rest = log_expit(logits), -log_expit(-logits)  # ln p and -ln(1 - p)
-
-    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        slope, slope_rest, intercept = np.exp(theta[0]), np.exp(theta[1]), theta[2]
-        z = slope * log_p + slope_rest * log_rest + intercept
-        residual = expit(z) - labels
-        gradient = [np.mean(residual * log_p) * slope, np.mean(residual * log_rest) * slope_rest, np.mean(residual)]
+        gradient = [np.mean(residual * x) * w for w, x in zip(weights, inputs, strict=True)]
+        gradient += [np.mean(residual)] if with_intercept else []
         return float(np.mean(np.logaddexp(0.0, z) - labels * z)), np.array(gradient)
 
-    found = minimize(loss, np.zeros(3), jac=True, method="L-BFGS-B")
-    return Calibration("beta", float(np.exp(found.x[0])), float(found.x[2]), float(np.exp(found.x[1])))
+    found = minimize(loss, np.zeros(n + with_intercept), jac=True, method="L-BFGS-B")
+    return [*map(float, np.exp(found.x[:n])), float(found.x[n]) if with_intercept else 0.0]
 
 
 def logit(scores: np.ndarray) -> np.ndarray:
