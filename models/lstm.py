@@ -7,7 +7,8 @@ continuous features (`SequenceTensors.continuous`, derived per batch on the batc
 run through the LSTM. The head reads each session's final hidden state, beside (by
 `ModelConfig`) the element-wise max of the LSTM's outputs over the session's steps and a few
 session-level aggregates of the inputs (`SESSION_INPUTS`: counts, duration, shares of
-revisits, mean buy rates), wide-and-deep style, through a small MLP. `forward_padded` is
+revisits, mean buy rates) and the last event's own inputs, wide-and-deep style, through a
+small MLP: what the session ends on reaches the head without passing through the recurrence. `forward_padded` is
 the textbook path (pad, embed every slot, pack_padded_sequence, pad_packed_sequence) kept
 as the reference the packed path is tested against and the naive benchmark runs.
 
@@ -53,6 +54,18 @@ def session_inputs(sums: torch.Tensor) -> torch.Tensor:
     count = sums[..., :1]
     means = sums[..., 2:] / count.clamp(min=1.0)
     return torch.cat([torch.log1p(count), torch.log1p(sums[..., 1:2]), means], dim=-1).float()
+
+
+def last_of_each(rows: torch.Tensor, offsets: torch.Tensor, position: torch.Tensor | None = None) -> torch.Tensor:
+    """[n_sessions, features]: each session's last event's row of `rows`, zeros for an empty
+    session. `rows` is in flat event order, or in the order `position` maps flat events to."""
+    lengths = offsets[1:] - offsets[:-1]
+    if rows.shape[0] == 0:
+        return rows.new_zeros(lengths.numel(), rows.shape[-1])
+    last = (offsets[1:] - 1).clamp(min=0)
+    if position is not None:
+        last = position[last]
+    return rows[last] * (lengths > 0).unsqueeze(-1)
 
 
 class PackedLayout:
@@ -115,6 +128,7 @@ class BuyIntentLSTM(nn.Module):
         self.head_dropout = nn.Dropout(config.dropout)
         head_inputs = config.hidden_size * (2 if config.max_pool else 1)
         head_inputs += len(SESSION_INPUTS) if config.session_inputs else 0
+        head_inputs += input_size if config.last_event else 0
         self.head = (
             nn.Sequential(nn.Linear(head_inputs, config.head_hidden), nn.ReLU(), nn.Linear(config.head_hidden, 1))
             if config.head_hidden
@@ -128,19 +142,24 @@ class BuyIntentLSTM(nn.Module):
         parts = [self.item(item), self.category(category), self.event_type(event_type), continuous]
         return self.input_dropout(torch.cat(parts, dim=-1))
 
-    def _score(self, hidden: torch.Tensor, pooled: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
-        """Logits [...] from final (or running) hidden states, their max over the steps so far and
-        the summed event_summands so far."""
+    def _score(self, hidden: torch.Tensor, pooled: torch.Tensor, sums: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """Logits [...] from final (or running) hidden states, their max over the steps so far,
+        the summed event_summands so far and the features of the event so far."""
         parts = [hidden]
         if self.config.max_pool:
             parts.append(pooled)
         if self.config.session_inputs:
             parts.append(session_inputs(sums))
+        if self.config.last_event:
+            parts.append(last)
         return self.head(self.head_dropout(torch.cat(parts, dim=-1))).squeeze(-1)
 
-    def _run_packed(self, batch: SequenceTensors) -> tuple[PackedLayout, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _run_packed(
+        self, batch: SequenceTensors
+    ) -> tuple[PackedLayout, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(layout, LSTM outputs [n_events, hidden] in packed order, final hidden [n_sessions, hidden]
-        in batch order, flat event_summands [n_events, ...]); zero hidden states for empty sessions."""
+        in batch order, flat event_summands [n_events, ...], event features [n_events, input_size]
+        in packed order); zero hidden states for empty sessions."""
         layout = PackedLayout(batch.offsets)
         rows = layout.packed_rows
         continuous = batch.continuous(layout.session_of_event, layout.step)
@@ -148,15 +167,17 @@ class BuyIntentLSTM(nn.Module):
         hidden = x.new_zeros(batch.n_sessions, self.config.hidden_size)
         summands = event_summands(continuous)
         if layout.n_nonempty == 0:
-            return layout, x.new_zeros(0, self.config.hidden_size), hidden, summands
+            return layout, x.new_zeros(0, self.config.hidden_size), hidden, summands, x
         output, (h_n, _) = self.lstm(PackedSequence(x, layout.batch_sizes))
         hidden[: layout.n_nonempty] = h_n[-1]  # rows by rank
-        return layout, output.data, hidden[layout.rank], summands
+        return layout, output.data, hidden[layout.rank], summands, x
 
-    def _summary_by_length(self, batch: SequenceTensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(final hidden [n_sessions, hidden], max of the outputs over the steps, summed event_summands)
-        in batch order (zeros for empty sessions), the sessions run in groups of one length, each a
-        dense [length, group] block.
+    def _summary_by_length(
+        self, batch: SequenceTensors
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(final hidden [n_sessions, hidden], max of the outputs over the steps, summed event_summands,
+        the last event's features) in batch order (zeros for empty sessions), the sessions run in
+        groups of one length, each a dense [length, group] block.
 
         The same recurrence as `_run_packed` (each session's is independent of the others'), but
         torch runs a dense block on its fused oneDNN kernel, forward and backward, where a ragged
@@ -180,16 +201,18 @@ class BuyIntentLSTM(nn.Module):
             pooled[group] = output.amax(dim=0).to(pooled.dtype)
         summands = event_summands(continuous)
         sums = summands.new_zeros(batch.n_sessions, summands.shape[1]).index_add_(0, session_of_event, summands)
-        return hidden, pooled, sums
+        return hidden, pooled, sums, last_of_each(x, batch.offsets)
 
-    def _summary_packed(self, batch: SequenceTensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _summary_packed(
+        self, batch: SequenceTensors
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """What `_summary_by_length` returns, through one PackedSequence (the path for GPUs)."""
-        layout, output, hidden, summands = self._run_packed(batch)
+        layout, output, hidden, summands, x = self._run_packed(batch)
         session = layout.session_of_event[layout.packed_rows]  # of each packed row
         where = session[:, None].expand_as(output)
         pooled = hidden.new_zeros(hidden.shape).scatter_reduce_(0, where, output, "amax", include_self=False)
         sums = summands.new_zeros(batch.n_sessions, summands.shape[1]).index_add_(0, layout.session_of_event, summands)
-        return hidden, pooled, sums
+        return hidden, pooled, sums, last_of_each(x, batch.offsets, layout.packed_position)
 
     def forward(self, batch: SequenceTensors) -> torch.Tensor:
         """Logits [n_sessions], in batch order. An empty session scores from zero states and inputs.
@@ -201,7 +224,7 @@ class BuyIntentLSTM(nn.Module):
     def step_logits(self, batch: SequenceTensors) -> torch.Tensor:
         """Logit after each event [n_events], flat event order: the score the session would get
         if it ended there. The last event's logit equals `forward`'s for that session."""
-        layout, output, _, summands = self._run_packed(batch)
+        layout, output, _, summands, x = self._run_packed(batch)
         if output.numel() == 0:
             return output.new_zeros(0)
         grid, _ = pad_packed_sequence(PackedSequence(output, layout.batch_sizes))  # [steps, ranks, hidden]
@@ -209,7 +232,8 @@ class BuyIntentLSTM(nn.Module):
         totals = summands.cumsum(0)
         first = batch.offsets[:-1][layout.session_of_event]
         running_sums = totals - totals[first] + summands[first]
-        return self._score(output[layout.packed_position], running_max, running_sums)
+        position = layout.packed_position
+        return self._score(output[position], running_max, running_sums, x[position])
 
     def forward_padded(self, batch: SequenceTensors) -> torch.Tensor:
         """Reference logits [n_sessions] via the padded path: pad to the longest session, embed
@@ -232,4 +256,5 @@ class BuyIntentLSTM(nn.Module):
         steps, _ = pad_packed_sequence(output, batch_first=True, padding_value=float("-inf"))
         real = (torch.arange(width, device=continuous.device) < layout.lengths_cpu.to(continuous.device)[:, None])
         sums = (event_summands(continuous) * real[..., None]).sum(dim=1)
-        return self._score(h_n[-1], steps.amax(dim=1), sums)
+        last = x[torch.arange(n, device=x.device), layout.lengths_cpu.to(x.device) - 1]
+        return self._score(h_n[-1], steps.amax(dim=1), sums, last)

@@ -41,9 +41,10 @@ def test_given_any_sessions_when_scored_packed_then_equal_to_the_padded_referenc
 @pytest.mark.parametrize(
     "head",
     [
-        {"max_pool": False, "session_inputs": False, "head_hidden": 0},  # the final state alone, linear
-        {"max_pool": True, "session_inputs": False, "head_hidden": 0},
-        {"max_pool": False, "session_inputs": True, "head_hidden": 8},
+        {"max_pool": False, "session_inputs": False, "last_event": False, "head_hidden": 0},  # the final state alone
+        {"max_pool": True, "session_inputs": False, "last_event": False, "head_hidden": 0},
+        {"max_pool": False, "session_inputs": True, "last_event": False, "head_hidden": 8},
+        {"max_pool": False, "session_inputs": False, "last_event": True, "head_hidden": 0},
     ],
 )
 def test_given_each_head_when_scored_packed_then_equal_to_the_padded_reference_and_the_last_step(head):

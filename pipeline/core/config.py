@@ -64,6 +64,7 @@ class ModelConfig:
     dropout: float = 0.1
     max_pool: bool = True  # the head also reads the max of the LSTM outputs over the session's steps
     session_inputs: bool = True  # ... and session aggregates of the inputs (models.lstm.SESSION_INPUTS)
+    last_event: bool = True  # ... and the last event's own inputs (embeddings and continuous features)
     head_hidden: int = 32  # units of the head's hidden layer; 0: a linear head
 
 
