@@ -36,8 +36,10 @@ SESSION_INPUTS: tuple[str, ...] = (
     "log_gap_mean",
 )
 _GAP = CONTINUOUS_FEATURES.index("log_gap_prev")
-_SUMMED = [CONTINUOUS_FEATURES.index(name) for name in ("item_repeat", "same_category_as_previous",
-                                                          "item_buy_logit", "category_buy_logit", "log_gap_prev")]
+_SUMMED = [
+    CONTINUOUS_FEATURES.index(name)
+    for name in ("item_repeat", "same_category_as_previous", "item_buy_logit", "category_buy_logit", "log_gap_prev")
+]
 
 
 def event_summands(continuous: torch.Tensor) -> torch.Tensor:
@@ -142,7 +144,9 @@ class BuyIntentLSTM(nn.Module):
         parts = [self.item(item), self.category(category), self.event_type(event_type), continuous]
         return self.input_dropout(torch.cat(parts, dim=-1))
 
-    def _score(self, hidden: torch.Tensor, pooled: torch.Tensor, sums: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    def _score(
+        self, hidden: torch.Tensor, pooled: torch.Tensor, sums: torch.Tensor, last: torch.Tensor
+    ) -> torch.Tensor:
         """Logits [...] from final (or running) hidden states, their max over the steps so far,
         the summed event_summands so far and the features of the event so far."""
         parts = [hidden]
@@ -203,9 +207,7 @@ class BuyIntentLSTM(nn.Module):
         sums = summands.new_zeros(batch.n_sessions, summands.shape[1]).index_add_(0, session_of_event, summands)
         return hidden, pooled, sums, last_of_each(x, batch.offsets)
 
-    def _summary_packed(
-        self, batch: SequenceTensors
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _summary_packed(self, batch: SequenceTensors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """What `_summary_by_length` returns, through one PackedSequence (the path for GPUs)."""
         layout, output, hidden, summands, x = self._run_packed(batch)
         session = layout.session_of_event[layout.packed_rows]  # of each packed row
@@ -254,7 +256,7 @@ class BuyIntentLSTM(nn.Module):
         packed = pack_padded_sequence(x, layout.lengths_cpu, batch_first=True, enforce_sorted=False)
         output, (h_n, _) = self.lstm(packed)
         steps, _ = pad_packed_sequence(output, batch_first=True, padding_value=float("-inf"))
-        real = (torch.arange(width, device=continuous.device) < layout.lengths_cpu.to(continuous.device)[:, None])
+        real = torch.arange(width, device=continuous.device) < layout.lengths_cpu.to(continuous.device)[:, None]
         sums = (event_summands(continuous) * real[..., None]).sum(dim=1)
         last = x[torch.arange(n, device=x.device), layout.lengths_cpu.to(x.device) - 1]
         return self._score(h_n[-1], steps.amax(dim=1), sums, last)
