@@ -13,6 +13,11 @@ other session (validation, scoring) uses all training counts. The counts are tak
 once, when the window is counted (`count_buyers`, and so `build_vocabulary`), and kept in
 memory beside the totals, so loading the window out of fold counts nothing again.
 
+Beside the rate of the sessions that hold an item, `item_id_end` is the rate of the sessions that
+end on it: what a shopper looks at last says more about a purchase than what they passed on the
+way (in the RecSys 2015 data as in the generator's world "appeal"), and an event's input from it
+is the rate the session would have if it ended there.
+
 Counting and lookups run on integer id codes (features.event_ids): per key, one count per
 (fold, code) over the first sighting of each id in each session, then one gather per event.
 """
@@ -28,7 +33,15 @@ from clickstream.features.event_ids import EventIds
 
 FOLDS = 5
 SMOOTHING = 20.0  # pseudo-sessions at the window's buyer share added to every id's counts
-RATE_KEYS = ("item_id", "category")
+# Each buy-rate table by key: the list column of SEQUENCES whose ids it counts and looks up, and
+# whether only each session's last event counts.
+RATE_TABLES: dict[str, tuple[str, bool]] = {
+    "item_id": ("item_id", False),
+    "category": ("category", False),
+    "item_id_end": ("item_id", True),
+}
+RATE_KEYS = tuple(RATE_TABLES)
+RATE_COLUMNS = ("item_id", "category")  # the list columns the tables read
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,8 +59,14 @@ def count_buyers(sequences: pl.DataFrame, key: str) -> BuyCounts:
     """Session and buyer counts per id of list column `key` over the labelled sessions, with the
     counts per fold. Deterministic: the same sessions in any row order give the same table.
     """
-    ids = EventIds.of_lists(sequences.get_column(key))
-    return buy_counts(ids, sequences.get_column("label"), session_folds(sequences))
+    return buy_counts(counted_ids(sequences, key), sequences.get_column("label"), session_folds(sequences))
+
+
+def counted_ids(sequences: pl.DataFrame, key: str) -> EventIds:
+    """The ids that table `key` (RATE_TABLES) counts, in session runs of `sequences`' rows."""
+    column, last_only = RATE_TABLES[key]
+    lists = sequences.get_column(column)
+    return EventIds.of_lists(lists.list.slice(-1, 1) if last_only else lists)
 
 
 def buy_counts(ids: EventIds, label: pl.Series, fold: np.ndarray) -> BuyCounts:

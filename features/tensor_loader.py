@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from clickstream.features.buy_rates import RATE_KEYS, evidence_table, logit_table, session_folds
+from clickstream.features.buy_rates import RATE_COLUMNS, evidence_table, logit_table, session_folds
 from clickstream.features.event_ids import BLOCK_EVENTS, EventIds, known_ids, session_blocks
 from clickstream.features.tensors import CONTINUOUS_FEATURES, FLAG_FEATURES, STORED_FEATURES, SequenceTensors
 from clickstream.pipeline.core.schemas import EVENT_TYPES
@@ -48,7 +48,7 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
     training sessions the vocabulary was built from (in this process: the counts per fold are not
     saved): their buy-rate and evidence inputs then leave out their own fold (features.buy_rates).
     """
-    sequences = sequences.with_columns(pl.col(RATE_KEYS).cast(pl.List(pl.Categorical)))  # as read: a no-op
+    sequences = sequences.with_columns(pl.col(RATE_COLUMNS).cast(pl.List(pl.Categorical)))  # as read: a no-op
     known = known_ids()
     lengths = sequences.get_column("item_id").list.len().fill_null(0).cast(pl.Int64).to_numpy()
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
@@ -62,7 +62,7 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
         category_index=vocabulary.category_index(known).astype(np.int32),
         tables={
             name: table(known, vocabulary.rates[key], out_of_fold=out_of_fold)
-            for name, (key, table) in _RATE_FEATURES.items()
+            for name, (key, _, table) in _RATE_FEATURES.items()
         },
         fold=session_folds(sequences) if out_of_fold else None,
     )
@@ -104,13 +104,13 @@ class _BlockLoader:
             return part.get_column(name).explode(empty_as_null=False, keep_nulls=False)
 
         lengths = np.diff(self.offsets[lo : hi + 1])
-        ids = {key: EventIds.of(flat(key), lengths, self.known) for key in RATE_KEYS}
+        ids = {column: EventIds.of(flat(column), lengths, self.known) for column in RATE_COLUMNS}
         items, categories = ids["item_id"], ids["category"]
         stored = dict(zip(STORED_FEATURES, tensors.stored.numpy()[:, first:end], strict=True))
         stored["log_gap_prev"][:] = flat("log_gap_prev").to_numpy()
         fold = None if self.fold is None else self.fold[lo:hi]
-        for name, (key, _) in _RATE_FEATURES.items():
-            stored[name][:] = self.tables[name].of_events(ids[key], fold)
+        for name, (_, column, _) in _RATE_FEATURES.items():
+            stored[name][:] = self.tables[name].of_events(ids[column], fold)
         session_start = self.offsets[lo:hi][lengths > 0] - first
         flags = {
             "item_repeat": ~items.first_sighting,
@@ -126,12 +126,15 @@ class _BlockLoader:
         tensors.event_type.numpy()[first:end] = flat("event_type").to_numpy() + 1
 
 
-# The stored features read from the training window's buy counts: the key of RATE_KEYS and the table of each.
+# The stored features read from the training window's buy counts: the counts' key (RATE_TABLES), the
+# column whose ids look them up, and the table of each.
 _RATE_FEATURES = {
-    "item_buy_logit": ("item_id", logit_table),
-    "category_buy_logit": ("category", logit_table),
-    "item_evidence": ("item_id", evidence_table),
-    "category_evidence": ("category", evidence_table),
+    "item_buy_logit": ("item_id", "item_id", logit_table),
+    "category_buy_logit": ("category", "category", logit_table),
+    "item_evidence": ("item_id", "item_id", evidence_table),
+    "category_evidence": ("category", "category", evidence_table),
+    "item_end_buy_logit": ("item_id_end", "item_id", logit_table),
+    "item_end_evidence": ("item_id_end", "item_id", evidence_table),
 }
 
 

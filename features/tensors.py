@@ -39,13 +39,21 @@ CONTINUOUS_FEATURES: tuple[str, ...] = (
     "category_buy_logit",  # the same for the event's category
     "item_evidence",  # log1p(labelled training sessions behind item_buy_logit); 0 for an unseen item
     "category_evidence",  # the same for category_buy_logit
+    "item_end_buy_logit",  # smoothed buy log-odds of the training sessions that end on the item
+    "item_end_evidence",  # log1p(labelled training sessions that end on the item)
 )
 
 # Those of CONTINUOUS_FEATURES that need the ids or the buy-rate tables, computed once by
 # features.tensor_loader.load_tensors: the rows of SequenceTensors.stored, and the bits (bit i: FLAG_FEATURES[i]) of
 # SequenceTensors.flags.
 STORED_FEATURES: tuple[str, ...] = (
-    "log_gap_prev", "item_buy_logit", "category_buy_logit", "item_evidence", "category_evidence"
+    "log_gap_prev",
+    "item_buy_logit",
+    "category_buy_logit",
+    "item_evidence",
+    "category_evidence",
+    "item_end_buy_logit",
+    "item_end_evidence",
 )
 FLAG_FEATURES: tuple[str, ...] = ("item_repeat", "same_item_as_previous", "same_category_as_previous")
 

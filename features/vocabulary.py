@@ -10,8 +10,8 @@ special offer "S" have fixed indices, always present; brands (8-10 digit ids) an
 category strings seen at least `category_min_count` times are learned; an unseen brand maps to
 its own OOV_BRAND index, an unseen other string to OOV.
 
-The vocabulary also carries the training window's buy counts per item and category
-(features.buy_rates), so the model's buy-rate inputs are applied unchanged at scoring time.
+The vocabulary also carries the training window's buy counts per item and category, and per
+item that sessions end on (features.buy_rates), so the model's buy-rate inputs are applied unchanged at scoring time.
 
 A vocabulary is saved as small Parquet tables and a JSON file; its `version` is a hash of
 its content, so a model records exactly which vocabulary it was trained with.
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from clickstream.features.buy_rates import RATE_KEYS, BuyCounts, buy_counts, session_folds
+from clickstream.features.buy_rates import RATE_KEYS, BuyCounts, buy_counts, counted_ids, session_folds
 from clickstream.features.event_ids import EventIds
 from clickstream.pipeline.core.config import SequenceConfig
 
@@ -143,7 +143,7 @@ def build_vocabulary(sequences: pl.DataFrame, config: SequenceConfig) -> Vocabul
 
     Deterministic: the same sessions in any row order give the same vocabulary and version.
     """
-    ids = {key: EventIds.of_lists(sequences.get_column(key)) for key in RATE_KEYS}
+    ids = {key: counted_ids(sequences, key) for key in RATE_KEYS}
     folds = session_folds(sequences)
     items = _counted(ids["item_id"], config.item_min_count)
     learned = _counted(ids["category"], config.category_min_count).filter(~pl.col("id").is_in(FIXED_CATEGORIES))

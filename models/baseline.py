@@ -1,7 +1,8 @@
 """The LightGBM baseline the LSTM must beat: gradient-boosted trees on per-session
 aggregates in the style of the RecSys Challenge 2015 winners (Romov & Sokolov):
 counts, distinct items and categories, duration, dwell and gap statistics, item and
-category buy rates, last-item features, start hour and weekday.
+category buy rates (and that of the sessions ending on each item), last-item features, start
+hour and weekday.
 
 Only the input events describe a session: `session_end` and `n_events_total` also count
 a YOOCHOOSE session's purchases, so they would leak the label and are never used.
@@ -21,7 +22,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from clickstream.features.buy_rates import RATE_KEYS, SMOOTHING, BuyCounts, count_buyers, event_counts
+from clickstream.features.buy_rates import RATE_KEYS, RATE_TABLES, SMOOTHING, BuyCounts, count_buyers, event_counts
 from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE
 
 LIST_COLUMNS = ("item_id", "category", "event_type", "log_gap_prev", "log_dwell", "dwell_known")
@@ -46,7 +47,7 @@ EARLY_STOPPING_ROUNDS = 50
 
 @dataclass(frozen=True)
 class BuyRates:
-    """Per item and per category (features.buy_rates.RATE_KEYS): the training window's counts."""
+    """Per key of features.buy_rates.RATE_KEYS: the training window's counts."""
 
     by_key: dict[str, BuyCounts]
 
@@ -162,7 +163,8 @@ def _with_rate(
     events: pl.DataFrame, sequences: pl.DataFrame, rates: BuyCounts, key: str, out_of_fold: bool
 ) -> pl.DataFrame:
     """`events` with `<key>_rate` (smoothed buyer share) and `<key>_popularity` (log1p sessions)."""
-    counts = event_counts(events[key], events["row"].to_numpy(), sequences, rates, out_of_fold=out_of_fold)
+    column, _ = RATE_TABLES[key]
+    counts = event_counts(events[column], events["row"].to_numpy(), sequences, rates, out_of_fold=out_of_fold)
     sessions, buyers = counts["sessions"], counts["buyers"]
     return events.with_columns(
         ((buyers + rates.prior * SMOOTHING) / (sessions + SMOOTHING)).alias(f"{key}_rate"),

@@ -26,6 +26,7 @@ Search space (SEARCH_SPACE; `choice` values, `float` uniform bounds, `log` log-u
     model.category_dim   choice  8, 16, 32
     model.item_dim       choice  0, 8, 16          (0: no learned item embedding)
     model.max_pool       choice  true, false
+    model.last_event     choice  true, false
 Epochs, patience, seed and validation days stay as configured; batch size is left out because
 training sets below about 2M sessions use smaller batches anyway (models.fit.epoch_batch_size).
 """
@@ -66,6 +67,7 @@ SEARCH_SPACE: dict[str, tuple[str, tuple[Any, ...]]] = {
     "model.category_dim": ("choice", (8, 16, 32)),
     "model.item_dim": ("choice", (0, 8, 16)),
     "model.max_pool": ("choice", (True, False)),
+    "model.last_event": ("choice", (True, False)),
 }
 FLOAT_STEP = 0.1  # a "float" parameter's neighbours: +- this
 LOG_FACTOR = 3.0  # a "log" parameter's neighbours: x and / this

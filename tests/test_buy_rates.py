@@ -141,6 +141,34 @@ def test_property_event_counts_are_the_labelled_sessions_holding_the_id_outside_
     data=st.data(),
     out_of_fold=st.booleans(),
 )
+def test_property_end_counts_are_the_labelled_sessions_ending_on_the_events_item_outside_the_own_fold(
+    items, data, out_of_fold
+):
+    labels = data.draw(st.lists(st.one_of(st.none(), st.booleans()), min_size=len(items), max_size=len(items)))
+    frame = _sessions(items, labels)
+    ids, rows = _flat(frame)
+    fold = session_folds(frame)
+
+    counts = event_counts(ids, rows, frame, count_buyers(frame, "item_id_end"), out_of_fold=out_of_fold)
+
+    counted = [  # plain Python: the sessions whose last event has each event's item
+        [
+            s
+            for s in range(len(items))
+            if labels[s] is not None and items[s][-1:] == [item] and not (out_of_fold and fold[s] == fold[row])
+        ]
+        for item, row in zip(ids, rows, strict=True)
+    ]
+    assert counts["sessions"].to_list() == [len(sessions) for sessions in counted]
+    assert counts["buyers"].to_list() == [sum(labels[s] for s in sessions) for sessions in counted]
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(
+    items=st.lists(st.lists(st.sampled_from("abcde"), max_size=4), min_size=1, max_size=30),
+    data=st.data(),
+    out_of_fold=st.booleans(),
+)
 def test_property_evidence_is_log1p_of_the_labelled_sessions_holding_the_id_outside_the_own_fold(
     items, data, out_of_fold
 ):

@@ -78,6 +78,7 @@ def test_a_saved_vocabulary_loads_back_identical_and_refuses_tampered_files(tmp_
         "categories.parquet",
         "item_id_buy_counts.parquet",
         "category_buy_counts.parquet",
+        "item_id_end_buy_counts.parquet",
         "vocabulary.json",
     }
     assert loaded.version == vocabulary.version
