@@ -115,9 +115,11 @@ def generate(
 
 @app.command()
 def ingest(
-    files: Annotated[list[Path], typer.Argument(help="Raw log files (plain or .gz).")],
+    files: Annotated[list[Path], typer.Argument(help="Raw log files (plain or .gz).", metavar="FILE")],
     format: Annotated[RawFormat, typer.Option("--format", help="Input format.")],
-    buys: Annotated[list[Path] | None, typer.Option("--buys", help="YOOCHOOSE buys file(s).")] = None,
+    buys: Annotated[
+        list[Path] | None, typer.Option("--buys", help="YOOCHOOSE buys file (repeatable).", metavar="FILE")
+    ] = None,
     lake: LakeOpt = None,
 ) -> None:
     """Validate raw logs into events/ (bad rows to quarantine/)."""
