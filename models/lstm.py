@@ -140,9 +140,11 @@ class BuyIntentLSTM(nn.Module):
     def _event_features(
         self, item: torch.Tensor, category: torch.Tensor, event_type: torch.Tensor, continuous: torch.Tensor
     ) -> torch.Tensor:
-        """[..., input_size] features of the given events (any leading shape)."""
-        parts = [self.item(item), self.category(category), self.event_type(event_type), continuous]
-        return self.input_dropout(torch.cat(parts, dim=-1))
+        """[..., input_size] features of the given events (any leading shape). Dropout drops embedding
+        units only: a continuous input dropped to 0 would read as a real value (a buy rate at the
+        prior, no gap), not as a missing one."""
+        embedded = torch.cat([self.item(item), self.category(category), self.event_type(event_type)], dim=-1)
+        return torch.cat([self.input_dropout(embedded), continuous], dim=-1)
 
     def _score(
         self, hidden: torch.Tensor, pooled: torch.Tensor, sums: torch.Tensor, last: torch.Tensor
