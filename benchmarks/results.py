@@ -1,7 +1,12 @@
 """Writes one benchmark's figures into its own section of benchmarks/RESULTS.md,
 stamped with the machine and time, leaving the other sections as they are; and its ratios
 against peers run in the same process (or back to back on the same input) into the table
-RESULTS.md leads with (kept in ratios.json beside it, one entry per benchmark)."""
+RESULTS.md leads with (kept in ratios.json beside it: each benchmark's last RUNS_KEPT runs, so a
+figure measured twice shows both runs and their loads).
+
+A section's hand-written findings survive its rewrite: text between `<!-- NAME:notes:start -->`
+and `<!-- NAME:notes:end -->` inside section NAME is carried into the new section, after the new
+figures (the ratio table's section is named "ratios")."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("RESULTS.md")
 RATIOS = Path(__file__).with_name("ratios.json")
 HEADER = "# Benchmark results\n\nEach section is rewritten by its benchmark (`python -m benchmarks.NAME`).\n"
+RUNS_KEPT = 2
 RATIO_INTRO = """\
 Absolute figures depend on the machine (the same code took 2.5x the CPU time on an AMD EPYC as on an
 Intel Xeon, both 2 cores); a ratio against a peer doing the same work in the same run does not, so
@@ -87,9 +93,17 @@ def record(name: str, body: str, ratios: list[Ratio] | None = None, *, quick: bo
 
 
 def _replace_section(text: str, name: str, content: str, *, first: bool = False) -> str:
-    section = f"<!-- {name}:start -->\n{content.strip()}\n<!-- {name}:end -->"
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
-    if pattern.search(text):
+    old = pattern.search(text)
+    notes = (
+        re.search(rf"<!-- {re.escape(name)}:notes:start -->.*?<!-- {re.escape(name)}:notes:end -->", old.group(0), re.S)
+        if old
+        else None
+    )
+    if notes:
+        content = f"{content.strip()}\n\n{notes.group(0)}"
+    section = f"<!-- {name}:start -->\n{content.strip()}\n<!-- {name}:end -->"
+    if old:
         return pattern.sub(lambda _: section, text)
     if first:  # right after the header
         return text.replace(HEADER, f"{HEADER}\n{section}\n", 1) if HEADER in text else f"{section}\n\n{text}"
@@ -98,12 +112,8 @@ def _replace_section(text: str, name: str, content: str, *, first: bool = False)
 
 def _with_ratios(text: str, name: str, ratios: list[Ratio], stamp: str, store: Path) -> str:
     table = json.loads(store.read_text()) if store.exists() else {}
-    table[name] = {
-        "stamp": stamp,
-        "machine": machine(),
-        "load": round(load_average(), 1),
-        "rows": [asdict(r) for r in ratios],
-    }
+    run = {"stamp": stamp, "machine": machine(), "load": round(load_average(), 1), "rows": [asdict(r) for r in ratios]}
+    table[name] = [run, *_as_runs(table.get(name, []))][:RUNS_KEPT]  # newest first
     store.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
     lines = [
         "## Ratios against peers (same run, same input)",
@@ -113,7 +123,8 @@ def _with_ratios(text: str, name: str, ratios: list[Ratio], stamp: str, store: P
         "| benchmark | ours | peer | ours | peer | x (peer CPU / ours) | target | run (1-min load) |",
         "|---|---|---|---:|---:|---:|---:|---|",
     ]
-    for bench, entry in table.items():
+    runs = [(bench, entry) for bench, entries in table.items() for entry in _as_runs(entries)]
+    for bench, entry in runs:
         for row in entry["rows"]:
             target = row["target"]
             verdict = "" if target is None else f"{target:g}x: {'met' if row['ratio'] >= target else 'NOT met'}"
@@ -121,9 +132,14 @@ def _with_ratios(text: str, name: str, ratios: list[Ratio], stamp: str, store: P
                 f"| {bench} | {row['ours']} | {row['peer']} | {row['ours_figure']} | {row['peer_figure']} "
                 f"| **{row['ratio']:.2f}x** | {verdict} | {entry['stamp']} ({entry['load']}) |"
             )
-    machines = sorted({entry["machine"] for entry in table.values()})
+    machines = sorted({entry["machine"] for _, entry in runs})
     lines += ["", "Machines: " + "; ".join(machines) + "."]
     return _replace_section(text, "ratios", "\n".join(lines), first=True)
+
+
+def _as_runs(entries: list[dict] | dict) -> list[dict]:
+    """A benchmark's runs in ratios.json, newest first (a single dict: one run, as once stored)."""
+    return entries if isinstance(entries, list) else [entries]
 
 
 def peak_rss_gb() -> float:
