@@ -306,8 +306,9 @@ def iter_line_chunks(
                 continue
             block, bom_checked = block.removeprefix(BOM), True
         end = block.rfind(b"\n") + 1
-        if end:  # the lines that end in this block, with the start of the first one carried over (one copy)
-            lines, carry = (carry + block[:end] if carry else block[:end]), block[end:]
+        if end:  # the lines that end in this block, with the start of the first one carried over: one copy
+            # (`carry + block[:end]` made two, a third of the line cutting's CPU on a 1.7 GB file)
+            lines, carry = b"".join((carry, memoryview(block)[:end])), block[end:]
             for chunk in _chunks(str(path), lines, first_line, limits):
                 yield chunk
                 first_line += len(chunk)
