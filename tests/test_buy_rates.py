@@ -109,53 +109,36 @@ def test_given_shuffled_sessions_then_every_event_keeps_its_inputs(table):
         np.testing.assert_array_equal(shuffled_values[shuffled_rows == n], by_session[session])
 
 
+# What each buy-rate table counts, in plain Python: does session `items` count for `item`?
+COUNTED_BY = {
+    "item_id": lambda item, items: item in items,  # the sessions holding it
+    "item_id_end": lambda item, items: items[-1:] == [item],  # the sessions ending on it
+}
+
+
+@pytest.mark.parametrize("key", COUNTED_BY)
 @hypothesis_settings(max_examples=40, deadline=None)
 @given(
     items=st.lists(st.lists(st.sampled_from("abcde"), max_size=4), min_size=1, max_size=30),
     data=st.data(),
     out_of_fold=st.booleans(),
 )
-def test_property_event_counts_are_the_labelled_sessions_holding_the_id_outside_the_own_fold(items, data, out_of_fold):
-    labels = data.draw(st.lists(st.one_of(st.none(), st.booleans()), min_size=len(items), max_size=len(items)))
-    frame = _sessions(items, labels)
-    ids, rows = _flat(frame)
-    fold = session_folds(frame)
-
-    counts = event_counts(ids, rows, frame, count_buyers(frame, "item_id"), out_of_fold=out_of_fold)
-
-    counted = [  # plain Python: the sessions behind each event's id
-        [
-            s
-            for s in range(len(items))
-            if labels[s] is not None and item in items[s] and not (out_of_fold and fold[s] == fold[row])
-        ]
-        for item, row in zip(ids, rows, strict=True)
-    ]
-    assert counts["sessions"].to_list() == [len(sessions) for sessions in counted]
-    assert counts["buyers"].to_list() == [sum(labels[s] for s in sessions) for sessions in counted]
-
-
-@hypothesis_settings(max_examples=40, deadline=None)
-@given(
-    items=st.lists(st.lists(st.sampled_from("abcde"), max_size=4), min_size=1, max_size=30),
-    data=st.data(),
-    out_of_fold=st.booleans(),
-)
-def test_property_end_counts_are_the_labelled_sessions_ending_on_the_events_item_outside_the_own_fold(
-    items, data, out_of_fold
+def test_property_event_counts_are_the_labelled_sessions_the_table_counts_outside_the_own_fold(
+    key, items, data, out_of_fold
 ):
     labels = data.draw(st.lists(st.one_of(st.none(), st.booleans()), min_size=len(items), max_size=len(items)))
     frame = _sessions(items, labels)
     ids, rows = _flat(frame)
     fold = session_folds(frame)
 
-    counts = event_counts(ids, rows, frame, count_buyers(frame, "item_id_end"), out_of_fold=out_of_fold)
+    counts = event_counts(ids, rows, frame, count_buyers(frame, key), out_of_fold=out_of_fold)
 
-    counted = [  # plain Python: the sessions whose last event has each event's item
+    counts_for = COUNTED_BY[key]
+    counted = [  # plain Python: the sessions behind each event's id
         [
             s
             for s in range(len(items))
-            if labels[s] is not None and items[s][-1:] == [item] and not (out_of_fold and fold[s] == fold[row])
+            if labels[s] is not None and counts_for(item, items[s]) and not (out_of_fold and fold[s] == fold[row])
         ]
         for item, row in zip(ids, rows, strict=True)
     ]
