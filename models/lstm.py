@@ -8,9 +8,10 @@ run through the LSTM. The head reads each session's final hidden state, beside (
 `ModelConfig`) the element-wise max of the LSTM's outputs over the session's steps and a few
 session-level aggregates of the inputs (`SESSION_INPUTS`: counts, duration, shares of
 revisits, mean buy rates) and the last event's own inputs, wide-and-deep style, through a
-small MLP: what the session ends on reaches the head without passing through the recurrence. `forward_padded` is
-the textbook path (pad, embed every slot, pack_padded_sequence, pad_packed_sequence) kept
-as the reference the packed path is tested against and the naive benchmark runs.
+small MLP: what the session ends on reaches the head without passing through the recurrence.
+`forward_padded` is the textbook path (pad, embed every slot, pack_padded_sequence,
+pad_packed_sequence) kept as the reference the packed path is tested against and the naive
+benchmark runs.
 
 The module is a plain nn.Module (no closures, no open handles) so MLflow can pickle it.
 """
