@@ -118,7 +118,12 @@ class CodeTable:
     def of_events(self, ids: EventIds, fold: np.ndarray | None) -> np.ndarray:
         """float32 value of every event of `ids` (0 for unseen ids); `fold` is session_folds of
         its sessions, read only out of fold."""
-        return self.values[event_slots(ids, fold if self.out_of_fold else None, self.n_codes)]
+        return self.values[self.slots(ids, fold)]
+
+    def slots(self, ids: EventIds, fold: np.ndarray | None) -> np.ndarray:
+        """Each event's index into `values`: the same for every table of the same ids built with
+        the same `out_of_fold`, so one lookup can serve them all."""
+        return event_slots(ids, fold if self.out_of_fold else None, self.n_codes)
 
 
 def logit_table(ids: pl.Series, rates: BuyCounts, *, out_of_fold: bool) -> CodeTable:

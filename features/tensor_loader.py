@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from clickstream.features.buy_rates import RATE_COLUMNS, evidence_table, logit_table, session_folds
+from clickstream.features.buy_rates import RATE_COLUMNS, RATE_TABLES, evidence_table, logit_table, session_folds
 from clickstream.features.event_ids import BLOCK_EVENTS, EventIds, known_ids, session_blocks
 from clickstream.features.tensors import CONTINUOUS_FEATURES, FLAG_FEATURES, STORED_FEATURES, SequenceTensors
 from clickstream.pipeline.core.schemas import EVENT_TYPES
@@ -62,7 +62,7 @@ def load_tensors(sequences: pl.DataFrame, vocabulary: Vocabulary, *, out_of_fold
         category_index=vocabulary.category_index(known).astype(np.int32),
         tables={
             name: table(known, vocabulary.rates[key], out_of_fold=out_of_fold)
-            for name, (key, _, table) in _RATE_FEATURES.items()
+            for name, (key, table) in _RATE_FEATURES.items()
         },
         fold=session_folds(sequences) if out_of_fold else None,
     )
@@ -109,8 +109,12 @@ class _BlockLoader:
         stored = dict(zip(STORED_FEATURES, tensors.stored.numpy()[:, first:end], strict=True))
         stored["log_gap_prev"][:] = flat("log_gap_prev").to_numpy()
         fold = None if self.fold is None else self.fold[lo:hi]
-        for name, (_, column, _) in _RATE_FEATURES.items():
-            stored[name][:] = self.tables[name].of_events(ids[column], fold)
+        slots: dict[str, np.ndarray] = {}  # per column: its tables share their codes and fold rule
+        for name, (key, _) in _RATE_FEATURES.items():
+            column, table = RATE_TABLES[key][0], self.tables[name]
+            if column not in slots:
+                slots[column] = table.slots(ids[column], fold)
+            stored[name][:] = table.values[slots[column]]
         session_start = self.offsets[lo:hi][lengths > 0] - first
         flags = {
             "item_repeat": ~items.first_sighting,
@@ -126,15 +130,15 @@ class _BlockLoader:
         tensors.event_type.numpy()[first:end] = flat("event_type").to_numpy() + 1
 
 
-# The stored features read from the training window's buy counts: the counts' key (RATE_TABLES), the
-# column whose ids look them up, and the table of each.
+# The stored features read from the training window's buy counts: the counts' key (RATE_TABLES, which
+# names the column whose ids look them up) and the table of each.
 _RATE_FEATURES = {
-    "item_buy_logit": ("item_id", "item_id", logit_table),
-    "category_buy_logit": ("category", "category", logit_table),
-    "item_evidence": ("item_id", "item_id", evidence_table),
-    "category_evidence": ("category", "category", evidence_table),
-    "item_end_buy_logit": ("item_id_end", "item_id", logit_table),
-    "item_end_evidence": ("item_id_end", "item_id", evidence_table),
+    "item_buy_logit": ("item_id", logit_table),
+    "category_buy_logit": ("category", logit_table),
+    "item_evidence": ("item_id", evidence_table),
+    "category_evidence": ("category", evidence_table),
+    "item_end_buy_logit": ("item_id_end", logit_table),
+    "item_end_evidence": ("item_id_end", evidence_table),
 }
 
 

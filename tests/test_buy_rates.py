@@ -38,6 +38,14 @@ def _flat(frame: pl.DataFrame) -> tuple[pl.Series, np.ndarray]:
     return frame["item_id"].explode(), np.repeat(np.arange(frame.height), lengths)
 
 
+@st.composite
+def _labelled_sessions(draw: st.DrawFn) -> tuple[list[list[str]], list[bool | None]]:
+    """Sessions of item ids (some empty) and a label for each: bought, did not, or unknown (None)."""
+    items = draw(st.lists(st.lists(st.sampled_from("abcde"), max_size=4), min_size=1, max_size=30))
+    labels = draw(st.lists(st.one_of(st.none(), st.booleans()), min_size=len(items), max_size=len(items)))
+    return items, labels
+
+
 def _logits(frame: pl.DataFrame, rates: BuyCounts, *, out_of_fold: bool, table=logit_table) -> np.ndarray:
     """What the model gets for every item event of `frame` (flat, session order), as load_tensors
     builds it: the buy log-odds, or with `table=evidence_table` the evidence behind them."""
@@ -118,15 +126,11 @@ COUNTED_BY = {
 
 @pytest.mark.parametrize("key", COUNTED_BY)
 @hypothesis_settings(max_examples=40, deadline=None)
-@given(
-    items=st.lists(st.lists(st.sampled_from("abcde"), max_size=4), min_size=1, max_size=30),
-    data=st.data(),
-    out_of_fold=st.booleans(),
-)
+@given(sessions=_labelled_sessions(), out_of_fold=st.booleans())
 def test_property_event_counts_are_the_labelled_sessions_the_table_counts_outside_the_own_fold(
-    key, items, data, out_of_fold
+    key, sessions, out_of_fold
 ):
-    labels = data.draw(st.lists(st.one_of(st.none(), st.booleans()), min_size=len(items), max_size=len(items)))
+    items, labels = sessions
     frame = _sessions(items, labels)
     ids, rows = _flat(frame)
     fold = session_folds(frame)
@@ -147,15 +151,11 @@ def test_property_event_counts_are_the_labelled_sessions_the_table_counts_outsid
 
 
 @hypothesis_settings(max_examples=40, deadline=None)
-@given(
-    items=st.lists(st.lists(st.sampled_from("abcde"), max_size=4), min_size=1, max_size=30),
-    data=st.data(),
-    out_of_fold=st.booleans(),
-)
+@given(sessions=_labelled_sessions(), out_of_fold=st.booleans())
 def test_property_evidence_is_log1p_of_the_labelled_sessions_holding_the_id_outside_the_own_fold(
-    items, data, out_of_fold
+    sessions, out_of_fold
 ):
-    labels = data.draw(st.lists(st.one_of(st.none(), st.booleans()), min_size=len(items), max_size=len(items)))
+    items, labels = sessions
     frame = _sessions(items, labels)
     ids, rows = _flat(frame)
     fold = session_folds(frame)
