@@ -109,3 +109,26 @@ def test_given_unquoted_fields_then_a_quote_is_an_ordinary_character(tmp_path: P
     split = split_fields(chunk, ["a", "b"])
     assert split.rows.rows() == [(1, "1", '"2')]
     assert split.rejects["line"].to_list() == [2]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.lists(st.text("ab1", max_size=3), min_size=1, max_size=5), min_size=1, max_size=12))
+def test_given_lines_of_any_field_count_then_exactly_those_of_the_right_count_are_rows(
+    tmp_path: Path, lines: list[list[str]]
+) -> None:
+    # field counts that balance out (a line one short beside one a field long) must not pass for right
+    text = "".join(",".join(fields) + "\n" for fields in lines)
+    if not text.strip("\n"):
+        return
+    path = tmp_path / "f.dat"
+    path.write_text(text)
+    (chunk,) = iter_line_chunks(path)
+    split = split_fields(chunk, ["a", "b", "c"])
+    right = [(n, *(f or None for f in fields)) for n, fields in enumerate(lines, 1) if len(fields) == 3]
+    assert split.rows.rows() == right
+    wrong = {n for n, fields in enumerate(lines, 1) if len(fields) != 3 and ",".join(fields)}
+    assert {
+        n
+        for n, reason in zip(split.rejects["line"], split.rejects["reason"], strict=True)
+        if reason.startswith("wrong column count")
+    } == wrong

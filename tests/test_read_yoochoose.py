@@ -11,7 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clickstream.pipeline.ingest.raw_fields import ZULU_FORMAT, ParsedChunk, TimeWindow, zulu_timestamp
+from clickstream.pipeline.ingest import raw_fields
+from clickstream.pipeline.ingest.raw_fields import (
+    ZULU_FORMAT,
+    ParsedChunk,
+    TimeWindow,
+    is_numeric_id,
+    is_yoochoose_category,
+    zulu_timestamp,
+)
 from clickstream.pipeline.ingest.read_yoochoose import read_buys, read_clicks
 
 WINDOW = TimeWindow.for_ingestion(dt.date(2015, 1, 1))
@@ -129,6 +137,35 @@ EDITED_STAMPS = st.tuples(STAMPS, st.integers(0, 23), st.sampled_from("012345678
 def test_given_any_texts_then_the_fast_timestamp_parse_equals_polars_to_datetime(texts: list[str | None]) -> None:
     frame = pl.DataFrame({"t": texts}, schema={"t": pl.String})
     assert frame.select(zulu_timestamp(pl.col("t")))["t"].equals(_as_polars_reads_it(texts))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(STAMPS | EDITED_STAMPS, min_size=1, max_size=20), block=st.integers(1, 7))
+def test_given_texts_over_several_blocks_then_the_fast_parse_equals_one_block(
+    monkeypatch: pytest.MonkeyPatch, texts: list[str], block: int
+) -> None:
+    frame = pl.DataFrame({"t": texts}, schema={"t": pl.String})
+    monkeypatch.setattr(raw_fields, "ZULU_BLOCK", block)
+    assert frame.select(zulu_timestamp(pl.col("t")))["t"].equals(_as_polars_reads_it(texts))
+
+
+ID_TEXTS = st.text(st.sampled_from("0123456789+-Se. x\u0663"), max_size=22) | st.integers(0, 10**22).map(str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(ID_TEXTS | st.none(), max_size=30))
+def test_given_any_texts_then_the_id_and_category_checks_equal_their_regular_expressions(
+    texts: list[str | None],
+) -> None:
+    text = pl.col("t")
+    checks = pl.DataFrame({"t": texts}, schema={"t": pl.String}).select(
+        is_numeric_id(text).alias("id"),
+        text.str.contains(r"^[0-9]{1,18}$").alias("id_regex"),
+        is_yoochoose_category(text).alias("category"),
+        text.str.contains(r"^(S|[0-9]|1[0-2]|[0-9]{8,10})$").alias("category_regex"),
+    )
+    assert checks["id"].equals(checks["id_regex"])
+    assert checks["category"].equals(checks["category_regex"])
 
 
 @pytest.mark.parametrize(

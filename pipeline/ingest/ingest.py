@@ -212,8 +212,7 @@ def _stage_events(events: pl.DataFrame, staging: Path, name: str) -> None:
     """One chunk's events as `events/<date>/<name>` files of the columns that vary within the chunk
     and one `constants/<name>` row of those that do not (a YOOCHOOSE clicks chunk has one event type,
     no cookie, price or quantity): uncompressed Arrow IPC, the cheapest round trip, of half the bytes."""
-    same = events.select(pl.all().eq_missing(pl.all().first()).all()).row(0, named=True)
-    constant = [column for column, one_value in same.items() if one_value and column != "ts"]
+    constant = _constant_columns(events.drop("ts"))
     (staging / _CONSTANTS).mkdir(exist_ok=True)
     events.head(1).select(constant).write_ipc(staging / _CONSTANTS / name)
     dated = events.drop(constant).with_columns(date=pl.col("ts").dt.date())
@@ -223,14 +222,41 @@ def _stage_events(events: pl.DataFrame, staging: Path, name: str) -> None:
         part.write_ipc(folder / name, compression="uncompressed")
 
 
-def _staged_events(staging: Path, day: dt.date) -> pl.DataFrame:
-    """The events staged for `day`, chunk by chunk, with their chunks' constant columns."""
+def _constant_columns(frame: pl.DataFrame) -> list[str]:
+    """The columns with one value (or only nulls) in all of `frame`'s rows; a column whose first and
+    last rows differ is ruled out without reading the rest."""
+    ends = frame.select(pl.all().first().eq_missing(pl.all().last())).row(0, named=True)
+    candidates = [column for column, same in ends.items() if same]
+    if not candidates:
+        return []
+    same = frame.select(pl.col(candidates).eq_missing(pl.col(candidates).first()).all()).row(0, named=True)
+    return [column for column, one_value in same.items() if one_value]
+
+
+def _staged_events(staging: Path, day: dt.date) -> tuple[pl.DataFrame, dict[str, object]]:
+    """The events staged for `day`, chunk by chunk: the columns that vary within the date, and the
+    values of those that do not (constant in every chunk, with the same value), which need no sort."""
+    paths = sorted((staging / _EVENTS / day.isoformat()).glob("*.arrow"))
+    constants = [pl.read_ipc(staging / _CONSTANTS / path.name).row(0, named=True) for path in paths]
+    shared = {
+        name: value
+        for name, value in constants[0].items()
+        if all(name in other and _same(other[name], value) for other in constants)
+    }
     parts = []
-    for path in sorted((staging / _EVENTS / day.isoformat()).glob("*.arrow")):
-        constants = pl.read_ipc(staging / _CONSTANTS / path.name)
-        part = pl.read_ipc(path).with_columns(pl.lit(value).first() for value in constants.get_columns())
-        parts.append(part.select(EVENTS.names()))
-    return pl.concat(parts)
+    for path, chunk_constants in zip(paths, constants, strict=True):
+        part = pl.read_ipc(path).with_columns(
+            pl.lit(value, dtype=EVENTS[name]).alias(name)
+            for name, value in chunk_constants.items()
+            if name not in shared
+        )
+        parts.append(part.select(name for name in EVENTS.names() if name not in shared))
+    return pl.concat(parts), shared
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal values, a null equal to a null (as polars' `eq_missing`)."""
+    return (a is None and b is None) or (a is not None and b is not None and a == b)
 
 
 def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt.date, ...]]:
@@ -239,12 +265,13 @@ def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt
     days = sorted(dt.date.fromisoformat(folder.name) for folder in (staging / _EVENTS).glob("*"))
     written = 0
     for day in days:
-        # one date's events are few enough that threads would cost more CPU than they save
-        frame = _staged_events(staging, day).sort(SORT_KEYS, nulls_last=True, multithreaded=False)
-        # sorted on every column that varies: duplicates are neighbours
-        repeats = frame.select(pl.all_horizontal(pl.all().eq_missing(pl.all().shift(1)))).to_series()
-        if repeats.any():
-            frame = frame.filter(~repeats)
+        varying, constants = _staged_events(staging, day)
+        # one date's events are few enough that threads would cost more CPU than they save; the
+        # constant columns take no part in the order, nor in telling duplicates apart
+        frame = varying.sort([k for k in SORT_KEYS if k in varying.columns], nulls_last=True, multithreaded=False)
+        frame = _drop_repeats(frame).with_columns(
+            pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in constants.items()
+        ).select(EVENTS.names())
         with lake.lock("events", day):
             lake.write_partition("events", day, frame, part)
         written += frame.height
@@ -252,6 +279,17 @@ def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt
         with lake.lock("events", day):
             lake.remove_partition_file("events", day, part)
     return written, tuple(days)
+
+
+def _drop_repeats(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` (sorted on all its columns, so that duplicates are neighbours) without the rows equal
+    to the one before. Repeats share their timestamp, which few neighbours do: the timestamps rule
+    most rows out before the other columns are compared."""
+    same_ts = frame.select(pl.col("ts").eq_missing(pl.col("ts").shift(1))).to_series()
+    if not same_ts.any():
+        return frame
+    repeats = frame.select(pl.all_horizontal(pl.all().eq_missing(pl.all().shift(1)))).to_series()
+    return frame.filter(~repeats) if repeats.any() else frame
 
 
 def _write_quarantine(lake: Lake, day: dt.date, batch: str, staged: Path) -> None:

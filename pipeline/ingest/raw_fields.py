@@ -46,8 +46,23 @@ def first_reason(checks: list[tuple[pl.Expr, str]]) -> pl.Expr:
 
 
 def is_numeric_id(text: pl.Expr) -> pl.Expr:
-    """Digits only, at most MAX_ID_DIGITS of them: a non-negative id that fits int64."""
-    return text.str.contains(rf"^[0-9]{{1,{MAX_ID_DIGITS}}}$")
+    """Digits only, at most MAX_ID_DIGITS of them: a non-negative id that fits int64 (null for null)."""
+    return _is_digits(text) & (text.str.len_bytes() <= MAX_ID_DIGITS)
+
+
+def is_yoochoose_category(text: pl.Expr) -> pl.Expr:
+    """YOOCHOOSE's category: `S`, `0` to `12`, or a brand id of 8 to 10 digits (null for null)."""
+    digits, value = text.str.len_bytes(), text.cast(pl.UInt64, strict=False)
+    brand_or_number = (digits == 1) | ((digits == 2) & value.is_between(10, 12)) | digits.is_between(8, 10)
+    return (text == "S") | (_is_digits(text) & brand_or_number)
+
+
+def _is_digits(text: pl.Expr) -> pl.Expr:
+    """One or more ASCII digits, nothing else. An unsigned cast reads exactly these, a leading "+"
+    aside, at a third of the CPU of a regex (up to 20 digits: longer texts are checked by length)."""
+    return pl.when(text.is_not_null()).then(
+        text.cast(pl.UInt64, strict=False).is_not_null() & ~text.str.starts_with("+")
+    )
 
 
 def iso_timestamp(text: pl.Expr) -> pl.Expr:
@@ -60,6 +75,7 @@ def iso_timestamp(text: pl.Expr) -> pl.Expr:
 ZULU_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 ZULU_MILLIS = np.frombuffer(b"0000-00-00T00:00:00.000Z", dtype=np.uint8)  # the one layout of the fast path
 _DIGITS = np.equal(ZULU_MILLIS, ord("0"))
+ZULU_BLOCK = 1 << 17  # texts per block of `_fixed_width_micros`: 3 MiB of bytes
 _FIELDS = {"year": (0, 4), "month": (5, 7), "day": (8, 10), "hour": (11, 13), "minute": (14, 16),
            "second": (17, 19), "milli": (20, 23)}  # fmt: skip
 
@@ -78,11 +94,9 @@ def _zulu_values(text: pl.Series) -> pl.Series:
     first, last = np.frombuffer(array.buffers()[1], dtype=np.int64)[[array.offset, array.offset + len(array)]]
     # large_string: every text of the same length, so their bytes form a (texts x layout) block, not copied
     layout = np.frombuffer(array.buffers()[2] or b"", dtype=np.uint8)[first:last].reshape(-1, len(ZULU_MILLIS))
-    micros, fast = _fixed_width_micros(layout)
-    values = np.zeros(len(text), dtype=np.int64)
-    values[fixed] = micros
-    is_fast = np.zeros(len(text), dtype=bool)
-    is_fast[fixed] = fast
+    values, is_fast = _fixed_width_micros(layout)
+    if not fixed.all():
+        values, is_fast = _spread(values, fixed, 0), _spread(is_fast, fixed, False)
     parsed = pl.Series(text.name, values, dtype=pl.Int64).cast(UTC_TS)
     if is_fast.all():
         return parsed
@@ -91,10 +105,25 @@ def _zulu_values(text: pl.Series) -> pl.Series:
     return parsed.scatter(np.flatnonzero(~is_fast), others)
 
 
+def _spread(values: np.ndarray, where: np.ndarray, fill: object) -> np.ndarray:
+    """`values` at the True positions of the mask `where`, `fill` elsewhere."""
+    out = np.full(len(where), fill, dtype=values.dtype)
+    out[where] = values
+    return out
+
+
 def _fixed_width_micros(layout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Epoch microseconds of the ZULU_MILLIS texts in `layout` (one row of bytes per text), and
     whether each is valid: digits and separators in place, a real calendar date, a time of day
-    below 24:00:00 (a leap second `:60` is left to the slow path)."""
+    below 24:00:00 (a leap second `:60` is left to the slow path). Block by block: the thirty or
+    so passes over a block's bytes then stay in the CPU caches (twice as fast as over a whole chunk)."""
+    blocks = [_block_micros(layout[i : i + ZULU_BLOCK]) for i in range(0, len(layout), ZULU_BLOCK)]
+    if not blocks:
+        return _block_micros(layout)
+    return np.concatenate([micros for micros, _ in blocks]), np.concatenate([ok for _, ok in blocks])
+
+
+def _block_micros(layout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     digits = layout - np.uint8(ord("0"))
     ok = np.ones(len(layout), dtype=bool)
     for position, expected in enumerate(ZULU_MILLIS.tolist()):

@@ -384,20 +384,28 @@ def split_fields(chunk: LineChunk, names: list[str], *, quoted: bool = False, he
     """
     codes = chunk.problems()
     raw = np.frombuffer(chunk.data, dtype=np.uint8)
-    comma_offsets = np.flatnonzero(raw == 44)
-    commas = np.diff(np.searchsorted(comma_offsets, chunk.starts), append=len(comma_offsets))  # per line
-    codes[(codes == OK) & (commas + 1 != len(names))] = COLUMNS
     in_file = np.ones(len(chunk), dtype=bool)
     if header:
         in_file[0] = False
+    schema = dict.fromkeys(names, pl.String)
+    if (codes == OK).all() and not (quoted and b'"' in chunk.data):
+        # the usual chunk: if it holds exactly the commas of all-good lines, either every line has the
+        # right field count or one has too many, which the parser refuses; no per-line count is needed
+        rows = _read_uniform_rows(chunk, raw, in_file, schema)
+        if rows is not None:
+            return SplitLines(rows, chunk.rejects(np.empty(0, dtype=np.int64), codes))
+    comma_offsets = np.flatnonzero(raw == 44)
+    commas = np.diff(np.searchsorted(comma_offsets, chunk.starts), append=len(comma_offsets))  # per line
+    codes[(codes == OK) & (commas + 1 != len(names))] = COLUMNS
     special = np.zeros(len(chunk), dtype=bool)
     if quoted:  # lines with quotes go through the csv module: they are rare in event logs
         special[np.unique(chunk._lines_of(np.flatnonzero(raw == 34)))] = True
         special &= in_file & np.isin(codes, (OK, COLUMNS))
         codes[special] = OK
     keep = in_file & (codes == OK) & ~special
-    schema = dict.fromkeys(names, pl.String)
-    rows = _read_rows(chunk.joined(keep), schema).insert_column(0, pl.Series("line", chunk.line_numbers[keep]))
+    rows = _read_rows(chunk.joined(keep), schema, int(keep.sum())).insert_column(
+        0, pl.Series("line", chunk.line_numbers[keep])
+    )
     if special.any():
         quoted_rows, quoted_bad = _split_quoted(chunk, np.flatnonzero(special), schema)
         rows = pl.concat([rows, quoted_rows]).sort("line")
@@ -406,13 +414,26 @@ def split_fields(chunk: LineChunk, names: list[str], *, quoted: bool = False, he
     return SplitLines(rows, chunk.rejects(np.flatnonzero(in_file & (codes != OK)), codes, reasons))
 
 
-def _read_rows(data: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _read_uniform_rows(
+    chunk: LineChunk, raw: np.ndarray, in_file: np.ndarray, schema: dict[str, pl.DataType]
+) -> pl.DataFrame | None:
+    """The rows of a chunk whose lines all have `len(schema)` fields, or None when some may not."""
+    if int(np.count_nonzero(raw == 44)) != len(chunk) * (len(schema) - 1):
+        return None
+    try:
+        rows = _read_rows(chunk.joined(in_file), schema, int(in_file.sum()))
+    except (pl.exceptions.ComputeError, pl.exceptions.SchemaError):  # a line with too many fields
+        return None
+    return rows.insert_column(0, pl.Series("line", chunk.line_numbers[in_file]))
+
+
+def _read_rows(data: bytes, schema: dict[str, pl.DataType], lines: int) -> pl.DataFrame:
+    """The fields of `lines` comma-separated lines without quoting (short lines padded with nulls)."""
     if not data:
         return pl.DataFrame(schema=schema)
     rows = pl.read_csv(data, has_header=False, quote_char=None, schema=schema, missing_columns="insert")
-    expected = data.count(b"\n") + (not data.endswith(b"\n"))
-    if rows.height != expected:
-        raise RuntimeError(f"CSV parser returned {rows.height} rows for {expected} lines")
+    if rows.height != lines:
+        raise RuntimeError(f"CSV parser returned {rows.height} rows for {lines} lines")
     return rows
 
 

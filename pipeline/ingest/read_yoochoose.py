@@ -22,6 +22,7 @@ from clickstream.pipeline.ingest.raw_fields import (
     file_by_file,
     is_bad_optional,
     is_numeric_id,
+    is_yoochoose_category,
     is_zero,
     price,
     quantity,
@@ -34,7 +35,6 @@ from clickstream.pipeline.ingest.raw_files import ReadLimits, iter_line_chunks, 
 SOURCE = "yoochoose"
 CLICK_FIELDS = ["session_id", "timestamp", "item_id", "category"]
 BUY_FIELDS = ["session_id", "timestamp", "item_id", "price", "quantity"]
-CATEGORY = r"^(S|[0-9]|1[0-2]|[0-9]{8,10})$"
 HEADER_LIKE = r"^[A-Za-z_ ]+$"
 HEADER = "header line in a headerless file"
 NAMING_ONLY = frozenset({HEADER})  # a header line has no numeric session_id either: see validate()
@@ -59,7 +59,7 @@ def read_clicks(
         checks = [
             *_common_checks(CLICK_FIELDS, window),
             (raw("category").is_null(), "missing category"),
-            (~raw("category").str.contains(CATEGORY), "unparsable category"),
+            (~is_yoochoose_category(raw("category")), "unparsable category"),
         ]
         yield validate_lines(chunk, split, values, checks, source=SOURCE, labelled=labelled, naming_only=NAMING_ONLY)
 
