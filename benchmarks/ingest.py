@@ -16,7 +16,6 @@ and a gzip bomb (1 MiB of gzip holding 1 GiB of newlines).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gzip
 import importlib.util
 import json
@@ -184,18 +183,18 @@ def _job(kind: str, *names: str) -> None:
             duckdb.sql(f"COPY (SELECT * FROM read_csv('{path}', header=false)) TO '{out / path.stem}.parquet'")
         shutil.rmtree(out)
         print(f"{len(files)} file(s) copied to Parquet")
-    else:
-        from clickstream.pipeline.core.config import load_settings
-        from clickstream.pipeline.core.errors import ClickstreamError
-        from clickstream.pipeline.ingest.ingest import ingest_files
+    else:  # `clickstream ingest`, as users run it (its allocator setting included)
+        from clickstream.pipeline.orchestrate.cli import main
 
         work = DATA / f"ingest-lake-{os.getpid()}"
-        settings = load_settings(lake=str(work / "lake"), home=work / "state")
-        clicks, buys = files[:1], files[1:]
+        os.environ["CLICKSTREAM_HOME"] = str(work / "state")
+        buys = [arg for path in files[1:] for arg in ("--buys", str(path))]
+        lake = ["--lake", str(work / "lake")]
+        sys.argv = ["clickstream", "ingest", "--format", "yoochoose", *lake, str(files[0]), *buys]
         try:
-            print(ingest_files(settings, "yoochoose", clicks, buys, ingestion_date=dt.date(2015, 1, 1)))
-        except ClickstreamError as error:
-            print(f"{type(error).__name__}: {str(error).split(';')[0]}")
+            main()
+        except SystemExit:  # a refused input: the one-line error is on stderr
+            pass
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
