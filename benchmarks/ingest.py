@@ -9,8 +9,9 @@ Generates the YOOCHOOSE-scale logs once (under benchmarks/data/ingest-<sessions>
 runs). Every measured job runs in its own child process, started by a wrapper process that reports
 the child's `resource.getrusage(RUSAGE_CHILDREN)`: user+system CPU seconds (all threads) and peak
 RSS. Jobs: the polars peer (`pl.read_csv` with the schema, ids as text, then the timestamp parsed),
-DuckDB's CSV -> Parquet when duckdb is installed, the ingest of clicks + buys, 32 MiB of bad lines,
-and a gzip bomb (1 MiB of gzip holding 1 GiB of newlines).
+when duckdb is installed its CSV -> Parquet and the ingest's job in SQL (SAME_JOB_SQL), the ingest of
+clicks + buys (the `clickstream ingest` command), 32 MiB of bad lines, and a gzip bomb (1 MiB of gzip
+holding 1 GiB of newlines). Findings on where the time goes are kept in RESULTS.md's notes block.
 """
 
 from __future__ import annotations
@@ -31,6 +32,35 @@ DATA = Path(__file__).with_name("data")
 CLICK_FIELDS = ("session_id", "timestamp", "item_id", "category")
 BUY_FIELDS = ("session_id", "timestamp", "item_id", "price", "quantity")
 TARGET_RSS_GIB, TARGET_RATIO = 1.0, 1.5
+DUCKDB_MEMORY = "700MB"  # its peak RSS then stays under the ingest's 1 GiB target
+SAME_JOB = f"DuckDB, the same job (checks, dedup, order, date partitions; memory limit {DUCKDB_MEMORY})"
+
+# The ingest's job in DuckDB: ids checked, timestamps parsed, exact duplicates dropped, rows ordered as
+# the ingest orders them, one zstd Parquet file per event date (no quarantine, no line numbers).
+SAME_JOB_SQL = """
+COPY (
+  WITH raw AS (
+    SELECT session_id, timestamp, item_id, category, NULL AS price, NULL AS quantity, 'view' AS event_type
+    FROM read_csv('{clicks}', header = false,
+                  columns = {{'session_id': 'VARCHAR', 'timestamp': 'VARCHAR', 'item_id': 'VARCHAR',
+                              'category': 'VARCHAR'}})
+    UNION ALL
+    SELECT session_id, timestamp, item_id, NULL, price, quantity, 'purchase'
+    FROM read_csv('{buys}', header = false,
+                  columns = {{'session_id': 'VARCHAR', 'timestamp': 'VARCHAR', 'item_id': 'VARCHAR',
+                              'price': 'VARCHAR', 'quantity': 'VARCHAR'}})
+  ), events AS (
+    SELECT session_id, NULL::VARCHAR AS cookie_id,
+           strptime(timestamp, '%Y-%m-%dT%H:%M:%S.%gZ')::TIMESTAMPTZ AS ts, event_type, item_id, category,
+           NULLIF(TRY_CAST(price AS DOUBLE), 0) AS price, NULLIF(TRY_CAST(quantity AS INTEGER), 0) AS quantity,
+           'yoochoose' AS source, true AS labelled
+    FROM raw
+    WHERE regexp_full_match(session_id, '[0-9]{{1,18}}') AND regexp_full_match(item_id, '[0-9]{{1,18}}')
+  )
+  SELECT DISTINCT *, ts::DATE AS date FROM events
+  ORDER BY session_id, ts, event_type, item_id, category, price, quantity
+) TO '{out}' (FORMAT parquet, PARTITION_BY (date), COMPRESSION zstd)
+"""
 
 
 def main() -> None:
@@ -63,6 +93,7 @@ def main() -> None:
     runs = {"polars read_csv + timestamp parse": _measure("polars", clicks, buys)}
     if importlib.util.find_spec("duckdb"):
         runs["DuckDB CSV -> Parquet"] = _measure("duckdb", clicks, buys)
+        runs[SAME_JOB] = _measure("duckdb-same", clicks, buys)
     runs["clickstream ingest"] = ingest = _measure("ingest", clicks, buys)
     hostile = {
         f"32 MiB of bad lines ({bad.stat().st_size / 2**20:.0f} MiB file)": _measure("ingest", bad),
@@ -102,38 +133,7 @@ peak = its maximum RSS (`getrusage(RUSAGE_CHILDREN)` in a wrapper process). Load
 
 Targets: ingest CPU at most {TARGET_RATIO}x the polars parse: **{ratio:.2f}x, {_met(ratio <= TARGET_RATIO)}**;
 peak RSS at most {TARGET_RSS_GIB:.0f} GiB for every ingest: **{peak:.2f} GiB at most, {_met(peak <= TARGET_RSS_GIB)}**.
-
-Where the ingest's CPU goes: process time of the stage functions, each wrapped with a timer, in one ingest of
-a 170 MB slice (150 MB of clicks, 20 MB of buys: 3.34M events over 75 dates), before and after this round of
-changes, two runs each alternated at load 10-11: 5.6-5.7 -> 3.9-4.5 CPU-s inside `ingest_files` (the whole
-process, imports included: 5.8-6.5 -> 4.7-4.8, against 1.7-1.8 for the polars parse; same lake rows, also
-on a slice salted with bad rows, duplicates and CRLF lines). Timestamps: validation 1.5 -> 0.7-0.8 s, as
-polars' `to_datetime` (0.62 CPU-s per 2M texts, the strict format and `cache=False` saved 15% at most) gave
-way to the fixed-width digits of `2014-04-07T10:51:09.277Z` read with numpy (0.22 s per 2M; other texts
-still go to `to_datetime`). The final write: 1.18 -> 0.93-0.98 s with zstd level 1 for events (11% more
-bytes; level 3, the default, 0.87-0.96 s per 3M events in isolation, level 1 0.68-0.84, lz4 0.63 with 50%
-more bytes, pyarrow's writer no faster). Line cutting (block joins, newline count and scan, the mask
-built for chunks without rejects, NUL and non-ASCII scans): ~0.45 -> ~0.13 s, one copy and one newline
-scan per block, byte searches before scans. Staging: ~0.8 -> ~0.7 s, only the columns that vary within a
-chunk are staged (in isolation 0.6-0.77 -> 0.38 s per 3M events). Sort: 0.49-0.53 -> 0.37-0.40 s, one
-thread per date (0.021 -> 0.013 s for 190k events); filters of chunks without bad rows and dates without
-duplicates (0.11-0.13 s) are skipped. Left after the change, largest first: the zstd write (~0.95 s), the
-staging round trip (~0.7 s), the CSV field split (polars `read_csv`, ~0.45 s, which the peer pays too),
-timestamps (~0.4 s), the per-date sort (~0.4 s), the checks (~0.25 s, three regexes per row) and the byte
-scans (~0.2 s): the work beyond the peer's parse is validation, staging for bounded memory, sort, dedup
-and the compressed write.
-
-At full scale (py-spy at 50 Hz on the main thread, load 1, 21 s of samples; polars' own threads, where
-the Parquet encoding runs, are not in them): staging 50% (line cutting 23%, the field split 19%,
-timestamps 20%), the per-date sort 17%, the rest the reads and writes of the staged dates. Line cutting
-alone over the 1.68 GB clicks file took 4.8 CPU-s: the read 1.4 s, and 2.5 s for two copies of every
-32 MiB block (`carry + block[:end]`; fresh memory costs this virtual machine about 0.75 CPU-s per GB
-touched), now one copy (3.9 CPU-s). Sorting one date's 190k events on the 8 keys of the output order
-costs 0.05 CPU-s when shuffled, 0.035 s of it for `session_id`, a string. Why 1.5x is out of reach
-with this design: the parts the peer does not do (the compressed write ~9 s, the staging round trip
-~7 s, the sort ~4 s, the checks ~2.5 s at full scale) add up to more than the 10 CPU-s the target
-leaves beyond the parse itself; meeting it needs a different design (a DuckDB-based reader and writer
-beside the quarantine, or no staging when a batch fits in memory), not a faster step.""",
+""",
         ratios,
         quick=args.quick,
     )
@@ -183,6 +183,18 @@ def _job(kind: str, *names: str) -> None:
             duckdb.sql(f"COPY (SELECT * FROM read_csv('{path}', header=false)) TO '{out / path.stem}.parquet'")
         shutil.rmtree(out)
         print(f"{len(files)} file(s) copied to Parquet")
+    elif kind == "duckdb-same":
+        import duckdb
+
+        out, spill = DATA / "duckdb-same-out", DATA / "duckdb-spill"
+        connection = duckdb.connect()
+        connection.sql(f"SET memory_limit = '{DUCKDB_MEMORY}'; SET temp_directory = '{spill}'")
+        try:
+            connection.sql(SAME_JOB_SQL.format(clicks=files[0], buys=files[1], out=out))
+            print(f"{len(list(out.glob('date=*')))} date partition(s) written")
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(spill, ignore_errors=True)
     else:  # `clickstream ingest`, as users run it (its allocator setting included)
         from clickstream.pipeline.orchestrate.cli import main
 
