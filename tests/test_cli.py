@@ -69,3 +69,22 @@ def test_help_does_not_import_heavy_libraries() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_ingest_keeps_freed_memory_before_polars_loads_and_a_users_setting_wins() -> None:
+    code = (
+        "import os, sys; os.environ['_RJEM_MALLOC_CONF'] = 'dirty_decay_ms:250'\n"
+        "from clickstream.pipeline.orchestrate import cli\n"
+        "sys.argv = ['clickstream', 'ingest', '--format', 'yoochoose', '/no/such/file.dat']\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+        "print(os.environ['_RJEM_MALLOC_CONF'])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    # polars puts its own defaults first when it loads; later settings win
+    polars_default, ours, users = (
+        "dirty_decay_ms:500,muzzy_decay_ms:1000",
+        "dirty_decay_ms:-1,muzzy_decay_ms:-1",
+        "dirty_decay_ms:250",
+    )
+    assert result.stdout.strip() == f"{polars_default},{ours},{users}"

@@ -124,6 +124,7 @@ def ingest(
     lake: LakeOpt = None,
 ) -> None:
     """Validate raw logs into events/ (bad rows to quarantine/)."""
+    keep_freed_memory()
     from clickstream.pipeline.ingest.ingest import ingest_files
 
     _done(ingest_files(_settings(lake), format.value, files, buys or []))
@@ -346,16 +347,17 @@ def demo(
     _done(run_demo(_settings(lake), days=days, sessions_per_day=sessions_per_day))
 
 
-# Polars' allocator (jemalloc) hands freed memory back to the system within a second. A batch command
-# frees and reallocates the same few hundred MB many times a second, and each page handed back costs
-# a fault and a zeroing when it is taken again: kept, `clickstream ingest` of the YOOCHOOSE files took
-# a tenth less CPU (benchmarks/RESULTS.md, "ingest"). Peak memory is unchanged: kept pages are reused.
+# Polars' allocator (jemalloc) hands freed memory back to the system within a second. The ingest frees
+# and reallocates chunks and dates of the same sizes many times a second, and each page handed back costs
+# a fault and a zeroing when it is taken again: kept, an ingest of the YOOCHOOSE files took a tenth less
+# CPU, at the same peak memory (benchmarks/RESULTS.md, "ingest"). Not for every command: the tensor load
+# of a training, whose allocations vary in size, gained nothing and peaked 0.75 GiB higher.
 KEEP_FREED_MEMORY = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
 def keep_freed_memory() -> None:
-    """Set KEEP_FREED_MEMORY for polars, which reads it when it is first imported; a setting the user
-    made in `_RJEM_MALLOC_CONF` comes after it, and wins."""
+    """Set KEEP_FREED_MEMORY for polars, which reads it when it is first imported (in a command, after
+    this); a setting the user made in `_RJEM_MALLOC_CONF` comes after it, and wins."""
     own = os.environ.get("_RJEM_MALLOC_CONF", "")
     if not own.startswith(KEEP_FREED_MEMORY):
         os.environ["_RJEM_MALLOC_CONF"] = f"{KEEP_FREED_MEMORY},{own}" if own else KEEP_FREED_MEMORY
@@ -363,7 +365,6 @@ def keep_freed_memory() -> None:
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
-    keep_freed_memory()
     try:
         app(standalone_mode=False)
         # The process ends next. Moving the heap to the permanent generation spares the interpreter's
