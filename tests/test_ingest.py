@@ -23,7 +23,7 @@ from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import BadRowThresholdError, InputError
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.ingest import raw_files, read_yoochoose
-from clickstream.pipeline.ingest.ingest import batch_id, ingest_files
+from clickstream.pipeline.ingest.ingest import SORT_KEYS, batch_id, ingest_files, sort_events
 
 TODAY = dt.date(2015, 1, 1)
 BUYS = "1,2014-04-07T11:00:00.000Z,214536501,12462,1\n1,2014-04-07T11:00:00.000Z,214536501,12462,1\n"
@@ -160,6 +160,32 @@ def test_given_any_mix_of_rows_then_read_equals_written_plus_quarantined_plus_du
     written = sum(lake.read_file(p).height for p in lake.files("events"))
     quarantined = sum(lake.read_file(p).height for p in lake.files("quarantine"))
     assert (written, quarantined) == (summary.rows_written, summary.quarantined)
+
+
+TIED_EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["1", "10", "2", None]),  # session: few values, so that many rows tie on it
+        st.integers(0, 2),  # ts: the same
+        st.sampled_from(["purchase", "view"]),
+        st.sampled_from(["9", "10", None]),
+        st.sampled_from(["S", "3", None]),
+        st.sampled_from([1.5, 20.0, None]),
+        st.sampled_from([1, 2, None]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=TIED_EVENTS)
+def test_given_events_that_tie_on_session_and_time_then_the_sort_equals_one_sort_on_all_keys(
+    rows: list[tuple],
+) -> None:
+    names = ["session_id", "ts", "event_type", "item_id", "category", "price", "quantity"]
+    schema = dict(zip(names, [pl.String, pl.Int64, pl.String, pl.String, pl.String, pl.Float64, pl.Int32], strict=True))
+    frame = pl.DataFrame(rows, schema=schema, orient="row")
+    keys = [key for key in SORT_KEYS if key in names]
+    assert sort_events(frame).equals(frame.sort(keys, nulls_last=True))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
