@@ -234,11 +234,14 @@ def _constant_columns(frame: pl.DataFrame) -> list[str]:
     return [column for column, one_value in same.items() if one_value]
 
 
-def _staged_events(staging: Path, day: dt.date) -> tuple[pl.DataFrame, dict[str, object]]:
+def _staged_events(
+    staging: Path, day: dt.date, chunk_constants: dict[str, dict[str, object]]
+) -> tuple[pl.DataFrame, dict[str, object]]:
     """The events staged for `day`, chunk by chunk: the columns that vary within the date, and the
-    values of those that do not (constant in every chunk, with the same value), which need no sort."""
+    values of those that do not (constant in every chunk, with the same value), which need no sort.
+    `chunk_constants`: each chunk's constant columns, by its file name (`_read_constants`)."""
     paths = sorted((staging / _EVENTS / day.isoformat()).glob("*.arrow"))
-    constants = [pl.read_ipc(staging / _CONSTANTS / path.name).row(0, named=True) for path in paths]
+    constants = [chunk_constants[path.name] for path in paths]
     shared = {
         name: value
         for name, value in constants[0].items()
@@ -255,6 +258,11 @@ def _staged_events(staging: Path, day: dt.date) -> tuple[pl.DataFrame, dict[str,
     return pl.concat(parts), shared
 
 
+def _read_constants(staging: Path) -> dict[str, dict[str, object]]:
+    """Each staged chunk's constant columns and their values, by the chunk's file name."""
+    return {path.name: pl.read_ipc(path).row(0, named=True) for path in (staging / _CONSTANTS).glob("*.arrow")}
+
+
 def _same(a: object, b: object) -> bool:
     """Equal values, a null equal to a null (as polars' `eq_missing`)."""
     return (a is None and b is None) or (a is not None and b is not None and a == b)
@@ -264,9 +272,9 @@ def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt
     """Write each staged date as `part-<batch>`, deduplicated and sorted; drop this batch's stale parts."""
     part = f"part-{batch}"
     days = sorted(dt.date.fromisoformat(folder.name) for folder in (staging / _EVENTS).glob("*"))
-    written = 0
+    written, chunk_constants = 0, _read_constants(staging)
     for day in days:
-        varying, constants = _staged_events(staging, day)
+        varying, constants = _staged_events(staging, day, chunk_constants)
         # the constant columns take no part in the order, nor in telling duplicates apart
         frame = _drop_repeats(sort_events(varying)).with_columns(
             pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in constants.items()
