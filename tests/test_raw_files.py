@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clickstream.pipeline.core.errors import InputError
+from clickstream.pipeline.ingest import raw_files
 from clickstream.pipeline.ingest.raw_files import BAD_UTF8, BLANK, NUL, OK, iter_line_chunks, split_fields
 
 LINE_BYTES = st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))
@@ -63,6 +64,28 @@ def test_given_a_gzip_file_then_its_lines_equal_the_plain_file(tmp_path: Path) -
     (tmp_path / "a.dat").write_bytes(text)
     (tmp_path / "a.dat.gz").write_bytes(gzip.compress(text))
     assert all_lines(tmp_path / "a.dat.gz", 1000) == all_lines(tmp_path / "a.dat", 1000)
+
+
+def test_given_no_memory_maps_then_a_plain_file_reads_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a.dat"
+    path.write_bytes(b"".join(b"%d,x\n" % i for i in range(1000)))
+    mapped = all_lines(path, 100)
+
+    def no_map(*args: object, **kwargs: object) -> None:
+        raise OSError("no memory maps on this file system")
+
+    monkeypatch.setattr(raw_files.mmap, "mmap", no_map)
+    assert all_lines(path, 100) == mapped
+
+
+def test_given_a_file_cut_short_while_read_then_input_error_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "a.dat"
+    path.write_bytes(b"".join(b"%d,x\n" % i for i in range(1000)))
+    chunks = iter_line_chunks(path, 100)
+    next(chunks)
+    path.write_bytes(b"1,x\n")  # another process rewrites the file
+    with pytest.raises(InputError, match=r"a\.dat: the file was truncated while being read"):
+        list(chunks)
 
 
 @pytest.mark.parametrize(

@@ -282,7 +282,11 @@ def open_raw(path: Path) -> Iterator[_Stream]:
         if path.suffix == ".gz":
             yield _Gunzip(handle)
             return
-        mapped = _Mapped(handle)
+        try:
+            mapped = _Mapped(handle)
+        except OSError:  # a file system without memory maps: plain reads
+            yield handle
+            return
         try:
             yield mapped
         finally:
