@@ -245,14 +245,12 @@ def _staged_events(
     shared = {
         name: value
         for name, value in constants[0].items()
-        if all(name in other and _same(other[name], value) for other in constants)
+        if all(name in other and other[name] == value for other in constants)  # None == None, too
     }
     parts = []
-    for path, chunk_constants in zip(paths, constants, strict=True):
+    for path, own in zip(paths, constants, strict=True):
         part = pl.read_ipc(path).with_columns(
-            pl.lit(value, dtype=EVENTS[name]).alias(name)
-            for name, value in chunk_constants.items()
-            if name not in shared
+            pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in own.items() if name not in shared
         )
         parts.append(part.select(name for name in EVENTS.names() if name not in shared))
     return pl.concat(parts), shared
@@ -261,11 +259,6 @@ def _staged_events(
 def _read_constants(staging: Path) -> dict[str, dict[str, object]]:
     """Each staged chunk's constant columns and their values, by the chunk's file name."""
     return {path.name: pl.read_ipc(path).row(0, named=True) for path in (staging / _CONSTANTS).glob("*.arrow")}
-
-
-def _same(a: object, b: object) -> bool:
-    """Equal values, a null equal to a null (as polars' `eq_missing`)."""
-    return (a is None and b is None) or (a is not None and b is not None and a == b)
 
 
 def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt.date, ...]]:
@@ -297,8 +290,10 @@ def sort_events(frame: pl.DataFrame) -> pl.DataFrame:
     keys = [key for key in SORT_KEYS if key in frame.columns]
     lead = keys[: keys.index("ts") + 1]
     frame = frame.sort(lead, nulls_last=True, multithreaded=False, maintain_order=True)
+    if len(lead) == len(keys):
+        return frame
     tied = frame.select(pl.all_horizontal(pl.col(lead).eq_missing(pl.col(lead).shift(1)))).to_series()
-    if len(lead) == len(keys) or not tied.any():
+    if not tied.any():
         return frame
     at = np.flatnonzero((tied | tied.shift(-1, fill_value=False)).to_numpy())  # each tie run, its first row too
     # the runs, in order of their lead keys, stay in their places: only each run's rows are reordered

@@ -47,22 +47,20 @@ def first_reason(checks: list[tuple[pl.Expr, str]]) -> pl.Expr:
 
 def is_numeric_id(text: pl.Expr) -> pl.Expr:
     """Digits only, at most MAX_ID_DIGITS of them: a non-negative id that fits int64 (null for null)."""
-    return _is_digits(text) & (text.str.len_bytes() <= MAX_ID_DIGITS)
+    return _is_digits(text, text.cast(pl.UInt64, strict=False)) & (text.str.len_bytes() <= MAX_ID_DIGITS)
 
 
 def is_yoochoose_category(text: pl.Expr) -> pl.Expr:
     """YOOCHOOSE's category: `S`, `0` to `12`, or a brand id of 8 to 10 digits (null for null)."""
     digits, value = text.str.len_bytes(), text.cast(pl.UInt64, strict=False)
     brand_or_number = (digits == 1) | ((digits == 2) & value.is_between(10, 12)) | digits.is_between(8, 10)
-    return (text == "S") | (_is_digits(text) & brand_or_number)
+    return (text == "S") | (_is_digits(text, value) & brand_or_number)
 
 
-def _is_digits(text: pl.Expr) -> pl.Expr:
-    """One or more ASCII digits, nothing else. An unsigned cast reads exactly these, a leading "+"
-    aside, at a third of the CPU of a regex (up to 20 digits: longer texts are checked by length)."""
-    return pl.when(text.is_not_null()).then(
-        text.cast(pl.UInt64, strict=False).is_not_null() & ~text.str.starts_with("+")
-    )
+def _is_digits(text: pl.Expr, value: pl.Expr) -> pl.Expr:
+    """One or more ASCII digits, nothing else, given `value`, the text's unsigned cast: the cast reads
+    exactly these, a leading "+" aside (and up to 20 digits), at a third of the CPU of a regex."""
+    return pl.when(text.is_not_null()).then(value.is_not_null() & ~text.str.starts_with("+"))
 
 
 def iso_timestamp(text: pl.Expr) -> pl.Expr:
