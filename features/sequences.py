@@ -1,9 +1,10 @@
 """events/ -> sequences/: one row per session with its input events as list columns.
 
-A session belongs to the UTC date of its first event (of any type) and is written to
-``sequences/date=YYYY-MM-DD/data.parquet``, rows sorted by (session_start, session_id).
-Building dates [start, end] reads events of start - 1 (a cookie session begun the day
-before is not cut in two) through end + 1 (a session crossing midnight is complete).
+A session belongs to the UTC date of its first event (of any type): the `date` partition of
+the `sequences` table, rows sorted by (session_start, session_id). Building dates [start, end]
+reads events of start - 1 (a cookie session begun the day before is not cut in two) through
+end + 1 (a session crossing midnight is complete), all at one version of `events`, and replaces
+the range's sequences in one commit that records that version.
 
 Labels, without leakage:
 - YOOCHOOSE sessions are buyers when they hold any purchase; the input is their clicks,
@@ -26,17 +27,16 @@ are built from their offsets, no Python runs per session or event.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from clickstream.features.sessionize import sessionize
 from clickstream.pipeline.core.config import SequenceConfig, Settings
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.lake import Lake, dates_predicate
 from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE, SEQUENCES, UTC_TS, conform
 
 # Days are built in batches of consecutive dates holding at most this many events,
@@ -78,40 +78,58 @@ class SequenceSummary:
 
 
 def build_sequences(settings: Settings, start: dt.date | None, end: dt.date | None) -> SequenceSummary:
-    """Write sequences/ for every events/ date in [start, end] (default: all), one partition per date.
+    """Replace sequences of every date in [start, end] (default: every events date) in one commit.
 
-    Idempotent: each date's partition is replaced atomically with the same rows for the same
-    events, whatever range it is built in. A date with events but no session starting on it
-    gets an empty partition. Raises NoDataError when events/ holds no date in the range.
+    Idempotent: each date gets the same rows for the same events, whatever range it is built in;
+    a date of the range whose events are gone loses its sequences. Raises NoDataError when
+    events holds no date in the range.
     """
     lake = Lake(settings.lake)
-    days = lake.require_dates("events", start, end, "run `clickstream ingest` first")
+    events_version = lake.version("events")
+    rows = {d: n for d, n in lake.rows_per_date("events", events_version).items() if _within(d, start, end)}
+    if not rows:
+        lake.require_dates("events", start, end, "run `clickstream ingest` first")  # raises, naming the window
+    days = list(rows)
     summary = SequenceSummary()
-    with lake.lock("sequences"):
-        for batch in _batches(lake, days):
-            events = _read_events(lake, batch[0] - dt.timedelta(days=1), batch[-1] + dt.timedelta(days=1))
+
+    def frames() -> Iterator[pl.DataFrame]:
+        for batch in _batches(rows):
+            around = (batch[0] - dt.timedelta(days=1), batch[-1] + dt.timedelta(days=1))
+            events = _read_events(lake, *around, events_version)
             frame, counts = sessions_of(events, batch[0], batch[-1], settings.sequences)
             start_day = frame.get_column("session_start").to_physical().to_numpy() // _US_PER_DAY
             for day in batch:  # rows are sorted by session_start: each day is one slice
                 lo, hi = np.searchsorted(start_day, [_epoch_day(day), _epoch_day(day) + 1])
-                lake.write_partition("sequences", day, _unsliced(frame.slice(lo, hi - lo)))
+                yield _unsliced(frame.slice(lo, hi - lo)).with_columns(date=pl.lit(day))
             counts.dates = list(batch)
             summary.add(counts)
+
+    first, last = start or days[0], end or days[-1]
+    meta = {"events_version": events_version, "first_date": first, "last_date": last}
+    lake.commit("sequences", frames(), replace=dates_predicate(first, last), stage="sequences", metadata=meta)
     return summary
 
 
+def _within(day: dt.date, start: dt.date | None, end: dt.date | None) -> bool:
+    return (start is None or day >= start) and (end is None or day <= end)
+
+
 def read_sequences(
-    lake: Lake, start: dt.date | None, end: dt.date | None, columns: Iterable[str] | None = None
+    lake: Lake,
+    start: dt.date | None,
+    end: dt.date | None,
+    columns: Iterable[str] | None = None,
+    version: int | None = None,
 ) -> pl.DataFrame:
-    """Sessions starting in [start, end] (default: all), sorted by (session_start, session_id),
-    with the SEQUENCES columns, or only those of them named in `columns` (in SEQUENCES order);
-    an empty frame when there are none."""
+    """Sessions starting in [start, end] (default: all) at table `version` (default: latest),
+    sorted by (session_start, session_id), with the SEQUENCES columns, or only those of them
+    named in `columns` (in SEQUENCES order); an empty frame when there are none."""
     wanted = set(SEQUENCES.names() if columns is None else columns)
     if wanted - set(SEQUENCES.names()):
         raise ValueError(f"not SEQUENCES columns: {sorted(wanted - set(SEQUENCES.names()))}")
     names = [name for name in SEQUENCES.names() if name in wanted]
     schema = pl.Schema({name: SEQUENCES[name] for name in SEQUENCES.names() if name in {*names, *_ORDER}})
-    scan = lake.scan("sequences", start, end)
+    scan = lake.scan("sequences", start, end, version)
     if scan is None:
         return pl.DataFrame(schema=schema).select(names)
     frame = conform(scan.select(schema.names()).collect(), schema)
@@ -251,8 +269,8 @@ def _coded(events: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _read_events(lake: Lake, first_day: dt.date, last_day: dt.date) -> pl.DataFrame:
-    scan = lake.scan("events", first_day, last_day)
+def _read_events(lake: Lake, first_day: dt.date, last_day: dt.date, version: int | None) -> pl.DataFrame:
+    scan = lake.scan("events", first_day, last_day, version)
     assert scan is not None  # the caller only asks for ranges around dates that hold events
     return scan.select(
         "session_id",
@@ -265,20 +283,17 @@ def _read_events(lake: Lake, first_day: dt.date, last_day: dt.date) -> pl.DataFr
     ).collect()
 
 
-def _batches(lake: Lake, days: list[dt.date]) -> list[list[dt.date]]:
-    """Consecutive runs of `days` holding at most BATCH_EVENTS events each (a bigger day alone)."""
+def _batches(rows: dict[dt.date, int]) -> list[list[dt.date]]:
+    """Consecutive runs of the dates of `rows` (events per date) holding at most BATCH_EVENTS
+    events each (a bigger day alone)."""
     batches: list[list[dt.date]] = []
     size = 0
-    for day in days:
-        rows = 0
-        for path in lake.partition_files("events", day):
-            with lake.fs.open(path, "rb") as handle:
-                rows += pq.ParquetFile(handle).metadata.num_rows
-        if not batches or size + rows > BATCH_EVENTS:
+    for day, count in rows.items():
+        if not batches or size + count > BATCH_EVENTS:
             batches.append([])
             size = 0
         batches[-1].append(day)
-        size += rows
+        size += count
     return batches
 
 

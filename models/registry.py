@@ -38,6 +38,8 @@ FINGERPRINT_TAG = "fingerprint"
 VAL_START_TAG, VAL_END_TAG = "val_start", "val_end"  # the validation days; val_end is the last day seen
 WINDOW_TAG = "window"  # FIRST..LAST: the training window asked for
 FEATURE_SCHEMA_TAG = "feature_schema"  # features.tensors.feature_schema() of the code that trained it
+# the lake's table versions the model learned from (`clickstream train --as-of` retrains on the same)
+SEQUENCES_VERSION_TAG, EVENTS_VERSION_TAG = "sequences_version", "events_version"
 
 
 def tracking_client(settings: Settings) -> MlflowClient:

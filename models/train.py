@@ -51,8 +51,10 @@ from clickstream.models.packaging import log_model, register
 from clickstream.models.predict import predict
 from clickstream.models.promotion import Decision
 from clickstream.models.registry import (
+    EVENTS_VERSION_TAG,
     FEATURE_SCHEMA_TAG,
     FINGERPRINT_TAG,
+    SEQUENCES_VERSION_TAG,
     VAL_END_TAG,
     VAL_START_TAG,
     WINDOW_TAG,
@@ -65,7 +67,7 @@ from clickstream.models.training_data import Split, TrainingData, check_trainabl
 from clickstream.models.tuned import with_tuned
 from clickstream.pipeline.core.config import CHALLENGER, Settings, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError
-from clickstream.pipeline.core.lake import STALE_LOCK_AGE, is_stale, owner
+from clickstream.pipeline.core.processes import STALE_AGE, is_stale, owner
 from clickstream.pipeline.core.schemas import EVENT_TYPES
 
 if TYPE_CHECKING:
@@ -115,9 +117,12 @@ def train_and_register(
     promote: bool = False,
     resume: bool = False,
     gpus: int = 1,
+    as_of: int | None = None,
 ) -> TrainSummary:
     """train_challenger, then with `promote` the champion gate on the challenger's validation days."""
-    summary = train_challenger(settings, start, end, epochs=epochs, device=device, resume=resume, gpus=gpus)
+    summary = train_challenger(
+        settings, start, end, epochs=epochs, device=device, resume=resume, gpus=gpus, as_of=as_of
+    )
     if not promote:
         return summary
     decision = gate_challenger(settings, summary.version, *summary.validation, decided_by=actor("cli:train"))
@@ -133,9 +138,11 @@ def train_challenger(
     device: str = "auto",
     resume: bool = False,
     gpus: int = 1,
+    as_of: int | None = None,
 ) -> TrainSummary:
-    """Train on the labelled sessions starting in [start, end] (default: all of sequences/),
-    register the model with alias `challenger` and return the summary.
+    """Train on the labelled sessions starting in [start, end] (default: all of sequences) at
+    `sequences` table version `as_of` (default: the latest), register the model with alias
+    `challenger` and return the summary.
 
     Idempotent per (window, data, settings): an existing version with the same fingerprint
     is re-used. Raises TrainingError (run marked FAILED, aliases untouched) when the window
@@ -148,7 +155,7 @@ def train_challenger(
     if gpus != 1:
         check_ranks(gpus, device)
     config = dataclasses.replace(settings.train, epochs=epochs or settings.train.epochs, device=device)
-    data = prepare(settings, config, start, end)
+    data = prepare(settings, config, start, end, as_of)
     client = tracking_client(settings)
     existing = version_with_fingerprint(settings, data.fingerprint)
     if existing is not None:
@@ -174,9 +181,16 @@ def train_challenger(
 def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, resume: bool, gpus: int) -> str:
     """Fit, evaluate, calibrate, log and register inside the active MLflow run; returns the new version."""
     split = data.split
-    mlflow.log_params({**_params(settings, config, split), "gpus": gpus})
+    mlflow.log_params(
+        {
+            **_params(settings, config, split),
+            "gpus": gpus,
+            "sequences_version": data.sequences_version,
+            "events_version": data.events_version,
+        }
+    )
     check_trainable(split, config)
-    inputs = datasets(settings, split)
+    inputs = datasets(settings, data)
     for context, dataset in inputs.items():
         mlflow.log_input(dataset, context=context)
 
@@ -246,6 +260,8 @@ def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, r
             VAL_END_TAG: split.validation[1].isoformat(),
             WINDOW_TAG: f"{split.window[0]}..{split.window[1]}",
             FEATURE_SCHEMA_TAG: feature_schema(),
+            SEQUENCES_VERSION_TAG: str(data.sequences_version),
+            EVENTS_VERSION_TAG: data.events_version,
         },
     )
     set_challenger(settings, version)
@@ -286,7 +302,7 @@ def _params(settings: Settings, config: TrainConfig, split: Split) -> dict[str, 
 def _end_abandoned_runs(client: MlflowClient, fingerprint: str, resume: bool) -> str | None:
     """Mark this fingerprint's runs left RUNNING by a process that is gone as KILLED, then return the
     run to continue: with `resume`, the newest one that did not finish (killed or failed), else None.
-    A run whose process still trains (on this host; on another, for STALE_LOCK_AGE) is left alone."""
+    A run whose process still trains (on this host; on another, for STALE_AGE) is left alone."""
     runs = client.search_runs(
         [experiment_id(client)],
         f"tags.{FINGERPRINT_TAG} = '{fingerprint}' and attributes.status != 'FINISHED'",
@@ -302,12 +318,12 @@ def _end_abandoned_runs(client: MlflowClient, fingerprint: str, resume: bool) ->
 
 
 def _abandoned(run: Run) -> bool:
-    """Whether a RUNNING run's process is gone: its owner tag says so (lake.is_stale); a run without one
-    (killed before tagging) counts once it is older than STALE_LOCK_AGE."""
+    """Whether a RUNNING run's process is gone: its owner tag says so (processes.is_stale); a run without one
+    (killed before tagging) counts once it is older than STALE_AGE."""
     started = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC)
     age = dt.datetime.now(dt.UTC) - started
     holder = run.data.tags.get(OWNER_TAG)
-    return is_stale(holder, age) if holder else age >= STALE_LOCK_AGE
+    return is_stale(holder, age) if holder else age >= STALE_AGE
 
 
 def _summary(

@@ -9,15 +9,12 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass
 
 import mlflow.data
 import polars as pl
-from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.exceptions import MlflowException
 from mlflow.types.schema import Array, ColSpec, Schema
 
 from clickstream.features.sequences import read_sequences
@@ -48,16 +45,24 @@ class TrainingData:
 
     split: Split
     fingerprint: str
+    sequences_version: int | None  # the `sequences` table version read (None: the table was never written)
+    events_version: str  # the `events` version that sequences version was built from ("" when unknown)
 
 
-def prepare(settings: Settings, config: TrainConfig, start: dt.date | None, end: dt.date | None) -> TrainingData:
-    """The labelled sessions starting in [start, end] (default: all of sequences/), split by time,
-    with the fingerprint of the window, its data and the settings. Guards run later, inside the
-    run (check_trainable), so that a refused window leaves a FAILED run with its reason."""
-    frame = read_sequences(Lake(settings.lake), start, end)
+def prepare(
+    settings: Settings, config: TrainConfig, start: dt.date | None, end: dt.date | None, as_of: int | None = None
+) -> TrainingData:
+    """The labelled sessions starting in [start, end] (default: all of sequences) at table version
+    `as_of` (default: the latest), split by time, with the fingerprint of the window, its data and
+    the settings, and the table versions behind them. Guards run later, inside the run
+    (check_trainable), so that a refused window leaves a FAILED run with its reason."""
+    lake = Lake(settings.lake)
+    version = lake.version("sequences") if as_of is None else as_of
+    frame = read_sequences(lake, start, end, version=version)
     labelled = frame.filter(frame["label"].is_not_null())
     split = split_window(labelled, start, end, config.validation_days)
-    return TrainingData(split, fingerprint(settings, config, split, labelled))
+    events = lake.commit_metadata("sequences", version).get("events_version", "") if version is not None else ""
+    return TrainingData(split, fingerprint(settings, config, split, labelled), version, events)
 
 
 def split_window(labelled: pl.DataFrame, start: dt.date | None, end: dt.date | None, validation_days: int) -> Split:
@@ -120,16 +125,14 @@ def content_digest(sessions: pl.DataFrame) -> str:
     return hashlib.sha256(with_strings(sessions).hash_rows(seed=0).to_numpy().tobytes()).hexdigest()
 
 
-def datasets(settings: Settings, split: Split) -> dict[str, mlflow.data.Dataset]:
+def datasets(settings: Settings, data: TrainingData) -> dict[str, mlflow.data.Dataset]:
     """The training and validation sessions as MLflow datasets (by context: "training", "validation"):
-    metadata only (the sequences/ folder, the days, a digest of the rows, the schema), no copy."""
-    uri = Lake(settings.lake).table_dir("sequences")
-    try:
-        with warnings.catch_warnings():  # "can be interpreted in multiple ways": all of them the same local source
-            warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(uri)
-    except MlflowException:  # a lake location MLflow has no dataset source for: recorded as is
-        source = CodeDatasetSource({"uri": uri})
+    metadata only (the `sequences` Delta table and the version read, the days, a digest of the
+    rows, the schema), no copy."""
+    split = data.split
+    source = DeltaDatasetSource(
+        path=Lake(settings.lake).table_uri("sequences"), delta_table_version=data.sequences_version
+    )
     schema = sequences_schema()
     train_end = split.validation[0] - dt.timedelta(days=1) if split.validation[0] else None
     parts = {"training": (split.train, split.window[0], train_end), "validation": (split.val, *split.validation)}

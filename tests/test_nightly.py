@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clickstream.pipeline.core.config import Settings
-from clickstream.pipeline.core.errors import ClickstreamError, InputError, LockedError, NoDataError
+from clickstream.pipeline.core.errors import ClickstreamError, InputError, LakeConflictError, NoDataError
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.orchestrate import nightly
 
@@ -132,7 +132,7 @@ def test_given_another_error_inside_when_skip_when_no_data_then_it_propagates_un
 
 @pytest.mark.parametrize(
     ("error", "action"),
-    [(InputError("bad file"), "fail"), (LockedError("busy"), "retry"), (OSError("disk"), "default")],
+    [(InputError("bad file"), "fail"), (LakeConflictError("busy"), "retry"), (OSError("disk"), "default")],
 )
 def test_given_an_error_when_the_retry_policy_decides_then_data_errors_fail_and_others_retry(error, action):
     policy = nightly.task_defaults()["retry_policy"]

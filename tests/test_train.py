@@ -26,7 +26,8 @@ from clickstream.models.scorer import load_scorer
 from clickstream.models.train import TrainSummary, code_version, train_and_register, train_challenger
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrainingError
-from clickstream.pipeline.core.lake import Lake, owner
+from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.processes import owner
 
 NAME = "clickstream-buy-intent"
 

@@ -43,5 +43,11 @@ class LakePathError(ClickstreamError):
     """A path would escape the lake root."""
 
 
-class LockedError(ClickstreamError):
-    """Another live process holds the lock on a partition."""
+class LakeConflictError(ClickstreamError):
+    """A lake commit could not land: another writer changed the same rows at the same time, or
+    the store refused the write."""
+
+
+class LakeFormatError(ClickstreamError):
+    """A lake table is not what the command needs: the layout before Delta tables, or a version
+    it does not have."""

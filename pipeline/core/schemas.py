@@ -102,6 +102,12 @@ def with_strings(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def with_string_types(schema: pl.Schema) -> pl.Schema:
+    """`schema` with Categorical types, also inside lists, as String: how the lake stores them."""
+    string_of = {pl.Categorical(): pl.String, pl.List(pl.Categorical()): pl.List(pl.String)}
+    return pl.Schema({name: string_of.get(dtype, dtype) for name, dtype in schema.items()})
+
+
 def conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     """The frame with exactly the schema's columns, order and types.
 

@@ -6,21 +6,21 @@ Guarantees
   included: they are quarantined as "blank line") or a row of a Parquet file.
 - Batches: the files of one call form a batch whose id hashes the format and the files'
   real paths (`os.path.realpath`: `in/two.dat`, `in/sub/../two.dat` and a symbolic link to
-  it are one file, and one file given twice is an InputError). Its events go to
-  `events/date=D/part-<batch>.parquet` (D = UTC date of the event), its rejects to
-  `quarantine/date=<ingestion date>/part-<batch>.parquet`. Re-running a
-  batch replaces exactly its own files (and removes the ones it no longer produces); other
-  batches' files stay. Each file is replaced atomically, so a crash leaves the previous one.
+  it are one file, and one file given twice is an InputError). Every row carries its batch id:
+  its events land in `events` (date = UTC date of the event), its rejects in `quarantine`
+  (date = ingestion date). Re-running a batch replaces exactly its own rows, on every date, in
+  one Delta commit per table (other batches' rows stay): a kill at any instant leaves every
+  date of the batch old or every date new, never a mix.
 - Same input, same output: rows are deduplicated (exact duplicates within the batch are
   dropped and counted) and sorted by all columns, session/cookie first, then time.
 - Failure: past `settings.bad_row_threshold` (share of rows read that were quarantined) the
-  run writes the quarantine, so the reasons can be inspected, but no events, and raises
+  run commits the quarantine, so the reasons can be inspected, but no events, and raises
   BadRowThresholdError. A file none of whose rows is valid is the wrong file (a YOOCHOOSE buys
   file given as clicks, say), not a few bad rows: the same, but an InputError naming it. An
   unreadable file raises InputError before anything is written.
-- Memory: one chunk of input (see `raw_files`) at a time; valid events and rejects are staged
-  on disk per chunk. The commit then holds one date's events (to sort and deduplicate them),
-  and the quarantine is streamed from its staged parts.
+- Memory: one chunk of input (see `raw_files`) at a time; valid events and rejects are spilled
+  to a local scratch folder per chunk. The commit then streams the events date by date (one
+  date's events in memory, to sort and deduplicate them), and the quarantine part by part.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import datetime as dt
 import hashlib
 import os
 import shutil
-import uuid
+import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ import polars as pl
 
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import BadRowThresholdError, InputError
-from clickstream.pipeline.core.lake import Lake, is_stale, owner
+from clickstream.pipeline.core.lake import Lake, batch_predicate
 from clickstream.pipeline.core.schemas import EVENTS, QUARANTINE, conform
 from clickstream.pipeline.ingest.formats import input_format
 from clickstream.pipeline.ingest.raw_fields import TimeWindow
@@ -101,8 +102,10 @@ def ingest_files(
     today = ingestion_date or dt.datetime.now(dt.UTC).date()
     batch = batch_id(fmt, files, buys)
     lake = Lake(settings.lake)
-    _remove_abandoned_staging(Path(settings.home) / "staging")
-    staging = Path(settings.home) / "staging" / f"ingest-{batch}-{uuid.uuid4().hex[:8]}@{owner()}"
+    scratch = Path(settings.home) / "scratch"
+    _remove_abandoned_scratch(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"ingest-{batch}-", dir=scratch))
     limits = ReadLimits(settings.max_line_bytes, settings.max_file_bytes, settings.max_gzip_ratio)
     read = input_format(fmt).reader()
     try:
@@ -110,8 +113,8 @@ def ingest_files(
         staged = _stage(chunks, staging, fmt, sorted({str(p) for p in [*files, *buys]}))
         rows_read = staged.rows + staged.quarantined
         share = staged.quarantined / rows_read if rows_read else 0.0
-        _write_quarantine(lake, today, batch, staging / _REJECTS)
-        where = f"nothing written to events/, see quarantine/date={today}/part-{batch}.parquet"
+        _commit_quarantine(lake, today, batch, staging / _REJECTS, staged)
+        where = f"nothing written to events, see the quarantine rows of batch {batch} (date {today})"
         _check_no_wrong_file(staged, fmt, where)
         if share > settings.bad_row_threshold:
             worst, count = staged.bad_by_file.most_common(1)[0]
@@ -119,7 +122,7 @@ def ingest_files(
                 f"{staged.quarantined:,} of {rows_read:,} rows ({share:.2%}) are bad, above the "
                 f"{settings.bad_row_threshold:.2%} threshold (most in {worst}: {count:,}); {where}"
             )
-        written, dates = _commit_events(lake, batch, staging)
+        written, dates = _commit_events(lake, batch, staging, rows_read)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return IngestSummary(
@@ -135,14 +138,16 @@ def ingest_files(
     )
 
 
-def _remove_abandoned_staging(root: Path) -> None:
-    """Delete the staging folders of ingests that were killed before they could (pipeline.core.lake.is_stale
-    of the owner in the folder's name)."""
-    now = dt.datetime.now(dt.UTC)
-    for folder in root.glob("ingest-*@*"):
+# a scratch folder this old belongs to an ingest that was killed (longer than any task's timeout)
+ABANDONED_AFTER_S = 24 * 3600.0
+
+
+def _remove_abandoned_scratch(root: Path) -> None:
+    """Delete the scratch folders of ingests that were killed before they could clean up."""
+    cutoff = time.time() - ABANDONED_AFTER_S
+    for folder in root.glob("ingest-*"):
         with contextlib.suppress(FileNotFoundError):  # another ingest's cleanup got there first
-            age = now - dt.datetime.fromtimestamp(folder.stat().st_mtime, dt.UTC)
-            if is_stale(folder.name.rpartition("@")[2], age):
+            if folder.stat().st_mtime < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -261,23 +266,26 @@ def _read_constants(staging: Path) -> dict[str, dict[str, object]]:
     return {path.name: pl.read_ipc(path).row(0, named=True) for path in (staging / _CONSTANTS).glob("*.arrow")}
 
 
-def _commit_events(lake: Lake, batch: str, staging: Path) -> tuple[int, tuple[dt.date, ...]]:
-    """Write each staged date as `part-<batch>`, deduplicated and sorted; drop this batch's stale parts."""
-    part = f"part-{batch}"
+def _commit_events(lake: Lake, batch: str, staging: Path, rows_read: int) -> tuple[int, tuple[dt.date, ...]]:
+    """Replace the batch's events with the staged ones, deduplicated and sorted, in one commit
+    streamed date by date; returns the rows written and their dates."""
     days = sorted(dt.date.fromisoformat(folder.name) for folder in (staging / _EVENTS).glob("*"))
-    written, chunk_constants = 0, _read_constants(staging)
-    for day in days:
-        varying, constants = _staged_events(staging, day, chunk_constants)
-        # the constant columns take no part in the order, nor in telling duplicates apart
-        frame = _drop_repeats(sort_events(varying)).with_columns(
-            pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in constants.items()
-        ).select(EVENTS.names())
-        with lake.lock("events", day):
-            lake.write_partition("events", day, frame, part)
-        written += frame.height
-    for day in set(_dates_with_part(lake, "events", part)) - set(days):
-        with lake.lock("events", day):
-            lake.remove_partition_file("events", day, part)
+    chunk_constants = _read_constants(staging)
+    written = 0
+
+    def frames() -> Iterator[pl.DataFrame]:
+        nonlocal written
+        for day in days:
+            varying, constants = _staged_events(staging, day, chunk_constants)
+            # the constant columns take no part in the order, nor in telling duplicates apart
+            frame = _drop_repeats(sort_events(varying)).with_columns(
+                pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in constants.items()
+            )
+            written += frame.height
+            yield frame.with_columns(batch=pl.lit(batch), date=pl.lit(day))
+
+    meta = {"batch": batch, "rows_read": rows_read, "dates": len(days)}
+    lake.commit("events", frames(), replace=batch_predicate(batch), stage="ingest", metadata=meta)
     return written, tuple(days)
 
 
@@ -312,16 +320,12 @@ def _drop_repeats(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.filter(~repeats) if repeats.any() else frame
 
 
-def _write_quarantine(lake: Lake, day: dt.date, batch: str, staged: Path) -> None:
-    """The staged rejects (file then line order, see `_stage`) as this batch's quarantine part, streamed."""
-    part, files = f"part-{batch}", sorted(staged.glob("*.parquet"))
-    with lake.lock("quarantine", day):
-        if files:
-            lake.write_partition("quarantine", day, pl.scan_parquet(files), part)
-        else:
-            lake.remove_partition_file("quarantine", day, part)
-
-
-def _dates_with_part(lake: Lake, table: str, part: str) -> list[dt.date]:
-    paths = lake.fs.glob(f"{lake.table_dir(table)}/date=*/{part}.parquet")
-    return [dt.date.fromisoformat(p.rsplit("/", 2)[-2].removeprefix("date=")) for p in paths]
+def _commit_quarantine(lake: Lake, day: dt.date, batch: str, staged: Path, counts: _Staged) -> None:
+    """The staged rejects (file then line order, see `_stage`) as the batch's quarantine rows, dated
+    `day`, replacing the batch's earlier ones whatever their date; streamed part by part."""
+    frames = (
+        pl.read_parquet(path).with_columns(batch=pl.lit(batch), date=pl.lit(day))
+        for path in sorted(staged.glob("*.parquet"))
+    )
+    meta = {"batch": batch, "rows": counts.quarantined}
+    lake.commit("quarantine", frames, replace=batch_predicate(batch), stage="ingest", metadata=meta)

@@ -73,11 +73,13 @@ def _settings(lake: str | None) -> Settings:
 FIRST_RUN = {"sequences": "run `clickstream sequences` first", "scores": "run `clickstream score` first"}
 
 
-def _require_data(settings: Settings, table: str, first: dt.date | None, last: dt.date | None) -> None:
-    """Fail in a second, before torch and MLflow load, when `table` holds nothing to work on."""
+def _require_data(
+    settings: Settings, table: str, first: dt.date | None, last: dt.date | None, version: int | None = None
+) -> None:
+    """Fail in a second, before torch and MLflow load, when `table` (at `version`) holds nothing to work on."""
     from clickstream.pipeline.core.lake import Lake
 
-    Lake(settings.lake).require_dates(table, first, last, FIRST_RUN[table])
+    Lake(settings.lake).require_dates(table, first, last, FIRST_RUN[table], version)
 
 
 def _require_model(settings: Settings, model: str | None) -> None:
@@ -150,13 +152,21 @@ def train(
     gpus: Annotated[
         int, typer.Option(min=1, help="Training processes on this machine: one per GPU (CPU ranks with --device cpu).")
     ] = 1,
+    as_of: Annotated[
+        int | None,
+        typer.Option(
+            "--as-of",
+            min=0,
+            help="Train on this version of the sequences table (see `clickstream lake history sequences`).",
+        ),
+    ] = None,
     lake: LakeOpt = None,
 ) -> None:
     """Train the LSTM on sessions starting in the window and register it in MLflow
     (the tracking store is MLFLOW_TRACKING_URI)."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
     settings = _settings(lake)
-    _require_data(settings, "sequences", first, last)
+    _require_data(settings, "sequences", first, last, as_of)
     from clickstream.models.train import train_and_register
 
     _done(
@@ -169,6 +179,7 @@ def train(
             promote=promote,
             resume=resume,
             gpus=gpus,
+            as_of=as_of,
         )
     )
 

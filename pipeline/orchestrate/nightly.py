@@ -259,7 +259,7 @@ def rescore_recent(settings: Settings, days: int) -> dict[str, Any]:
 def task_defaults(config: NightlyConfig = NIGHTLY) -> dict[str, Any]:
     """default_args shared by the clickstream DAGs: exponential back-off retries for
     infrastructure errors, none for input/data errors (a retry would fail the same way) except a
-    partition lock held by another run, a timeout per task, and the failure callback."""
+    commit that lost to a concurrent writer of the same rows, a timeout per task, and the failure callback."""
     from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
 
     return {
@@ -271,9 +271,9 @@ def task_defaults(config: NightlyConfig = NIGHTLY) -> dict[str, Any]:
         "retry_policy": ExceptionRetryPolicy(
             rules=[
                 RetryRule(
-                    exception="clickstream.pipeline.core.errors.LockedError",
+                    exception="clickstream.pipeline.core.errors.LakeConflictError",
                     action=RetryAction.RETRY,
-                    reason="partition busy",
+                    reason="a concurrent commit to the same rows",
                 ),
                 RetryRule(
                     exception="clickstream.pipeline.core.errors.ClickstreamError",

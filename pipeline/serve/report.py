@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 import matplotlib
 import matplotlib.pyplot as plt
 import polars as pl
-import pyarrow.parquet as pq
 
 from clickstream.models.evaluation import evaluate, write_plots
 from clickstream.pipeline.core.config import CHAMPION, Settings
@@ -293,15 +292,9 @@ _CSS = (
 
 
 def _rows_per_day(lake: Lake, table: str, start: dt.date, end: dt.date) -> list[int]:
-    """Row count of each day's partition of `table` in [start, end] from Parquet footers (0 when absent)."""
-    counts = []
-    for offset in range((end - start).days + 1):
-        total = 0
-        for path in lake.partition_files(table, start + dt.timedelta(days=offset)):
-            with lake.fs.open(path, "rb") as handle:
-                total += pq.read_metadata(handle).num_rows
-        counts.append(total)
-    return counts
+    """Row count of each day of `table` in [start, end] from the commit log's statistics (0 when absent)."""
+    rows = lake.rows_per_date(table)
+    return [rows.get(start + dt.timedelta(days=offset), 0) for offset in range((end - start).days + 1)]
 
 
 def _latest_version(scores: pl.DataFrame) -> str:

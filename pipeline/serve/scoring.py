@@ -1,15 +1,18 @@
-"""Batch scoring: sequences/ -> scores/ with one registered model, then the per-cookie
-rollup cookie_intent/ rebuilt from every scored day.
+"""Batch scoring: sequences -> scores with one registered model, then the per-cookie rollup
+cookie_intent rebuilt from every scored day.
 
-Re-scoring a date replaces its partition atomically. The same model on the same
-sequences gives the same `score` values (prediction is a deterministic no-grad
-forward); only `scored_at`, one timestamp per run, differs between runs.
+A scoring run reads one version of `sequences` and replaces the scores of its dates in one
+commit (recording that version and the model), then rewrites cookie_intent from the scores
+version it just made, in a second commit. The same model on the same sequences gives the same
+`score` values (prediction is a deterministic no-grad forward); only `scored_at`, one
+timestamp per run, differs between runs.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,14 +21,11 @@ import polars as pl
 from clickstream.features.sequences import read_sequences
 from clickstream.models.scorer import load_scorer
 from clickstream.pipeline.core.config import Settings
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.lake import Lake, dates_predicate
 from clickstream.pipeline.core.schemas import COOKIE_INTENT, SCORES, conform
 
 if TYPE_CHECKING:
     import numpy as np
-
-COOKIE_INTENT_FILE = "data.parquet"
-
 
 class Scorer(Protocol):
     """What scoring needs from a loaded model (models.scorer.load_scorer returns one)."""
@@ -79,18 +79,31 @@ def scoring_dates(lake: Lake, start: dt.date | None, end: dt.date | None) -> lis
 
 
 def score_with(settings: Settings, scorer: Scorer, days: list[dt.date]) -> ScoreSummary:
-    """Score each day's sequences with `scorer` into scores/date=D/data.parquet (rows sorted by
-    session_id, one scored_at for the whole run), then rebuild cookie_intent/."""
+    """Score each day's sequences with `scorer` and replace the scores of [days[0], days[-1]] in
+    one commit (rows sorted by session_id within a day, one scored_at for the whole run), then
+    rebuild cookie_intent."""
     began = time.perf_counter()
     lake = Lake(settings.lake)
     scored_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    sequences_version = lake.version("sequences")
     sessions = 0
-    for day in days:
-        frame = score_frame(read_sequences(lake, day, day), scorer, scored_at)
-        with lake.lock("scores", day):
-            lake.write_partition("scores", day, frame)
-        sessions += frame.height
-    cookies = rebuild_cookie_intent(lake)
+
+    def frames() -> Iterator[pl.DataFrame]:
+        nonlocal sessions
+        for day in days:
+            frame = score_frame(read_sequences(lake, day, day, version=sequences_version), scorer, scored_at)
+            sessions += frame.height
+            yield frame.with_columns(date=pl.lit(day))
+
+    meta = {
+        "sequences_version": sequences_version,
+        "model_name": scorer.model_name,
+        "model_version": scorer.model_version,
+        "first_date": days[0],
+        "last_date": days[-1],
+    }
+    version = lake.commit("scores", frames(), replace=dates_predicate(days[0], days[-1]), stage="score", metadata=meta)
+    cookies = rebuild_cookie_intent(lake, version)
     return ScoreSummary(
         dates=tuple(days),
         sessions=sessions,
@@ -113,19 +126,15 @@ def score_frame(sequences: pl.DataFrame, scorer: Scorer, scored_at: dt.datetime)
     return conform(frame, SCORES).sort("session_id")
 
 
-def cookie_intent_path(lake: Lake) -> str:
-    """Where the per-cookie rollup lives: one file for all days."""
-    return f"{lake.table_dir('cookie_intent')}/{COOKIE_INTENT_FILE}"
+def rebuild_cookie_intent(lake: Lake, scores_version: int) -> int:
+    """Rewrite cookie_intent from every scored day at `scores_version`, in one commit; returns the
+    number of cookies.
 
-
-def rebuild_cookie_intent(lake: Lake) -> int:
-    """Rewrite cookie_intent/ from every scored day; returns the number of cookies.
-
-    One row per known cookie, sorted by cookie_id: its scored sessions, the start of its
-    latest session (last_seen), that session's score (latest_score; ties on start go to
-    the greatest session_id) and its highest score.
+    One row per known cookie, sorted by cookie_id within the date of its last_seen: its scored
+    sessions, the start of its latest session (last_seen), that session's score (latest_score;
+    ties on start go to the greatest session_id) and its highest score.
     """
-    scores = lake.scan("scores")
+    scores = lake.scan("scores", version=scores_version)
     if scores is None:
         return 0
     rollup = (
@@ -139,7 +148,7 @@ def rebuild_cookie_intent(lake: Lake) -> int:
         )
         .collect()
     )
-    frame = conform(rollup, COOKIE_INTENT).sort("cookie_id")
-    with lake.lock("cookie_intent"):
-        lake.write_file(cookie_intent_path(lake), frame)
+    frame = conform(rollup, COOKIE_INTENT).with_columns(date=pl.col("last_seen").dt.date()).sort("date", "cookie_id")
+    meta = {"scores_version": scores_version, "rows": frame.height}
+    lake.commit("cookie_intent", frame, replace=None, stage="score", metadata=meta)
     return frame.height

@@ -1,8 +1,8 @@
 """`clickstream sql`: one analyst query over the lake's tables, run in a DuckDB sandbox.
 
 The query sees the lake's tables (SQL_TABLES) and nothing else: each is registered as a
-lazy Arrow dataset over its committed Parquet files (partitioned ones with their `date`
-column), and `models` as the registry's versions read up front, before the connection is
+lazy Arrow dataset over its current Delta version (with the `date` partition column), and
+`models` as the registry's versions read up front, before the connection is
 locked. The registry client (MLflow, and torch behind the champion history) is imported only
 by a query that names `models`: a query over the lake alone starts in about a second instead
 of several. Then
@@ -27,22 +27,18 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-from clickstream.pipeline.core import schemas
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.lake import TABLE_SCHEMAS, Lake
 from clickstream.pipeline.core.tracking import store_is_missing
 
 # Tables a query sees; partitioned ones carry their partition `date` column. `models`
 # (serve.history.VERSIONS, from the registry) holds each version's `trained_through` day, so that a
 # quality query can keep only the sessions after the training window of the model that scored them.
 SQL_TABLES = ("events", "sequences", "scores", "cookie_intent", "quarantine", "models")
-UNPARTITIONED = ("cookie_intent",)
 THREADS = min(4, os.cpu_count() or 1)
 _BATCH_ROWS = 65_536
-_PARTITION = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
 # Set after the tables are registered and before the query; lock_configuration comes last.
 _SANDBOX = (
     "SET enable_external_access = false",
@@ -111,21 +107,12 @@ def _fetch(result: duckdb.DuckDBPyRelation | None, memory_mb: int) -> pl.DataFra
 
 
 def _dataset(lake: Lake, name: str) -> ds.Dataset | pa.Table:
-    """Table `name` as a lazy Arrow dataset over its committed files (an empty table with its
-    schema when it has none)."""
-    filesystem = None if lake.is_local else PyFileSystem(FSSpecHandler(lake.fs))
-    schema = getattr(schemas, name.upper())
-    if name in UNPARTITIONED:  # one file for all days, straight under the table's folder
-        files = sorted(lake.fs.glob(f"{lake.table_dir(name)}/*.parquet"))
-        if not files:
-            return pl.DataFrame(schema=schema).to_arrow()
-        return ds.dataset(files, format="parquet", filesystem=filesystem)
-    files = lake.files(name)
-    if not files:
-        return pl.DataFrame(schema={**schema, "date": pl.Date}).to_arrow()
-    return ds.dataset(
-        files, format="parquet", filesystem=filesystem, partitioning=_PARTITION, partition_base_dir=lake.table_dir(name)
-    )
+    """Table `name` at its current version as a lazy Arrow dataset, with its `date` partition
+    column (an empty table with its schema while it was never written)."""
+    delta = lake.table(name)
+    if delta is None:
+        return pl.DataFrame(schema=TABLE_SCHEMAS[name]).to_arrow()
+    return delta.to_pyarrow_dataset()
 
 
 def _registry_table(settings: Settings) -> pa.Table:

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import binascii
 import datetime as dt
+import io
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -436,7 +437,9 @@ class _LandingWriter:
         written = []
         for folder, frames in self._truth.items():
             truth = pl.concat(frames) if frames else _truth_frame(*_NO_SESSIONS)
-            written.append(Path(lake.write_file(str(folder / TRUTH_FILE), truth)))
+            buffer = io.BytesIO()
+            truth.write_parquet(buffer, statistics=True)
+            written.append(Path(lake.write_bytes(str(folder / TRUTH_FILE), buffer.getvalue())))
         for path, (tmp, handle) in self._handles.items():
             handle.flush()
             os.fsync(handle.fileno())
