@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.lake import Lake, dates_predicate
 from clickstream.pipeline.core.schemas import SEQUENCES, conform
 
 
@@ -86,9 +86,9 @@ def synthetic_sequences(
 
 
 def write_sequences(lake: Lake, frame: pl.DataFrame) -> list[dt.date]:
-    """Write `frame` into sequences/ by the UTC date of session_start; returns the dates written."""
-    days = frame["session_start"].dt.date().unique().sort().to_list()
-    for day in days:
-        part = frame.filter(pl.col("session_start").dt.date() == day).sort("session_start", "session_id")
-        lake.write_partition("sequences", day, part)
+    """Replace the sequences of `frame`'s dates (the UTC dates of session_start) with its rows, in one
+    commit; returns the dates written."""
+    dated = frame.with_columns(date=pl.col("session_start").dt.date()).sort("date", "session_start", "session_id")
+    days = dated["date"].unique().sort().to_list()
+    lake.commit("sequences", dated, replace=dates_predicate(days[0], days[-1]), stage="synthetic")
     return days
