@@ -1,10 +1,10 @@
 """Re-processing DAGs: a manual backfill of a date range, and re-scoring when a new champion lands.
 
 clickstream_backfill (manual trigger only; params `start`, `end` as YYYY-MM-DD): re-ingests each
-day's landing files (one mapped task per date; a date without landing files is skipped with the
-reason), rebuilds sequences/ for the range and the day before it, then re-scores the range with the
-champion in one task (one model load, one cookie_intent/ rebuild). Idempotent: re-running a range
-replaces the same partitions.
+day's landing files (one mapped task per date, `NIGHTLY.ingest_concurrency` at once; a date without
+landing files is skipped with the reason), rebuilds sequences for the range and the day before it,
+then re-scores the range with the champion in one task (one model load, one cookie_intent rebuild).
+Idempotent: re-running a range replaces the same rows.
 
 clickstream_rescore (runs whenever clickstream_nightly publishes the `clickstream-champion` Asset,
 i.e. after a promotion): re-scores the latest `NIGHTLY.rescore_days` days of sequences/ with the
@@ -50,7 +50,7 @@ def clickstream_backfill() -> None:
         params = params or {}
         return nightly.backfill_dates(str(params["start"]), str(params["end"]))
 
-    @task(max_active_tis_per_dagrun=1)  # ingests of neighbouring days may touch the same events/ partition
+    @task(max_active_tis_per_dagrun=NIGHTLY.ingest_concurrency)  # each its own batch: commits never collide
     def ingest_day(day: str) -> dict[str, Any]:
         settings = load_settings()
         with nightly.skip_when_no_data():

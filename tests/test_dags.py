@@ -21,7 +21,7 @@ from clickstream.pipeline.orchestrate.airflow_home import (
     init_metadata,
     run_dag_for_day,
 )
-from clickstream.pipeline.orchestrate.nightly import CHAMPION_ASSET, NIGHTLY, SCORES_ASSET
+from clickstream.pipeline.orchestrate.nightly import CHAMPION_ASSET, MAINTENANCE, NIGHTLY, SCORES_ASSET
 from clickstream.pipeline.orchestrate.tuning import TUNE
 
 NIGHTLY_TASKS = {
@@ -44,13 +44,14 @@ def dagbag():
     return DagBag(dag_folder=str(DAGS_FOLDER))
 
 
-def test_given_the_dags_folder_when_parsed_then_no_import_errors_and_four_dags(dagbag):
+def test_given_the_dags_folder_when_parsed_then_no_import_errors_and_five_dags(dagbag):
     assert dagbag.import_errors == {}
     assert set(dagbag.dags) == {
         "clickstream_nightly",
         "clickstream_backfill",
         "clickstream_rescore",
         "clickstream_tune",
+        "clickstream_maintenance",
     }
 
 
@@ -84,9 +85,10 @@ def test_given_the_train_task_then_gpu_pool_queue_and_its_own_timeout(dagbag):
     assert train.execution_timeout == NIGHTLY.train_timeout
 
 
-@pytest.mark.parametrize(
-    "dag_id", ["clickstream_nightly", "clickstream_backfill", "clickstream_rescore", "clickstream_tune"]
-)
+DAG_IDS = ["clickstream_nightly", "clickstream_backfill", "clickstream_rescore", "clickstream_tune"]
+
+
+@pytest.mark.parametrize("dag_id", [*DAG_IDS, "clickstream_maintenance"])
 def test_given_every_task_then_retries_with_backoff_a_timeout_and_a_failure_callback(dagbag, dag_id):
     for task in dagbag.dags[dag_id].tasks:
         assert task.retries == NIGHTLY.retries, task.task_id
@@ -115,12 +117,22 @@ def test_given_the_tune_dag_then_manual_one_gpu_task_with_its_budget_as_params(d
     assert dag.doc_md and "@weekly" in dag.doc_md
 
 
-def test_given_the_backfill_dag_then_manual_with_a_mapped_ingest_per_date(dagbag):
+def test_given_the_backfill_dag_then_manual_with_a_mapped_ingest_per_date_several_at_once(dagbag):
     dag = dagbag.dags["clickstream_backfill"]
     assert dag.schedule is None
     assert set(dag.params) == {"start", "end"}
     assert set(dag.task_dict) == {"dates", "ingest_day", "build_sequences", "score"}
     assert dag.task_dict["ingest_day"].is_mapped
+    # ingests of different batches commit to the same dates concurrently (Delta), so more than one runs
+    assert dag.task_dict["ingest_day"].max_active_tis_per_dagrun == NIGHTLY.ingest_concurrency > 1
+
+
+def test_given_the_maintenance_dag_then_weekly_optimize_then_vacuum_keeping_a_week(dagbag):
+    dag = dagbag.dags["clickstream_maintenance"]
+    assert dag.schedule == MAINTENANCE.schedule and MAINTENANCE.schedule.endswith("* * 0")  # Sundays
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.task_dict["vacuum"].upstream_task_ids == {"optimize"}
+    assert MAINTENANCE.retention_hours >= 7 * 24
 
 
 def test_given_a_fresh_interpreter_when_the_dag_files_are_imported_then_no_heavy_library_is_loaded():

@@ -234,7 +234,8 @@ class Lake:
         from deltalake import CommitProperties, WriterProperties, write_deltalake
         from deltalake.exceptions import CommitFailedError
 
-        self._create(table)
+        if replace is not None:  # a whole-table write creates the table itself, in the same commit
+            self._create(table)
         frames = [frames] if isinstance(frames, pl.DataFrame) else frames
         feed = _Feed(batch for frame in frames for batch in _arrow(frame, table).to_batches())
         reader = pa.RecordBatchReader.from_batches(_arrow_schema(table), feed.batches())
@@ -287,6 +288,11 @@ class Lake:
                 raise
 
     # ---- plain files beside the tables ----------------------------------------
+    @property
+    def locks_folder(self) -> str:
+        """Where the layout before Delta tables kept its lock files (`clickstream lake migrate` removes it)."""
+        return f"{self._path}/_locks"
+
     def config_file(self, name: str) -> str:
         """Path of a settings file kept with the lake's data, `<lake>/_config/<name>`."""
         return f"{self._path}/_config/{name}"
@@ -317,7 +323,9 @@ class Lake:
     def _has_plain_partitions(self, table: str) -> bool:
         """Whether `table` holds Parquet files of the layout before Delta (no commit log)."""
         fs, base = self.fs, self.table_uri(table)
-        return fs.exists(base) and not fs.exists(f"{base}/_delta_log") and bool(fs.glob(f"{base}/**.parquet"))
+        if not fs.exists(base) or fs.exists(f"{base}/_delta_log"):
+            return False
+        return any(path.endswith(".parquet") for path in fs.find(base))  # find: a root's [ or ? is no pattern
 
 
 class _Feed:

@@ -358,6 +358,76 @@ def demo(
     _done(run_demo(_settings(lake), days=days, sessions_per_day=sessions_per_day))
 
 
+lake_app = typer.Typer(
+    name="lake",
+    help="Operate the lake's Delta tables: versions, restore, clean-up, compaction, migration.",
+    no_args_is_help=True,
+)
+app.add_typer(lake_app)
+LAKE_TABLES = ("events", "quarantine", "sequences", "scores", "cookie_intent")  # pipeline.core.lake.TABLES
+LakeTable = StrEnum("LakeTable", {name: name for name in LAKE_TABLES})
+
+
+@lake_app.command("history")
+def lake_history(
+    table: Annotated[LakeTable, typer.Argument(help="The table.")],
+    format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    lake: LakeOpt = None,
+) -> None:
+    """The table's versions, newest first: time, operation, stage, batch, rows added."""
+    from clickstream.pipeline.core.lake import Lake
+    from clickstream.pipeline.core.maintenance import history
+    from clickstream.pipeline.serve.output import write_output
+
+    settings = _settings(lake)
+    _done(write_output(history(Lake(settings.lake), table.value), format.value, None, lake=settings.lake))
+
+
+@lake_app.command("restore")
+def lake_restore(
+    table: Annotated[LakeTable, typer.Argument(help="The table.")],
+    version: Annotated[int, typer.Option("--version", min=0, help="The version to bring back (see `lake history`).")],
+    lake: LakeOpt = None,
+) -> None:
+    """Make an earlier version the table's content again (as a new version); says what to rebuild."""
+    from clickstream.pipeline.core.lake import Lake
+    from clickstream.pipeline.core.maintenance import restore
+
+    _done(restore(Lake(_settings(lake).lake), table.value, version))
+
+
+@lake_app.command("vacuum")
+def lake_vacuum(
+    retention_hours: Annotated[
+        int, typer.Option(min=0, help="Keep the files of every version this recent (at least 168: 7 days).")
+    ] = 168,
+    lake: LakeOpt = None,
+) -> None:
+    """Delete data files that no version within the retention reads."""
+    from clickstream.pipeline.core.lake import Lake
+    from clickstream.pipeline.core.maintenance import vacuum
+
+    _done(vacuum(Lake(_settings(lake).lake), retention_hours))
+
+
+@lake_app.command("optimize")
+def lake_optimize(lake: LakeOpt = None) -> None:
+    """Compact small data files into larger ones (same rows, fewer files to read)."""
+    from clickstream.pipeline.core.lake import Lake
+    from clickstream.pipeline.core.maintenance import optimize
+
+    _done(optimize(Lake(_settings(lake).lake)))
+
+
+@lake_app.command("migrate")
+def lake_migrate(lake: LakeOpt = None) -> None:
+    """Convert a lake written before its tables were Delta tables, in place (once; safe to repeat)."""
+    from clickstream.pipeline.core.lake import Lake
+    from clickstream.pipeline.core.maintenance import migrate
+
+    _done(migrate(Lake(_settings(lake).lake)))
+
+
 # Polars' allocator (jemalloc) hands freed memory back to the system within a second. The ingest frees
 # and reallocates chunks and dates of the same sizes many times a second, and each page handed back costs
 # a fault and a zeroing when it is taken again: kept, an ingest of the YOOCHOOSE files took a tenth less

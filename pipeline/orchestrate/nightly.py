@@ -56,9 +56,20 @@ class NightlyConfig:
     # Where the workers' image mounts docker/k8s/pod-template-train.yaml (KubernetesExecutor only)
     train_pod_template: str = "/opt/airflow/pod_templates/pod-template-train.yaml"
     rescore_days: int = 7  # a new champion re-scores the latest this-many sequence days
+    # backfill ingests at once: different batches commit to the same dates concurrently (Delta)
+    ingest_concurrency: int = 4
     report_days: int = 7  # the nightly report covers the latest this-many days
 
 
+@dataclass(frozen=True)
+class MaintenanceConfig:
+    """When clickstream_maintenance compacts and cleans the lake's tables."""
+
+    schedule: str = "0 3 * * 0"  # Sundays, 03:00 UTC
+    retention_hours: int = 7 * 24  # vacuum keeps every file a version of the last week reads
+
+
+MAINTENANCE = MaintenanceConfig()
 NIGHTLY = NightlyConfig(train_executor=os.environ.get("CLICKSTREAM_TRAIN_EXECUTOR") or None)
 
 # Asset names: clickstream_nightly publishes both; clickstream_rescore runs on a new champion.
@@ -253,6 +264,22 @@ def rescore_recent(settings: Settings, days: int) -> dict[str, Any]:
     if not dates:
         raise NoDataError(f"sequences/ of lake {Lake(settings.lake)} is empty: nothing to re-score")
     return score_days(settings, dates[0], dates[-1])
+
+
+def optimize_lake(settings: Settings) -> str:
+    """Compact every table of the lake (clickstream_maintenance); returns the summary line."""
+    from clickstream.pipeline.core.lake import Lake
+    from clickstream.pipeline.core.maintenance import optimize
+
+    return str(optimize(Lake(settings.lake)))
+
+
+def vacuum_lake(settings: Settings, retention_hours: int) -> str:
+    """Delete the data files no version within `retention_hours` reads (clickstream_maintenance)."""
+    from clickstream.pipeline.core.lake import Lake
+    from clickstream.pipeline.core.maintenance import vacuum
+
+    return str(vacuum(Lake(settings.lake), retention_hours))
 
 
 # ---- Airflow glue (airflow imported lazily) -------------------------------------------------------

@@ -1,0 +1,203 @@
+"""Operating the lake's Delta tables: history, restore, vacuum, compaction and the one-time
+migration of a lake written before the tables were Delta tables (`clickstream lake ...`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import polars as pl
+import pyarrow as pa
+
+from clickstream.pipeline.core.errors import ClickstreamError, LakeFormatError
+from clickstream.pipeline.core.lake import RETENTION_HOURS, TABLE_SCHEMAS, TABLES, ZSTD_DEFAULT, ZSTD_LEVELS, Lake
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
+# What to rebuild after a table's content changes under its readers: the command, and how far
+# around a changed date its output moves (a session holds events of the day before and after).
+REBUILD = {
+    "events": ("clickstream sequences", 1),
+    "sequences": ("clickstream score", 0),
+    "scores": ("clickstream score", 0),  # rewrites cookie_intent from every scored day
+}
+# file names of the layout before Delta tables: part-<batch>.parquet (events, quarantine), data.parquet
+_OLD_PART = re.compile(r"^(?:part-(?P<batch>[0-9a-f]+)|data)\.parquet$")
+_OLD_DATE = re.compile(r"date=(\d{4}-\d{2}-\d{2})$")
+
+
+def history(lake: Lake, table: str) -> pl.DataFrame:
+    """The table's versions, newest first: when, what operation, which stage and batch, rows added."""
+    rows = [
+        {
+            "version": c.version,
+            "timestamp": c.timestamp,
+            "operation": c.operation,
+            "stage": c.stage,
+            "batch": c.batch,
+            "rows": c.rows,
+            "code_version": c.metadata.get("code_version", ""),
+        }
+        for c in lake.history(table)
+    ]
+    schema = {
+        "version": pl.Int64,
+        "timestamp": pl.Datetime("ms", "UTC"),
+        "operation": pl.String,
+        "stage": pl.String,
+        "batch": pl.String,
+        "rows": pl.Int64,
+        "code_version": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+@dataclass(frozen=True)
+class RestoreSummary:
+    """What a restore changed, and what to rebuild downstream."""
+
+    table: str
+    restored_to: int
+    new_version: int
+    changed: tuple[dt.date, ...]
+
+    def __str__(self) -> str:
+        text = f"restored {self.table} to version {self.restored_to} as version {self.new_version}"
+        if not self.changed:
+            return f"{text}: no date changed"
+        text += f": {len(self.changed)} date(s) changed ({self.changed[0]}..{self.changed[-1]})"
+        if self.table not in REBUILD:
+            return text
+        command, reach = REBUILD[self.table]
+        first, last = self.changed[0] - dt.timedelta(days=reach), self.changed[-1] + dt.timedelta(days=reach)
+        return f"{text}; rebuild downstream: {command} --start {first} --end {last}"
+
+
+def restore(lake: Lake, table: str, version: int) -> RestoreSummary:
+    """Make `version` the table's content again, as a new version (history is kept)."""
+    current = lake.table(table)
+    if current is None:
+        raise LakeFormatError(f"{table} of lake {lake} has no versions yet: nothing to restore")
+    target = lake.table(table, version)  # LakeFormatError when the version does not exist
+    assert target is not None
+    changed = sorted(_files_by_date(current).items() ^ _files_by_date(target).items())
+    current.restore(version)
+    after = lake.version(table)
+    assert after is not None
+    return RestoreSummary(table, version, after, tuple(sorted({day for day, _ in changed})))
+
+
+def _files_by_date(delta: DeltaTable) -> dict[dt.date, frozenset[str]]:
+    """Each date's data files in one version of a table."""
+    files = pl.DataFrame(pa.table(delta.get_add_actions(flatten=True)))
+    if files.is_empty():
+        return {}
+    grouped = files.group_by(pl.col("partition.date").cast(pl.Date)).agg(pl.col("path"))
+    return {day: frozenset(paths) for day, paths in grouped.iter_rows()}
+
+
+@dataclass(frozen=True)
+class MaintenanceSummary:
+    """What vacuum or optimize did, per table."""
+
+    action: str
+    counts: dict[str, int]
+
+    def __str__(self) -> str:
+        done = ", ".join(f"{table} {count:,}" for table, count in self.counts.items()) or "no table yet"
+        return f"{self.action}: {done}"
+
+
+def vacuum(lake: Lake, retention_hours: int = RETENTION_HOURS) -> MaintenanceSummary:
+    """Delete data files no version of the last `retention_hours` reads (at least a week: time
+    travel to any version of the last week keeps working)."""
+    if retention_hours < RETENTION_HOURS:
+        raise ClickstreamError(
+            f"retention of {retention_hours} h is below the {RETENTION_HOURS} h (7 days) of time travel the lake keeps"
+        )
+    counts = {}
+    for name, delta in _existing(lake):
+        removed = delta.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=True)
+        counts[name] = len(removed)
+    return MaintenanceSummary("vacuum: data files deleted", counts)
+
+
+def optimize(lake: Lake) -> MaintenanceSummary:
+    """Compact each table's small files into larger ones (one commit per table; the rows unchanged)."""
+    from deltalake import WriterProperties
+
+    counts = {}
+    for name, delta in _existing(lake):
+        level = ZSTD_LEVELS.get(name, ZSTD_DEFAULT)
+        metrics = delta.optimize.compact(
+            writer_properties=WriterProperties(compression="ZSTD", compression_level=level)
+        )
+        counts[name] = int(metrics.get("numFilesRemoved", 0))
+    return MaintenanceSummary("optimize: small files compacted", counts)
+
+
+def _existing(lake: Lake) -> list[tuple[str, DeltaTable]]:
+    return [(name, delta) for name in TABLES if (delta := lake.table(name)) is not None]
+
+
+@dataclass(frozen=True)
+class MigrateSummary:
+    """Tables converted from the layout before Delta tables."""
+
+    converted: dict[str, int]  # table -> rows
+
+    def __str__(self) -> str:
+        if not self.converted:
+            return "lake migrate: every table is already a Delta table; nothing to do"
+        done = ", ".join(f"{table} ({rows:,} rows)" for table, rows in self.converted.items())
+        return f"lake migrate: converted {done} to Delta tables"
+
+
+def migrate(lake: Lake) -> MigrateSummary:
+    """Convert each table still in the layout before Delta tables (`<table>/date=D/*.parquet`, or
+    `cookie_intent/data.parquet`) in place: its rows become the table's first version in one commit,
+    then the old files and the old lock folder go. Idempotent: a converted table is left alone, and a
+    migration killed half-way is finished by the next one."""
+    fs = lake.fs
+    converted = {}
+    for table in TABLES:
+        base = lake.table_uri(table)
+        old = sorted(path for path in fs.find(base) if _old_layout(table, path)) if fs.exists(base) else []
+        if not old:
+            continue
+        if not fs.exists(f"{base}/_delta_log"):
+            frame = pl.concat([_old_rows(lake, table, path) for path in old], how="vertical")
+            lake.commit(table, frame, replace=None, stage="migrate", metadata={"rows": frame.height})
+            converted[table] = frame.height
+        fs.rm(old)  # committed (now, or by a migration killed before this): the old copies are spare
+    if fs.exists(lake.locks_folder):
+        fs.rm(lake.locks_folder, recursive=True)
+    return MigrateSummary(converted)
+
+
+def _old_layout(table: str, path: str) -> bool:
+    """Whether `path` is a data file of the old layout (`date=D/part-<batch>.parquet`, `date=D/data.parquet`,
+    or `cookie_intent/data.parquet`), never a file a Delta commit wrote."""
+    folder, name = path.rstrip("/").split("/")[-2:]
+    return bool(_OLD_PART.match(name)) and (folder == table or bool(_OLD_DATE.match(folder)))
+
+
+def _old_rows(lake: Lake, table: str, path: str) -> pl.DataFrame:
+    """One old file's rows with the columns the Delta table stores."""
+    with lake.fs.open(path, "rb") as handle:
+        frame = pl.read_parquet(handle)
+    folder, name = path.rstrip("/").split("/")[-2:]
+    match = _OLD_PART.match(name)
+    assert match is not None
+    if table == "cookie_intent":
+        frame = frame.with_columns(date=pl.col("last_seen").dt.date())
+    else:
+        day = _OLD_DATE.match(folder)
+        assert day is not None
+        frame = frame.with_columns(date=pl.lit(dt.date.fromisoformat(day.group(1))))
+    if "batch" in TABLE_SCHEMAS[table]:
+        frame = frame.with_columns(batch=pl.lit(match.group("batch") or "0"))
+    return frame
