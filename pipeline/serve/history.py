@@ -11,7 +11,9 @@ import polars as pl
 
 from clickstream.models.champion import decision_history
 from clickstream.models.registry import (
+    EVENTS_VERSION_TAG,
     FEATURE_SCHEMA_TAG,
+    SEQUENCES_VERSION_TAG,
     VAL_END_TAG,
     WINDOW_TAG,
     alias_version,
@@ -31,6 +33,8 @@ VERSIONS = {
     "val_auc": pl.Float64,  # on its own validation days
     "gbm_val_auc": pl.Float64,
     "feature_schema": pl.String,
+    "sequences_version": pl.Int64,  # the `sequences` Delta version it learned from (`train --as-of`)
+    "events_version": pl.Int64,  # the `events` version those sequences were built from
 }
 DECISIONS = {
     "decided_at": pl.Datetime("us", "UTC"),
@@ -67,9 +71,16 @@ def model_versions(settings: Settings) -> pl.DataFrame:
                 "val_auc": metrics.get("val_auc"),
                 "gbm_val_auc": metrics.get("gbm_val_auc"),
                 "feature_schema": tags.get(FEATURE_SCHEMA_TAG),
+                "sequences_version": _number(tags.get(SEQUENCES_VERSION_TAG)),
+                "events_version": _number(tags.get(EVENTS_VERSION_TAG)),
             }
         )
     return pl.DataFrame(rows, schema=VERSIONS)
+
+
+def _number(tag: str | None) -> int | None:
+    """A version tag as a number (None where not recorded: versions trained before tables had versions)."""
+    return int(tag) if tag and tag.isdigit() else None
 
 
 def decisions(settings: Settings) -> pl.DataFrame:

@@ -58,7 +58,8 @@ def write_report(settings: Settings, start: dt.date | None, end: dt.date | None,
     first, last = scored_days[0], scored_days[-1]
     scores = scored_sessions(lake, first, last)
     versions = model_versions(settings)
-    champion = next((v["version"] for v in versions.iter_rows(named=True) if CHAMPION in v["aliases"]), None)
+    champion_row = next((v for v in versions.iter_rows(named=True) if CHAMPION in v["aliases"]), None)
+    champion = champion_row["version"] if champion_row else None
     holdout = after_training(scores, versions)
     sections = [
         volume_section(lake, first, last),
@@ -68,7 +69,8 @@ def write_report(settings: Settings, start: dt.date | None, end: dt.date | None,
         timeline_section(decisions(settings), champion),
     ]
     title = f"clickstream report {first}..{last}"
-    document = render(title, sections, settings.model_name, champion, holdout.sentence)
+    learned = _data_versions(champion_row)
+    document = render(title, sections, settings.model_name, champion, holdout.sentence, learned)
     replace_file(Path(out), lambda tmp: Path(tmp).write_text(document, encoding="utf-8"), lake=settings.lake)
     plots = sum(len(s.images) for s in sections)
     return f"report for {first}..{last}: {scores.height:,} scored sessions, {plots} plots -> {out}"
@@ -257,11 +259,26 @@ def html_table(frame: pl.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render(title: str, sections: list[Section], model_name: str, champion: str | None, caveat: str = "") -> str:
-    """The whole HTML document: head with inline CSS, a header line, the caveat on the quality
-    figures (if any), then each section."""
+def _data_versions(version: dict[str, object] | None) -> str:
+    """The lake's table versions a model learned from, as the report's header names them."""
+    if version is None or version["sequences_version"] is None:
+        return ""
+    sequences, events = version["sequences_version"], version["events_version"]
+    return f" (learned from sequences version {sequences}, events version {events})"
+
+
+def render(
+    title: str,
+    sections: list[Section],
+    model_name: str,
+    champion: str | None,
+    caveat: str = "",
+    learned: str = "",
+) -> str:
+    """The whole HTML document: head with inline CSS, a header line (the champion and the data
+    versions it learned from), the caveat on the quality figures (if any), then each section."""
     made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    model = f"{model_name}, champion v{champion}" if champion else f"{model_name}, no champion registered"
+    model = f"{model_name}, champion v{champion}{learned}" if champion else f"{model_name}, no champion registered"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
