@@ -86,9 +86,8 @@ def generate_events_lake(root: Path, sessions: int, days: int, seed: int = 0) ->
     events = pl.concat(
         [frame(session, ts, item, "view"), frame(buyer, ts[last] + 60 * 10**6, item[last], "purchase")]
     )
-    lake = Lake(root)
-    for (day,), part in events.group_by(pl.col("ts").dt.date()):
-        lake.write_partition("events", day, part.sort("session_id", "ts"), "part-0")
+    dated = events.with_columns(batch=pl.lit("0"), date=pl.col("ts").dt.date()).sort("date", "session_id", "ts")
+    Lake(root).commit("events", dated, replace=None, stage="benchmark")
     return events.height
 
 

@@ -78,18 +78,19 @@ class SequenceSummary:
 
 
 def build_sequences(settings: Settings, start: dt.date | None, end: dt.date | None) -> SequenceSummary:
-    """Replace sequences of every date in [start, end] (default: every events date) in one commit.
+    """Replace the sequences of [start, end] (default: the whole table) with those of the events of
+    that range, in one commit.
 
     Idempotent: each date gets the same rows for the same events, whatever range it is built in;
-    a date of the range whose events are gone loses its sequences. Raises NoDataError when
-    events holds no date in the range.
+    a date whose events are gone loses its sequences (derived data never outlives its source).
+    Raises NoDataError when neither events nor sequences hold a date in the range.
     """
     lake = Lake(settings.lake)
     events_version = lake.version("events")
     rows = {d: n for d, n in lake.rows_per_date("events", events_version).items() if _within(d, start, end)}
-    if not rows:
+    days = list(rows) or [d for d in lake.dates("sequences") if _within(d, start, end)]  # stale only: cleared
+    if not days:
         lake.require_dates("events", start, end, "run `clickstream ingest` first")  # raises, naming the window
-    days = list(rows)
     summary = SequenceSummary()
 
     def frames() -> Iterator[pl.DataFrame]:
@@ -105,8 +106,9 @@ def build_sequences(settings: Settings, start: dt.date | None, end: dt.date | No
             summary.add(counts)
 
     first, last = start or days[0], end or days[-1]
+    replace = None if start is None and end is None else dates_predicate(first, last)
     meta = {"events_version": events_version, "first_date": first, "last_date": last}
-    lake.commit("sequences", frames(), replace=dates_predicate(first, last), stage="sequences", metadata=meta)
+    lake.commit("sequences", frames(), replace=replace, stage="sequences", metadata=meta)
     return summary
 
 

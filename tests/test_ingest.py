@@ -1,14 +1,14 @@
 """Ingestion keeps its promises: every row is accounted for (read = written + quarantined +
-duplicates), a re-run of the same batch leaves identical partitions, a changed input replaces
-its own parts only, too many bad rows fail without writing events, and user errors are one
-line with exit code 2. The bad-input corpus runs in tests/hostile."""
+duplicates), a re-run of the same batch leaves identical tables, a changed input replaces
+its own rows only (on every date, the quarantine's too), each table gets one commit per run
+that names the stage and the batch, too many bad rows fail without writing events, and user
+errors are one line with exit code 2. The bad-input corpus runs in tests/hostile."""
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
 import gzip
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -36,13 +36,9 @@ def write(folder: Path, files: dict[str, bytes]) -> dict[str, Path]:
     return {name: folder / name for name in files}
 
 
-def content_hashes(lake: Lake, table: str) -> dict[str, str]:
-    return {
-        path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1]: hashlib.sha256(
-            lake.read_file(path).write_csv().encode()
-        ).hexdigest()
-        for path in lake.files(table)
-    }
+def tables(lake: Lake) -> dict[str, pl.DataFrame]:
+    """Every row of events and quarantine, in the order a reader gets them."""
+    return {table: lake.read(table) for table in ("events", "quarantine")}
 
 
 def test_given_clicks_and_buys_then_events_are_partitioned_by_date_sorted_and_labelled(
@@ -55,7 +51,9 @@ def test_given_clicks_and_buys_then_events_are_partitioned_by_date_sorted_and_la
     events = Lake(settings.lake).scan("events").collect()
     assert events["labelled"].all() and events.filter(pl.col("event_type") == "purchase").height == 1
     assert events.select("session_id", "ts").rows() == sorted(events.select("session_id", "ts").rows())
-    assert Lake(settings.lake).files("events")[0].endswith(f"part-{summary.batch}.parquet")
+    assert events["batch"].unique().to_list() == [summary.batch]
+    assert events["date"].equals(events["ts"].dt.date(), check_names=False)
+    assert Lake(settings.lake).rows_per_date("events") == {dt.date(2014, 4, 7): 200}
     assert "200 written" in str(summary) and "\n" not in str(summary)
 
 
@@ -83,13 +81,17 @@ def test_given_clicks_without_buys_then_events_are_unlabelled(settings: Settings
     assert not Lake(settings.lake).scan("events").collect()["labelled"].any()
 
 
-def test_given_the_same_batch_twice_then_partitions_are_identical(settings: Settings, tmp_path: Path) -> None:
+def test_given_the_same_batch_twice_then_the_tables_are_identical(settings: Settings, tmp_path: Path) -> None:
     paths = write(tmp_path / "in", {"clicks.dat": (GOOD + "1,bad,2,3\n").encode()})
     lake = Lake(settings.lake)
     first = ingest_files(settings, "yoochoose", [paths["clicks.dat"]], ingestion_date=TODAY)
-    before = content_hashes(lake, "events") | content_hashes(lake, "quarantine")
+    before = tables(lake)
+    versions = {table: lake.version(table) for table in before}
     second = ingest_files(settings, "yoochoose", [paths["clicks.dat"]], ingestion_date=TODAY)
-    assert content_hashes(lake, "events") | content_hashes(lake, "quarantine") == before
+    after = tables(lake)
+    assert all(after[table].equals(before[table]) for table in before)  # same rows, same order: not doubled
+    assert {table: lake.version(table) for table in before} == {t: v + 1 for t, v in versions.items()}
+    assert (after["events"].height, after["quarantine"].height) == (first.rows_written, first.quarantined) == (199, 1)
     assert first == second
 
 
@@ -102,13 +104,17 @@ def test_given_a_changed_input_then_its_stale_dates_go_and_other_batches_stay(
     path = write(tmp_path / "in", {"clicks.dat": (GOOD + "5,2014-04-09T10:00:00Z,1,0\n").encode()})["clicks.dat"]
     first = ingest_files(settings, "yoochoose", [path], ingestion_date=TODAY)
     assert first.dates == (dt.date(2014, 4, 7), dt.date(2014, 4, 9))
+    others = lake.read("events").filter(pl.col("batch") == batch_id("yoochoose", [other]))
     path.write_text(GOOD.replace("2014-04-07", "2014-04-08"))
     second = ingest_files(settings, "yoochoose", [path], ingestion_date=TODAY)
-    assert second.dates == (dt.date(2014, 4, 8),)
-    assert lake.dates("events") == [dt.date(2014, 4, 7), dt.date(2014, 4, 8)]
-    assert [p.rsplit("/", 1)[-1] for p in lake.partition_files("events", dt.date(2014, 4, 7))] == [
-        f"part-{batch_id('yoochoose', [other])}.parquet"
-    ]
+    assert second.batch == first.batch and second.dates == (dt.date(2014, 4, 8),)
+    assert lake.dates("events") == [dt.date(2014, 4, 7), dt.date(2014, 4, 8)]  # 2014-04-09 went with the batch
+    events = lake.read("events")
+    assert events.filter(pl.col("date") == dt.date(2014, 4, 7)).equals(others)  # the other batch's rows, untouched
+    assert events.filter(pl.col("date") == dt.date(2014, 4, 8))["batch"].unique().to_list() == [second.batch]
+    assert events.group_by("batch").len().sort("batch").rows() == sorted(
+        [(others["batch"][0], others.height), (second.batch, second.rows_written)]
+    )
 
 
 def test_given_too_many_bad_rows_then_it_fails_writing_the_quarantine_but_no_events(
@@ -135,6 +141,48 @@ def test_given_a_buys_file_as_clicks_then_an_input_error_says_where_buys_go_and_
     assert lake.scan("quarantine").collect()["reason"].to_list() == ["wrong column count (expected 4)"] * 2
 
 
+def test_given_a_batch_re_ingested_on_a_later_day_then_its_quarantine_rows_move_to_that_day_not_doubled(
+    settings: Settings, tmp_path: Path
+) -> None:
+    lake = Lake(settings.lake)
+    other = write(tmp_path / "other", {"clicks.dat": (GOOD + "x\n").encode()})["clicks.dat"]
+    kept = ingest_files(settings, "yoochoose", [other], ingestion_date=TODAY)
+    path = write(tmp_path / "in", {"clicks.dat": (GOOD + "1,bad,2,3\nx\n").encode()})["clicks.dat"]
+    first = ingest_files(settings, "yoochoose", [path], ingestion_date=TODAY)
+    later = TODAY + dt.timedelta(days=3)
+    second = ingest_files(settings, "yoochoose", [path], ingestion_date=later)
+
+    quarantine = lake.read("quarantine")
+    assert (first.quarantined, second.quarantined, second.batch) == (2, 2, first.batch)
+    mine = quarantine.filter(pl.col("batch") == first.batch)
+    assert mine.select("line", "date").rows() == [(200, later), (201, later)]  # replaced, not added to
+    assert quarantine.filter(pl.col("batch") == kept.batch).select("line", "date").rows() == [(200, TODAY)]
+    assert lake.rows_per_date("quarantine") == {TODAY: 1, later: 2}
+
+
+def test_each_ingest_commits_once_per_table_recording_the_stage_the_batch_and_the_row_counts(
+    settings: Settings, tmp_path: Path
+) -> None:
+    lake = Lake(settings.lake)
+    clicks = GOOD + "1,bad,2,3\n" + GOOD.splitlines()[0] + "\n"  # a bad row and a duplicate
+    path = write(tmp_path / "in", {"clicks.dat": clicks.encode()})["clicks.dat"]
+    first = ingest_files(settings, "yoochoose", [path], ingestion_date=TODAY)
+    versions = {table: lake.version(table) for table in ("events", "quarantine")}
+    second = ingest_files(settings, "yoochoose", [path], ingestion_date=TODAY)
+
+    assert {table: lake.version(table) for table in versions} == {t: v + 1 for t, v in versions.items()}
+    assert (first.rows_read, first.rows_written, first.quarantined, first.duplicates) == (201, 199, 1, 1)
+    # newest first: the second run's commits, the first run's, then the tables' creation
+    writes = zip(lake.history("events")[:2], lake.history("quarantine")[:2], strict=True)
+    for summary, (events, quarantine) in zip((second, first), writes, strict=True):
+        assert (events.stage, events.batch, events.rows) == ("ingest", summary.batch, summary.rows_written)
+        assert events.metadata["rows_read"] == str(summary.rows_read)
+        assert events.metadata["dates"] == str(len(summary.dates))
+        assert (quarantine.stage, quarantine.batch, quarantine.rows) == ("ingest", summary.batch, summary.quarantined)
+        assert quarantine.metadata["rows"] == str(summary.quarantined)
+    assert [commit.operation for commit in lake.history("events")] == ["WRITE", "WRITE", "CREATE TABLE"]
+
+
 ROWS = st.lists(
     st.sampled_from([*GOOD.splitlines()[:20], "", "x", "1,2,3,4", "\x00", "1,1970-01-01T00:00:00Z,1,0"]), max_size=60
 )
@@ -157,9 +205,11 @@ def test_given_any_mix_of_rows_then_read_equals_written_plus_quarantined_plus_du
     assert summary.rows_read == len(rows)
     assert summary.rows_read == summary.rows_written + summary.quarantined + summary.duplicates
     lake = Lake(fresh.lake)
-    written = sum(lake.read_file(p).height for p in lake.files("events"))
-    quarantined = sum(lake.read_file(p).height for p in lake.files("quarantine"))
-    assert (written, quarantined) == (summary.rows_written, summary.quarantined)
+    events, quarantine = lake.read("events"), lake.read("quarantine")
+    assert (events.height, quarantine.height) == (summary.rows_written, summary.quarantined)
+    assert sum(lake.rows_per_date("events").values()) == summary.rows_written
+    assert set(events["batch"]) | set(quarantine["batch"]) == {summary.batch}
+    assert set(quarantine["date"]) <= {TODAY}
 
 
 TIED_EVENTS = st.lists(

@@ -1,4 +1,5 @@
-"""Batch scoring: sequences/ -> scores/ and the cookie_intent/ rollup."""
+"""Batch scoring: sequences -> scores (one commit per run, recording what it read) and the
+cookie_intent rollup rebuilt from one scores version."""
 
 from __future__ import annotations
 
@@ -11,15 +12,9 @@ from fixtures import synthetic_sequences, write_sequences
 from clickstream.models.scorer import load_scorer
 from clickstream.pipeline.core.config import MODEL_NAME, Settings
 from clickstream.pipeline.core.errors import ModelNotFoundError, NoDataError
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.lake import Lake, dates_predicate
 from clickstream.pipeline.core.schemas import COOKIE_INTENT, SCORES, UTC_TS
-from clickstream.pipeline.serve.scoring import (
-    cookie_intent_path,
-    rebuild_cookie_intent,
-    score_dates,
-    score_frame,
-    scoring_dates,
-)
+from clickstream.pipeline.serve.scoring import rebuild_cookie_intent, score_dates, score_frame, scoring_dates
 
 
 def _scores(lake: Lake) -> pl.DataFrame:
@@ -39,8 +34,8 @@ def test_given_three_days_when_scored_then_each_day_has_one_row_per_session_sort
 
     assert summary.sessions == 300 and summary.dates == tuple(days)
     for day in days:
-        part = lake.read_file(lake.partition_file("scores", day))
-        assert part.schema == SCORES
+        part = lake.read("scores", day, day)
+        assert part.drop("date").schema == SCORES and part["date"].unique().to_list() == [day]
         assert part["session_id"].to_list() == sorted(part["session_id"].to_list())
         expected = sequences.filter(pl.col("session_start").dt.date() == day)["session_id"].sort()
         assert part["session_id"].to_list() == expected.to_list()
@@ -51,21 +46,32 @@ def test_given_three_days_when_scored_then_each_day_has_one_row_per_session_sort
     assert scores["model_version"].unique().to_list() == ["1"]
     assert scores["scored_at"].n_unique() == 1
     assert str(summary).startswith(f"scored 300 sessions on {days[0]}..{days[-1]} (3 dates) with {MODEL_NAME} v1")
+    # one commit for the scores, recording what it read and with which model; one for the rollup, from it
+    scored = lake.history("scores")[0]
+    assert (scored.stage, scored.rows) == ("score", 300)
+    assert scored.metadata["sequences_version"] == str(lake.version("sequences"))
+    assert (scored.metadata["model_name"], scored.metadata["model_version"]) == (MODEL_NAME, "1")
+    assert (scored.metadata["first_date"], scored.metadata["last_date"]) == (str(days[0]), str(days[-1]))
+    rollup = lake.history("cookie_intent")[0]
+    assert rollup.metadata["scores_version"] == str(scored.version)
+    assert lake.read("cookie_intent").height == summary.cookies == 0  # synthetic sessions have no cookie
 
 
-def test_given_a_scored_day_when_rescored_then_the_partition_is_replaced_with_the_same_scores(
+def test_given_a_scored_day_when_rescored_then_its_scores_are_replaced_with_the_same_scores(
     champion_settings: Settings,
 ) -> None:
     lake = Lake(champion_settings.lake)
     days = write_sequences(lake, synthetic_sequences(sessions=200, days=1, seed=2))
     score_dates(champion_settings, None, None)
     first = _scores(lake)
+    version = lake.version("scores")
 
     score_dates(champion_settings, None, None, f"models:/{MODEL_NAME}/1")
 
     again = _scores(lake)
-    assert again.drop("scored_at").equals(first.drop("scored_at"))
-    assert lake.partition_files("scores", days[0]) == [lake.partition_file("scores", days[0])]
+    assert again.drop("scored_at").equals(first.drop("scored_at"))  # replaced, not added to
+    assert lake.rows_per_date("scores") == {days[0]: 200}
+    assert lake.version("scores") == version + 1
 
 
 def test_given_scores_in_a_row_order_when_scored_again_shuffled_then_each_session_keeps_its_score(
@@ -134,21 +140,42 @@ def test_given_hand_built_scores_when_rolled_up_then_cookie_intent_has_sessions_
         ("x", None, "2014-04-01 12:00", 1.0),  # unknown cookie: not in the rollup
     ]
     day2 = [("a2", "A", "2014-04-02 09:00", 0.3), ("a3", "A", "2014-04-02 08:00", 0.5)]
-    lake.write_partition("scores", dt.date(2014, 4, 1), _score_rows(day1))
-    lake.write_partition("scores", dt.date(2014, 4, 2), _score_rows(day2))
+    day1_date = dt.date(2014, 4, 1)
+    version = _commit_scores(lake, day1_date, day1)
+    assert rebuild_cookie_intent(lake, version) == 2
+    assert lake.read("cookie_intent").select("cookie_id", "date").rows() == [("A", day1_date), ("B", day1_date)]
+    version = _commit_scores(lake, dt.date(2014, 4, 2), day2)
 
-    assert rebuild_cookie_intent(lake) == 2
+    assert rebuild_cookie_intent(lake, version) == 2
 
-    rollup = lake.read_file(cookie_intent_path(lake))
+    rollup = lake.read("cookie_intent")
     expected = pl.DataFrame(
-        {
-            "cookie_id": ["A", "B"],
-            "sessions": [3, 1],
-            "last_seen": [dt.datetime(2014, 4, 2, 9, tzinfo=dt.UTC), dt.datetime(2014, 4, 1, 11, tzinfo=dt.UTC)],
-            "latest_score": [0.3, 0.2],
-            "max_score": [0.9, 0.2],
+        {  # in the date order of last_seen, then by cookie
+            "cookie_id": ["B", "A"],
+            "sessions": [1, 3],
+            "last_seen": [dt.datetime(2014, 4, 1, 11, tzinfo=dt.UTC), dt.datetime(2014, 4, 2, 9, tzinfo=dt.UTC)],
+            "latest_score": [0.2, 0.3],
+            "max_score": [0.2, 0.9],
         },
         schema=COOKIE_INTENT,
     )
-    assert rollup.equals(expected)
+    assert rollup.drop("date").equals(expected)  # replaced whole: A's day-1 row went
+    assert rollup["date"].equals(rollup["last_seen"].dt.date(), check_names=False)
     assert rollup.schema["last_seen"] == UTC_TS
+    assert lake.commit_metadata("cookie_intent", lake.version("cookie_intent"))["scores_version"] == str(version)
+
+
+def test_given_an_older_scores_version_when_rolled_up_then_cookie_intent_is_that_version_s(settings: Settings) -> None:
+    lake = Lake(settings.lake)
+    old = _commit_scores(lake, dt.date(2014, 4, 1), [("a1", "A", "2014-04-01 10:00", 0.75)])
+    _commit_scores(lake, dt.date(2014, 4, 2), [("c1", "C", "2014-04-02 10:00", 0.4)])
+
+    assert rebuild_cookie_intent(lake, old) == 1
+
+    assert lake.read("cookie_intent").select("cookie_id", "sessions", "max_score").rows() == [("A", 1, 0.75)]
+
+
+def _commit_scores(lake: Lake, day: dt.date, rows: list[tuple[str, str | None, str, float]]) -> int:
+    """Replace the scores of `day` with `rows`; the new scores version."""
+    frame = _score_rows(rows).with_columns(date=pl.lit(day))
+    return lake.commit("scores", frame, replace=dates_predicate(day, day), stage="test")

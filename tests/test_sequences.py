@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -17,7 +16,7 @@ from clickstream.features.sequences import build_sequences, read_sequences, sess
 from clickstream.features.sessionize import sessionize
 from clickstream.pipeline.core.config import SequenceConfig
 from clickstream.pipeline.core.errors import NoDataError
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.lake import Lake, batch_predicate
 from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE, EVENTS, SEQUENCES
 
 DAY = dt.date(2014, 4, 1)
@@ -40,9 +39,17 @@ def _events(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(full, schema=EVENTS)
 
 
-def _write_by_day(lake: Lake, events: pl.DataFrame) -> None:
-    for (day,), part in events.group_by(pl.col("ts").dt.date()):
-        lake.write_partition("events", day, part, "part-test")
+def _write_by_day(lake: Lake, events: pl.DataFrame, batch: str = "0") -> int:
+    """Commit `events` as ingest batch `batch` (replacing that batch's rows), each row on the date of its ts."""
+    dated = events.with_columns(batch=pl.lit(batch), date=pl.col("ts").dt.date()).sort("date")
+    return lake.commit("events", dated, replace=batch_predicate(batch), stage="test")
+
+
+def _write_sequences(lake: Lake, frames: list[pl.DataFrame], day: dt.date = DAY) -> None:
+    """Commit each frame of SEQUENCES rows on `day` in a commit of its own, adding to the rows there."""
+    for frame in frames:
+        ids = ", ".join(f"'{session_id}'" for session_id in frame["session_id"])
+        lake.commit("sequences", frame.with_columns(date=pl.lit(day)), replace=f"session_id IN ({ids})", stage="test")
 
 
 def _view(seconds: float, item: str = "i", **row: object) -> dict:
@@ -251,7 +258,7 @@ def test_a_session_crossing_midnight_belongs_to_its_start_day_and_is_complete(se
     assert day2["session_id"].to_list() == ["7"]  # the night session's day-2 events made no new session
 
 
-def test_rebuilding_gives_identical_partitions_and_the_same_session_ids_in_any_range(settings):
+def test_rebuilding_gives_identical_sequences_and_the_same_session_ids_in_any_range(settings):
     lake = Lake(settings.lake)
     _write_by_day(lake, _lake_events())
 
@@ -279,53 +286,142 @@ def test_building_without_events_in_the_range_is_a_user_error(settings):
         build_sequences(settings, DAY, DAY)
 
 
-def test_read_sequences_returns_sessions_in_start_then_id_order_whatever_the_file_order(settings):
+def test_read_sequences_returns_sessions_in_start_then_id_order_whatever_the_commit_order(settings):
     lake = Lake(settings.lake)
-    events = _events([_view(60, session_id="b"), _view(60, session_id="a"), _view(0, session_id="c")])
+    events = _events([_view(60, session_id=s) for s in "bdae"] + [_view(0, session_id="c")])
     frame, _ = sessions_of(events, DAY, DAY, SequenceConfig())
-    lake.write_partition("sequences", DAY, frame.reverse())
+    by_id = {session_id: frame.filter(pl.col("session_id") == session_id) for session_id in "abcde"}
+    # one commit's rows backwards, then one session per commit, newest ids first
+    _write_sequences(lake, [pl.concat([by_id["b"], by_id["a"]]), by_id["e"], by_id["d"], by_id["c"]])
 
-    assert read_sequences(lake, DAY, DAY)["session_id"].to_list() == ["c", "a", "b"]
+    assert len(lake.files("sequences")) == 4
+    got = read_sequences(lake, DAY, DAY)
+    assert got["session_id"].to_list() == ["c", "a", "b", "d", "e"]
+    assert got.equals(frame)
 
 
 def test_read_sequences_of_some_columns_gives_those_in_schema_order_and_the_same_rows(settings):
     lake = Lake(settings.lake)
     events = _events([_view(60, session_id="b"), _view(60, session_id="a"), _view(0, session_id="c")])
     frame, _ = sessions_of(events, DAY, DAY, SequenceConfig())
-    lake.write_partition("sequences", DAY, frame.reverse())
+    _write_sequences(lake, [frame.reverse()])
 
     some = read_sequences(lake, DAY, DAY, ["item_id", "label"])
 
     assert some.columns == ["label", "item_id"]
     assert some.equals(read_sequences(lake, DAY, DAY).select("label", "item_id"))
+    assert some["label"].len() == 3
     assert read_sequences(lake, DAY + dt.timedelta(days=1), None, ["label"]).columns == ["label"]
     with pytest.raises(ValueError, match="not SEQUENCES columns"):
         read_sequences(lake, DAY, DAY, ["label", "nope"])
 
 
-def test_ids_are_stored_dictionary_encoded_and_read_back_as_the_raw_strings(settings):
+def test_ids_are_stored_as_the_raw_strings_and_read_back_as_categorical(settings):
     lake = Lake(settings.lake)
     _write_by_day(lake, _lake_events())
     build_sequences(settings, None, None)
 
-    path = lake.partition_file("sequences", DAY)
-    stored = pq.ParquetFile(path).schema_arrow
+    stored = pq.ParquetFile(lake.files("sequences", DAY, DAY)[0]).schema_arrow
     frame = read_sequences(lake, DAY, DAY)
 
-    assert all(pa.types.is_dictionary(stored.field(c).type.value_type) for c in ("item_id", "category"))
+    for column in ("item_id", "category"):
+        assert stored.field(column).type.value_type in (pa.string(), pa.large_string())  # no dictionary numbers
+        assert lake.read("sequences").schema[column] == pl.List(pl.String)
+        assert frame.schema[column] == pl.List(pl.Categorical())
     night = frame.filter(pl.col("cookie_id") == "night")
     assert night["item_id"].cast(pl.List(pl.String)).to_list() == [["x", "y"]]
+    assert night["category"].cast(pl.List(pl.String)).to_list() == [[None, None]]
 
 
-def test_a_partition_does_not_depend_on_the_order_the_process_first_saw_the_ids(settings):
-    """Polars numbers categories as it meets them: the files must not carry those numbers."""
+def test_the_stored_rows_do_not_depend_on_the_order_the_process_first_saw_the_ids(settings):
+    """Polars numbers categories as it meets them: the table must hold the ids, not those numbers."""
     lake = Lake(settings.lake)
     _write_by_day(lake, _lake_events())
     build_sequences(settings, None, None)
-    first = Path(lake.partition_file("sequences", DAY)).read_bytes()
+    first = lake.read("sequences")
 
     seen_backwards = pl.Series(["y", "x", "c", "b", "a", "S", "0"]).cast(pl.Categorical)  # other numbers
     build_sequences(settings, DAY, DAY)
 
-    assert Path(lake.partition_file("sequences", DAY)).read_bytes() == first
+    again = lake.read("sequences")
+    assert again.equals(first)
+    assert again.filter(pl.col("date") == DAY)["item_id"].to_list() == [["a"], ["x", "y"]]
     assert seen_backwards.len() == 7
+
+
+def test_the_sequences_commit_records_the_events_version_it_read_and_its_range(settings):
+    lake = Lake(settings.lake)
+    _write_by_day(lake, _lake_events())
+    build_sequences(settings, None, None)
+    read_first = lake.version("events")
+    built_first = lake.version("sequences")
+    _write_by_day(lake, _events([_view(3 * 86_400, "d", session_id="9")]), batch="1")
+    build_sequences(settings, DAY + dt.timedelta(days=1), None)
+
+    assert lake.version("events") == read_first + 1
+    first = lake.commit_metadata("sequences", built_first)
+    again = lake.commit_metadata("sequences", lake.version("sequences"))
+    assert (first["stage"], first["events_version"]) == ("sequences", str(read_first))
+    assert (first["first_date"], first["last_date"]) == (str(DAY), str(DAY + dt.timedelta(days=2)))
+    assert again["events_version"] == str(read_first + 1)
+    assert (again["first_date"], again["last_date"]) == (str(DAY + dt.timedelta(days=1)), str(DAY + dt.timedelta(3)))
+    assert read_sequences(lake, DAY + dt.timedelta(days=3), None)["session_id"].to_list() == ["9"]
+
+
+def test_rebuilding_a_range_whose_events_of_a_date_were_removed_leaves_no_sequences_on_that_date(settings):
+    lake = Lake(settings.lake)
+    events = _lake_events()
+    third = DAY + dt.timedelta(days=2)
+    _write_by_day(lake, events.filter(pl.col("ts").dt.date() < third), batch="a")
+    _write_by_day(lake, events.filter(pl.col("ts").dt.date() == third), batch="b")
+    build_sequences(settings, None, None)
+    assert lake.dates("sequences") == [DAY, DAY + dt.timedelta(days=1), third]
+    before = read_sequences(lake, DAY, DAY + dt.timedelta(days=1))
+
+    lake.commit("events", [], replace=batch_predicate("b"), stage="test")  # batch b's events are gone
+    summary = build_sequences(settings, DAY, third)
+
+    assert lake.dates("events") == [DAY, DAY + dt.timedelta(days=1)]
+    assert lake.dates("sequences") == [DAY, DAY + dt.timedelta(days=1)]
+    assert read_sequences(lake, third, third).height == 0
+    assert lake.read("sequences", third, third).height == 0
+    assert summary.dates == [DAY, DAY + dt.timedelta(days=1)]
+    assert read_sequences(lake, DAY, DAY + dt.timedelta(days=1))["session_id"].equals(before["session_id"])
+
+
+def test_given_the_last_dates_events_gone_when_all_is_rebuilt_or_only_that_range_then_no_sequences_stay_there(
+    settings,
+):
+    lake = Lake(settings.lake)
+    events = _lake_events()
+    third = DAY + dt.timedelta(days=2)
+    _write_by_day(lake, events.filter(pl.col("ts").dt.date() < third), batch="a")
+    _write_by_day(lake, events.filter(pl.col("ts").dt.date() == third), batch="b")
+    build_sequences(settings, None, None)
+    lake.commit("events", [], replace=batch_predicate("b"), stage="test")
+
+    build_sequences(settings, None, None)  # the whole table, not only up to the last events date
+    assert third not in lake.dates("sequences") and lake.dates("sequences")
+
+    _write_by_day(lake, events.filter(pl.col("ts").dt.date() == third), batch="b")
+    build_sequences(settings, third, third)
+    lake.commit("events", [], replace=batch_predicate("b"), stage="test")
+    cleared = build_sequences(settings, third, third)  # a range whose events are all gone: cleared, not kept
+    assert third not in lake.dates("sequences") and cleared.sessions == 0
+    with pytest.raises(NoDataError, match="no events/ partitions for 2014-05-01"):
+        build_sequences(settings, dt.date(2014, 5, 1), dt.date(2014, 5, 1))
+
+
+def test_rebuilding_one_date_leaves_the_sequences_of_other_dates_as_they_were(settings):
+    lake = Lake(settings.lake)
+    _write_by_day(lake, _lake_events())
+    build_sequences(settings, None, None)
+    first = lake.read("sequences")
+    other_files = lake.files("sequences", DAY + dt.timedelta(days=1), None)
+
+    build_sequences(settings, DAY, DAY)
+
+    assert lake.read("sequences").equals(first)
+    assert lake.files("sequences", DAY + dt.timedelta(days=1), None) == other_files  # not rewritten
+    assert lake.files("sequences", DAY, DAY) != []
+    assert lake.commit_metadata("sequences", lake.version("sequences"))["last_date"] == str(DAY)

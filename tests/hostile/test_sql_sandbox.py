@@ -218,9 +218,11 @@ def test_given_a_broken_query_then_one_line_naming_the_tables(
 def test_given_statements_that_change_the_database_then_the_lake_is_untouched(lake_settings: Settings) -> None:
     lake = Lake(lake_settings.lake)
     before = {path: Path(path).read_bytes() for path in lake.files("sequences")}
+    version = lake.version("sequences")
 
     run_sql(lake_settings, "CREATE TABLE t AS SELECT * FROM sequences; DROP VIEW sequences")
     _refused(lake_settings, "DELETE FROM sequences", "SQL error")
 
+    assert lake.version("sequences") == version  # no commit: a Delta delete would add one, not touch files
     assert {path: Path(path).read_bytes() for path in lake.files("sequences")} == before
     assert run_sql(lake_settings, "SELECT COUNT(*) AS n FROM sequences")["n"][0] == 300
