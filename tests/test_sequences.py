@@ -16,7 +16,7 @@ from clickstream.features.sequences import build_sequences, read_sequences, sess
 from clickstream.features.sessionize import sessionize
 from clickstream.pipeline.core.config import SequenceConfig
 from clickstream.pipeline.core.errors import NoDataError
-from clickstream.pipeline.core.lake import Lake, batch_predicate
+from clickstream.pipeline.core.lake import NOTHING, Lake, batch_predicate
 from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE, EVENTS, SEQUENCES
 
 DAY = dt.date(2014, 4, 1)
@@ -48,8 +48,7 @@ def _write_by_day(lake: Lake, events: pl.DataFrame, batch: str = "0") -> int:
 def _write_sequences(lake: Lake, frames: list[pl.DataFrame], day: dt.date = DAY) -> None:
     """Commit each frame of SEQUENCES rows on `day` in a commit of its own, adding to the rows there."""
     for frame in frames:
-        ids = ", ".join(f"'{session_id}'" for session_id in frame["session_id"])
-        lake.commit("sequences", frame.with_columns(date=pl.lit(day)), replace=f"session_id IN ({ids})", stage="test")
+        lake.commit("sequences", frame.with_columns(date=pl.lit(day)), replace=NOTHING, stage="test")
 
 
 def _view(seconds: float, item: str = "i", **row: object) -> dict:

@@ -19,13 +19,15 @@ come only from the environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
+import json
 import os
-import queue
 import re
-import threading
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +42,8 @@ from clickstream.pipeline.core.tracking import redacted
 if TYPE_CHECKING:
     import fsspec
     from deltalake import DeltaTable
+    from deltalake._internal import RemoveAction
+    from deltalake.transaction import AddAction
 
 # Each table's columns as stored: the stage schema, the ingest batch that delivered a row where a
 # re-delivered batch must replace its own rows, and the `date` partition column.
@@ -58,7 +62,11 @@ ZSTD_LEVELS = {"events": 1}
 ZSTD_DEFAULT = 3
 # vacuum keeps files that versions of the last week still read: a week of time travel at least
 RETENTION_HOURS = 7 * 24
+MIGRATE = "migrate"  # the stage of the commit that converts a table of the layout before Delta tables
 _DATE_DIR = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+# file names of the layout before Delta tables: part-<batch>.parquet (events, quarantine), data.parquet
+OLD_PART = re.compile(r"^(?:part-(?P<batch>[0-9a-f]+)|data)\.parquet$")
+OLD_DATE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
 @dataclass(frozen=True)
@@ -112,7 +120,17 @@ class Lake:
     # ---- reading ------------------------------------------------------------
     def table(self, table: str, version: int | None = None) -> DeltaTable | None:
         """The Delta table at `version` (default: the latest), or None while it was never written.
-        A LakeFormatError for a table in the pre-Delta layout or a version it does not have."""
+        A LakeFormatError for a table in the layout before Delta tables (not yet migrated, or its
+        migration killed before it committed) or a version it does not have."""
+        delta = self._open(table, version)
+        # only an empty table (version 0: created, nothing committed) can hide old files: one listing
+        if (delta is None or delta.version() == 0) and self.old_layout_files(table):
+            raise LakeFormatError(
+                f"{table}/ of lake {self} is in the layout before Delta tables; run `clickstream lake migrate`"
+            )
+        return delta
+
+    def _open(self, table: str, version: int | None = None) -> DeltaTable | None:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
@@ -122,10 +140,6 @@ class Lake:
         except TableNotFoundError:
             if version is not None and self._has_log(table):
                 raise LakeFormatError(f"{table} of lake {self} has no version {version}") from None
-            if self._has_plain_partitions(table):
-                raise LakeFormatError(
-                    f"{table}/ of lake {self} is in the layout before Delta tables; run `clickstream lake migrate`"
-                ) from None
             return None
         except Exception as error:  # delta-rs reports a missing version as a generic error
             if version is not None and "version" in str(error).lower():
@@ -223,59 +237,99 @@ class Lake:
         table: str,
         frames: pl.DataFrame | Iterable[pl.DataFrame],
         *,
-        replace: str | None,
+        replace: Replace | None,
         stage: str,
         metadata: dict[str, object] | None = None,
     ) -> int:
-        """Replace the rows that SQL predicate `replace` matches (None: every row) with `frames`
-        (every row of which must match it) in one commit; returns the new version. `frames` may be a generator: it is
-        written as it comes, one frame in memory at a time. The commit records `stage` and
-        `metadata` (batch id, row counts, what was read), and the code version."""
-        from deltalake import CommitProperties, WriterProperties, write_deltalake
+        """Replace the rows `replace` names (None: every row) with `frames`, every row of which it
+        must name, in one commit; returns the version the commit made.
+
+        `frames` may be a generator: each frame is written as Parquet files (one per date, and per
+        batch where the table has one) as it comes, so memory holds one frame at a time. Then one
+        Delta transaction removes the replaced files and adds the new ones; a conflicting commit of
+        another writer fails it (LakeConflictError) and nothing is committed. The commit records
+        `stage`, `metadata` (batch id, what was read), the rows added and the code version."""
+        from deltalake import CommitProperties, Transaction
         from deltalake.exceptions import CommitFailedError
 
-        if replace is not None:  # a whole-table write creates the table itself, in the same commit
-            self._create(table)
-        frames = [frames] if isinstance(frames, pl.DataFrame) else frames
-        feed = _Feed(batch for frame in frames for batch in _arrow(frame, table).to_batches())
-        reader = pa.RecordBatchReader.from_batches(_arrow_schema(table), feed.batches())
-        info = {"stage": stage, "code_version": code_version(), **{k: str(v) for k, v in (metadata or {}).items()}}
+        # the version this commit builds on; refuses a name that is no lake table and, but for the
+        # migration itself, a table in the layout before Delta
+        delta = self._open(table) if stage == MIGRATE else self.table(table)
+        if delta is None:
+            delta = self._create(table)
+        added = [
+            action
+            for frame in ([frames] if isinstance(frames, pl.DataFrame) else frames)
+            for action in self._write_files(table, frame)
+        ]
+        rows = sum(json.loads(action.stats)["numRecords"] for action in added)
+        commit_id = uuid.uuid4().hex  # finds the version this commit made among later ones
+        info = {"stage": stage, "rows": rows, "code_version": code_version(), "commit_id": commit_id}
+        info |= metadata or {}
+        properties = {"custom_metadata": {k: str(v) for k, v in info.items()}}
+        if replace is not None and replace.batch is not None:
+            # a batch's commits are one application's transactions: two at once of the same batch conflict
+            app = f"{table}-{replace.batch}"
+            properties["app_transactions"] = [Transaction(app, (delta.transaction_version(app) or 0) + 1)]
         try:
-            with feed:
-                write_deltalake(
-                    self.table_uri(table),
-                    reader,
-                    mode="overwrite",
-                    predicate=replace,
-                    partition_by=PARTITION_BY,
-                    storage_options=self.storage_options,
-                    writer_properties=WriterProperties(
-                        compression="ZSTD", compression_level=ZSTD_LEVELS.get(table, ZSTD_DEFAULT)
-                    ),
-                    commit_properties=CommitProperties(custom_metadata=info, max_commit_retries=3),
+            if replace is not None and (replace.batch is not None or replace.first is None):
+                actions = [*added, *_removals(delta, replace.batch)] if replace.batch is not None else added
+                delta.create_write_transaction(
+                    actions, "append", delta.schema(), PARTITION_BY, commit_properties=CommitProperties(**properties)
+                )
+            else:
+                delta.create_write_transaction(
+                    added,
+                    "overwrite",
+                    delta.schema(),
+                    PARTITION_BY,
+                    None if replace is None else replace.partition_filters(),
+                    commit_properties=CommitProperties(**properties),
                 )
         except CommitFailedError as error:
             raise LakeConflictError(
-                f"{stage}: another writer changed the same rows of {table} ({replace or 'all'}) at the same "
+                f"{stage}: another writer changed the same rows of {table} ({replace or 'all rows'}) at the same "
                 f"time; nothing of this run was committed, run it again ({_first_line(error)})"
             ) from None
-        except OSError as error:
-            raise LakeConflictError(
-                f"{stage}: could not commit to {table} of lake {self}: {_first_line(error)}"
-            ) from None
-        delta = self.table(table)
-        assert delta is not None
-        return delta.version()
+        return _version_of(delta, commit_id)
 
-    def _create(self, table: str) -> None:
-        """Create the empty table with its schema and partitioning unless it exists (two writers
-        creating it at once: one creates, the other finds it)."""
+    def _write_files(self, table: str, frame: pl.DataFrame) -> list[AddAction]:
+        """`frame` as zstd Parquet data files of the table, one per date (and batch), not yet committed."""
+        from deltalake.transaction import AddAction
+
+        stored = schemas.conform(frame, TABLE_SCHEMAS[table])
+        keys = ["date", "batch"] if "batch" in stored.columns else ["date"]
+        level = ZSTD_LEVELS.get(table, ZSTD_DEFAULT)
+        actions = []
+        for key, part in _groups(stored, keys):
+            day, batch = key[0], key[1] if len(key) > 1 else None
+            relative = f"date={day.isoformat()}/part-{uuid.uuid4().hex}.zstd.parquet"
+            size = self._write_parquet(f"{self.table_uri(table)}/{relative}", part, level)
+            stats: dict[str, object] = {"numRecords": part.height}
+            if batch is not None:
+                stats |= {"minValues": {"batch": batch}, "maxValues": {"batch": batch}, "nullCount": {"batch": 0}}
+            now = int(time.time() * 1000)
+            actions.append(AddAction(relative, size, {"date": day.isoformat()}, now, True, json.dumps(stats)))
+        return actions
+
+    def _write_parquet(self, path: str, frame: pl.DataFrame, level: int) -> int:
+        """Write `frame` to `path` (a local file, or an object written in one put); returns its size."""
+        if self.is_local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(path, compression="zstd", compression_level=level, statistics=True)
+            return Path(path).stat().st_size
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, compression="zstd", compression_level=level, statistics=True)
+        self.fs.pipe_file(path, buffer.getvalue())
+        return buffer.tell()
+
+    def _create(self, table: str) -> DeltaTable:
+        """Create the empty table with its schema and partitioning (two writers creating it at
+        once: one creates, the other finds it)."""
         from deltalake import DeltaTable
         from deltalake.exceptions import CommitFailedError
 
-        if self.table(table) is not None:
-            return
-        try:
+        with contextlib.suppress(CommitFailedError):  # created meanwhile by another writer
             DeltaTable.create(
                 self.table_uri(table),
                 schema=_arrow_schema(table),
@@ -283,9 +337,9 @@ class Lake:
                 partition_by=PARTITION_BY,
                 storage_options=self.storage_options,
             )
-        except CommitFailedError:
-            if self.table(table) is None:
-                raise
+        delta = self._open(table)
+        assert delta is not None
+        return delta
 
     # ---- plain files beside the tables ----------------------------------------
     @property
@@ -320,75 +374,69 @@ class Lake:
     def _has_log(self, table: str) -> bool:
         return self.fs.exists(f"{self.table_uri(table)}/_delta_log")
 
-    def _has_plain_partitions(self, table: str) -> bool:
-        """Whether `table` holds Parquet files of the layout before Delta (no commit log)."""
+    def old_layout_files(self, table: str) -> list[str]:
+        """The data files of the layout before Delta tables in `table`'s folder, sorted: `date=D/part-<batch>.parquet`,
+        `date=D/data.parquet`, or `cookie_intent/data.parquet` (never a name a Delta commit writes)."""
         fs, base = self.fs, self.table_uri(table)
-        if not fs.exists(base) or fs.exists(f"{base}/_delta_log"):
-            return False
-        return any(path.endswith(".parquet") for path in fs.find(base))  # find: a root's [ or ? is no pattern
+        if not fs.exists(base):
+            return []
+        found = fs.find(base)  # a listing, not a glob: a root's [ or ? is no pattern
+        return sorted(path for path in found if _old_layout(table, *path.rstrip("/").split("/")[-2:]))
 
 
-class _Feed:
-    """Produces a commit's record batches on a thread of its own, handed over one at a time.
+@dataclass(frozen=True)
+class Replace:
+    """The rows a commit replaces: the dates [first, last], one ingest batch's rows on every date, or
+    none (`NOTHING`: the commit only adds)."""
 
-    delta-rs pulls the batches from inside its async runtime, where nothing may start another
-    (polars reading from S3, delta-rs reading a table's log): the producer runs outside it. An
-    error of the producer aborts the write, so nothing is committed, and is raised again as it
-    was."""
+    first: dt.date | None = None
+    last: dt.date | None = None
+    batch: str | None = None
 
-    def __init__(self, source: Iterable[pa.RecordBatch]) -> None:
-        self._source = source
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=2)
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._produce, name="lake-commit-feed", daemon=True)
+    def partition_filters(self) -> list[tuple[str, str, str]]:
+        assert self.first is not None and self.last is not None
+        return [("date", ">=", self.first.isoformat()), ("date", "<=", self.last.isoformat())]
 
-    def __enter__(self) -> _Feed:
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self._error is not None:  # the write failed because the producer did: its error is the story
-            raise self._error
-
-    def _produce(self) -> None:
-        try:
-            for batch in self._source:
-                self._put(batch)
-        except BaseException as error:  # handed to the committing thread, raised there
-            self._error = error
-        self._put(_END)
-
-    def _put(self, item: object) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        while (item := self._queue.get()) is not _END:
-            yield item  # type: ignore[misc]
-        if self._error is not None:
-            raise RuntimeError("the commit's data could not be produced")
+    def __str__(self) -> str:
+        if self.batch is not None:
+            return f"batch {self.batch}"
+        return f"dates {self.first}..{self.last}" if self.first is not None else "no rows"
 
 
-_END = object()
+NOTHING = Replace()
 
 
-def dates_predicate(start: dt.date, end: dt.date) -> str:
-    """The SQL predicate of the date partitions [start, end], for `Lake.commit(replace=...)`."""
-    return f"date >= '{start.isoformat()}' AND date <= '{end.isoformat()}'"
+def dates_predicate(start: dt.date, end: dt.date) -> Replace:
+    """The rows of the dates [start, end], for `Lake.commit(replace=...)`."""
+    return Replace(first=start, last=end)
 
 
-def batch_predicate(batch: str) -> str:
-    """The SQL predicate of one ingest batch's rows (batch ids are hex digits)."""
+def batch_predicate(batch: str) -> Replace:
+    """One ingest batch's rows on every date, for `Lake.commit(replace=...)` (batch ids are hex digits)."""
     if not re.fullmatch(r"[0-9a-f]+", batch):
         raise ValueError(f"not a batch id: {batch!r}")
-    return f"batch = '{batch}'"
+    return Replace(batch=batch)
+
+
+def _removals(delta: DeltaTable, batch: str) -> list[RemoveAction]:
+    """Remove actions for the data files of `batch` in `delta`'s version: every file holds one batch,
+    named by its statistics (a file that might hold rows of several is a LakeFormatError)."""
+    from deltalake._internal import RemoveAction
+
+    files = pl.DataFrame(pa.table(delta.get_add_actions(flatten=True)))
+    if files.is_empty():
+        return []
+    if "min.batch" not in files.columns or files.select(pl.col("min.batch", "max.batch").is_null().any()).row(0)[0]:
+        raise LakeFormatError(f"{delta.table_uri} holds data files without batch statistics; rewrite it by batch")
+    mixed = files.filter(pl.col("min.batch") != pl.col("max.batch"))
+    if mixed.height and mixed.filter((pl.col("min.batch") <= batch) & (pl.col("max.batch") >= batch)).height:
+        raise LakeFormatError(f"{delta.table_uri} holds data files of several batches; rewrite it by batch")
+    now = int(time.time() * 1000)
+    mine = files.filter(pl.col("min.batch") == batch)
+    return [
+        RemoveAction(path, True, now, size, {"date": str(day)})
+        for path, size, day in mine.select("path", "size_bytes", "partition.date").iter_rows()
+    ]
 
 
 def code_version() -> str:
@@ -405,11 +453,30 @@ def _arrow_schema(table: str) -> pa.Schema:
     return pl.DataFrame(schema=TABLE_SCHEMAS[table]).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
 
 
-def _arrow(frame: pl.DataFrame, table: str) -> pa.Table:
-    """`frame` as the table's stored Arrow types: Categorical as strings (Delta has no dictionary
-    type), large offsets as delta-rs writes them."""
-    stored = schemas.conform(schemas.with_strings(frame), TABLE_SCHEMAS[table])
-    return stored.to_arrow(compat_level=pl.CompatLevel.oldest())
+def _groups(frame: pl.DataFrame, keys: list[str]) -> list[tuple[tuple[object, ...], pl.DataFrame]]:
+    """`frame`'s rows by the values of `keys`, without the `date` partition column (Delta keeps it in
+    the log); a frame of one group, as the stages commit them, is not copied."""
+    if frame.is_empty():
+        return []
+    first = frame.select(pl.col(keys).first()).row(0)
+    same = [pl.col(key).eq_missing(value) for key, value in zip(keys, first, strict=True)]
+    if frame.select(pl.all_horizontal(same)).to_series().all():
+        return [(first, frame.drop("date"))]
+    groups = frame.partition_by(keys, as_dict=True, maintain_order=True)
+    return [(key, part.drop("date")) for key, part in groups.items()]
+
+
+def _version_of(delta: DeltaTable, commit_id: str) -> int:
+    """The version of the commit recorded with `commit_id` (other writers may have committed since)."""
+    delta.update_incremental()
+    for entry in delta.history(limit=100):
+        if entry.get("commit_id") == commit_id:
+            return int(entry["version"])
+    raise LakeConflictError(f"the commit {commit_id} is not among the last 100 versions of {delta.table_uri}")
+
+
+def _old_layout(table: str, folder: str, name: str) -> bool:
+    return bool(OLD_PART.match(name)) and (folder == table or bool(OLD_DATE.match(folder)))
 
 
 def _date_then_name(uri: str) -> tuple[str, str]:
@@ -420,8 +487,7 @@ def _date_then_name(uri: str) -> tuple[str, str]:
 def _commit(entry: dict[str, object]) -> Commit:
     reserved = {"version", "timestamp", "operation", "operationParameters", "operationMetrics", "clientVersion"}
     metadata = {k: str(v) for k, v in entry.items() if k not in reserved and not isinstance(v, dict)}
-    metrics = entry.get("operationMetrics") or {}
-    rows = metrics.get("num_added_rows") if isinstance(metrics, dict) else None
+    rows = metadata.get("rows")
     stamp = int(entry.get("timestamp") or 0)
     return Commit(
         version=int(entry["version"]),  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ migration of a lake written before the tables were Delta tables (`clickstream la
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,7 +11,17 @@ import polars as pl
 import pyarrow as pa
 
 from clickstream.pipeline.core.errors import ClickstreamError, LakeFormatError
-from clickstream.pipeline.core.lake import RETENTION_HOURS, TABLE_SCHEMAS, TABLES, ZSTD_DEFAULT, ZSTD_LEVELS, Lake
+from clickstream.pipeline.core.lake import (
+    MIGRATE,
+    OLD_DATE,
+    OLD_PART,
+    RETENTION_HOURS,
+    TABLE_SCHEMAS,
+    TABLES,
+    ZSTD_DEFAULT,
+    ZSTD_LEVELS,
+    Lake,
+)
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -24,9 +33,6 @@ REBUILD = {
     "sequences": ("clickstream score", 0),
     "scores": ("clickstream score", 0),  # rewrites cookie_intent from every scored day
 }
-# file names of the layout before Delta tables: part-<batch>.parquet (events, quarantine), data.parquet
-_OLD_PART = re.compile(r"^(?:part-(?P<batch>[0-9a-f]+)|data)\.parquet$")
-_OLD_DATE = re.compile(r"date=(\d{4}-\d{2}-\d{2})$")
 
 
 def history(lake: Lake, table: str) -> pl.DataFrame:
@@ -158,19 +164,18 @@ class MigrateSummary:
 
 def migrate(lake: Lake) -> MigrateSummary:
     """Convert each table still in the layout before Delta tables (`<table>/date=D/*.parquet`, or
-    `cookie_intent/data.parquet`) in place: its rows become the table's first version in one commit,
-    then the old files and the old lock folder go. Idempotent: a converted table is left alone, and a
-    migration killed half-way is finished by the next one."""
+    `cookie_intent/data.parquet`) in place: its rows become one commit of the table, one data file
+    per date and batch, then the old files and the old lock folder go. Idempotent: a converted
+    table is left alone, and a migration killed half-way is finished by the next one."""
     fs = lake.fs
     converted = {}
     for table in TABLES:
-        base = lake.table_uri(table)
-        old = sorted(path for path in fs.find(base) if _old_layout(table, path)) if fs.exists(base) else []
+        old = lake.old_layout_files(table)
         if not old:
             continue
-        if not fs.exists(f"{base}/_delta_log"):
+        if not _migrated(lake, table):
             frame = pl.concat([_old_rows(lake, table, path) for path in old], how="vertical")
-            lake.commit(table, frame, replace=None, stage="migrate", metadata={"rows": frame.height})
+            lake.commit(table, frame, replace=None, stage=MIGRATE, metadata={"files": len(old)})
             converted[table] = frame.height
         fs.rm(old)  # committed (now, or by a migration killed before this): the old copies are spare
     if fs.exists(lake.locks_folder):
@@ -178,11 +183,10 @@ def migrate(lake: Lake) -> MigrateSummary:
     return MigrateSummary(converted)
 
 
-def _old_layout(table: str, path: str) -> bool:
-    """Whether `path` is a data file of the old layout (`date=D/part-<batch>.parquet`, `date=D/data.parquet`,
-    or `cookie_intent/data.parquet`), never a file a Delta commit wrote."""
-    folder, name = path.rstrip("/").split("/")[-2:]
-    return bool(_OLD_PART.match(name)) and (folder == table or bool(_OLD_DATE.match(folder)))
+def _migrated(lake: Lake, table: str) -> bool:
+    """Whether a migration commit of `table` landed (a killed migration may have left the old files)."""
+    delta = lake._open(table)
+    return delta is not None and any(entry.get("stage") == MIGRATE for entry in delta.history())
 
 
 def _old_rows(lake: Lake, table: str, path: str) -> pl.DataFrame:
@@ -190,12 +194,12 @@ def _old_rows(lake: Lake, table: str, path: str) -> pl.DataFrame:
     with lake.fs.open(path, "rb") as handle:
         frame = pl.read_parquet(handle)
     folder, name = path.rstrip("/").split("/")[-2:]
-    match = _OLD_PART.match(name)
+    match = OLD_PART.match(name)
     assert match is not None
     if table == "cookie_intent":
         frame = frame.with_columns(date=pl.col("last_seen").dt.date())
     else:
-        day = _OLD_DATE.match(folder)
+        day = OLD_DATE.match(folder)
         assert day is not None
         frame = frame.with_columns(date=pl.lit(dt.date.fromisoformat(day.group(1))))
     if "batch" in TABLE_SCHEMAS[table]:
