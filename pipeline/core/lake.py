@@ -266,11 +266,14 @@ class Lake:
         commit_id = uuid.uuid4().hex  # finds the version this commit made among later ones
         info = {"stage": stage, "rows": rows, "code_version": code_version(), "commit_id": commit_id}
         info |= metadata or {}
-        properties = {"custom_metadata": {k: str(v) for k, v in info.items()}}
-        if replace is not None and replace.batch is not None:
-            # a batch's commits are one application's transactions: two at once of the same batch conflict
-            app = f"{table}-{replace.batch}"
-            properties["app_transactions"] = [Transaction(app, (delta.transaction_version(app) or 0) + 1)]
+        # Delta detects a concurrent commit that removed files this one removes, but not one that added
+        # rows where this one adds: each batch, and each date a replacement covers, is an application
+        # whose transactions advance one at a time, so two commits of the same batch or date conflict
+        apps = [f"{table}-{key}" for key in _exclusive_keys(replace, added)]
+        properties = {
+            "custom_metadata": {k: str(v) for k, v in info.items()},
+            "app_transactions": [Transaction(app, (delta.transaction_version(app) or 0) + 1) for app in apps],
+        }
         try:
             if replace is not None and (replace.batch is not None or replace.first is None):
                 actions = [*added, *_removals(delta, replace.batch)] if replace.batch is not None else added
@@ -451,6 +454,20 @@ def code_version() -> str:
 
 def _arrow_schema(table: str) -> pa.Schema:
     return pl.DataFrame(schema=TABLE_SCHEMAS[table]).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+
+
+def _exclusive_keys(replace: Replace | None, added: list[AddAction]) -> list[str]:
+    """What no other commit may change at the same time as this one: its batch, or every date it
+    replaces or adds rows to (an append-only commit: none)."""
+    if replace is not None and replace.batch is not None:
+        return [f"batch-{replace.batch}"]
+    if replace is not None and replace.first is None:
+        return []
+    days = {action.partition_values["date"] for action in added}
+    if replace is not None and replace.first is not None and replace.last is not None:
+        span = (replace.last - replace.first).days + 1
+        days |= {(replace.first + dt.timedelta(days=offset)).isoformat() for offset in range(span)}
+    return [f"date-{day}" for day in sorted(days)]
 
 
 def _groups(frame: pl.DataFrame, keys: list[str]) -> list[tuple[tuple[object, ...], pl.DataFrame]]:
