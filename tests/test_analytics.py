@@ -111,7 +111,7 @@ def test_given_scored_sessions_when_running_sql_then_the_lake_tables_answer(
 HONEST_DECILES = """
 SELECT decile, COUNT(*) AS sessions, AVG(CAST(label AS DOUBLE)) AS buy_rate
 FROM (
-  SELECT s.score, q.label, NTILE(10) OVER (ORDER BY s.score) AS decile
+  SELECT s.score, q.label, NTILE(10) OVER (ORDER BY s.score, s.session_id) AS decile
   FROM scores s
   JOIN sequences q ON s.session_id = q.session_id AND s.date = q.date
   JOIN models m ON s.model_version = m.version

@@ -94,7 +94,10 @@ def test_a_nightly_run_trains_on_the_gpu_worker_and_sets_the_champion(topology: 
         artifacts = topo.s3.list_objects_v2(Bucket="mlflow").get("KeyCount", 0)
         assert artifacts > 0, "the model's artifacts should be in S3"
         scores = topo.s3.list_objects_v2(Bucket="lake", Prefix=f"lake/scores/date={RUN_DAY}/")
-        assert [o["Key"] for o in scores.get("Contents", [])] == [f"lake/scores/date={RUN_DAY}/data.parquet"]
+        assert [o["Key"] for o in scores.get("Contents", [])], "the day's scores should be in S3"
+        assert all(o["Key"].endswith(".parquet") for o in scores["Contents"])
+        log = topo.s3.list_objects_v2(Bucket="lake", Prefix="lake/scores/_delta_log/")
+        assert any(o["Key"].endswith(".json") for o in log.get("Contents", [])), "scores should be a Delta table"
     except BaseException:
         print(topo.log_tails(), file=sys.stderr)
         raise
