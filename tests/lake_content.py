@@ -1,8 +1,10 @@
-"""What a lake holds, as content hashes: the yardstick of the crash-safety and idempotency tests.
+"""What a lake holds, as content hashes: the yardstick of the concurrency, crash-safety and idempotency tests.
 
-A partition's hash covers its schema and the multiset of its rows (row hashes sorted), so it
-is blind to row order and file bytes but sees any changed, missing or duplicated row. Columns
-that legitimately differ between runs (`scored_at`) are left out.
+A date's hash covers its schema and the multiset of its rows (row hashes sorted), so it is blind
+to row order, to how the rows are split into files and to the table's history, but sees any
+changed, missing or duplicated row. It is read through the Delta log (`Lake.read`): only what the
+latest commit of each table holds counts, never a data file the log does not name. Columns that
+legitimately differ between runs (`scored_at`) are left out.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from clickstream.pipeline.core.lake import TABLES, Lake
 from clickstream.pipeline.core.schemas import with_strings
 
 VOLATILE_COLUMNS = ("scored_at",)  # a timestamp per run, by contract
@@ -26,13 +29,12 @@ def content_hash(frame: pl.DataFrame, ignore: tuple[str, ...] = VOLATILE_COLUMNS
 
 
 def lake_snapshot(root: str | Path) -> dict[str, str]:
-    """Content hash of every committed Parquet file under `root`, keyed by its path relative to it."""
-    base = Path(root)
-    files = sorted(base.rglob("*.parquet"))
-    return {str(path.relative_to(base)): content_hash(pl.read_parquet(path)) for path in files}
-
-
-def temporary_files(root: str | Path) -> list[str]:
-    """Temporary files of interrupted writes (`*.tmp-<uuid>`) under `root`, relative, sorted."""
-    base = Path(root)
-    return sorted(str(path.relative_to(base)) for path in base.rglob("*.tmp-*"))
+    """Content hash of every date that holds rows in each table's latest version, keyed
+    `<table>/date=<YYYY-MM-DD>` (the `date` column itself is the key, not part of the hash)."""
+    lake = Lake(root)
+    snapshot = {}
+    for table in TABLES:
+        frame = lake.read(table)
+        for (day,), rows in frame.partition_by("date", as_dict=True, include_key=False).items():
+            snapshot[f"{table}/date={day.isoformat()}"] = content_hash(rows)
+    return dict(sorted(snapshot.items()))

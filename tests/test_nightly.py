@@ -74,12 +74,13 @@ def test_given_no_landing_files_when_find_landing_then_no_data_names_the_day_and
 
 
 def test_given_too_few_sequence_days_when_train_for_day_then_no_data_says_how_many_are_needed(settings):
-    import polars as pl
+    from clickstream.pipeline.synthetic.sequences import synthetic_sequences, write_sequences
 
     lake = Lake(settings.lake)
-    for offset in (1, 0):
-        lake.write_partition("sequences", DAY - dt.timedelta(days=offset), pl.DataFrame({"session_id": ["s"]}))
+    write_sequences(lake, synthetic_sequences(sessions=40, days=2, start_date=DAY - dt.timedelta(days=1)))
+    assert lake.dates("sequences") == [DAY - dt.timedelta(days=1), DAY]
     need = settings.train.validation_days + 1
+    assert need > 2
     with pytest.raises(NoDataError, match=rf"training needs {need} days .* found 2"):
         nightly.train_for_day(settings, DAY, window_days=30)
 

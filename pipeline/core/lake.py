@@ -62,6 +62,8 @@ ZSTD_LEVELS = {"events": 1}
 ZSTD_DEFAULT = 3
 # vacuum keeps files that versions of the last week still read: a week of time travel at least
 RETENTION_HOURS = 7 * 24
+# tries of a commit that other writers' commits of other rows keep refusing (each try follows one of theirs)
+COMMIT_ATTEMPTS = 10
 MIGRATE = "migrate"  # the stage of the commit that converts a table of the layout before Delta tables
 _DATE_DIR = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
 # file names of the layout before Delta tables: part-<batch>.parquet (events, quarantine), data.parquet
@@ -270,31 +272,62 @@ class Lake:
         # rows where this one adds: each batch, and each date a replacement covers, is an application
         # whose transactions advance one at a time, so two commits of the same batch or date conflict
         apps = [f"{table}-{key}" for key in _exclusive_keys(replace, added)]
-        properties = {
-            "custom_metadata": {k: str(v) for k, v in info.items()},
-            "app_transactions": [Transaction(app, (delta.transaction_version(app) or 0) + 1) for app in apps],
-        }
-        try:
-            if replace is not None and (replace.batch is not None or replace.first is None):
-                actions = [*added, *_removals(delta, replace.batch)] if replace.batch is not None else added
-                delta.create_write_transaction(
-                    actions, "append", delta.schema(), PARTITION_BY, commit_properties=CommitProperties(**properties)
-                )
-            else:
-                delta.create_write_transaction(
-                    added,
-                    "overwrite",
-                    delta.schema(),
-                    PARTITION_BY,
-                    None if replace is None else replace.partition_filters(),
-                    commit_properties=CommitProperties(**properties),
-                )
-        except CommitFailedError as error:
-            raise LakeConflictError(
-                f"{stage}: another writer changed the same rows of {table} ({replace or 'all rows'}) at the same "
-                f"time; nothing of this run was committed, run it again ({_first_line(error)})"
-            ) from None
-        return _version_of(delta, commit_id)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            properties = {
+                "custom_metadata": {k: str(v) for k, v in info.items()},
+                "app_transactions": [Transaction(app, (delta.transaction_version(app) or 0) + 1) for app in apps],
+            }
+            replaced = _replaced_files(delta, replace)
+            try:
+                if replace is not None and (replace.batch is not None or replace.first is None):
+                    actions = [*added, *_removals(delta, replace.batch)] if replace.batch is not None else added
+                    delta.create_write_transaction(
+                        actions,
+                        "append",
+                        delta.schema(),
+                        PARTITION_BY,
+                        commit_properties=CommitProperties(**properties),
+                    )
+                else:
+                    delta.create_write_transaction(
+                        added,
+                        "overwrite",
+                        delta.schema(),
+                        PARTITION_BY,
+                        None if replace is None else replace.partition_filters(),
+                        commit_properties=CommitProperties(**properties),
+                    )
+                break
+            except CommitFailedError as error:
+                # Delta also refuses a commit when another one removed any file of the version it built
+                # on, of other dates or batches too: built again on the new version (the same data
+                # files), it goes through unless that commit took one of its batch or dates or changed
+                # the files it replaces
+                latest = self._open(table)
+                assert latest is not None
+                taken = any(latest.transaction_version(app) != delta.transaction_version(app) for app in apps)
+                if taken or _replaced_files(latest, replace) != replaced or attempt == COMMIT_ATTEMPTS:
+                    raise LakeConflictError(
+                        f"{stage}: another writer changed the same rows of {table} ({replace or 'all rows'}) at the "
+                        f"same time; nothing of this run was committed, run it again ({_first_line(error)})"
+                    ) from None
+                delta = latest
+        return self._version_of(table, delta.version(), commit_id)
+
+    def _version_of(self, table: str, after: int, commit_id: str) -> int:
+        """The version, the first after `after`, whose commit is recorded with `commit_id` (other writers may
+        have committed since). Read from the log itself: delta-rs numbers `history()` down from the version
+        it loaded while listing commits that may be newer, so under concurrent commits its numbers can be off."""
+        log = f"{self.table_uri(table)}/_delta_log"
+        version = after + 1
+        while True:
+            try:
+                entries = self.fs.cat_file(f"{log}/{version:020d}.json").decode().splitlines()
+            except FileNotFoundError:
+                raise LakeConflictError(f"the commit {commit_id} is not in the log of {log}") from None
+            if any(json.loads(entry).get("commitInfo", {}).get("commit_id") == commit_id for entry in entries):
+                return version
+            version += 1
 
     def _write_files(self, table: str, frame: pl.DataFrame) -> list[AddAction]:
         """`frame` as zstd Parquet data files of the table, one per date (and batch), not yet committed."""
@@ -483,13 +516,15 @@ def _groups(frame: pl.DataFrame, keys: list[str]) -> list[tuple[tuple[object, ..
     return [(key, part.drop("date")) for key, part in groups.items()]
 
 
-def _version_of(delta: DeltaTable, commit_id: str) -> int:
-    """The version of the commit recorded with `commit_id` (other writers may have committed since)."""
-    delta.update_incremental()
-    for entry in delta.history(limit=100):
-        if entry.get("commit_id") == commit_id:
-            return int(entry["version"])
-    raise LakeConflictError(f"the commit {commit_id} is not among the last 100 versions of {delta.table_uri}")
+def _replaced_files(delta: DeltaTable, replace: Replace | None) -> set[str]:
+    """The data files of `delta`'s version that a commit replacing `replace` removes."""
+    if replace is None:
+        return set(delta.file_uris())
+    if replace.batch is not None:
+        return {action.path for action in _removals(delta, replace.batch)}
+    if replace.first is None:
+        return set()
+    return set(delta.file_uris(partition_filters=replace.partition_filters()))
 
 
 def _old_layout(table: str, folder: str, name: str) -> bool:

@@ -3,6 +3,7 @@ files only the pipeline writes (overwriting a partition would break every later 
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +13,7 @@ from fixtures import synthetic_sequences, write_sequences
 
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.lake import Lake, dates_predicate
 from clickstream.pipeline.serve.output import FORMATS, write_output
 
 FRAME = pl.DataFrame({"session_id": ["s1", "s2"], "score": [0.25, 0.75]})
@@ -84,14 +85,33 @@ def test_given_out_inside_the_lake_on_the_command_line_then_exit_2_and_the_lake_
     settings: Settings, lake: Lake, tmp_path: Path, command: list[str]
 ) -> None:
     partition = lake.files("sequences")[0]
-    before = Path(partition).read_bytes()
+    before, rows = Path(partition).read_bytes(), lake.read("sequences")
     if command == ["report"]:  # report needs scores
-        lake.write_partition("scores", lake.dates("sequences")[0], pl.DataFrame({"score": [0.5]}))
+        _score(lake)
+    version = lake.version("sequences")
 
     done = run_cli(*command, "--out", partition, "--lake", settings.lake, cwd=tmp_path)
 
     assert done.code == 2 and "inside the lake" in done.error_line
     assert Path(partition).read_bytes() == before
+    assert lake.version("sequences") == version and lake.read("sequences").equals(rows)
+
+
+def _score(lake: Lake) -> None:
+    """Scores, every column, for the sessions of the first sequences date."""
+    day = lake.dates("sequences")[0]
+    scores = lake.read("sequences", day, day).select(
+        "session_id",
+        "cookie_id",
+        "session_start",
+        "n_events",
+        score=pl.lit(0.5, pl.Float32),
+        model_name=pl.lit("stand-in"),
+        model_version=pl.lit("1"),
+        scored_at=pl.lit(dt.datetime(2014, 4, 2, tzinfo=dt.UTC)),
+        date=pl.lit(day),
+    )
+    lake.commit("scores", scores, replace=dates_predicate(day, day), stage="test")
 
 
 def test_given_a_folder_as_out_on_the_command_line_then_exit_2(settings: Settings, tmp_path: Path) -> None:

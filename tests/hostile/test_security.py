@@ -12,11 +12,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import LakePathError, ModelNotFoundError
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.lake import TABLE_SCHEMAS, Lake, dates_predicate
 from clickstream.pipeline.orchestrate.demo import ui_commands
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +33,7 @@ CREDENTIAL_PATTERNS = {
     ),
 }
 DEADLINE_S = 120
+DAY = dt.date(2014, 4, 1)
 
 
 def _repository_files() -> list[Path]:
@@ -113,31 +115,55 @@ def test_given_a_run_uri_climbing_out_of_its_run_then_the_model_is_refused_befor
         assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize(
-    "part", ["../../escape", "a/b", "..", ".hidden", "a\\b", "a\x00b", "", "\uff58\uff0f\uff59", "data.parquet/../x"]
-)
-def test_given_a_crafted_partition_file_name_then_the_lake_refuses_it(tmp_path: Path, part: str) -> None:
-    with pytest.raises(LakePathError):
-        Lake(tmp_path / "lake").partition_file("events", dt.date(2014, 4, 1), part)
-
-
-@pytest.mark.parametrize("table", ["../events", "events/../../x", "/etc", "", "Events"])
-def test_given_a_crafted_table_name_then_the_lake_refuses_it(tmp_path: Path, table: str) -> None:
-    with pytest.raises(LakePathError):
-        Lake(tmp_path / "lake").table_dir(table)
-
-
-def test_given_a_lake_holding_crafted_folder_names_then_only_real_date_partitions_are_read(tmp_path: Path) -> None:
-    import polars as pl
-
+@pytest.mark.parametrize("table", ["../events", "events/../../x", "/etc", "", "Events", "_config", "events/."])
+def test_given_a_crafted_table_name_then_the_lake_refuses_it_and_writes_nothing(tmp_path: Path, table: str) -> None:
     lake = Lake(tmp_path / "lake")
-    lake.write_partition("events", dt.date(2014, 4, 1), pl.DataFrame({"x": [1]}))
-    for name in ("date=..", "date=2014-04-01..", "date=2014-04-02 ", "x"):
-        (tmp_path / "lake" / "events" / name).mkdir()
-        (tmp_path / "lake" / "events" / name / "data.parquet").write_bytes(b"not parquet")
+    for operation in (
+        lambda: lake.table_uri(table),
+        lambda: lake.table(table),
+        lambda: lake.read(table),
+        lambda: lake.commit(table, _scores(DAY), replace=dates_predicate(DAY, DAY), stage="test"),
+    ):
+        with pytest.raises(LakePathError, match="unknown lake table"):
+            operation()
+    assert list(tmp_path.iterdir()) == []  # not even the lake root was made
 
-    assert lake.dates("events") == [dt.date(2014, 4, 1)]
-    assert lake.scan("events").collect()["x"].to_list() == [1]
+
+def _scores(day: dt.date, rows: int = 3, tag: str = "committed") -> pl.DataFrame:
+    """`rows` rows of the scores table on `day`, every column."""
+    return pl.DataFrame(
+        {
+            "session_id": [f"s{n}" for n in range(rows)],
+            "cookie_id": [None] * rows,
+            "session_start": [dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)] * rows,
+            "n_events": [1] * rows,
+            "score": [0.5] * rows,
+            "model_name": ["m"] * rows,
+            "model_version": [tag] * rows,
+            "scored_at": [dt.datetime(2024, 1, 1, tzinfo=dt.UTC)] * rows,
+            "date": [day] * rows,
+        },
+        schema=TABLE_SCHEMAS["scores"],
+    )
+
+
+def test_given_parquet_files_dropped_into_a_table_folder_then_only_committed_files_are_read(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    lake.commit("scores", _scores(DAY), replace=dates_predicate(DAY, DAY), stage="test")
+    table = tmp_path / "lake" / "scores"
+    stray = _scores(DAY + dt.timedelta(days=1), rows=5, tag="stray").drop("date")
+    for name in ("date=../x.parquet", "date=2014-04-01../x.parquet", "date=2014-04-02 /x.parquet", "x/x.parquet",
+                 "date=2014-04-02/data.parquet", f"date={DAY}/stray.parquet", "stray.parquet", "../x.parquet"):
+        path = table / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stray.write_parquet(path)  # valid Parquet of the table's columns: read, it would count
+
+    assert lake.dates("scores") == [DAY]
+    assert lake.rows_per_date("scores") == {DAY: 3}
+    assert lake.read("scores")["model_version"].to_list() == ["committed"] * 3
+    assert lake.scan("scores").collect().height == 3
+    assert [Path(path).parent.name for path in lake.files("scores")] == [f"date={DAY}"]
+    assert not {Path(path).name for path in lake.files("scores")} & {"x.parquet", "data.parquet", "stray.parquet"}
 
 
 @pytest.mark.parametrize("value", ["../../etc", "2014-04-01/../..", "date=2014-04-01"])
