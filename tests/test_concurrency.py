@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 import polars as pl
-import pytest
 from fixtures import synthetic_sequences, write_sequences
 from lake_content import lake_snapshot
 from lake_writers import held, run_child, run_stage
@@ -134,12 +133,6 @@ def test_given_scoring_of_two_dates_at_once_then_both_land_as_a_sequential_run_w
     assert any(key.startswith("cookie_intent/") for key in snapshot)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scoring bug: rebuild_cookie_intent commits a rollup of the scores version its own run made, as a "
-    "whole-table overwrite; a run that rebuilds after another run's newer rebuild replaces it with an "
-    "older rollup, without a conflict (a lost update: the other run's cookies are gone)",
-)
 def test_given_scoring_of_two_dates_when_the_first_rebuilds_cookie_intent_last_then_it_still_counts_both_dates(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -315,21 +315,35 @@ def test_read_sequences_of_some_columns_gives_those_in_schema_order_and_the_same
         read_sequences(lake, DAY, DAY, ["label", "nope"])
 
 
-def test_ids_are_stored_as_the_raw_strings_and_read_back_as_categorical(settings):
+def test_ids_are_strings_to_any_delta_reader_dictionary_encoded_on_disk_and_categorical_to_read_sequences(settings):
+    from deltalake import DeltaTable
+
     lake = Lake(settings.lake)
     _write_by_day(lake, _lake_events())
     build_sequences(settings, None, None)
 
-    stored = pq.ParquetFile(lake.files("sequences", DAY, DAY)[0]).schema_arrow
+    delta = DeltaTable(lake.table_uri("sequences"))
+    declared = pa.schema(delta.schema())
+    outside = delta.to_pyarrow_dataset().to_table().schema
+    stored = pq.ParquetFile(lake.files("sequences", DAY, DAY)[0])
     frame = read_sequences(lake, DAY, DAY)
 
     for column in ("item_id", "category"):
-        assert stored.field(column).type.value_type in (pa.string(), pa.large_string())  # no dictionary numbers
-        assert lake.read("sequences").schema[column] == pl.List(pl.String)
+        assert declared.field(column).type.value_type in (pa.string(), pa.large_string(), pa.string_view())
+        assert pa.types.is_string(outside.field(column).type.value_type) or pa.types.is_large_string(
+            outside.field(column).type.value_type
+        )
+        path = f"{column}.list.element"
+        assert any("DICTIONARY" in str(e) for e in stored.metadata.row_group(0).column(_index(stored, path)).encodings)
         assert frame.schema[column] == pl.List(pl.Categorical())
     night = frame.filter(pl.col("cookie_id") == "night")
     assert night["item_id"].cast(pl.List(pl.String)).to_list() == [["x", "y"]]
     assert night["category"].cast(pl.List(pl.String)).to_list() == [[None, None]]
+
+
+def _index(parquet: pq.ParquetFile, path: str) -> int:
+    columns = parquet.metadata.row_group(0)
+    return next(i for i in range(columns.num_columns) if columns.column(i).path_in_schema == path)
 
 
 def test_the_stored_rows_do_not_depend_on_the_order_the_process_first_saw_the_ids(settings):

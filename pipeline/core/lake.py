@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import io
 import json
 import os
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 TABLE_SCHEMAS: dict[str, pl.Schema] = {
     "events": pl.Schema({**schemas.EVENTS, "batch": pl.String, "date": pl.Date}),
     "quarantine": pl.Schema({**schemas.QUARANTINE, "batch": pl.String, "date": pl.Date}),
-    "sequences": pl.Schema({**schemas.with_string_types(schemas.SEQUENCES), "date": pl.Date}),
+    "sequences": pl.Schema({**schemas.SEQUENCES, "date": pl.Date}),
     "scores": pl.Schema({**schemas.SCORES, "date": pl.Date}),
     "cookie_intent": pl.Schema({**schemas.COOKIE_INTENT, "date": pl.Date}),  # date of last_seen
 }
@@ -110,13 +111,14 @@ class Lake:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
         return {"aws_allow_http": "true"} if endpoint.startswith("http://") else None
 
-    @property
+    @functools.cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
-        """The root's file system, for the plain files kept beside the tables (settings, reports)."""
+        """The root's file system, for the commit log's entries and the plain files beside the tables.
+        On an object store, one of this lake's own: fsspec's shared instances keep the endpoint they were
+        made with, and listings are not cached (other processes write the same lake)."""
         import fsspec
 
-        # other processes write the same lake: cached object-store listings would hide their files
-        options = {} if self.is_local else {"use_listings_cache": False}
+        options = {} if self.is_local else {"use_listings_cache": False, "skip_instance_cache": True}
         return fsspec.core.url_to_fs(self.root, **options)[0]
 
     # ---- reading ------------------------------------------------------------
@@ -227,11 +229,18 @@ class Lake:
         return [_commit(entry) for entry in delta.history()]
 
     def commit_metadata(self, table: str, version: int) -> dict[str, str]:
-        """The custom metadata of the commit that made `version` ({} for a version older than the log keeps)."""
-        for commit in self.history(table):
-            if commit.version == version:
-                return commit.metadata
-        return {}
+        """The custom metadata of the commit that made `version`, read from that version's log entry
+        ({} for a version older than the log keeps)."""
+        info = self._commit_info(table, version)
+        return {} if info is None else _custom_metadata(info)
+
+    def _commit_info(self, table: str, version: int) -> dict[str, object] | None:
+        """The commitInfo of `version`'s log entry; None when the log no longer (or not yet) holds it."""
+        try:
+            entries = self.fs.cat_file(f"{self.table_uri(table)}/_delta_log/{version:020d}.json").decode().splitlines()
+        except FileNotFoundError:
+            return None
+        return next((json.loads(e)["commitInfo"] for e in entries if '"commitInfo"' in e), {})
 
     # ---- writing ------------------------------------------------------------
     def commit(
@@ -318,16 +327,12 @@ class Lake:
         """The version, the first after `after`, whose commit is recorded with `commit_id` (other writers may
         have committed since). Read from the log itself: delta-rs numbers `history()` down from the version
         it loaded while listing commits that may be newer, so under concurrent commits its numbers can be off."""
-        log = f"{self.table_uri(table)}/_delta_log"
         version = after + 1
-        while True:
-            try:
-                entries = self.fs.cat_file(f"{log}/{version:020d}.json").decode().splitlines()
-            except FileNotFoundError:
-                raise LakeConflictError(f"the commit {commit_id} is not in the log of {log}") from None
-            if any(json.loads(entry).get("commitInfo", {}).get("commit_id") == commit_id for entry in entries):
+        while (info := self._commit_info(table, version)) is not None:
+            if info.get("commit_id") == commit_id:
                 return version
             version += 1
+        raise LakeConflictError(f"the commit {commit_id} is not in the log of {self.table_uri(table)}")
 
     def _write_files(self, table: str, frame: pl.DataFrame) -> list[AddAction]:
         """`frame` as zstd Parquet data files of the table, one per date (and batch), not yet committed."""
@@ -486,7 +491,10 @@ def code_version() -> str:
 
 
 def _arrow_schema(table: str) -> pa.Schema:
-    return pl.DataFrame(schema=TABLE_SCHEMAS[table]).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+    """The table's Delta schema: Categorical columns are strings (Delta has no dictionary type; the
+    data files hold them dictionary-encoded, which every Parquet reader reads as strings)."""
+    stored = schemas.with_string_types(TABLE_SCHEMAS[table])
+    return pl.DataFrame(schema=stored).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
 
 
 def _exclusive_keys(replace: Replace | None, added: list[AddAction]) -> list[str]:
@@ -536,9 +544,14 @@ def _date_then_name(uri: str) -> tuple[str, str]:
     return (match.group(1) if match else "", uri)
 
 
-def _commit(entry: dict[str, object]) -> Commit:
+def _custom_metadata(entry: dict[str, object]) -> dict[str, str]:
+    """What a commit recorded of its own (stage, batch, rows, versions read), without Delta's fields."""
     reserved = {"version", "timestamp", "operation", "operationParameters", "operationMetrics", "clientVersion"}
-    metadata = {k: str(v) for k, v in entry.items() if k not in reserved and not isinstance(v, dict)}
+    return {k: str(v) for k, v in entry.items() if k not in reserved and not isinstance(v, dict)}
+
+
+def _commit(entry: dict[str, object]) -> Commit:
+    metadata = _custom_metadata(entry)
     rows = metadata.get("rows")
     stamp = int(entry.get("timestamp") or 0)
     return Commit(

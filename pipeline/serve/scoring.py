@@ -21,6 +21,7 @@ import polars as pl
 from clickstream.features.sequences import read_sequences
 from clickstream.models.scorer import load_scorer
 from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.errors import LakeConflictError
 from clickstream.pipeline.core.lake import Lake, dates_predicate
 from clickstream.pipeline.core.schemas import COOKIE_INTENT, SCORES, conform
 
@@ -103,7 +104,7 @@ def score_with(settings: Settings, scorer: Scorer, days: list[dt.date]) -> Score
         "last_date": days[-1],
     }
     version = lake.commit("scores", frames(), replace=dates_predicate(days[0], days[-1]), stage="score", metadata=meta)
-    cookies = rebuild_cookie_intent(lake, version)
+    cookies = refresh_cookie_intent(lake, version)
     return ScoreSummary(
         dates=tuple(days),
         sessions=sessions,
@@ -124,6 +125,26 @@ def score_frame(sequences: pl.DataFrame, scorer: Scorer, scored_at: dt.datetime)
         scored_at=pl.lit(scored_at),
     )
     return conform(frame, SCORES).sort("session_id")
+
+
+# rollups another scoring run can force this one to redo before it gives up (each follows a commit of theirs)
+ROLLUP_ATTEMPTS = 10
+
+
+def refresh_cookie_intent(lake: Lake, scores_version: int) -> int:
+    """Rebuild cookie_intent from `scores_version`, then again from the newest scores for as long as
+    another run committed scores meanwhile: a rollup of an older version committed after that run's
+    own would hide its sessions. The last run to finish leaves the rollup of the newest scores."""
+    for _ in range(ROLLUP_ATTEMPTS):
+        try:
+            cookies = rebuild_cookie_intent(lake, scores_version)
+        except LakeConflictError:  # another run's rollup landed first: built from scores as new, or newer
+            cookies = None
+        latest = lake.version("scores")
+        if cookies is not None and latest == scores_version:
+            return cookies
+        scores_version = latest if latest is not None else scores_version
+    raise LakeConflictError(f"cookie_intent of lake {lake}: other scoring runs kept changing scores; run it again")
 
 
 def rebuild_cookie_intent(lake: Lake, scores_version: int) -> int:
