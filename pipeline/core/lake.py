@@ -42,7 +42,7 @@ from clickstream.pipeline.core.tracking import redacted
 
 if TYPE_CHECKING:
     import fsspec
-    from deltalake import DeltaTable
+    from deltalake import CommitProperties, DeltaTable
     from deltalake._internal import RemoveAction
     from deltalake.transaction import AddAction
 
@@ -276,36 +276,17 @@ class Lake:
         rows = sum(json.loads(action.stats)["numRecords"] for action in added)
         commit_id = uuid.uuid4().hex  # finds the version this commit made among later ones
         info = {"stage": stage, "rows": rows, "code_version": code_version(), "commit_id": commit_id}
-        info |= metadata or {}
+        custom = {k: str(v) for k, v in (info | (metadata or {})).items()}
         # Delta detects a concurrent commit that removed files this one removes, but not one that added
         # rows where this one adds: each batch, and each date a replacement covers, is an application
         # whose transactions advance one at a time, so two commits of the same batch or date conflict
         apps = [f"{table}-{key}" for key in _exclusive_keys(replace, added)]
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            properties = {
-                "custom_metadata": {k: str(v) for k, v in info.items()},
-                "app_transactions": [Transaction(app, (delta.transaction_version(app) or 0) + 1) for app in apps],
-            }
             replaced = _replaced_files(delta, replace)
+            versions = [Transaction(app, (delta.transaction_version(app) or 0) + 1) for app in apps]
+            properties = CommitProperties(custom_metadata=custom, app_transactions=versions)
             try:
-                if replace is not None and (replace.batch is not None or replace.first is None):
-                    actions = [*added, *_removals(delta, replace.batch)] if replace.batch is not None else added
-                    delta.create_write_transaction(
-                        actions,
-                        "append",
-                        delta.schema(),
-                        PARTITION_BY,
-                        commit_properties=CommitProperties(**properties),
-                    )
-                else:
-                    delta.create_write_transaction(
-                        added,
-                        "overwrite",
-                        delta.schema(),
-                        PARTITION_BY,
-                        None if replace is None else replace.partition_filters(),
-                        commit_properties=CommitProperties(**properties),
-                    )
+                _transact(delta, replace, added, properties)
                 break
             except CommitFailedError as error:
                 # Delta also refuses a commit when another one removed any file of the version it built
@@ -495,6 +476,21 @@ def _arrow_schema(table: str) -> pa.Schema:
     data files hold them dictionary-encoded, which every Parquet reader reads as strings)."""
     stored = schemas.with_string_types(TABLE_SCHEMAS[table])
     return pl.DataFrame(schema=stored).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+
+
+def _transact(delta: DeltaTable, replace: Replace | None, added: list[AddAction], properties: CommitProperties) -> None:
+    """One Delta transaction on `delta`'s version: remove what `replace` names, add `added`. Dates
+    (or the whole table) are Delta's own overwrite by partition; a batch's files are removed by name."""
+    if replace is None or replace.first is not None:
+        filters = None if replace is None else replace.partition_filters()
+        delta.create_write_transaction(
+            added, "overwrite", delta.schema(), PARTITION_BY, filters, commit_properties=properties
+        )
+        return
+    removed = _removals(delta, replace.batch) if replace.batch is not None else []
+    delta.create_write_transaction(
+        [*added, *removed], "append", delta.schema(), PARTITION_BY, commit_properties=properties
+    )
 
 
 def _exclusive_keys(replace: Replace | None, added: list[AddAction]) -> list[str]:
