@@ -3,8 +3,9 @@ tmp_path, so tests never touch ./lake or ./.clickstream and can run in parallel.
 
 from __future__ import annotations
 
-import logging
 import os
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -72,17 +73,38 @@ def _no_leaked_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+_MOTO = """
+import logging, sys
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+host, port = server.get_host_and_port()
+print(f"http://{host}:{port}", flush=True)
+sys.stdin.read()  # serve until the test process closes the pipe (or ends)
+server.stop()
+"""
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on loopback for the whole test process."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    """moto's S3 server on loopback for the whole test process, in a child process of its own: delta-rs
+    holds the interpreter while it waits on S3, which would stall a server running in a thread here."""
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.DEVNULL}
+    server = subprocess.Popen([sys.executable, "-c", _MOTO], text=True, **pipes)
+    assert server.stdin is not None and server.stdout is not None
+    try:
+        endpoint = server.stdout.readline().strip()
+        assert endpoint.startswith("http://127.0.0.1:"), f"moto did not start: {endpoint!r}"
+        yield endpoint
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(60)
+        server.stdout.close()
 
 
 @pytest.fixture

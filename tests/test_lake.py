@@ -15,9 +15,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,64 +26,13 @@ from clickstream.pipeline.core.errors import LakeFormatError, LakePathError, NoD
 from clickstream.pipeline.core.lake import TABLE_SCHEMAS, Lake, batch_predicate, code_version, dates_predicate
 
 DAY = dt.date(2024, 3, 1)
-DEADLINE_S = 180
-
-_MOTO = """
-import logging, sys
-from moto.server import ThreadedMotoServer
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-host, port = server.get_host_and_port()
-print(f"http://{host}:{port}", flush=True)
-sys.stdin.read()  # serve until the test process closes the pipe (or ends)
-server.stop()
-"""
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """moto's S3 server in a child process, for this module."""
-    server = subprocess.Popen(
-        [sys.executable, "-c", _MOTO],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert server.stdin is not None and server.stdout is not None
-    try:
-        endpoint = server.stdout.readline().strip()
-        assert endpoint.startswith("http://127.0.0.1:"), f"moto did not start: {endpoint!r}"
-        yield endpoint
-    finally:
-        server.stdin.close()
-        try:
-            server.wait(DEADLINE_S)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(DEADLINE_S)
-        server.stdout.close()
-
 
 @pytest.fixture(params=["local", "s3"])
 def lake(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lake:
     """An empty lake on local disk or in a fresh S3 bucket."""
     if request.param == "local":
         return Lake(tmp_path / "lake")
-    endpoint = request.getfixturevalue("moto_endpoint")
-    for name, value in {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    import boto3
-
-    bucket = f"lake-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return Lake(f"s3://{bucket}/root")
+    return Lake(f"{request.getfixturevalue('s3_bucket')}/root")
 
 
 def _day(offset: int) -> dt.date:
