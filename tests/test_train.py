@@ -35,8 +35,9 @@ NAME = "clickstream-buy-intent"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, TrainSummary]:
     settings = labelled_lake(tmp_path_factory.mktemp("train"))
-    with pytest.MonkeyPatch.context() as patch:  # a system metrics sample every second, not every 10
-        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    # a system metrics sample every 0.1 s, not every 10: a tiny training on a busy machine still gets several
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
         return settings, train_and_register(settings, None, None, device="cpu", promote=True)
 
 
