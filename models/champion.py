@@ -5,6 +5,11 @@ both models' scores), let models.promotion decide, and append the decision to th
 
 Every call appends one record and never alters an earlier one, so re-running a day adds a no-op
 (or the same verdict again) beside the first decision instead of rewriting it.
+
+A decision is taken on one reading of the history and the champion (registry.DecisionLog) and
+recorded with the alias as one transaction (registry.record_decision); when another decision was
+recorded meanwhile, it is taken again on the new reading (DECISION_ATTEMPTS at most), so that two
+decisions at once serialize and never both act on the same champion.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import dataclasses
 import datetime as dt
 import getpass
 import socket
+from collections.abc import Callable
 
 import polars as pl
 
@@ -23,17 +29,19 @@ from clickstream.models.registry import (
     FEATURE_SCHEMA_TAG,
     VAL_END_TAG,
     VAL_START_TAG,
-    alias_version,
-    decision_records,
+    DecisionConflict,
+    DecisionLog,
+    decision_log,
     record_decision,
     version_tags,
 )
 from clickstream.models.scorer import Scorer, load_scorer
-from clickstream.pipeline.core.config import CHAMPION, Settings
+from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError, ModelNotFoundError, NoDataError, PromotionError
 from clickstream.pipeline.core.lake import Lake
 
 MAX_REASON = 500  # characters of a person's --reason
+DECISION_ATTEMPTS = 3  # readings of the history a decision is taken on before it gives up (DecisionConflict)
 
 
 def actor(kind: str) -> str:
@@ -68,45 +76,83 @@ def gate_challenger(
             "to compare models on"
         )
     challenger = _scored(_load(settings, version), tags, frame)  # a challenger that cannot load is a plain error
-    champion_version = alias_version(settings, CHAMPION)
-    champion = None
-    if champion_version == version:
-        champion = challenger
-    elif champion_version is not None:
-        champion = _champion(settings, champion_version, challenger.feature_schema, frame)
-    decision = gate(challenger, champion, frame["label"].to_numpy(), (start, end), _context(settings, decided_by))
-    return _record(settings, decision)
+    labels = frame["label"].to_numpy()
+    champions: dict[str, Candidate] = {}  # scored once, whichever reading of the history needs them
+
+    def decide(log: DecisionLog) -> Decision:
+        champion = None
+        if log.champion == version:
+            champion = challenger
+        elif log.champion is not None:
+            if log.champion not in champions:
+                champions[log.champion] = _champion(settings, log.champion, challenger.feature_schema, frame)
+            champion = champions[log.champion]
+        return gate(challenger, champion, labels, (start, end), _context(settings, decided_by))
+
+    return _transact(settings, decide)
 
 
 def promote_version(settings: Settings, version: str, reason: str, *, decided_by: str) -> Decision:
     """Make `version` champion by hand (no AUC gate), recorded with `reason`; PromotionError when
-    it cannot be loaded or takes another feature schema than this code builds."""
+    it cannot be loaded or takes another feature schema than this code builds. When the alias
+    already points at it but the history does not say so, the promotion is recorded (heals them)."""
     reason = _checked_reason(reason)
     candidate = _loadable(settings, version, version_tags(settings, version))
-    champion = alias_version(settings, CHAMPION)
-    return _record(settings, manual(candidate, champion, feature_schema(), reason, _context(settings, decided_by)))
+
+    def decide(log: DecisionLog) -> Decision:
+        context = _context(settings, decided_by)
+        return manual(candidate, log.champion, feature_schema(), reason, context, history=_decisions(log))
+
+    return _transact(settings, decide)
 
 
 def rollback_champion(settings: Settings, reason: str, *, decided_by: str) -> Decision:
     """Move the champion back to the previous one per the history, recorded with `reason`;
     PromotionError when there is none or it cannot be loaded."""
     reason = _checked_reason(reason)
-    history = decision_history(settings)
-    champion = alias_version(settings, CHAMPION)
-    target = previous_champion(history, champion)
-    candidate = _loadable(settings, target, version_tags(settings, target))
-    context = _context(settings, decided_by)
-    return _record(settings, rollback(history, champion, candidate, feature_schema(), reason, context))
+    targets: dict[str, Candidate] = {}
+
+    def decide(log: DecisionLog) -> Decision:
+        history = _decisions(log)
+        target = previous_champion(history, log.champion)
+        if target not in targets:
+            targets[target] = _loadable(settings, target, version_tags(settings, target))
+        context = _context(settings, decided_by)
+        return rollback(history, log.champion, targets[target], feature_schema(), reason, context)
+
+    return _transact(settings, decide)
 
 
 def decision_history(settings: Settings) -> list[Decision]:
-    """Every recorded decision, oldest first."""
-    return [Decision.from_record(run_id, fields) for run_id, fields in decision_records(settings)]
+    """Every recorded decision, oldest first (after settling what a killed decision left)."""
+    return _decisions(decision_log(settings))
 
 
-def _record(settings: Settings, decision: Decision) -> Decision:
-    champion = decision.challenger_version if decision.moves_champion else None
-    return dataclasses.replace(decision, decision_id=record_decision(settings, decision.to_record(), champion))
+def _decisions(log: DecisionLog) -> list[Decision]:
+    return [Decision.from_record(record.id, record.fields) for record in log.records]
+
+
+def _transact(settings: Settings, decide: Callable[[DecisionLog], Decision]) -> Decision:
+    """Take the decision on the current history and champion and record it as one transaction with
+    the alias; taken again when another decision landed in between (DecisionConflict after
+    DECISION_ATTEMPTS readings)."""
+    for attempt in range(1, DECISION_ATTEMPTS + 1):
+        log = decision_log(settings)
+        decision = decide(log)
+        try:
+            decision_id = record_decision(
+                settings,
+                decision.to_record(),
+                champion_after=decision.champion_after,
+                moves=decision.moves_champion,
+                basis=log,
+            )
+        except DecisionConflict:
+            if attempt == DECISION_ATTEMPTS:
+                raise
+            continue
+        return dataclasses.replace(decision, decision_id=decision_id)
+    raise AssertionError("unreachable")
 
 
 def _context(settings: Settings, decided_by: str) -> Context:

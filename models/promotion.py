@@ -199,15 +199,27 @@ def gate(
 
 
 def manual(
-    version: Candidate, champion: str | None, expected_schema: str, reason: str, context: Context
+    version: Candidate,
+    champion: str | None,
+    expected_schema: str,
+    reason: str,
+    context: Context,
+    *,
+    history: Sequence[Decision] | None = None,
 ) -> Decision:
     """A person's promotion of `version`, without the AUC gate. PromotionError when it could not
     be loaded, or when its feature schema is not `expected_schema` (the inputs this code builds).
-    No-op when it already is the champion."""
+    No-op when it already is the champion and the `history` (when given) says so too; when only the
+    alias says so (it was set outside clickstream, or by a decision whose record was lost), the
+    promotion is recorded, so that the history agrees with the alias again."""
     _check_usable(version, expected_schema, "promoted")
-    action = Action.NO_OP if version.version == champion else Action.MANUAL
-    text = "it already is the champion" if action is Action.NO_OP else reason
-    return _unscored(action, version.version, champion, text, context)
+    recorded = champion if history is None else recorded_champion(history)
+    if version.version == champion == recorded:
+        return _unscored(Action.NO_OP, version.version, champion, "it already is the champion", context)
+    if version.version == champion:
+        before = f"v{recorded}" if recorded else "no champion"
+        reason = f"{reason} (records v{champion}, already behind the alias, where the history had {before})"
+    return _unscored(Action.MANUAL, version.version, champion, reason, context)
 
 
 def rollback(
@@ -223,27 +235,39 @@ def rollback(
     return _unscored(Action.ROLLBACK, target.version, champion, f"rolled back from v{champion}: {reason}", context)
 
 
+def recorded_champion(history: Sequence[Decision]) -> str | None:
+    """The champion per the history (oldest first): the last one pushed and not rolled back."""
+    chain = _chain(history)
+    return chain[-1] if chain else None
+
+
 def previous_champion(history: Sequence[Decision], champion: str | None) -> str:
     """The champion before `champion` per the history (oldest first): promotions push the new
     champion, rollbacks pop the current one. PromotionError when there is none, or when the
     history does not end with `champion` (the alias was moved outside clickstream)."""
-    chain: list[str] = []
-    for decision in history:
-        if decision.action in (Action.PROMOTED, Action.MANUAL):
-            chain.append(decision.challenger_version)
-        elif decision.action is Action.ROLLBACK and chain:
-            chain.pop()
+    chain = _chain(history)
     if champion is None:
         raise PromotionError("there is no champion to roll back")
     if not chain or chain[-1] != champion:
         last = f"v{chain[-1]}" if chain else "no champion"
         raise PromotionError(
             f"champion v{champion} was not set through clickstream (the history ends with {last}); "
-            "choose one with `clickstream promote VERSION --reason ...`"
+            f"record it with `clickstream promote {champion} --reason ...` or choose another with "
+            "`clickstream promote VERSION --reason ...`"
         )
     if len(chain) < 2:
         raise PromotionError(f"the history holds no champion before v{champion} to roll back to")
     return chain[-2]
+
+
+def _chain(history: Sequence[Decision]) -> list[str]:
+    chain: list[str] = []
+    for decision in history:
+        if decision.action in (Action.PROMOTED, Action.MANUAL):
+            chain.append(decision.challenger_version)
+        elif decision.action is Action.ROLLBACK and chain:
+            chain.pop()
+    return chain
 
 
 def _check_usable(candidate: Candidate, expected_schema: str, verb: str) -> None:

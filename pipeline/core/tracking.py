@@ -3,10 +3,16 @@ questions about it that let commands fail before importing MLflow or creating a 
 
 A URI's secrets are its user-info (`user:password@`), every query value (`?token=...`, or a
 bare `?word`) and its fragment; `redacted` removes all of them, so any message may name the store.
+
+`store_creation_lock` serializes the first opening of a local SQLite store between processes, so
+that MLflow's creation and migration of its tables never runs twice at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -78,3 +84,23 @@ def require_store(uri: str, model_uri: str) -> None:
             f"model {model_uri} not found: the tracking store {redacted(uri)} (MLFLOW_TRACKING_URI) "
             "does not exist yet; run `clickstream train --promote` first"
         )
+
+
+@contextlib.contextmanager
+def store_creation_lock(uri: str) -> Iterator[None]:
+    """While open, an exclusive lock (fcntl.flock) on `.NAME.lock` beside a local SQLite store NAME
+    (its folder created if missing), so that only one process at a time creates or migrates the
+    store's tables: MLflow does that, without a lock of its own, whenever it opens a store whose
+    tables are missing or out of date. A no-op for every other store (a server or a database
+    elsewhere migrates once, with `mlflow db upgrade`). An unusable folder raises OSError."""
+    path = local_store_path(uri) if uri.startswith("sqlite:///") else None
+    if path is None or str(path) in ("", ":memory:"):
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

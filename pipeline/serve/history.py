@@ -10,6 +10,7 @@ import sys
 import polars as pl
 
 from clickstream.models.champion import decision_history
+from clickstream.models.promotion import Decision, recorded_champion
 from clickstream.models.registry import (
     EVENTS_VERSION_TAG,
     FEATURE_SCHEMA_TAG,
@@ -85,6 +86,10 @@ def _number(tag: str | None) -> int | None:
 
 def decisions(settings: Settings) -> pl.DataFrame:
     """Every champion decision, oldest first (DECISIONS columns; AUCs null where nothing was compared)."""
+    return _decision_frame(decision_history(settings))
+
+
+def _decision_frame(history: list[Decision]) -> pl.DataFrame:
     rows = [
         {
             "decided_at": d.decided_at,
@@ -101,7 +106,7 @@ def decisions(settings: Settings) -> pl.DataFrame:
             "reason": d.reason,
             "decision_id": d.decision_id,
         }
-        for d in decision_history(settings)
+        for d in history
     ]
     frame = pl.DataFrame(rows, schema=DECISIONS)
     return frame.with_columns(pl.col("challenger_auc", "champion_auc", "margin").fill_nan(None))
@@ -110,11 +115,13 @@ def decisions(settings: Settings) -> pl.DataFrame:
 def write_registry(settings: Settings, fmt: str) -> str:
     """`clickstream models`: the versions and the decisions as two aligned tables (then a one-line
     summary) or one JSON object {"versions": [...], "decisions": [...]} on stdout (summary on stderr)."""
-    versions, history = model_versions(settings), decisions(settings)
+    recorded = decision_history(settings)  # first: settles what a killed decision left
+    versions, history = model_versions(settings), _decision_frame(recorded)
     champion = versions.filter(pl.col("aliases").str.contains(CHAMPION))["version"].to_list()
     summary = (
         f"{settings.model_name}: {versions.height} version(s), "
         f"{'champion v' + champion[0] if champion else 'no champion'}, {history.height} decision(s)"
+        f"{_disagreement(champion[0] if champion else None, recorded_champion(recorded))}"
     )
     if fmt == "json":
         document = {"versions": _records(versions), "decisions": _records(history)}
@@ -128,6 +135,20 @@ def write_registry(settings: Settings, fmt: str) -> str:
         f"{format_table(history.drop('decision_id'))}\n"
     )
     return summary
+
+
+def _disagreement(champion: str | None, recorded: str | None) -> str:
+    """"" when the alias and the history name the same champion, else what is off and the command
+    that records it (a person moved the alias outside clickstream, or deleted it)."""
+    if champion == recorded:
+        return ""
+    if champion is None:
+        return f"; the history's champion v{recorded} has no alias: `clickstream promote {recorded} --reason ...`"
+    history = f"v{recorded}" if recorded else "no champion"
+    return (
+        f"; the alias was set outside clickstream (the history has {history}): record it with "
+        f"`clickstream promote {champion} --reason ...`"
+    )
 
 
 def _records(frame: pl.DataFrame) -> list[dict[str, object]]:
