@@ -5,11 +5,17 @@ These files are the artifacts of the registered MLflow model, and every score co
 ModelBundle loaded from them: `clickstream score` (models.scorer) and MLflow's own clients
 (models.pyfunc) alike, so both give the same scores for the same sessions. No pickled module:
 the weights load into a BuyIntentLSTM built from the recorded sizes.
+
+Integrity: `save` records the SHA-256 of the weights file in network.json (registration also
+records it as the version's `weights_sha256` tag, models.packaging), and `load` hashes the file
+before reading it: weights that differ from either record raise WeightsChecksumError, never
+load. The vocabulary and the calibration are checked by their own loaders.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +42,21 @@ ARTIFACTS = {
     "calibration": "calibration.json",
     "sequences": "sequences.json",
 }
+# the SHA-256 (hex) of the weights file: a key of network.json, of the MLmodel's metadata and a registered-version tag
+WEIGHTS_SHA256 = "weights_sha256"
+
+
+class WeightsChecksumError(ValueError):
+    """The weights file is not the one recorded when the model was saved or registered."""
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -80,6 +101,7 @@ class ModelBundle:
             "n_categories": self.model.category.num_embeddings,
             "n_event_types": self.model.event_type.num_embeddings,
             "continuous_features": list(CONTINUOUS_FEATURES),
+            WEIGHTS_SHA256: file_sha256(paths["weights"]),
         }
         paths["network"].write_text(json.dumps(network, indent=2))
         self.vocabulary.save(paths["vocabulary"])
@@ -88,11 +110,17 @@ class ModelBundle:
         return paths
 
     @classmethod
-    def load(cls, artifacts: Mapping[str, str | Path], device: str = "cpu") -> ModelBundle:
+    def load(
+        cls, artifacts: Mapping[str, str | Path], device: str = "cpu", *, weights_sha256: str | None = None
+    ) -> ModelBundle:
         """The bundle whose files `artifacts` names (by ARTIFACTS name, as MLflow hands them over).
-        KeyError for a missing artifact, ValueError for files that do not fit together."""
+        KeyError for a missing artifact, ValueError for files that do not fit together,
+        WeightsChecksumError (a ValueError) when the weights file's SHA-256 differs from the one
+        network.json records or from `weights_sha256` (the registry's record). A model saved before
+        checksums existed records none: it loads unchecked unless `weights_sha256` is given."""
         paths = {name: Path(artifacts[name]) for name in ARTIFACTS}
         network = json.loads(paths["network"].read_text())
+        _check_weights(paths["weights"], {"network.json": network.get(WEIGHTS_SHA256), "the registry": weights_sha256})
         if tuple(network["continuous_features"]) != CONTINUOUS_FEATURES:
             raise ValueError("the model was trained on other continuous features than this code computes")
         if network["n_event_types"] != len(EVENT_TYPES) + 1:
@@ -112,3 +140,17 @@ class ModelBundle:
         sequences["exclude_event_types"] = tuple(sequences["exclude_event_types"])
         calibration = Calibration.load(paths["calibration"])
         return cls(model.eval(), vocabulary, calibration, SequenceConfig(**sequences), device)
+
+
+def _check_weights(path: Path, recorded: dict[str, str | None]) -> None:
+    """WeightsChecksumError unless the file's SHA-256 equals every recorded one (None: not recorded there)."""
+    expected = {where: str(value).lower() for where, value in recorded.items() if value is not None}
+    if not expected:
+        return
+    actual = file_sha256(path)
+    differs = [where for where, value in expected.items() if value != actual]
+    if differs:
+        raise WeightsChecksumError(
+            f"its weights file {path.name} has SHA-256 {actual[:12]}..., not the {expected[differs[0]][:12]}... "
+            f"recorded in {' and '.join(differs)}: the stored copy is damaged or was altered"
+        )

@@ -6,6 +6,10 @@ checkpoint never lives on a worker's own disk unless that disk is the configured
 Writes go to a temporary name beside the checkpoint and are then moved into place: a reader
 (or the next attempt after a kill) sees the previous complete checkpoint or the new one,
 never a half-written file. Only this module touches the store; it needs fsspec and torch.
+
+A checkpoint that cannot be read back (truncated, empty, random bytes, not a checkpoint's
+dict) raises CorruptCheckpointError, one line naming it: it is never half-used. Whether
+training then stops or starts clean is the caller's choice (models.fit, `resume`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from typing import Any
 import fsspec
 import torch
 
+from clickstream.pipeline.core.errors import TrainingError
+
 CHECKPOINT = "last.pt"
+
+
+class CorruptCheckpointError(TrainingError):
+    """The checkpoint exists but is not one this code can continue from (damaged or of another model)."""
 
 
 class CheckpointStore:
@@ -60,11 +70,40 @@ class CheckpointStore:
                 self.fs.rm(temp)
 
     def load(self) -> dict[str, Any]:
-        """The checkpoint's state, tensors on CPU (weights only: nothing in it executes code)."""
-        data = self.fs.cat_file(self.path)
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        """The checkpoint's state, tensors on CPU (weights only: nothing in it executes code).
+        TrainingError when the store cannot be read, CorruptCheckpointError when the file is empty,
+        truncated, not a torch file or not a dict."""
+        try:
+            data = self.fs.cat_file(self.path)
+        except OSError as error:
+            raise TrainingError(f"cannot read checkpoint {self}: {_first_line(error)}") from None
+        if not data:
+            raise CorruptCheckpointError(f"checkpoint {self} is empty")
+        try:
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as error:  # whatever torch's readers raise: these bytes are no checkpoint
+            raise CorruptCheckpointError(
+                f"checkpoint {self} is not a readable torch file ({len(data):,} bytes; truncated or damaged: "
+                f"{_reason(error)})"
+            ) from None
+        if not isinstance(state, dict):
+            raise CorruptCheckpointError(f"checkpoint {self} holds a {type(state).__name__}, not a checkpoint")
+        return state
 
     def clear(self) -> None:
         """Remove the run's folder (its registered model supersedes it); nothing when absent."""
         if self.fs.exists(self._folder):
             self.fs.rm(self._folder, recursive=True)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(error).__name__
+
+
+def _reason(error: BaseException) -> str:
+    """A short reason for a failed torch.load (its weights-only refusal is a page of advice, not a reason)."""
+    line = _first_line(error)
+    if line.startswith("Weights only load failed"):
+        return f"{type(error).__name__}: not a weights-only torch pickle"
+    return f"{type(error).__name__}: {line[:160]}"

@@ -2,6 +2,11 @@
 rate lowered after every epoch without a validation AUC gain, early stopping on validation AUC,
 a checkpoint after every epoch, and resume after a kill.
 
+A checkpoint that cannot be continued (empty, truncated, random bytes, another model's shapes,
+another run's data or settings) is never half-loaded: `resume=True` stops with one line
+(CorruptCheckpointError), `resume=RESUME_OR_RESTART` says so in a warning and starts clean,
+with exactly the weights a run without `resume` would reach.
+
 Reproducibility: every epoch reseeds the shuffle generator and torch's RNG (dropout) from
 (seed, epoch, rank), so an epoch's randomness never depends on what ran before it, and a
 resumed run reaches exactly the weights of an uninterrupted one on CPU. The caller seeds
@@ -22,6 +27,8 @@ TF32 on GPUs that have it. Both default off: plain IEEE float32 everywhere.
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -36,7 +43,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch.nn.parallel import DistributedDataParallel
 
 from clickstream.models.batching import iterate_batches, resident
-from clickstream.models.checkpoints import CheckpointStore
+from clickstream.models.checkpoints import CheckpointStore, CorruptCheckpointError
 from clickstream.models.device import cpu_threads, float32_precision, resolve_device
 from clickstream.models.predict import predict
 from clickstream.pipeline.core.errors import TrainingError
@@ -49,6 +56,10 @@ if TYPE_CHECKING:
     from clickstream.models.lstm import BuyIntentLSTM
     from clickstream.pipeline.core.config import TrainConfig
 
+log = logging.getLogger(__name__)
+
+# `fit(resume=...)`: continue from the checkpoint when it can be continued, else start clean (with a warning)
+RESUME_OR_RESTART = "or-restart"
 PROGRESS_EVERY = 25  # batches between live loss readings (each one waits for the GPU)
 # small training sets get smaller batches rather than a handful of steps: on 300k sessions (ten days at
 # YOOCHOOSE volume) 500 steps per epoch gained +0.005 test AUC over 73 (benchmarks/RESULTS.md, "Model selection")
@@ -161,20 +172,77 @@ def _save_checkpoint(
 def _load_checkpoint(
     store: CheckpointStore, model: BuyIntentLSTM, optimizer: torch.optim.Optimizer, fingerprint: dict
 ) -> _Progress:
-    state = store.load()
-    if state["fingerprint"] != fingerprint:
-        raise TrainingError(
-            f"checkpoint {store} belongs to a run with other data or settings; delete it or train without --resume"
+    """The checkpoint's progress, its weights and optimizer state loaded into `model` and `optimizer`.
+    CorruptCheckpointError, with both left as they were, when it cannot be continued."""
+    state = store.load()  # CorruptCheckpointError for bytes that are no checkpoint
+    if state.get("fingerprint") != fingerprint:
+        raise CorruptCheckpointError(f"checkpoint {store} belongs to a run with other data or settings")
+    initial_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    initial_optimizer = copy.deepcopy(optimizer.state_dict())
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        _check_optimizer_state(optimizer)
+        progress = _Progress(
+            history=[EpochStats(**s) for s in state["history"]],
+            best_epoch=int(state["best_epoch"]),
+            best_val_auc=float(state["best_val_auc"]),
+            best_weights=state["best_weights"],
+            stopped=bool(state["stopped"]),
         )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return _Progress(
-        history=[EpochStats(**s) for s in state["history"]],
-        best_epoch=state["best_epoch"],
-        best_val_auc=state["best_val_auc"],
-        best_weights=state["best_weights"],
-        stopped=state["stopped"],
-    )
+        _check_best_weights(progress, initial_model)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+        model.load_state_dict(initial_model)
+        optimizer.load_state_dict(initial_optimizer)
+        detail = " ".join(str(error).split())[:200] or type(error).__name__
+        raise CorruptCheckpointError(f"checkpoint {store} does not fit this model and run: {detail}") from None
+    return progress
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """ValueError unless every per-weight tensor of the optimizer state (AdamW's moments) has its weight's shape."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    shapes = f"{tuple(value.shape)} for a {tuple(param.shape)} weight"
+                    raise ValueError(f"optimizer state {name} of shape {shapes}")
+
+
+def _check_best_weights(progress: _Progress, expected: dict[str, torch.Tensor]) -> None:
+    """ValueError unless the best epoch's weights (if any) are this model's tensors and the epochs add up."""
+    if not 0 <= progress.best_epoch <= progress.epochs_done:
+        raise ValueError(f"best epoch {progress.best_epoch} of {progress.epochs_done} epochs")
+    best = progress.best_weights
+    if best is None:
+        if progress.best_epoch:
+            raise ValueError(f"no weights for best epoch {progress.best_epoch}")
+        return
+    if not isinstance(best, dict) or best.keys() != expected.keys():
+        raise ValueError("the best epoch's weights are not this model's")
+    for key, tensor in best.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[key].shape:
+            raise ValueError(f"size mismatch for best weights {key}")
+
+
+def _resumed(
+    checkpoint: CheckpointStore,
+    model: BuyIntentLSTM,
+    optimizer: torch.optim.Optimizer,
+    fingerprint: dict,
+    resume: bool | str,
+) -> _Progress:
+    """The progress to continue from: the checkpoint's, or none when it cannot be continued and
+    `resume` is RESUME_OR_RESTART (a warning says so); CorruptCheckpointError otherwise."""
+    try:
+        return _load_checkpoint(checkpoint, model, optimizer, fingerprint)
+    except CorruptCheckpointError as error:
+        if resume != RESUME_OR_RESTART:
+            raise CorruptCheckpointError(
+                f"{error}; delete it, or resume with --resume-or-restart to start this window clean"
+            ) from None
+        log.warning("%s; starting clean, as asked (--resume-or-restart)", error)
+        return _Progress(history=[])
 
 
 def epoch_learning_rate(config: TrainConfig, history: list[EpochStats]) -> float:
@@ -257,7 +325,7 @@ def fit(
     config: TrainConfig,
     *,
     checkpoint_dir: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> FitResult:
     """Train `model` on `train` (labels 0/1, no NaN), early-stopping on `val` AUC.
@@ -266,10 +334,14 @@ def fit(
     stops after `config.patience` epochs without a validation AUC gain. With `checkpoint_dir` (a
     path or fsspec URL, models.checkpoints), `<checkpoint_dir>/last.pt` is rewritten atomically
     after every epoch; `resume=True` continues from it (or starts fresh when it does not exist)
-    and reaches the same weights as an uninterrupted run. Deterministic for `config.seed` on CPU.
+    and reaches the same weights as an uninterrupted run; a checkpoint it cannot continue raises
+    CorruptCheckpointError (a TrainingError), or, with `resume=RESUME_OR_RESTART`, is passed over
+    with a warning for a clean start. Deterministic for `config.seed` on CPU.
     Raises TrainingError on a NaN/inf loss or a one-class validation set. The returned model holds
     the best epoch's weights, on CPU, in eval mode.
     """
+    if resume not in (False, True, RESUME_OR_RESTART):
+        raise ValueError(f"resume must be False, True or {RESUME_OR_RESTART!r}, not {resume!r}")
     _check_labels(train, "train")
     _check_labels(val, "validation")
     rank, world = _rank_and_world()
@@ -291,7 +363,7 @@ def fit(
     checkpoint = CheckpointStore(checkpoint_dir) if checkpoint_dir is not None else None
     progress = _Progress(history=[])
     if resume and checkpoint is not None and checkpoint.exists():
-        progress = _load_checkpoint(checkpoint, model, optimizer, fingerprint)
+        progress = _resumed(checkpoint, model, optimizer, fingerprint, resume)
     resumed_epochs = progress.epochs_done
 
     train_data, val_data = resident(train, device), resident(val, device)

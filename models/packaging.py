@@ -3,6 +3,10 @@
 an input example, the project's code and pinned requirements, registered as a new version of
 `clickstream-buy-intent`.
 
+The SHA-256 of the weights file travels three ways: in the bundle's network.json, in the MLmodel's
+metadata (`weights_sha256`) and, at registration, as the version's `weights_sha256` tag
+(models.bundle.WEIGHTS_SHA256); every load checks the file against them (models.bundle).
+
 The code travels as the installed namespace (`clickstream/pipeline`, `clickstream/features`,
 `clickstream/models`), so the model loads in a fresh process, one without the project
 installed or one with unrelated top-level `models` or `features` packages.
@@ -21,6 +25,7 @@ import mlflow.pyfunc
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
+from clickstream.models.bundle import WEIGHTS_SHA256, file_sha256
 from clickstream.models.pyfunc import BuyIntentModel, input_example
 
 if TYPE_CHECKING:
@@ -37,7 +42,8 @@ EXAMPLE_SESSIONS = 5
 def log_model(bundle: ModelBundle, example_sessions: pl.DataFrame) -> ModelInfo:
     """Log `bundle` as the pyfunc `model` of the active run; the input example is the first
     EXAMPLE_SESSIONS of `example_sessions`. The returned info's model_id names the MLflow 3
-    logged model that evaluation metrics are linked to."""
+    logged model that evaluation metrics are linked to; its metadata holds the weights' SHA-256
+    (weights_sha256(), for the registered version's tag)."""
     with tempfile.TemporaryDirectory(prefix="clickstream-model-") as tmp:
         artifacts = bundle.save(Path(tmp) / "bundle")
         return mlflow.pyfunc.log_model(
@@ -48,7 +54,13 @@ def log_model(bundle: ModelBundle, example_sessions: pl.DataFrame) -> ModelInfo:
             signature=signature(),
             input_example=input_example(example_sessions.head(EXAMPLE_SESSIONS)),
             pip_requirements=requirements(),
+            metadata={WEIGHTS_SHA256: file_sha256(artifacts["weights"])},
         )
+
+
+def weights_sha256(logged: ModelInfo) -> str:
+    """The SHA-256 of the logged model's weights file, as log_model recorded it."""
+    return str((logged.metadata or {})[WEIGHTS_SHA256])
 
 
 def register(logged: ModelInfo, model_name: str, tags: dict[str, str]) -> str:

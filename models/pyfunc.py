@@ -7,44 +7,56 @@ calibration as `clickstream score`.
 
 - sessions, as rows of the lake's sequences/: the columns the model reads are `session_id`,
   `item_id`, `category`, `event_type` (lists of EVENT_TYPE_CODE), `log_gap_prev` (lists of
-  floats), and `start_hour` (0-23 UTC), or else `session_start` to derive it from. Other
-  columns are ignored. Rows come back in input order.
+  floats: log1p of the seconds since the previous event, 0 for the first), and `start_hour`
+  (0-23 UTC), or else `session_start` to derive it from. Other columns are ignored. Rows come
+  back in input order. Every session holds at least one event.
 - raw events, one row per event: `session_id`, `ts`, `item_id`, `category` (may be null) and
   `event_type` (a name of EVENT_TYPES; any other becomes "other"). They become sessions with the
   pipeline's own functions (features.sequences.sessions_of): events in time order, those at or
   after a session's first purchase left out, the last `max_events` kept. Sessions come back in
-  order of first appearance; one without any input event (a purchase first) scores NaN.
+  order of first appearance; every one must have an event before its first purchase.
 
 Timestamps (`session_start`, `ts`) may be timezone-aware (converted to UTC), naive (read as
 UTC) or ISO-8601 strings, as JSON brings them to `mlflow models serve`. Input the model cannot
-read raises an MlflowException naming the problem (HTTP 400 from the server).
+read raises an MlflowException (INVALID_PARAMETER_VALUE: HTTP 400 from the server) naming the
+column and the first sessions at fault: missing columns, wrong types, nulls, `start_hour`
+outside 0..23, an `event_type` code outside EVENT_TYPE_CODE, a session without events, a
+`log_gap_prev` value that is null, NaN, infinite, negative or above MAX_LOG_GAP. A score is
+never NaN: should the model still give a non-finite score, the request fails the same way.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
 import polars as pl
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, INVALID_STATE
 
 from clickstream.features.sequences import sessions_of
-from clickstream.models.bundle import ModelBundle
+from clickstream.models.bundle import ModelBundle, WeightsChecksumError
 from clickstream.pipeline.core.config import SequenceConfig
 from clickstream.pipeline.core.schemas import EVENT_TYPES, SEQUENCES, UTC_TS
 
 SESSION_COLUMNS = ("session_id", "item_id", "category", "event_type", "log_gap_prev", "start_hour")
 EVENT_COLUMNS = ("session_id", "ts", "item_id", "category", "event_type")
 _LISTS = ("item_id", "category", "event_type", "log_gap_prev")
+MAX_LOG_GAP = math.log1p(100 * 365.25 * 86_400)  # log1p(seconds) of a century: no gap between clicks is longer
+_SHOWN = 3  # offending sessions named in a message
 
 
 class BuyIntentModel(mlflow.pyfunc.PythonModel):
     """The pyfunc of `clickstream-buy-intent`; its state is the ModelBundle in the model's artifacts."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.bundle = ModelBundle.load(context.artifacts)
+        """The bundle, its weights checked against the SHA-256 its network.json records (models.bundle)."""
+        try:
+            self.bundle = ModelBundle.load(context.artifacts)
+        except WeightsChecksumError as error:
+            raise MlflowException(f"clickstream model not loaded: {error}", error_code=INVALID_STATE) from None
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -54,7 +66,7 @@ class BuyIntentModel(mlflow.pyfunc.PythonModel):
 
 
 def score_input(bundle: ModelBundle, frame: pd.DataFrame) -> pl.DataFrame:
-    """`session_id` and `score` (Float32) for sessions or raw events (the module's two input forms)."""
+    """`session_id` and `score` (Float32, finite) for sessions or raw events (the module's two input forms)."""
     if not isinstance(frame, pd.DataFrame):
         raise _invalid(f"expected a DataFrame of sessions or events, got {type(frame).__name__}")
     if "ts" in frame.columns and "log_gap_prev" not in frame.columns:
@@ -62,11 +74,16 @@ def score_input(bundle: ModelBundle, frame: pd.DataFrame) -> pl.DataFrame:
         sessions = sequences_of_events(events, bundle.sequences)
         scores = sessions.select("session_id", score=pl.Series(bundle.score(sessions), dtype=pl.Float32))
         order = events.select(pl.col("session_id").unique(maintain_order=True))
-        return order.join(scores, on="session_id", how="left", maintain_order="left").with_columns(
-            pl.col("score").fill_null(float("nan"))
-        )
+        scored = order.join(scores, on="session_id", how="left", maintain_order="left")
+        unscored = scored.filter(pl.col("score").is_null()).get_column("session_id")
+        if unscored.len():
+            raise _invalid(
+                f"event_type: session(s) {_named(unscored)} have no event before their first purchase, "
+                "so nothing to score; send the events before it"
+            )
+        return _finite(scored)
     sessions = sessions_frame(frame)
-    return sessions.select("session_id", score=pl.Series(bundle.score(sessions), dtype=pl.Float32))
+    return _finite(sessions.select("session_id", score=pl.Series(bundle.score(sessions), dtype=pl.Float32)))
 
 
 def sessions_frame(frame: pd.DataFrame) -> pl.DataFrame:
@@ -81,11 +98,12 @@ def sessions_frame(frame: pd.DataFrame) -> pl.DataFrame:
             when = _utc(raw.get_column("session_start"))
             raw = raw.with_columns(start_hour=when.dt.hour())
         sessions = raw.select(
-            *(pl.col(name).cast(types[name], strict=True) for name in ("session_id", "start_hour")),
+            pl.col("session_id").cast(types["session_id"], strict=True),
+            pl.col("start_hour").cast(pl.Int64, strict=True),  # SEQUENCES' Int8 once its range is checked
             pl.col("item_id").cast(pl.List(pl.String)).cast(types["item_id"]),
             pl.col("category").cast(pl.List(pl.String)).cast(types["category"]),
             pl.col("event_type").cast(types["event_type"], strict=True),
-            pl.col("log_gap_prev").cast(types["log_gap_prev"], strict=True),
+            pl.col("log_gap_prev").cast(pl.List(pl.Float64), strict=True),  # Float32 once checked: 1e308 is no inf
             label=pl.lit(None, dtype=pl.Boolean),
         )
     except (pl.exceptions.PolarsError, TypeError, ValueError) as error:
@@ -96,9 +114,71 @@ def sessions_frame(frame: pd.DataFrame) -> pl.DataFrame:
     if not all((lengths.get_column(c).fill_null(-1) == lengths.get_column("item_id")).all() for c in _LISTS):
         raise _invalid("each session's item_id, category, event_type and log_gap_prev lists must be equally long")
     codes = sessions.get_column("event_type").explode(empty_as_null=False, keep_nulls=False)
-    if codes.len() and not codes.is_between(0, len(EVENT_TYPES) - 1).all():
+    if codes.len() and not codes.is_between(0, len(EVENT_TYPES) - 1).fill_null(False).all():
         raise _invalid(f"event_type codes must lie in 0..{len(EVENT_TYPES) - 1} ({', '.join(EVENT_TYPES)})")
-    return sessions.with_columns(n_events=lengths.get_column("item_id").cast(pl.Int32))
+    _check_values(sessions, lengths.get_column("item_id"))
+    return sessions.with_columns(
+        pl.col("start_hour").cast(types["start_hour"]),
+        pl.col("log_gap_prev").cast(types["log_gap_prev"]),
+        n_events=lengths.get_column("item_id").cast(pl.Int32),
+    )
+
+
+def _check_values(sessions: pl.DataFrame, n_events: pl.Series) -> None:
+    """A one-line MlflowException naming the column and the first sessions whose values the model cannot
+    read: a start_hour outside 0..23, no event, a null item id, a null, non-finite, negative or
+    implausibly large (above MAX_LOG_GAP) log_gap_prev."""
+    ids = sessions.get_column("session_id")
+    hour = sessions.get_column("start_hour")
+    outside = ~hour.is_between(0, 23)
+    if outside.any():
+        raise _invalid(
+            f"start_hour must be the session start's UTC hour, 0..23: session(s) {_named(ids.filter(outside))} "
+            f"hold {_shown(hour.filter(outside))}"
+        )
+    if (n_events == 0).any():
+        raise _invalid(f"item_id: session(s) {_named(ids.filter(n_events == 0))} hold no events; send at least one")
+    flat = sessions.select("session_id", "item_id", "log_gap_prev").explode("item_id", "log_gap_prev")
+    no_item = flat.filter(pl.col("item_id").is_null()).get_column("session_id")
+    if no_item.len():
+        raise _invalid(f"item_id holds null item ids in session(s) {_named(no_item)}")
+    gaps = pl.col("log_gap_prev")
+    problems = {
+        "null, NaN or infinite values": gaps.is_null() | ~gaps.is_finite(),
+        "negative time gaps (it is log1p of the seconds since the previous event, >= 0)": gaps < 0,
+        f"gaps above {MAX_LOG_GAP:.2f} (log1p of the seconds of a century)": gaps > MAX_LOG_GAP,
+    }
+    for problem, where in problems.items():
+        bad = flat.filter(where.fill_null(True))
+        if bad.height:
+            raise _invalid(
+                f"log_gap_prev holds {problem}: session(s) {_named(bad.get_column('session_id'))} "
+                f"hold {_shown(bad.get_column('log_gap_prev'))}"
+            )
+
+
+def _finite(scored: pl.DataFrame) -> pl.DataFrame:
+    """`scored` when every score is finite; else a one-line MlflowException naming the sessions (never NaN out)."""
+    score = scored.get_column("score")
+    bad = (score.is_null() | ~score.is_finite()).fill_null(True)
+    if bad.any():
+        ids = _named(scored.get_column("session_id").filter(bad))
+        raise _invalid(f"score: the model gives no finite score for session(s) {ids}; check their log_gap_prev")
+    return scored
+
+
+def _named(ids: pl.Series) -> str:
+    """The first _SHOWN distinct session ids of `ids`, quoted, and how many more there are."""
+    distinct = ids.unique(maintain_order=True)
+    shown = ", ".join(repr(str(v)[:64]) for v in distinct.head(_SHOWN).to_list())
+    more = distinct.len() - _SHOWN
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _shown(values: pl.Series) -> str:
+    """The first _SHOWN offending values, as Python writes them."""
+    listed = ", ".join(repr(v) for v in values.head(_SHOWN).to_list())
+    return f"{listed}, ..." if values.len() > _SHOWN else listed
 
 
 def events_frame(frame: pd.DataFrame) -> pl.DataFrame:

@@ -13,8 +13,10 @@ NaN loss) ends the run FAILED with the reason and leaves the aliases alone.
 Re-running: every version carries a fingerprint of its window, the window's data and
 the settings. Re-running a window whose data and settings are unchanged re-uses that
 version (alias `challenger` goes back to it) instead of training a duplicate; a changed
-day in the window trains a new version. A run of the same fingerprint left RUNNING by a
-killed process is marked KILLED when the window is trained again; `resume=True` instead
+day in the window trains a new version. Two processes training the same window at once never
+both train it: a claim on the experiment (registry.training_claim) lets one start its run, and the
+other waits for that run to end, then re-uses its version. A run of the same fingerprint left
+RUNNING by a killed process is marked KILLED when the window is trained again; `resume=True` instead
 continues the window's interrupted run (same MLflow run, last checkpoint). Checkpoints live in
 `settings.checkpoints`, storage every worker sees, so a retry on another machine resumes too.
 `gpus` > 1 trains data-parallel on that many local processes (models.distributed); the
@@ -22,12 +24,18 @@ launching process evaluates and registers, once.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import importlib.metadata
+import logging
 import math
+import socket
 import subprocess
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,13 +49,13 @@ from clickstream.features.tensor_loader import feature_schema, load_tensors
 from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.features.vocabulary import build_vocabulary
 from clickstream.models.baseline import fit_baseline
-from clickstream.models.bundle import ModelBundle
+from clickstream.models.bundle import WEIGHTS_SHA256, ModelBundle
 from clickstream.models.champion import actor, gate_challenger
 from clickstream.models.checkpoints import CheckpointStore
 from clickstream.models.distributed import check_ranks, fit_ranks
 from clickstream.models.evaluation import choose_calibration, evaluate, expected_calibration_error, write_plots
 from clickstream.models.lstm import BuyIntentLSTM
-from clickstream.models.packaging import log_model, register
+from clickstream.models.packaging import log_model, register, weights_sha256
 from clickstream.models.predict import predict
 from clickstream.models.promotion import Decision
 from clickstream.models.registry import (
@@ -61,6 +69,7 @@ from clickstream.models.registry import (
     experiment_id,
     set_challenger,
     tracking_client,
+    training_claim,
     version_with_fingerprint,
 )
 from clickstream.models.training_data import Split, TrainingData, check_trainable, datasets, prepare
@@ -71,12 +80,17 @@ from clickstream.pipeline.core.processes import STALE_AGE, is_stale, owner
 from clickstream.pipeline.core.schemas import EVENT_TYPES
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
+    from mlflow import ActiveRun, MlflowClient
     from mlflow.entities import Run
 
     from clickstream.models.fit import EpochStats
 
 OWNER_TAG = "owner"  # host:pid of the process training a run, to tell a killed run from a live one
+HEARTBEAT_TAG = "heartbeat"  # when the training process last marked its run alive (ISO time, UTC)
+HEARTBEAT = dt.timedelta(minutes=1)  # how often it does
+HEARTBEAT_EXPIRY = dt.timedelta(minutes=10)  # a run of another host not marked alive for this long is abandoned
+TRAINING_POLL_S = 5.0  # between looks at another process's run of the same window, while waiting for it
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,7 @@ def train_and_register(
     epochs: int | None = None,
     device: str = "auto",
     promote: bool = False,
-    resume: bool = False,
+    resume: bool | str = False,
     gpus: int = 1,
     as_of: int | None = None,
 ) -> TrainSummary:
@@ -136,7 +150,7 @@ def train_challenger(
     *,
     epochs: int | None = None,
     device: str = "auto",
-    resume: bool = False,
+    resume: bool | str = False,
     gpus: int = 1,
     as_of: int | None = None,
 ) -> TrainSummary:
@@ -147,7 +161,9 @@ def train_challenger(
     Idempotent per (window, data, settings): an existing version with the same fingerprint
     is re-used. Raises TrainingError (run marked FAILED, aliases untouched) when the window
     cannot yield a trustworthy model. Runs of the same fingerprint left RUNNING by a process
-    that is gone (killed) are marked KILLED; `resume` continues the newest unfinished one.
+    that is gone (killed) are marked KILLED; `resume` continues the newest unfinished one, from its
+    checkpoint: a checkpoint that cannot be continued is a TrainingError, unless `resume` is
+    models.fit.RESUME_OR_RESTART (`--resume-or-restart`), which starts the window clean instead.
     Tuned settings in the lake (models.tuned) apply on top of `settings` when they were tuned for
     the same features.
     """
@@ -157,19 +173,12 @@ def train_challenger(
     config = dataclasses.replace(settings.train, epochs=epochs or settings.train.epochs, device=device)
     data = prepare(settings, config, start, end, as_of)
     client = tracking_client(settings)
-    existing = version_with_fingerprint(settings, data.fingerprint)
-    if existing is not None:
-        set_challenger(settings, str(existing.version))
-        return _summary(client, settings.model_name, str(existing.version), reused=True)
+    started = _start_run(settings, client, data, resume, device)
+    if isinstance(started, str):  # the window's version, registered by this or another process
+        set_challenger(settings, started)
+        return _summary(client, settings.model_name, started, reused=True)
 
-    resumed = _end_abandoned_runs(client, data.fingerprint, resume)
-    with mlflow.start_run(
-        run_id=resumed,
-        experiment_id=experiment_id(client),
-        run_name=f"train {data.split.span}",
-        tags={FINGERPRINT_TAG: data.fingerprint, OWNER_TAG: owner(), "device": device},
-        log_system_metrics=True,
-    ) as run:
+    with started as run, _heartbeat(client, run.info.run_id):
         try:
             version = _train_in_run(settings, config, data, resume, gpus)
         except TrainingError as error:
@@ -178,7 +187,7 @@ def train_challenger(
     return _summary(client, settings.model_name, version, reused=False, run_id=run.info.run_id)
 
 
-def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, resume: bool, gpus: int) -> str:
+def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, resume: bool | str, gpus: int) -> str:
     """Fit, evaluate, calibrate, log and register inside the active MLflow run; returns the new version."""
     split = data.split
     mlflow.log_params(
@@ -262,6 +271,7 @@ def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, r
             FEATURE_SCHEMA_TAG: feature_schema(),
             SEQUENCES_VERSION_TAG: str(data.sequences_version),
             EVENTS_VERSION_TAG: data.events_version,
+            WEIGHTS_SHA256: weights_sha256(logged),  # verified at every load (models.bundle)
         },
     )
     set_challenger(settings, version)
@@ -299,7 +309,64 @@ def _params(settings: Settings, config: TrainConfig, split: Split) -> dict[str, 
     }
 
 
-def _end_abandoned_runs(client: MlflowClient, fingerprint: str, resume: bool) -> str | None:
+def _start_run(
+    settings: Settings, client: MlflowClient, data: TrainingData, resume: bool | str, device: str
+) -> str | ActiveRun:
+    """The registered version of this window's fingerprint (a str) when there is one, else this
+    process's run of it, started. Under a claim on the experiment (registry.training_claim), so that
+    two processes never both start the window: while another live process trains it, wait for that
+    run to end (TRAINING_POLL_S between looks), then re-use its version or, when it failed, train."""
+    waited_for = None
+    while True:
+        with training_claim(settings, client):
+            existing = version_with_fingerprint(settings, data.fingerprint)
+            if existing is not None:
+                return str(existing.version)
+            live = _live_runs(client, data.fingerprint)
+            if not live:
+                resumed = _end_abandoned_runs(client, data.fingerprint, resume)
+                return mlflow.start_run(
+                    run_id=resumed,
+                    experiment_id=experiment_id(client),
+                    run_name=f"train {data.split.span}",
+                    tags={
+                        FINGERPRINT_TAG: data.fingerprint,
+                        OWNER_TAG: owner(),
+                        HEARTBEAT_TAG: dt.datetime.now(dt.UTC).isoformat(),
+                        "device": device,
+                    },
+                    log_system_metrics=True,
+                )
+        other = live[0]
+        if other.info.run_id != waited_for:
+            waited_for = other.info.run_id
+            holder = other.data.tags.get(OWNER_TAG, "?")
+            _log.warning(
+                "waiting for run %s (process %s), which trains the same window, data and settings, to end",
+                waited_for,
+                holder,
+            )
+        while _is_live(client.get_run(waited_for)):
+            time.sleep(TRAINING_POLL_S)
+
+
+def _live_runs(client: MlflowClient, fingerprint: str) -> list[Run]:
+    """This fingerprint's runs that another process, still alive, is training (oldest first)."""
+    runs = client.search_runs(
+        [experiment_id(client)],
+        f"tags.{FINGERPRINT_TAG} = '{fingerprint}' and attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return [run for run in runs if _is_live(run)]
+
+
+def _is_live(run: Run) -> bool:
+    """A RUNNING run whose process, another than this one, still trains it. A run of this very
+    process is not waited for: it is one an interrupted call here left behind."""
+    return run.info.status == "RUNNING" and not _abandoned(run) and run.data.tags.get(OWNER_TAG) != owner()
+
+
+def _end_abandoned_runs(client: MlflowClient, fingerprint: str, resume: bool | str) -> str | None:
     """Mark this fingerprint's runs left RUNNING by a process that is gone as KILLED, then return the
     run to continue: with `resume`, the newest one that did not finish (killed or failed), else None.
     A run whose process still trains (on this host; on another, for STALE_AGE) is left alone."""
@@ -318,12 +385,40 @@ def _end_abandoned_runs(client: MlflowClient, fingerprint: str, resume: bool) ->
 
 
 def _abandoned(run: Run) -> bool:
-    """Whether a RUNNING run's process is gone: its owner tag says so (processes.is_stale); a run without one
-    (killed before tagging) counts once it is older than STALE_AGE."""
-    started = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC)
-    age = dt.datetime.now(dt.UTC) - started
-    holder = run.data.tags.get(OWNER_TAG)
+    """Whether a RUNNING run's process is gone: on this host, its owner tag's process is (processes.is_stale);
+    on another, its heartbeat is older than HEARTBEAT_EXPIRY; a run without either (killed before tagging,
+    or trained by an earlier clickstream) counts once it is older than STALE_AGE."""
+    now = dt.datetime.now(dt.UTC)
+    age = now - dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC)
+    holder, beat = run.data.tags.get(OWNER_TAG), run.data.tags.get(HEARTBEAT_TAG)
+    if holder and holder.rpartition(":")[0] == socket.gethostname():
+        return is_stale(holder, age)
+    if beat:
+        with contextlib.suppress(TypeError, ValueError):  # not a time: as if there were none
+            return now - dt.datetime.fromisoformat(beat) >= HEARTBEAT_EXPIRY
     return is_stale(holder, age) if holder else age >= STALE_AGE
+
+
+@contextlib.contextmanager
+def _heartbeat(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """While open, a thread marks the run alive (tag `heartbeat`, the time) every HEARTBEAT, so that a
+    process on another host can tell a live training of the window from one whose process died."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a store that does not answer for a while stops nothing
+                client.set_tag(run_id, HEARTBEAT_TAG, dt.datetime.now(dt.UTC).isoformat())
+            if stop.wait(HEARTBEAT.total_seconds()):
+                return
+
+    thread = threading.Thread(target=beat, name=f"clickstream-heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _summary(

@@ -1,14 +1,17 @@
 """Checkpoints live where every worker sees them (a local or shared folder, or the lake's object
-store), are replaced whole or not at all, and default to the lake's `_checkpoints/`."""
+store), are replaced whole or not at all, and default to the lake's `_checkpoints/`; bytes that are
+no checkpoint (empty, truncated, random, not a dict) are one line naming it, never a traceback."""
 
 from __future__ import annotations
 
+import io
+import random
 from pathlib import Path
 
 import pytest
 import torch
 
-from clickstream.models.checkpoints import CHECKPOINT, CheckpointStore
+from clickstream.models.checkpoints import CHECKPOINT, CheckpointStore, CorruptCheckpointError
 from clickstream.pipeline.core.config import load_settings
 
 
@@ -51,6 +54,33 @@ def test_given_a_failing_state_when_saved_then_the_previous_checkpoint_stays_int
         store.save({"epoch": 2, "bad": Unpicklable()})
 
     assert store.load() == {"epoch": 1}
+
+
+def _torch_bytes(value: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "is empty"),
+        (_torch_bytes({"epoch": 1, "big": torch.zeros(5_000)})[:3_000], "not a readable torch file"),
+        (random.Random(3).randbytes(4_000), "not a readable torch file"),
+        (_torch_bytes([1, 2, 3]), "holds a list, not a checkpoint"),
+    ],
+    ids=["empty", "truncated", "random bytes", "a list"],
+)
+def test_given_bytes_that_are_no_checkpoint_then_loading_is_one_line_naming_it(folder, content, reason):
+    store = CheckpointStore(folder)
+    store.save({"epoch": 1})
+    store.fs.pipe_file(store.path, content)
+
+    with pytest.raises(CorruptCheckpointError, match=reason) as error:
+        store.load()
+
+    assert "\n" not in str(error.value) and str(store) in str(error.value)
 
 
 def test_given_a_cleared_store_then_nothing_is_left_and_clearing_again_is_a_no_op(folder):

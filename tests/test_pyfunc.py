@@ -195,18 +195,20 @@ def test_given_raw_events_then_scores_equal_the_scorers_on_the_sequences_the_pip
     only_a_purchase = pl.DataFrame(
         {"session_id": ["bought"], "ts": [dt.datetime(2014, 4, 1, 12, tzinfo=dt.UTC)], "item_id": ["1"]}
     ).with_columns(category=pl.lit(None, pl.String), event_type=pl.lit("purchase"))
-    frame = pl.concat([events, only_a_purchase.select(events.columns)])
     expected = dict(zip(sequences["session_id"], champion.score(sequences), strict=True))
 
     for timestamps in ("aware", "naive"):
-        given = frame if timestamps == "aware" else frame.with_columns(pl.col("ts").dt.replace_time_zone(None))
+        given = events if timestamps == "aware" else events.with_columns(pl.col("ts").dt.replace_time_zone(None))
 
         scored = score_input(champion.bundle, given.to_pandas())
 
-        assert scored["session_id"].to_list() == frame["session_id"].unique(maintain_order=True).to_list()
+        assert scored["session_id"].to_list() == events["session_id"].unique(maintain_order=True).to_list()
         got = dict(zip(scored["session_id"], scored["score"], strict=True))
-        assert np.isnan(got.pop("bought")) and got.keys() == expected.keys()
+        assert got.keys() == expected.keys()
         np.testing.assert_allclose(list(got.values()), [expected[k] for k in got], rtol=0, atol=1e-6)
+    # a session with nothing before its first purchase has nothing to score: refused, never NaN
+    with pytest.raises(MlflowException, match="event_type: session\\(s\\) 'bought' have no event before"):
+        score_input(champion.bundle, pl.concat([events, only_a_purchase.select(events.columns)]).to_pandas())
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,23 +121,79 @@ def ingest_landing(settings: Settings, batch: Mapping[str, Any]) -> dict[str, An
     day = dt.date.fromisoformat(batch["day"])
     summary = ingest_files(settings, batch["format"], batch["files"], batch["buys"], ingestion_date=day)
     counts = {name: int(getattr(summary, name)) for name in ("rows_read", "rows_written", "quarantined", "duplicates")}
-    return {"day": batch["day"], **counts}
+    # dates a re-delivered batch no longer has: marked for rebuild_sequences
+    return {"day": batch["day"], **counts, "dropped": [d.isoformat() for d in summary.dropped]}
 
 
-def rebuild_sequences(settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:
+def rebuild_sequences(
+    settings: Settings, start: dt.date, end: dt.date, dropped: Iterable[str | dt.date] = ()
+) -> dict[str, Any]:
     """Rebuild sequences/ for [start - 1 day, end]: the day before too, so a session that crossed
-    midnight into `start` is complete in its start day's partition. Idempotent (each partition is
-    replaced atomically with the same rows)."""
-    from clickstream.features.sequences import build_sequences
+    midnight into `start` is complete in its start day's partition. Then the dates marked for
+    rebuild: those a re-delivered batch dropped (`dropped`, from `ingest_landing`) and any date
+    whose sequences outlived its events (`features.sequences.stale_dates`, whatever removed them),
+    each with the day before and after, so their sequences are cleared and their neighbours'
+    rebuilt; then the scores that outlived their sequences are cleared and the rebuilt dates that
+    had scores are re-scored (`settle_scores`). Idempotent (each partition is replaced atomically
+    with the same rows)."""
+    from clickstream.features.sequences import build_sequences, stale_dates
+    from clickstream.pipeline.core.lake import Lake
 
     summary = build_sequences(settings, start - dt.timedelta(days=1), end)
+    marked = {d if isinstance(d, dt.date) else dt.date.fromisoformat(d) for d in dropped}
+    marked |= set(stale_dates(Lake(settings.lake)))
+    ranges = _runs(sorted({d + dt.timedelta(days=offset) for d in marked for offset in (-1, 0, 1)}))
+    for first, last in ranges:
+        with contextlib.suppress(NoDataError):  # neither events nor sequences there: nothing to rebuild
+            build_sequences(settings, first, last)
+    settled = settle_scores(settings, ranges)
     return {
         "start": start.isoformat(),
         "end": end.isoformat(),
         "dates": [d.isoformat() for d in summary.dates],
         "sessions": summary.sessions,
         "buyers": summary.buyers,
+        "rebuilt": [[first.isoformat(), last.isoformat()] for first, last in ranges],
+        **settled,
     }
+
+
+def settle_scores(settings: Settings, rebuilt: Iterable[tuple[dt.date, dt.date]]) -> dict[str, list[str]]:
+    """Scores never outlive their sequences: clear the scores of every date without sequences (one
+    commit per run of such dates, then cookie_intent rebuilt), and re-score with the champion the
+    dates of the `rebuilt` ranges that have both (skipped while there is no champion). Returns the
+    dates cleared and re-scored, as ISO strings."""
+    from clickstream.pipeline.core.lake import Lake, dates_predicate
+
+    lake = Lake(settings.lake)
+    have = set(lake.dates("sequences"))
+    scored = lake.dates("scores")
+    gone = [day for day in scored if day not in have]
+    for first, last in _runs(gone):  # every date of a run is one of `gone`: no other scores go
+        meta = {"reason": "their sequences are gone", "first_date": first, "last_date": last}
+        lake.commit("scores", [], replace=dates_predicate(first, last), stage="score", metadata=meta)
+    if gone:
+        from clickstream.pipeline.serve.scoring import refresh_cookie_intent
+
+        refresh_cookie_intent(lake, lake.version("scores") or 0)
+    rescored: list[dt.date] = []
+    for first, last in rebuilt:
+        days = [day for day in scored if first <= day <= last and day in have]
+        if days:
+            with contextlib.suppress(NoDataError):  # no champion yet: nothing scores them
+                rescored += [dt.date.fromisoformat(d) for d in score_days(settings, days[0], days[-1])["dates"]]
+    return {"scores_cleared": [d.isoformat() for d in gone], "rescored": [d.isoformat() for d in rescored]}
+
+
+def _runs(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
+    """The runs of consecutive calendar days in `days` (ascending), as (first, last) pairs."""
+    runs: list[tuple[dt.date, dt.date]] = []
+    for day in days:
+        if runs and day - runs[-1][1] == dt.timedelta(days=1):
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
 
 
 # ---- model -----------------------------------------------------------------------------------
@@ -171,15 +227,19 @@ def train_for_day(
     (alias `challenger`); the same window, data and configuration reuse the version already registered.
     `gpus` > 1 trains on that many processes of this machine. `resume` (a retried task, `is_retry`)
     continues the interrupted attempt's MLflow run from its last finished epoch: checkpoints live in
-    `settings.checkpoints`, which every worker sees.
+    `settings.checkpoints`, which every worker sees. A checkpoint that cannot be continued (torn,
+    corrupt) is passed over with a warning and the retry starts clean: unattended, it must not fail
+    every retry the same way.
 
     Raises NoDataError (the DAG skips training) until the window holds validation_days + 1 days of
     sequences: the last validation_days validate, at least one day trains.
     """
     start, end = trainable_window(settings, day, window_days, "training")  # a skip imports no torch
+    from clickstream.models.fit import RESUME_OR_RESTART
     from clickstream.models.train import train_challenger
 
-    summary = train_challenger(settings, start, end, epochs=epochs, device=device, gpus=gpus, resume=resume)
+    again = RESUME_OR_RESTART if resume else False
+    summary = train_challenger(settings, start, end, epochs=epochs, device=device, gpus=gpus, resume=again)
     return {
         "version": str(summary.version),
         "start": start.isoformat(),
