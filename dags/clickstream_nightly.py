@@ -9,7 +9,10 @@ What, in order:
 1. find_landing: the day's raw files in `<landing>/YYYY-MM-DD/`. None there: the task is
    SKIPPED with the reason and so is everything after it (the run still succeeds).
 2. ingest: raw files -> events/ (bad rows -> quarantine/).
-3. build_sequences: sequences/ for the day and the day before (sessions crossing midnight).
+3. build_sequences: sequences/ for the day and the day before (sessions crossing midnight); then
+   the dates marked for rebuild, with the days around them: those the ingest's batch no longer
+   has (a re-delivered file with fewer dates) and any whose events are gone. Their scores are
+   cleared where their sequences went, and re-scored with the champion where they were rebuilt.
 4. train: a challenger on the rolling window (param `window_days`, default 30) ending at the day,
    in pool/queue `gpu` (and the executor `CLICKSTREAM_TRAIN_EXECUTOR`, when set), on
    `NIGHTLY.gpus_per_training` GPUs. A retry resumes from the last finished epoch (checkpoints are
@@ -74,7 +77,7 @@ def clickstream_nightly() -> None:
     @task
     def build_sequences(ingested: dict[str, Any]) -> dict[str, Any]:
         day = dt.date.fromisoformat(ingested["day"])
-        return nightly.rebuild_sequences(load_settings(), day, day)
+        return nightly.rebuild_sequences(load_settings(), day, day, dropped=ingested.get("dropped", ()))
 
     @task(**nightly.train_task_options())
     def train(built: dict[str, Any], params: dict[str, Any] | None = None, ti: Any = None) -> dict[str, Any]:

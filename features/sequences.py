@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from clickstream.features.sessionize import sessionize
 from clickstream.pipeline.core.config import SequenceConfig, Settings
+from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake, dates_predicate
 from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE, SEQUENCES, UTC_TS, conform
 
@@ -125,10 +126,17 @@ def read_sequences(
 ) -> pl.DataFrame:
     """Sessions starting in [start, end] (default: all) at table `version` (default: latest),
     sorted by (session_start, session_id), with the SEQUENCES columns, or only those of them
-    named in `columns` (in SEQUENCES order); an empty frame when there are none."""
+    named in `columns` (in SEQUENCES order); an empty frame when there are none.
+
+    The latest sequences are refused (NoDataError naming the rebuild) on any date of the range
+    whose events are gone (`stale_dates`): training and scoring never use sessions of events that
+    no longer exist. An older `version` (time travel) is read as it was.
+    """
     wanted = set(SEQUENCES.names() if columns is None else columns)
     if wanted - set(SEQUENCES.names()):
         raise ValueError(f"not SEQUENCES columns: {sorted(wanted - set(SEQUENCES.names()))}")
+    if version is None or version == lake.version("sequences"):
+        _refuse_stale(lake, start, end)
     names = [name for name in SEQUENCES.names() if name in wanted]
     schema = pl.Schema({name: SEQUENCES[name] for name in SEQUENCES.names() if name in {*names, *_ORDER}})
     scan = lake.scan("sequences", start, end, version)
@@ -136,6 +144,36 @@ def read_sequences(
         return pl.DataFrame(schema=schema).select(names)
     frame = conform(scan.select(schema.names()).collect(), schema)
     return (frame if _in_session_order(frame) else frame.sort(*_ORDER)).select(names)
+
+
+def stale_dates(lake: Lake, start: dt.date | None = None, end: dt.date | None = None) -> list[dt.date]:
+    """The dates in [start, end] (default: all) of the latest sequences on which `events` holds no
+    row: their sessions were built from events that are gone since (a re-delivered batch that no
+    longer has the date, a restored older version). A session's date is the date of its first
+    event, so sequences of a date without events cannot be current. None while `events` was never
+    written (sequences written directly, e.g. synthetic ones)."""
+    if lake.version("events") is None:
+        return []
+    have = set(lake.dates("events"))
+    return [day for day in lake.dates("sequences") if _within(day, start, end) and day not in have]
+
+
+def rebuild_range(days: Iterable[dt.date]) -> tuple[dt.date, dt.date] | None:
+    """The dates whose sequences change when the events of `days` change: from the day before the
+    first (its sessions may run into it) to the day after the last (a session begun on a changed day
+    may have held its events); None for no days."""
+    days = sorted(days)
+    return (days[0] - dt.timedelta(days=1), days[-1] + dt.timedelta(days=1)) if days else None
+
+
+def _refuse_stale(lake: Lake, start: dt.date | None, end: dt.date | None) -> None:
+    stale = stale_dates(lake, start, end)
+    if stale:
+        first, last = rebuild_range(stale) or (stale[0], stale[-1])
+        raise NoDataError(
+            f"sequences of {stale[0]}..{stale[-1]} ({len(stale)} date(s)) in lake {lake} were built from events that "
+            f"are gone; rebuild them first: clickstream sequences --start {first} --end {last}"
+        )
 
 
 def _in_session_order(frame: pl.DataFrame) -> bool:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
-from clickstream.pipeline.core.config import Settings, load_settings
+import pytest
+
+from clickstream.pipeline.core.config import (
+    SQL_MEMORY_MAX_MB,
+    SQL_TIMEOUT_MAX_S,
+    Settings,
+    check_sql_limits,
+    load_settings,
+)
+from clickstream.pipeline.core.errors import SettingError
 
 
 def test_defaults_put_all_state_under_the_home_folder(tmp_path: Path) -> None:
@@ -37,3 +48,29 @@ def test_with_overrides_ignores_none() -> None:
     settings = Settings()
     assert settings.with_overrides(model_name=None) == settings
     assert settings.with_overrides(model_name="m").model_name == "m"
+
+
+
+def test_a_home_or_lake_that_is_a_file_or_lies_under_one_is_a_setting_error(tmp_path: Path) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    cases = [
+        ({"CLICKSTREAM_HOME": str(afile)}, f"home {afile} (CLICKSTREAM_HOME) is not a folder"),
+        ({"CLICKSTREAM_HOME": str(afile / "sub")}, f"cannot be a folder: {afile} is a file"),
+        ({"CLICKSTREAM_LAKE": str(afile / "lake")}, f"lake root {afile / 'lake'} (CLICKSTREAM_LAKE) cannot be"),
+    ]
+    for environ, message in cases:
+        with pytest.raises(SettingError, match=re.escape(message)):
+            load_settings(environ={"CLICKSTREAM_HOME": str(tmp_path / "home"), **environ})
+    assert load_settings(environ={"CLICKSTREAM_HOME": str(tmp_path / "new" / "home")}).home == tmp_path / "new" / "home"
+
+
+@pytest.mark.parametrize(
+    ("timeout_s", "memory_mb"),
+    [(math.inf, 64), (math.nan, 64), (1e10, 64), (0, 64), (1, 63), (1, SQL_MEMORY_MAX_MB + 1), (1, 64.0)],
+)
+def test_sql_limits_out_of_their_ranges_are_setting_errors(timeout_s: float, memory_mb: int) -> None:
+    check_sql_limits(SQL_TIMEOUT_MAX_S, SQL_MEMORY_MAX_MB)
+    check_sql_limits(0.001, 64)
+    with pytest.raises(SettingError, match="is out of range; expected"):
+        check_sql_limits(timeout_s, memory_mb)

@@ -108,6 +108,9 @@ def test_given_a_changed_input_then_its_stale_dates_go_and_other_batches_stay(
     path.write_text(GOOD.replace("2014-04-07", "2014-04-08"))
     second = ingest_files(settings, "yoochoose", [path], ingestion_date=TODAY)
     assert second.batch == first.batch and second.dates == (dt.date(2014, 4, 8),)
+    assert (first.dropped, second.dropped) == ((), (dt.date(2014, 4, 7), dt.date(2014, 4, 9)))
+    assert second.rebuild == (dt.date(2014, 4, 6), dt.date(2014, 4, 10)) and first.rebuild is None
+    assert "clickstream sequences --start 2014-04-06 --end 2014-04-10" in str(second)
     assert lake.dates("events") == [dt.date(2014, 4, 7), dt.date(2014, 4, 8)]  # 2014-04-09 went with the batch
     events = lake.read("events")
     assert events.filter(pl.col("date") == dt.date(2014, 4, 7)).equals(others)  # the other batch's rows, untouched

@@ -73,6 +73,23 @@ def test_given_no_landing_files_when_find_landing_then_no_data_names_the_day_and
         nightly.find_landing(settings, DAY)
 
 
+def test_given_a_landing_file_re_delivered_with_fewer_dates_then_the_next_build_rebuilds_the_dropped_dates(settings):
+    folder = _landing(settings, DAY)
+    lines = ["cookie_id,ts,event_type,item_id"]
+    (folder / "events.csv").write_text("\n".join([*lines, *(f"c,2014-04-0{d}T10:00:00Z,view,i" for d in (3, 5, 7))]))
+    first = nightly.ingest_landing(settings, nightly.find_landing(settings, DAY))
+    nightly.rebuild_sequences(settings, DAY - dt.timedelta(days=4), DAY)
+    (folder / "events.csv").write_text("\n".join([*lines, "c,2014-04-07T10:00:00Z,view,i"]))
+
+    again = nightly.ingest_landing(settings, nightly.find_landing(settings, DAY))
+    built = nightly.rebuild_sequences(settings, DAY, DAY, dropped=again["dropped"])
+
+    assert (first["dropped"], again["dropped"]) == ([], ["2014-04-03", "2014-04-05"])  # plain values for XCom
+    assert built["rebuilt"] == [["2014-04-02", "2014-04-06"]]  # each dropped date with the days around it
+    assert Lake(settings.lake).dates("sequences") == [DAY]
+    assert built["scores_cleared"] == [] and built["rescored"] == []
+
+
 def test_given_too_few_sequence_days_when_train_for_day_then_no_data_says_how_many_are_needed(settings):
     from clickstream.pipeline.synthetic.sequences import synthetic_sequences, write_sequences
 

@@ -15,12 +15,12 @@ Environment variables:
     CLICKSTREAM_MAX_LINE_BYTES      longest raw line an ingest reads, >= 1  [1048576]
     CLICKSTREAM_MAX_FILE_BYTES      most (decompressed) bytes of one raw file, >= 1  [68719476736]
     CLICKSTREAM_MAX_GZIP_RATIO      most a raw .gz file may expand, times its size (past 16 MiB), >= 1  [100]
-    CLICKSTREAM_SQL_TIMEOUT_S       time limit of one `clickstream sql` query, seconds > 0  [60]
-    CLICKSTREAM_SQL_MEMORY_MB       memory limit of one `clickstream sql` query, MiB >= 64  [2048]
+    CLICKSTREAM_SQL_TIMEOUT_S       time limit of one `clickstream sql` query, seconds > 0 and <= 3600  [60]
+    CLICKSTREAM_SQL_MEMORY_MB       memory limit of one `clickstream sql` query, MiB >= 64 and <= 1048576  [2048]
     CLICKSTREAM_TRAIN_CPU_THREADS   torch threads of a training on the CPU, >= 1  [1]
 
 A malformed or out-of-range value is a SettingError naming the variable and its range.
-A local lake root that exists must be a folder.
+A local lake root and the home must be folders where they exist (and no part of their path a file).
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ from clickstream.pipeline.core.errors import SettingError
 MODEL_NAME = "clickstream-buy-intent"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# The accepted ranges of the limits of one `clickstream sql` query: always finite, so a timer can hold them
+SQL_TIMEOUT_MAX_S = 3600.0
+SQL_MEMORY_MIN_MB = 64
+SQL_MEMORY_MAX_MB = 1 << 20  # 1 TiB
 
 
 @dataclass(frozen=True)
@@ -131,12 +135,12 @@ def load_settings(
     """Settings from explicit values, then the environment, then the defaults."""
     env = os.environ if environ is None else environ
     home_path = Path(home or env.get("CLICKSTREAM_HOME") or ".clickstream").absolute()
+    home_origin = "home argument" if home else "CLICKSTREAM_HOME" if env.get("CLICKSTREAM_HOME") else "default"
+    _require_folder(home_path, "home", home_origin)
     lake_root = lake or env.get("CLICKSTREAM_LAKE") or "lake"
     if "://" not in lake_root:
         lake_root = str(Path(lake_root).absolute())
-        if Path(lake_root).exists() and not Path(lake_root).is_dir():
-            origin = "--lake" if lake else "CLICKSTREAM_LAKE"
-            raise SettingError(f"lake root {lake_root} ({origin}) is not a folder")
+        _require_folder(Path(lake_root), "lake root", "--lake" if lake else "CLICKSTREAM_LAKE")
     landing = env.get("CLICKSTREAM_LANDING") or str(home_path / "landing")
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home_path / 'mlflow.db'}"
     checkpoints = env.get("CLICKSTREAM_CHECKPOINTS") or None
@@ -154,8 +158,14 @@ def load_settings(
         bad_row_threshold=env_number(env, "CLICKSTREAM_BAD_ROW_THRESHOLD", 0.05, low=0.0, high=1.0),
         promotion_margin=env_number(env, "CLICKSTREAM_PROMOTION_MARGIN", 0.002, low=0.0, high=1.0, high_open=True),
         checkpoint_root=checkpoints,
-        sql_timeout_s=env_number(env, "CLICKSTREAM_SQL_TIMEOUT_S", 60.0, low=0.0, low_open=True),
-        sql_memory_mb=int(env_number(env, "CLICKSTREAM_SQL_MEMORY_MB", 2048, low=64, integer=True)),
+        sql_timeout_s=env_number(
+            env, "CLICKSTREAM_SQL_TIMEOUT_S", 60.0, low=0.0, high=SQL_TIMEOUT_MAX_S, low_open=True
+        ),
+        sql_memory_mb=int(
+            env_number(
+                env, "CLICKSTREAM_SQL_MEMORY_MB", 2048, low=SQL_MEMORY_MIN_MB, high=SQL_MEMORY_MAX_MB, integer=True
+            )
+        ),
         train=TrainConfig(cpu_threads=int(env_number(env, "CLICKSTREAM_TRAIN_CPU_THREADS", 1, low=1, integer=True))),
         **limits,
     )
@@ -178,8 +188,8 @@ def env_number(
     text = env.get(name, "").strip()
     if not text:
         return default
-    accepted = f"{'an integer' if integer else 'a number'} {'>' if low_open else '>='} {low:g}" + (
-        f" and {'<' if high_open else '<='} {high:g}" if high is not None else ""
+    accepted = f"{'an integer' if integer else 'a number'} {'>' if low_open else '>='} {_number(low)}" + (
+        f" and {'<' if high_open else '<='} {_number(high)}" if high is not None else ""
     )
     try:
         value = int(text) if integer else float(text)
@@ -190,3 +200,41 @@ def env_number(
     if not math.isfinite(value) or below or above:
         raise SettingError(f"{name}={text!r} is out of range; expected {accepted}")
     return value
+
+
+def check_sql_limits(timeout_s: float, memory_mb: int) -> None:
+    """A SettingError naming the flag, the variable and the accepted range unless the time limit is a
+    finite number of seconds in (0, SQL_TIMEOUT_MAX_S] and the memory limit a whole number of MiB in
+    [SQL_MEMORY_MIN_MB, SQL_MEMORY_MAX_MB] (`--timeout inf`, `nan` or `1e10`, `--memory-mb 99999999999999`)."""
+    if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and 0 < timeout_s <= SQL_TIMEOUT_MAX_S):
+        raise SettingError(
+            f"SQL time limit {_shown(timeout_s)} s is out of range; expected a number of seconds > 0 and "
+            f"<= {_number(SQL_TIMEOUT_MAX_S)} (--timeout, CLICKSTREAM_SQL_TIMEOUT_S)"
+        )
+    whole = isinstance(memory_mb, int) and not isinstance(memory_mb, bool)
+    if not (whole and SQL_MEMORY_MIN_MB <= memory_mb <= SQL_MEMORY_MAX_MB):
+        raise SettingError(
+            f"SQL memory limit {memory_mb!r} MiB is out of range; expected an integer >= {SQL_MEMORY_MIN_MB} and "
+            f"<= {SQL_MEMORY_MAX_MB} (1 TiB) (--memory-mb, CLICKSTREAM_SQL_MEMORY_MB)"
+        )
+
+
+def _shown(value: object) -> str:
+    """A value as a message shows it: numbers in short form (1e+10, inf, nan)."""
+    return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else repr(value)
+
+
+def _number(value: float) -> str:
+    """A range end as text: whole numbers without a decimal point or an exponent (1048576, not 1.04858e+06)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _require_folder(path: Path, what: str, origin: str) -> None:
+    """A SettingError unless `path` is a folder or can become one: where it exists it must be a folder,
+    and the nearest part of it that exists too (a home of /etc/passwd, or one under it, cannot be made)."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or existing.is_dir():
+        return
+    if existing == path:
+        raise SettingError(f"{what} {path} ({origin}) is not a folder")
+    raise SettingError(f"{what} {path} ({origin}) cannot be a folder: {existing} is a file")

@@ -1,6 +1,12 @@
 """Errors a user can cause. The CLI turns them into one-line messages and exit code 2;
 anything else is a bug and fails loudly with its traceback."""
 
+from __future__ import annotations
+
+import errno
+import re
+from typing import ClassVar
+
 
 class ClickstreamError(Exception):
     """Base for user-facing errors: the message is the whole story, one line."""
@@ -51,3 +57,41 @@ class LakeConflictError(ClickstreamError):
 class LakeFormatError(ClickstreamError):
     """A lake table is not what the command needs: the layout before Delta tables, or a version
     it does not have."""
+
+
+class StorageError(ClickstreamError):
+    """A file system refused a write: no space left, a read-only file system, no permission, or a path
+    through a file. `reason(error)` finds such a cause behind any exception: an OSError's errno, or the
+    "(os error N)" that the Rust libraries (polars, delta-rs) put in their messages."""
+
+    REASONS: ClassVar[dict[int, str]] = {
+        errno.ENOSPC: "no space left on device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large for the file system",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+    }
+    _OS_ERROR = re.compile(r"\(os error (\d+)\)|\bOs \{ code: (\d+)")
+
+    @classmethod
+    def reason(cls, error: BaseException) -> str | None:
+        """What the file system refused, for `error` or an exception it was raised from or during
+        (e.g. "no space left on device: /lake/events"); None when none of them is a storage failure."""
+        seen: set[int] = set()
+        pending: list[BaseException | None] = [error]
+        while pending:
+            current = pending.pop(0)
+            if current is None or id(current) in seen:
+                continue
+            seen.add(id(current))
+            if isinstance(current, OSError) and current.errno in cls.REASONS:
+                where = f": {current.filename}" if current.filename else ""
+                return f"{cls.REASONS[current.errno]}{where}"
+            for match in cls._OS_ERROR.finditer(str(current)):
+                code = int(match.group(1) or match.group(2))
+                if code in cls.REASONS:
+                    return cls.REASONS[code]
+            pending += [current.__cause__, current.__context__]
+        return None

@@ -32,12 +32,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import polars as pl
 import pyarrow as pa
 
 from clickstream.pipeline.core import schemas
-from clickstream.pipeline.core.errors import LakeConflictError, LakeFormatError, LakePathError, NoDataError
+from clickstream.pipeline.core.errors import (
+    ClickstreamError,
+    LakeConflictError,
+    LakeFormatError,
+    LakePathError,
+    NoDataError,
+    StorageError,
+)
 from clickstream.pipeline.core.tracking import redacted
 
 if TYPE_CHECKING:
@@ -66,7 +74,8 @@ RETENTION_HOURS = 7 * 24
 # tries of a commit that other writers' commits of other rows keep refusing (each try follows one of theirs)
 COMMIT_ATTEMPTS = 10
 MIGRATE = "migrate"  # the stage of the commit that converts a table of the layout before Delta tables
-_DATE_DIR = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+# in a local root, what delta-rs does not take literally: a percent escape, a backslash, a control character
+_AMBIGUOUS_LOCAL = re.compile(r"%[0-9A-Fa-f]{2}|\\|[\x00-\x1f\x7f]")
 # file names of the layout before Delta tables: part-<batch>.parquet (events, quarantine), data.parquet
 OLD_PART = re.compile(r"^(?:part-(?P<batch>[0-9a-f]+)|data)\.parquet$")
 OLD_DATE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
@@ -92,6 +101,12 @@ class Lake:
         self.root = str(root).rstrip("/")
         self.is_local = "://" not in self.root or self.root.startswith("file://")
         self._path = self.root.removeprefix("file://") if self.is_local else self.root
+        if self.is_local and (found := _AMBIGUOUS_LOCAL.search(self._path)):
+            # delta-rs reads `lake%3F` as `lake?` and `lake\b` as `lake/b`: another folder, maybe another lake
+            raise LakePathError(
+                f"lake root {self} holds {found.group()!r}, which the Delta library reads as another path "
+                "(a percent escape, a backslash or a control character); choose a root without it"
+            )
 
     def __str__(self) -> str:
         """The root as messages name it (any credential in a URL redacted)."""
@@ -196,7 +211,11 @@ class Lake:
         if delta is None:
             return []
         filters = [("date", op, day.isoformat()) for op, day in ((">=", start), ("<=", end)) if day is not None]
-        return sorted(delta.file_uris(partition_filters=filters or None), key=_date_then_name)
+        uris = delta.file_uris(partition_filters=filters or None)
+        # delta-rs gives a local file as a percent-encoded path (`lake?` as `lake%3F`, `%` as `%25`):
+        # decoded, it is the file's own path again, which readers then take literally (never as a glob)
+        paths = [unquote(uri.removeprefix("file://")) for uri in uris] if self.is_local else uris
+        return sorted(paths, key=_date_then_name)
 
     def scan(
         self, table: str, start: dt.date | None = None, end: dt.date | None = None, version: int | None = None
@@ -206,12 +225,18 @@ class Lake:
         paths = self.files(table, start, end, version)
         if not paths:
             return None
-        return pl.scan_parquet(
-            paths,
-            hive_partitioning=True,
-            hive_schema={"date": pl.Date},
-            storage_options=self.storage_options,
-        )
+        by_date: dict[dt.date, list[str]] = {}
+        for path in paths:
+            by_date.setdefault(_partition_date(path), []).append(path)
+        # the paths are taken literally: no glob (a root's `[1]` or `?` is no pattern) and no Hive
+        # parsing (a root's `x=1` is no column); `date` comes from the partition folder alone
+        scans = [
+            pl.scan_parquet(
+                files, glob=False, hive_partitioning=False, storage_options=self.storage_options
+            ).with_columns(date=pl.lit(day, dtype=pl.Date))
+            for day, files in by_date.items()
+        ]
+        return scans[0] if len(scans) == 1 else pl.concat(scans, how="vertical")
 
     def read(
         self, table: str, start: dt.date | None = None, end: dt.date | None = None, version: int | None = None
@@ -259,7 +284,35 @@ class Lake:
         batch where the table has one) as it comes, so memory holds one frame at a time. Then one
         Delta transaction removes the replaced files and adds the new ones; a conflicting commit of
         another writer fails it (LakeConflictError) and nothing is committed. The commit records
-        `stage`, `metadata` (batch id, what was read), the rows added and the code version."""
+        `stage`, `metadata` (batch id, what was read), the rows added and the code version.
+
+        A write the file system refuses (no space left, read-only, no permission) is a one-line
+        StorageError: the data files this commit wrote are removed and its transaction is not made."""
+        written: list[str] = []  # data files of this commit, removed again while it is not made
+        try:
+            delta, commit_id = self._commit(table, frames, replace, stage, metadata, written)
+        except Exception as error:
+            reason = None if isinstance(error, ClickstreamError) else StorageError.reason(error)
+            if reason is None:
+                raise
+            self._discard(written)
+            raise StorageError(
+                f"{stage}: cannot write table {table} of lake {self}: {reason}; nothing of this run was committed "
+                f"to {table} (free space or make the lake writable, then run it again)"
+            ) from None
+        return self._version_of(table, delta.version(), commit_id)
+
+    def _commit(
+        self,
+        table: str,
+        frames: pl.DataFrame | Iterable[pl.DataFrame],
+        replace: Replace | None,
+        stage: str,
+        metadata: dict[str, object] | None,
+        written: list[str],
+    ) -> tuple[DeltaTable, str]:
+        """`commit` up to its transaction: the table version it was made on and the commit's id.
+        `written` collects the data files as they are written, and is emptied once the transaction is made."""
         from deltalake import CommitProperties, Transaction
         from deltalake.exceptions import CommitFailedError
 
@@ -271,7 +324,7 @@ class Lake:
         added = [
             action
             for frame in ([frames] if isinstance(frames, pl.DataFrame) else frames)
-            for action in self._write_files(table, frame)
+            for action in self._write_files(table, frame, written)
         ]
         rows = sum(json.loads(action.stats)["numRecords"] for action in added)
         commit_id = uuid.uuid4().hex  # finds the version this commit made among later ones
@@ -287,6 +340,7 @@ class Lake:
             properties = CommitProperties(custom_metadata=custom, app_transactions=versions)
             try:
                 _transact(delta, replace, added, properties)
+                written.clear()  # committed: the files are the table's now
                 break
             except CommitFailedError as error:
                 # Delta also refuses a commit when another one removed any file of the version it built
@@ -302,7 +356,15 @@ class Lake:
                         f"same time; nothing of this run was committed, run it again ({_first_line(error)})"
                     ) from None
                 delta = latest
-        return self._version_of(table, delta.version(), commit_id)
+        return delta, commit_id
+
+    def _discard(self, written: list[str]) -> None:
+        """Remove data files a commit wrote but did not commit (best effort: no reader ever sees them,
+        and on a full disk they hold the space)."""
+        for path in written:
+            with contextlib.suppress(Exception):
+                self.fs.rm_file(path)
+        written.clear()
 
     def _version_of(self, table: str, after: int, commit_id: str) -> int:
         """The version, the first after `after`, whose commit is recorded with `commit_id` (other writers may
@@ -315,8 +377,9 @@ class Lake:
             version += 1
         raise LakeConflictError(f"the commit {commit_id} is not in the log of {self.table_uri(table)}")
 
-    def _write_files(self, table: str, frame: pl.DataFrame) -> list[AddAction]:
-        """`frame` as zstd Parquet data files of the table, one per date (and batch), not yet committed."""
+    def _write_files(self, table: str, frame: pl.DataFrame, written: list[str]) -> list[AddAction]:
+        """`frame` as zstd Parquet data files of the table, one per date (and batch), not yet committed;
+        each file's path goes to `written` before it is written."""
         from deltalake.transaction import AddAction
 
         stored = schemas.conform(frame, TABLE_SCHEMAS[table])
@@ -326,7 +389,8 @@ class Lake:
         for key, part in _groups(stored, keys):
             day, batch = key[0], key[1] if len(key) > 1 else None
             relative = f"date={day.isoformat()}/part-{uuid.uuid4().hex}.zstd.parquet"
-            size = self._write_parquet(f"{self.table_uri(table)}/{relative}", part, level)
+            written.append(f"{self.table_uri(table)}/{relative}")
+            size = self._write_parquet(written[-1], part, level)
             stats: dict[str, object] = {"numRecords": part.height}
             if batch is not None:
                 stats |= {"minValues": {"batch": batch}, "maxValues": {"batch": batch}, "nullCount": {"batch": 0}}
@@ -535,9 +599,17 @@ def _old_layout(table: str, folder: str, name: str) -> bool:
     return bool(OLD_PART.match(name)) and (folder == table or bool(OLD_DATE.match(folder)))
 
 
-def _date_then_name(uri: str) -> tuple[str, str]:
-    match = _DATE_DIR.search(uri)
-    return (match.group(1) if match else "", uri)
+def _partition_date(path: str) -> dt.date:
+    """The date of a data file, from its own folder `date=YYYY-MM-DD` (never from the lake root's path)."""
+    folder = unquote(path.rsplit("/", 2)[-2]) if path.count("/") >= 2 else ""
+    match = OLD_DATE.match(folder)
+    if match is None:
+        raise LakeFormatError(f"data file {redacted(path)} is not in a date=YYYY-MM-DD folder")
+    return dt.date.fromisoformat(match.group(1))
+
+
+def _date_then_name(uri: str) -> tuple[dt.date, str]:
+    return (_partition_date(uri), uri)
 
 
 def _custom_metadata(entry: dict[str, object]) -> dict[str, str]:

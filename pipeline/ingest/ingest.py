@@ -4,13 +4,19 @@ Guarantees
 - Accounting: rows_read = rows_written + quarantined + duplicates, for every run. A row is a
   physical line of a text file (headers of CSV-with-header files excepted, blank lines
   included: they are quarantined as "blank line") or a row of a Parquet file.
-- Batches: the files of one call form a batch whose id hashes the format and the files'
-  real paths (`os.path.realpath`: `in/two.dat`, `in/sub/../two.dat` and a symbolic link to
-  it are one file, and one file given twice is an InputError). Every row carries its batch id:
-  its events land in `events` (date = UTC date of the event), its rejects in `quarantine`
-  (date = ingestion date). Re-running a batch replaces exactly its own rows, on every date, in
-  one Delta commit per table (other batches' rows stay): a kill at any instant leaves every
-  date of the batch old or every date new, never a mix.
+- Batches: the files of one call form a batch whose id hashes the format and the real paths
+  (`os.path.realpath`: `in/two.dat`, `in/sub/../two.dat` and a symbolic link to it are one file,
+  and one file given twice is an InputError) of its log files; YOOCHOOSE buys files take no part,
+  so clicks sent alone and later the same clicks with their buys are one batch, whose second
+  delivery replaces the first (never doubling the clicks). Every row carries its batch id: its
+  events land in `events` (date = UTC date of the event), its rejects in `quarantine` (date =
+  ingestion date). Re-running a batch replaces exactly its own rows, on every date, in one Delta
+  commit per table (other batches' rows stay): a kill at any instant leaves every date of the
+  batch old or every date new, never a mix.
+- Derived data: a re-delivered batch that no longer has events on some dates it had before
+  reports them (`IngestSummary.dropped`, and the one-line summary names the sequences and scores
+  to rebuild): their sequences now describe events that are gone, which `read_sequences` refuses
+  until they are rebuilt (the nightly run rebuilds them itself).
 - Same input, same output: rows are deduplicated (exact duplicates within the batch are
   dropped and counted) and sorted by all columns, session/cookie first, then time.
 - Failure: past `settings.bad_row_threshold` (share of rows read that were quarantined) the
@@ -40,6 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import BadRowThresholdError, InputError
@@ -68,19 +75,45 @@ class IngestSummary:
     duplicates: int
     dates: tuple[dt.date, ...]
     ingestion_date: dt.date
+    # dates the batch had events on before this delivery and has none on now: their sequences and
+    # scores describe events that are gone, to be rebuilt (`rebuild`)
+    dropped: tuple[dt.date, ...] = ()
+
+    @property
+    def rebuild(self) -> tuple[dt.date, dt.date] | None:
+        """The dates whose sequences and scores the dropped dates make stale: from the day before
+        the first to the day after the last (sessions cross midnight); None when none was dropped."""
+        if not self.dropped:
+            return None
+        return self.dropped[0] - dt.timedelta(days=1), self.dropped[-1] + dt.timedelta(days=1)
 
     def __str__(self) -> str:
         span = f"{self.dates[0]}..{self.dates[-1]}" if self.dates else "none"
         share = self.quarantined / self.rows_read if self.rows_read else 0.0
-        return (
+        line = (
             f"ingested {self.files} {self.fmt} file(s) as batch {self.batch}: {self.rows_read:,} rows read, "
             f"{self.rows_written:,} written to {len(self.dates)} date(s) ({span}), "
             f"{self.quarantined:,} quarantined ({share:.2%}), {self.duplicates:,} duplicates dropped"
         )
+        if self.rebuild is None:
+            return line
+        first, last = self.rebuild
+        return (
+            f"{line}; {len(self.dropped)} date(s) no longer in this batch ({self.dropped[0]}..{self.dropped[-1]}): "
+            f"rebuild their sequences and scores: clickstream sequences --start {first} --end {last}, "
+            f"then clickstream score --start {first} --end {last}"
+        )
 
 
 def batch_id(fmt: str, files: Sequence[Path], buys: Sequence[Path] = ()) -> str:
-    """A short id for this set of inputs: the same files (by real path) give the same id."""
+    """A short id for this set of inputs: the same log files (by real path) give the same id. Buys
+    files take no part (`buys` is accepted and ignored): they complete the clicks' outcome, so
+    clicks re-sent with their buys re-deliver the batch of the clicks sent alone, replacing it."""
+    del buys
+    return _hashed(fmt, files, ())
+
+
+def _hashed(fmt: str, files: Sequence[Path], buys: Sequence[Path]) -> str:
     names = [*sorted(os.path.realpath(p) for p in files), "--buys", *sorted(os.path.realpath(p) for p in buys)]
     return hashlib.sha256("\0".join([fmt, *names]).encode()).hexdigest()[:12]
 
@@ -100,8 +133,8 @@ def ingest_files(
     """
     files, buys = _check_request(fmt, [Path(p) for p in files], [Path(p) for p in buys])
     today = ingestion_date or dt.datetime.now(dt.UTC).date()
-    batch = batch_id(fmt, files, buys)
     lake = Lake(settings.lake)
+    batch, superseded = _batch_of(lake, fmt, files, buys)
     scratch = Path(settings.home) / "scratch"
     _remove_abandoned_scratch(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -122,9 +155,13 @@ def ingest_files(
                 f"{staged.quarantined:,} of {rows_read:,} rows ({share:.2%}) are bad, above the "
                 f"{settings.bad_row_threshold:.2%} threshold (most in {worst}: {count:,}); {where}"
             )
-        written, dates = _commit_events(lake, batch, staging, rows_read)
+        written, dates, before = _commit_events(lake, batch, staging, rows_read)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for old in superseded:  # an id of before buys stopped counting, re-delivered under the new one
+        before |= _batch_dates(lake, "events", old)
+        for table in ("quarantine", "events"):
+            lake.commit(table, [], replace=batch_predicate(old), stage="ingest", metadata={"superseded_by": batch})
     return IngestSummary(
         fmt=fmt,
         batch=batch,
@@ -135,7 +172,37 @@ def ingest_files(
         duplicates=staged.rows - written,
         dates=dates,
         ingestion_date=today,
+        dropped=tuple(sorted(before - set(dates))),
     )
+
+
+def _batch_of(lake: Lake, fmt: str, files: Sequence[Path], buys: Sequence[Path]) -> tuple[str, list[str]]:
+    """The batch id of these inputs, and the ids of earlier deliveries of the same batch to replace too.
+
+    Before buys files stopped counting in the id, clicks with buys had an id of their own: a lake
+    holding rows of that id only keeps it (replaced in the batch's one commit per table); one that
+    also holds the clicks' id (clicks sent alone, then with buys, before this rule) gets the new id,
+    and the old id's rows are removed after it."""
+    batch = batch_id(fmt, files)
+    if not buys:
+        return batch, []
+    old = _hashed(fmt, files, buys)
+    if not any(_batch_dates(lake, table, old) for table in ("events", "quarantine")):
+        return batch, []
+    if any(_batch_dates(lake, table, batch) for table in ("events", "quarantine")):
+        return batch, [old]
+    return old, []
+
+
+def _batch_dates(lake: Lake, table: str, batch: str, version: int | None = None) -> set[dt.date]:
+    """The dates on which `table` holds rows of `batch` at `version` (default: latest), from the commit
+    log's file statistics (every data file of these tables holds one batch)."""
+    delta = lake.table(table, version)
+    files = pl.DataFrame() if delta is None else pl.DataFrame(pa.table(delta.get_add_actions(flatten=True)))
+    if files.is_empty() or "min.batch" not in files.columns:
+        return set()
+    mine = files.filter((pl.col("min.batch") == batch) & (pl.col("num_records") > 0))
+    return set(mine.get_column("partition.date").cast(pl.Date).to_list())
 
 
 # a scratch folder this old belongs to an ingest that was killed (longer than any task's timeout)
@@ -254,7 +321,7 @@ def _staged_events(
     }
     parts = []
     for path, own in zip(paths, constants, strict=True):
-        part = pl.read_ipc(path).with_columns(
+        part = _read_ipc(path).with_columns(
             pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in own.items() if name not in shared
         )
         parts.append(part.select(name for name in EVENTS.names() if name not in shared))
@@ -263,12 +330,19 @@ def _staged_events(
 
 def _read_constants(staging: Path) -> dict[str, dict[str, object]]:
     """Each staged chunk's constant columns and their values, by the chunk's file name."""
-    return {path.name: pl.read_ipc(path).row(0, named=True) for path in (staging / _CONSTANTS).glob("*.arrow")}
+    return {path.name: _read_ipc(path).row(0, named=True) for path in (staging / _CONSTANTS).glob("*.arrow")}
 
 
-def _commit_events(lake: Lake, batch: str, staging: Path, rows_read: int) -> tuple[int, tuple[dt.date, ...]]:
+def _read_ipc(path: Path) -> pl.DataFrame:
+    """A staged Arrow file, its path taken literally: a home such as `state[1]` is no glob pattern."""
+    return pl.scan_ipc(path, glob=False).collect()
+
+
+def _commit_events(
+    lake: Lake, batch: str, staging: Path, rows_read: int
+) -> tuple[int, tuple[dt.date, ...], set[dt.date]]:
     """Replace the batch's events with the staged ones, deduplicated and sorted, in one commit
-    streamed date by date; returns the rows written and their dates."""
+    streamed date by date; returns the rows written, their dates and the dates the batch had before."""
     days = sorted(dt.date.fromisoformat(folder.name) for folder in (staging / _EVENTS).glob("*"))
     chunk_constants = _read_constants(staging)
     written = 0
@@ -285,8 +359,10 @@ def _commit_events(lake: Lake, batch: str, staging: Path, rows_read: int) -> tup
             yield frame.with_columns(batch=pl.lit(batch), date=pl.lit(day))
 
     meta = {"batch": batch, "rows_read": rows_read, "dates": len(days)}
-    lake.commit("events", frames(), replace=batch_predicate(batch), stage="ingest", metadata=meta)
-    return written, tuple(days)
+    version = lake.commit("events", frames(), replace=batch_predicate(batch), stage="ingest", metadata=meta)
+    # the version before this commit holds the batch's rows it replaced (another delivery of the
+    # batch in between would have made this commit fail)
+    return written, tuple(days), _batch_dates(lake, "events", batch, version - 1)
 
 
 def sort_events(frame: pl.DataFrame) -> pl.DataFrame:
@@ -324,7 +400,7 @@ def _commit_quarantine(lake: Lake, day: dt.date, batch: str, staged: Path, count
     """The staged rejects (file then line order, see `_stage`) as the batch's quarantine rows, dated
     `day`, replacing the batch's earlier ones whatever their date; streamed part by part."""
     frames = (
-        pl.read_parquet(path).with_columns(batch=pl.lit(batch), date=pl.lit(day))
+        pl.read_parquet(path, glob=False).with_columns(batch=pl.lit(batch), date=pl.lit(day))
         for path in sorted(staged.glob("*.parquet"))
     )
     meta = {"batch": batch, "rows": counts.quarantined}

@@ -126,6 +126,10 @@ def _read_json_lines(path: Path, window: TimeWindow, limits: ReadLimits) -> Iter
     checks = [
         (raw("json").is_null(), "unparsable JSON"),
         (raw("json") != "object", "JSON line is not an object"),
+        *(
+            (raw(f"kind_{name}") == LONE_SURROGATE, f"{name} holds a lone UTF-16 surrogate (not Unicode text)")
+            for name in (*REQUIRED, *OPTIONAL)
+        ),
         *event_checks(window),
     ]
     for chunk in iter_line_chunks(path, limits=limits):
@@ -139,6 +143,9 @@ def _read_json_lines(path: Path, window: TimeWindow, limits: ReadLimits) -> Iter
 # A JSON value's first token: a string, a number, a literal, or the start of an object or array.
 TOKEN = r'"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null|[\[{]'
 INTEGER = r"^-?(?:0|[1-9][0-9]*)$"
+# The kind of a JSON string holding an escaped UTF-16 surrogate without its pair ("\ud83d"): valid JSON,
+# but no Unicode text, so no column can hold it; its row goes to the quarantine with a reason.
+LONE_SURROGATE = "lone surrogate"
 
 
 def _json_fields(lines: pl.DataFrame) -> pl.DataFrame:
@@ -223,6 +230,10 @@ def _text_and_kind(value: object) -> tuple[str | None, str | None]:
     if isinstance(value, _Number):
         return str(value), "integer" if isinstance(value, _Integer) else "number"
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: its escaped text (ASCII) stands in for it
+            return json.dumps(value)[1:-1], LONE_SURROGATE
         return value, "string"
     return json.dumps(value, separators=(",", ":")), "other"
 

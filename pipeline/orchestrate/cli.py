@@ -18,8 +18,15 @@ from typing import Annotated
 
 import typer
 
-from clickstream.pipeline.core.config import CHAMPION, Settings, load_settings
-from clickstream.pipeline.core.errors import ClickstreamError
+from clickstream.pipeline.core.config import (
+    CHAMPION,
+    SQL_MEMORY_MAX_MB,
+    SQL_MEMORY_MIN_MB,
+    SQL_TIMEOUT_MAX_S,
+    Settings,
+    load_settings,
+)
+from clickstream.pipeline.core.errors import ClickstreamError, StorageError
 from clickstream.pipeline.ingest.formats import FORMATS, GENERATED
 
 app = typer.Typer(
@@ -100,7 +107,9 @@ def generate(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the synthetic logs to.")],
     sessions: Annotated[int, typer.Option(min=1, help="Number of sessions.")] = 10_000,
     days: Annotated[int, typer.Option(min=1, help="Days the sessions spread over.")] = 7,
-    start_date: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2014-04-01",
+    start_date: Annotated[
+        str, typer.Option(help="First day, YYYY-MM-DD (1990-01-01 or later; the last day at most 9999-12-24).")
+    ] = "2014-04-01",
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same files.")] = 0,
     format: Annotated[GenerateFormat, typer.Option("--format", help="Output format.")] = GenerateFormat("yoochoose"),
     world: Annotated[str, typer.Option(help="Shoppers and buying rule: default, counts, appeal or order.")] = "default",
@@ -149,6 +158,13 @@ def train(
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     promote: Annotated[bool, typer.Option(help="Make it champion if it beats the current one.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint of this window.")] = False,
+    resume_or_restart: Annotated[
+        bool,
+        typer.Option(
+            help="Like --resume, but a checkpoint that cannot be continued (damaged, another run's) "
+            "is passed over with a warning and training starts clean."
+        ),
+    ] = False,
     gpus: Annotated[
         int, typer.Option(min=1, help="Training processes on this machine: one per GPU (CPU ranks with --device cpu).")
     ] = 1,
@@ -167,6 +183,7 @@ def train(
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
     settings = _settings(lake)
     _require_data(settings, "sequences", first, last, as_of)
+    from clickstream.models.fit import RESUME_OR_RESTART
     from clickstream.models.train import train_and_register
 
     _done(
@@ -177,7 +194,7 @@ def train(
             epochs=epochs,
             device=device.value,
             promote=promote,
-            resume=resume,
+            resume=RESUME_OR_RESTART if resume_or_restart else resume,
             gpus=gpus,
             as_of=as_of,
         )
@@ -255,13 +272,20 @@ def sql(
     ],
     format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
     out: Annotated[Path | None, typer.Option(help="Write to this file (outside the lake) instead of stdout.")] = None,
+    # checked by run_sql (config.check_sql_limits): one line naming the accepted range, nan and inf included
     timeout: Annotated[
         float | None,
-        typer.Option(min=0.001, help="Time limit in seconds [env CLICKSTREAM_SQL_TIMEOUT_S, default 60]."),
+        typer.Option(
+            help=f"Time limit in seconds, > 0 and at most {SQL_TIMEOUT_MAX_S:.0f} "
+            "[env CLICKSTREAM_SQL_TIMEOUT_S, default 60].",
+        ),
     ] = None,
     memory_mb: Annotated[
         int | None,
-        typer.Option(min=64, help="Memory limit in MiB [env CLICKSTREAM_SQL_MEMORY_MB, default 2048]."),
+        typer.Option(
+            help=f"Memory limit in MiB, {SQL_MEMORY_MIN_MB} to {SQL_MEMORY_MAX_MB} (1 TiB) "
+            "[env CLICKSTREAM_SQL_MEMORY_MB, default 2048].",
+        ),
     ] = None,
     lake: LakeOpt = None,
 ) -> None:
@@ -445,7 +469,8 @@ def keep_freed_memory() -> None:
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors become one line on stderr and exit code 2, and so does a
+    file system that refuses a write (no space left, read-only, no permission) wherever it happens."""
     try:
         app(standalone_mode=False)
         # The process ends next. Moving the heap to the permanent generation spares the interpreter's
@@ -464,6 +489,11 @@ def main() -> None:
         _fail(f"{error.format_message()} (see{command} --help)")
     except KeyboardInterrupt:
         _fail("interrupted", code=130)
+    except Exception as error:  # a full or read-only disk is the machine's state, not a bug
+        reason = StorageError.reason(error)
+        if reason is None:
+            raise
+        _fail(f"cannot write: {reason}; the command stopped (free space or make it writable, then run it again)")
 
 
 def _fail(message: str, code: int = 2) -> None:

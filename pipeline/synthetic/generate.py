@@ -107,6 +107,11 @@ TRUTH_FILE = "truth.parquet"
 EVENTS_HEADER = "cookie_id,ts,event_type,item_id,category,price,quantity"
 BLOCK_SESSIONS = 500_000  # sessions simulated and written at once: bounds memory
 IDS_PER_DAY = 10_000_000
+# The days generate writes: from the first an ingest accepts (ingest.raw_fields.EARLIEST_EVENT; ids stay
+# positive) to a week before the end of year 9999, so that every session, up to 200 clicks 25 minutes
+# apart, and its buys end within it (timestamps past 9999 have no ISO form, dates no Python date)
+FIRST_DAY = dt.date(1990, 1, 1)
+LAST_DAY = dt.date(9999, 12, 24)
 SESSIONS_PER_COOKIE = 2.2
 COOKIE_GAP_MS = 31 * 60_000  # between two sessions of a cookie, end to start
 TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
@@ -160,6 +165,11 @@ def generate_logs(
         raise ClickstreamError("generate needs sessions >= 1, days >= 1 and seed >= 0")
     if -(-sessions // days) >= IDS_PER_DAY:
         raise ClickstreamError(f"at most {IDS_PER_DAY - 1:,} sessions a day; use more --days")
+    if start_date < FIRST_DAY or start_date.toordinal() + days - 1 > LAST_DAY.toordinal():
+        raise ClickstreamError(
+            f"--start-date {start_date} with --days {days:,} falls outside the days generate writes, {FIRST_DAY} "
+            f"to {LAST_DAY} (the last day is the start + days - 1)"
+        )
     catalogue = make_catalogue(
         np.random.default_rng([seed, _CATALOGUE_STREAM]),
         catalogue_size(sessions, shop.items_per_root),
