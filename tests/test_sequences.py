@@ -381,13 +381,19 @@ def test_the_sequences_commit_records_the_events_version_it_read_and_its_range(s
     assert read_sequences(lake, DAY + dt.timedelta(days=3), None)["session_id"].to_list() == ["9"]
 
 
-def test_rebuilding_a_range_whose_events_of_a_date_were_removed_leaves_no_sequences_on_that_date(settings):
+def _two_batches_built(settings) -> tuple[Lake, pl.DataFrame, dt.date]:
+    """The lake's events as batch "a" (the first two dates) and "b" (the third), sequences built."""
     lake = Lake(settings.lake)
     events = _lake_events()
     third = DAY + dt.timedelta(days=2)
     _write_by_day(lake, events.filter(pl.col("ts").dt.date() < third), batch="a")
     _write_by_day(lake, events.filter(pl.col("ts").dt.date() == third), batch="b")
     build_sequences(settings, None, None)
+    return lake, events, third
+
+
+def test_rebuilding_a_range_whose_events_of_a_date_were_removed_leaves_no_sequences_on_that_date(settings):
+    lake, _, third = _two_batches_built(settings)
     assert lake.dates("sequences") == [DAY, DAY + dt.timedelta(days=1), third]
     before = read_sequences(lake, DAY, DAY + dt.timedelta(days=1))
 
@@ -405,12 +411,7 @@ def test_rebuilding_a_range_whose_events_of_a_date_were_removed_leaves_no_sequen
 def test_given_the_last_dates_events_gone_when_all_is_rebuilt_or_only_that_range_then_no_sequences_stay_there(
     settings,
 ):
-    lake = Lake(settings.lake)
-    events = _lake_events()
-    third = DAY + dt.timedelta(days=2)
-    _write_by_day(lake, events.filter(pl.col("ts").dt.date() < third), batch="a")
-    _write_by_day(lake, events.filter(pl.col("ts").dt.date() == third), batch="b")
-    build_sequences(settings, None, None)
+    lake, events, third = _two_batches_built(settings)
     lake.commit("events", [], replace=batch_predicate("b"), stage="test")
 
     build_sequences(settings, None, None)  # the whole table, not only up to the last events date
