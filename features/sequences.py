@@ -152,9 +152,9 @@ def stale_dates(lake: Lake, start: dt.date | None = None, end: dt.date | None = 
     longer has the date, a restored older version). A session's date is the date of its first
     event, so sequences of a date without events cannot be current. None while `events` was never
     written (sequences written directly, e.g. synthetic ones)."""
-    if lake.version("events") is None:
-        return []
     have = set(lake.dates("events"))
+    if not have and lake.version("events") is None:  # never written: nothing to compare with
+        return []
     return [day for day in lake.dates("sequences") if _within(day, start, end) and day not in have]
 
 

@@ -27,11 +27,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import importlib.metadata
 import logging
 import math
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -74,6 +72,7 @@ from clickstream.models.registry import (
 )
 from clickstream.models.training_data import Split, TrainingData, check_trainable, datasets, prepare
 from clickstream.models.tuned import with_tuned
+from clickstream.pipeline.core.code import code_version
 from clickstream.pipeline.core.config import CHALLENGER, Settings, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.core.processes import STALE_AGE, is_stale, owner
@@ -441,27 +440,3 @@ def _summary(
         best_epoch=int(metrics.get("best_epoch", 0)),
         reused=reused,
     )
-
-
-def code_version() -> str:
-    """The git commit of the code (suffixed -dirty with uncommitted changes), else the package version."""
-    repo = Path(__file__).parents[1]
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha, dirty = "", ""
-    if sha:
-        return f"{sha}-dirty" if dirty else sha
-    try:
-        return f"clickstream {importlib.metadata.version('clickstream')}"
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"

@@ -38,6 +38,7 @@ import polars as pl
 import pyarrow as pa
 
 from clickstream.pipeline.core import schemas
+from clickstream.pipeline.core.code import code_version
 from clickstream.pipeline.core.errors import (
     ClickstreamError,
     LakeConflictError,
@@ -335,11 +336,12 @@ class Lake:
         # whose transactions advance one at a time, so two commits of the same batch or date conflict
         apps = [f"{table}-{key}" for key in _exclusive_keys(replace, added)]
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            replaced = _replaced_files(delta, replace)
+            removed = _removals(delta, replace)
+            replaced = _replaced_files(delta, replace, removed)
             versions = [Transaction(app, (delta.transaction_version(app) or 0) + 1) for app in apps]
             properties = CommitProperties(custom_metadata=custom, app_transactions=versions)
             try:
-                _transact(delta, replace, added, properties)
+                _transact(delta, replace, added, removed, properties)
                 written.clear()  # committed: the files are the table's now
                 break
             except CommitFailedError as error:
@@ -350,7 +352,8 @@ class Lake:
                 latest = self._open(table)
                 assert latest is not None
                 taken = any(latest.transaction_version(app) != delta.transaction_version(app) for app in apps)
-                if taken or _replaced_files(latest, replace) != replaced or attempt == COMMIT_ATTEMPTS:
+                moved = _replaced_files(latest, replace, _removals(latest, replace)) != replaced
+                if taken or moved or attempt == COMMIT_ATTEMPTS:
                     raise LakeConflictError(
                         f"{stage}: another writer changed the same rows of {table} ({replace or 'all rows'}) at the "
                         f"same time; nothing of this run was committed, run it again ({_first_line(error)})"
@@ -504,11 +507,15 @@ def batch_predicate(batch: str) -> Replace:
     return Replace(batch=batch)
 
 
-def _removals(delta: DeltaTable, batch: str) -> list[RemoveAction]:
-    """Remove actions for the data files of `batch` in `delta`'s version: every file holds one batch,
-    named by its statistics (a file that might hold rows of several is a LakeFormatError)."""
+def _removals(delta: DeltaTable, replace: Replace | None) -> list[RemoveAction]:
+    """Remove actions for the data files of the batch `replace` names (none for a commit that
+    replaces no batch) in `delta`'s version: every file holds one batch, named by its statistics (a
+    file that might hold rows of several is a LakeFormatError)."""
     from deltalake._internal import RemoveAction
 
+    if replace is None or replace.batch is None:
+        return []
+    batch = replace.batch
     files = pl.DataFrame(pa.table(delta.get_add_actions(flatten=True)))
     if files.is_empty():
         return []
@@ -525,16 +532,6 @@ def _removals(delta: DeltaTable, batch: str) -> list[RemoveAction]:
     ]
 
 
-def code_version() -> str:
-    """The installed clickstream version, recorded with every commit."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("clickstream")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _arrow_schema(table: str) -> pa.Schema:
     """The table's Delta schema: Categorical columns are strings (Delta has no dictionary type; the
     data files hold them dictionary-encoded, which every Parquet reader reads as strings)."""
@@ -542,16 +539,22 @@ def _arrow_schema(table: str) -> pa.Schema:
     return pl.DataFrame(schema=stored).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
 
 
-def _transact(delta: DeltaTable, replace: Replace | None, added: list[AddAction], properties: CommitProperties) -> None:
+def _transact(
+    delta: DeltaTable,
+    replace: Replace | None,
+    added: list[AddAction],
+    removed: list[RemoveAction],
+    properties: CommitProperties,
+) -> None:
     """One Delta transaction on `delta`'s version: remove what `replace` names, add `added`. Dates
-    (or the whole table) are Delta's own overwrite by partition; a batch's files are removed by name."""
+    (or the whole table) are Delta's own overwrite by partition; a batch's files (`removed`, from
+    `_removals`) are removed by name."""
     if replace is None or replace.first is not None:
         filters = None if replace is None else replace.partition_filters()
         delta.create_write_transaction(
             added, "overwrite", delta.schema(), PARTITION_BY, filters, commit_properties=properties
         )
         return
-    removed = _removals(delta, replace.batch) if replace.batch is not None else []
     delta.create_write_transaction(
         [*added, *removed], "append", delta.schema(), PARTITION_BY, commit_properties=properties
     )
@@ -584,12 +587,13 @@ def _groups(frame: pl.DataFrame, keys: list[str]) -> list[tuple[tuple[object, ..
     return [(key, part.drop("date")) for key, part in groups.items()]
 
 
-def _replaced_files(delta: DeltaTable, replace: Replace | None) -> set[str]:
-    """The data files of `delta`'s version that a commit replacing `replace` removes."""
+def _replaced_files(delta: DeltaTable, replace: Replace | None, removed: list[RemoveAction]) -> set[str]:
+    """The data files of `delta`'s version that a commit replacing `replace` removes (a batch's:
+    `removed`)."""
     if replace is None:
         return set(delta.file_uris())
     if replace.batch is not None:
-        return {action.path for action in _removals(delta, replace.batch)}
+        return {action.path for action in removed}
     if replace.first is None:
         return set()
     return set(delta.file_uris(partition_filters=replace.partition_filters()))
