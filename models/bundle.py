@@ -29,6 +29,7 @@ from clickstream.features.tensor_loader import load_tensors
 from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.features.vocabulary import Vocabulary
 from clickstream.models.calibration import Calibration
+from clickstream.models.checkpoints import save_torch
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.predict import predict, predict_steps
 from clickstream.pipeline.core.config import ModelConfig, SequenceConfig
@@ -94,7 +95,7 @@ class ModelBundle:
         """Write the bundle's files into `folder`; returns them by ARTIFACTS name."""
         folder.mkdir(parents=True, exist_ok=True)
         paths = {name: folder / file for name, file in ARTIFACTS.items()}
-        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, paths["weights"])
+        save_torch({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, paths["weights"])
         network = {
             "config": dataclasses.asdict(self.model.config),
             "n_items": self.model.item.num_embeddings,

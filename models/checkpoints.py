@@ -28,6 +28,20 @@ from clickstream.pipeline.core.errors import TrainingError
 CHECKPOINT = "last.pt"
 
 
+def torch_bytes(state: object) -> bytes:
+    """`state` as torch.save writes it, in memory: the file write is then Python's own, whose failure
+    (a full disk, say) is an OSError naming its cause, where torch's writer only says "file write
+    failed"."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def save_torch(state: object, path: Path) -> None:
+    """`state` written to `path` as torch.save writes it (see `torch_bytes`)."""
+    path.write_bytes(torch_bytes(state))
+
+
 class CorruptCheckpointError(TrainingError):
     """The checkpoint exists but is not one this code can continue from (damaged or of another model)."""
 
@@ -54,16 +68,15 @@ class CheckpointStore:
         self.fs.makedirs(self._folder, exist_ok=True)
         temp = f"{self._folder}/.{CHECKPOINT}.{uuid.uuid4().hex}.tmp"
         try:
+            data = torch_bytes(state)
             if self.is_local:
                 with open(temp, "wb") as handle:
-                    torch.save(state, handle)
+                    handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(temp, self.path)
             else:
-                buffer = io.BytesIO()
-                torch.save(state, buffer)
-                self.fs.pipe_file(temp, buffer.getvalue())  # one object, whole or absent
+                self.fs.pipe_file(temp, data)  # one object, whole or absent
                 self.fs.mv(temp, self.path)
         finally:
             if self.fs.exists(temp):

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from clickstream.features.tensors import SequenceTensors
+from clickstream.models.checkpoints import save_torch
 from clickstream.models.device import resolve_device
 from clickstream.models.fit import EpochStats, FitResult, fit
 from clickstream.models.lstm import BuyIntentLSTM
@@ -68,7 +69,7 @@ def write_job(
         "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
         "resume": resume,
     }
-    torch.save(job, path)
+    save_torch(job, path)
 
 
 def load_job(path: Path) -> dict:
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             "resumed_epochs": result.resumed_epochs,
         }
         temp = args.out / f".{RESULT}.tmp"
-        torch.save(state, temp)
+        save_torch(state, temp)
         os.replace(temp, args.out / RESULT)
 
 

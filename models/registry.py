@@ -50,6 +50,7 @@ from clickstream.pipeline.core.errors import (
     ClickstreamError,
     ModelNotFoundError,
     PromotionError,
+    StorageError,
     TrackingStoreError,
     TrainingError,
 )
@@ -124,6 +125,8 @@ def tracking_client(settings: Settings) -> MlflowClient:
     except (MlflowException, SQLAlchemyError, OSError) as error:
         lines = str(error).strip().splitlines()
         message = scrubbed(lines[0] if lines else type(error).__name__, uri)
+        if (reason := StorageError.reason(error)) is not None:
+            message = f"{reason} ({message}); free space or make it writable, then run it again"
         raise TrackingStoreError(
             f"cannot reach the MLflow tracking store {redacted(uri)} (MLFLOW_TRACKING_URI): {message}"
         ) from None

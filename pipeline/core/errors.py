@@ -62,7 +62,8 @@ class LakeFormatError(ClickstreamError):
 class StorageError(ClickstreamError):
     """A file system refused a write: no space left, a read-only file system, no permission, or a path
     through a file. `reason(error)` finds such a cause behind any exception: an OSError's errno, or the
-    "(os error N)" that the Rust libraries (polars, delta-rs) put in their messages."""
+    "(os error N)" that the Rust libraries (polars, delta-rs) put in their messages, or SQLite's "database or
+    disk is full"."""
 
     REASONS: ClassVar[dict[int, str]] = {
         errno.ENOSPC: "no space left on device",
@@ -74,6 +75,7 @@ class StorageError(ClickstreamError):
         errno.ENOTDIR: "a part of the path is a file, not a folder",
     }
     _OS_ERROR = re.compile(r"\(os error (\d+)\)|\bOs \{ code: (\d+)")
+    _SQLITE_FULL = "database or disk is full"  # SQLite's word for ENOSPC (an MLflow store under a full home)
 
     @classmethod
     def reason(cls, error: BaseException) -> str | None:
@@ -89,6 +91,8 @@ class StorageError(ClickstreamError):
             if isinstance(current, OSError) and current.errno in cls.REASONS:
                 where = f": {current.filename}" if current.filename else ""
                 return f"{cls.REASONS[current.errno]}{where}"
+            if cls._SQLITE_FULL in str(current):
+                return cls.REASONS[errno.ENOSPC]
             for match in cls._OS_ERROR.finditer(str(current)):
                 code = int(match.group(1) or match.group(2))
                 if code in cls.REASONS:

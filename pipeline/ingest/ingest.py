@@ -55,6 +55,7 @@ from clickstream.pipeline.core.schemas import EVENTS, QUARANTINE, conform
 from clickstream.pipeline.ingest.formats import input_format
 from clickstream.pipeline.ingest.raw_fields import TimeWindow
 from clickstream.pipeline.ingest.raw_files import ReadLimits, check_file
+from clickstream.pipeline.ingest.session_keys import rename_sessions, renamed_sessions, session_keys
 
 if TYPE_CHECKING:
     from clickstream.pipeline.ingest.raw_fields import ParsedChunk
@@ -78,6 +79,8 @@ class IngestSummary:
     # dates the batch had events on before this delivery and has none on now: their sequences and
     # scores describe events that are gone, to be rebuilt (`rebuild`)
     dropped: tuple[dt.date, ...] = ()
+    # sessions whose source id another session already has, renamed `<id>@<source>:<first date>`
+    renamed: int = 0
 
     @property
     def rebuild(self) -> tuple[dt.date, dt.date] | None:
@@ -95,6 +98,8 @@ class IngestSummary:
             f"{self.rows_written:,} written to {len(self.dates)} date(s) ({span}), "
             f"{self.quarantined:,} quarantined ({share:.2%}), {self.duplicates:,} duplicates dropped"
         )
+        if self.renamed:
+            line += f"; {self.renamed:,} session(s) reusing another's id renamed <id>@<source>:<first date>"
         if self.rebuild is None:
             return line
         first, last = self.rebuild
@@ -155,7 +160,8 @@ def ingest_files(
                 f"{staged.quarantined:,} of {rows_read:,} rows ({share:.2%}) are bad, above the "
                 f"{settings.bad_row_threshold:.2%} threshold (most in {worst}: {count:,}); {where}"
             )
-        written, dates, before = _commit_events(lake, batch, staging, rows_read)
+        renamed = renamed_sessions(_staged_keys(staging), _lake_keys(lake, [batch, *superseded]))
+        written, dates, before = _commit_events(lake, batch, staging, rows_read, renamed)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for old in superseded:  # an id of before buys stopped counting, re-delivered under the new one
@@ -173,6 +179,7 @@ def ingest_files(
         dates=dates,
         ingestion_date=today,
         dropped=tuple(sorted(before - set(dates))),
+        renamed=renamed.select("session_id", "source", "new_id").n_unique(),
     )
 
 
@@ -249,7 +256,7 @@ def _check_no_wrong_file(staged: _Staged, fmt: str, where: str) -> None:
 
 
 # staging sub-folders: valid events per date, their chunks' constant columns, rejects per chunk
-_EVENTS, _CONSTANTS, _REJECTS = "events", "constants", "rejects"
+_EVENTS, _CONSTANTS, _REJECTS, _KEYS = "events", "constants", "rejects", "keys"
 
 
 @dataclass
@@ -266,6 +273,7 @@ def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str, 
     so that their name order is file (`names`, sorted) then line order."""
     rows, bad_by_file, good_by_file, reasons_by_file = 0, Counter(), Counter(), {}
     (staging / _REJECTS).mkdir(parents=True)
+    (staging / _KEYS).mkdir()
     for number, (path, parsed) in enumerate(chunks):
         rows += parsed.events.height
         good_by_file[str(path)] += parsed.events.height
@@ -278,6 +286,7 @@ def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str, 
             rejects.write_parquet(staging / _REJECTS / f"{rank:06d}-{number:06d}.parquet", compression="lz4")
         if parsed.events.height:
             _stage_events(parsed.events, staging, f"{number:06d}.arrow")
+            session_keys(parsed.events).write_ipc(staging / _KEYS / f"{number:06d}.arrow")
     return _Staged(rows, bad_by_file.total(), bad_by_file, good_by_file, reasons_by_file)
 
 
@@ -338,11 +347,30 @@ def _read_ipc(path: Path) -> pl.DataFrame:
     return pl.scan_ipc(path, glob=False).collect()
 
 
+def _staged_keys(staging: Path) -> pl.LazyFrame:
+    """The staged chunks' session keys (`session_keys`)."""
+    paths = sorted((staging / _KEYS).glob("*.arrow"))
+    return (
+        pl.concat([pl.scan_ipc(path, glob=False) for path in paths])
+        if paths
+        else pl.LazyFrame(
+            schema={"session_id": pl.String, "source": pl.String, "date": pl.Date, "hash_part": pl.UInt16}
+        )
+    )
+
+
+def _lake_keys(lake: Lake, batches: list[str]) -> pl.LazyFrame | None:
+    """The lake's events outside `batches` (the one being delivered, under every id it had)."""
+    events = lake.scan("events")
+    return None if events is None else events.filter(~pl.col("batch").is_in(batches))
+
+
 def _commit_events(
-    lake: Lake, batch: str, staging: Path, rows_read: int
+    lake: Lake, batch: str, staging: Path, rows_read: int, renamed: pl.DataFrame
 ) -> tuple[int, tuple[dt.date, ...], set[dt.date]]:
-    """Replace the batch's events with the staged ones, deduplicated and sorted, in one commit
-    streamed date by date; returns the rows written, their dates and the dates the batch had before."""
+    """Replace the batch's events with the staged ones, sessions `renamed`, deduplicated and sorted,
+    in one commit streamed date by date; returns the rows written, their dates and the dates the
+    batch had before."""
     days = sorted(dt.date.fromisoformat(folder.name) for folder in (staging / _EVENTS).glob("*"))
     chunk_constants = _read_constants(staging)
     written = 0
@@ -351,6 +379,7 @@ def _commit_events(
         nonlocal written
         for day in days:
             varying, constants = _staged_events(staging, day, chunk_constants)
+            varying = _renamed(varying, constants, renamed.filter(pl.col("date") == day))
             # the constant columns take no part in the order, nor in telling duplicates apart
             frame = _drop_repeats(sort_events(varying)).with_columns(
                 pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in constants.items()
@@ -363,6 +392,17 @@ def _commit_events(
     # the version before this commit holds the batch's rows it replaced (another delivery of the
     # batch in between would have made this commit fail)
     return written, tuple(days), _batch_dates(lake, "events", batch, version - 1)
+
+
+def _renamed(varying: pl.DataFrame, constants: dict[str, object], renamed: pl.DataFrame) -> pl.DataFrame:
+    """One date's staged events with the new session ids of `renamed`; a key column constant over
+    the date joins the varying ones (taken out of `constants`) when there is anything to rename."""
+    if renamed.is_empty():
+        return varying
+    lifted = {name: constants.pop(name) for name in ("session_id", "source") if name in constants}
+    return rename_sessions(
+        varying.with_columns(pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in lifted.items()), renamed
+    )
 
 
 def sort_events(frame: pl.DataFrame) -> pl.DataFrame:

@@ -48,6 +48,10 @@ from clickstream.pipeline.ingest.raw_files import (
 
 SOURCE = "events"
 REQUIRED = ("cookie_id", "ts", "event_type", "item_id")
+# the form of a session id made from a cookie and the epoch ms of its first event (features.sessionize):
+# a source id of that form could name another cookie's session
+DERIVED_ID = r":-?[0-9]+$"
+DERIVED_REASON = "session_id of the form <cookie_id>:<epoch ms>, kept for sessions cut per cookie"
 OPTIONAL = ("category", "price", "quantity", "session_id")
 IDS = ("cookie_id", "event_type", "item_id", "category", "session_id")
 KINDS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -95,6 +99,7 @@ def event_checks(window: TimeWindow) -> list[tuple[pl.Expr, str]]:
     return [
         *typed,
         (raw("cookie_id").is_null(), "missing cookie_id"),
+        (raw("session_id").str.contains(DERIVED_ID), DERIVED_REASON),
         (raw("ts").is_null(), "missing ts"),
         (pl.col("ts").is_null(), "unparsable ts"),
         (window.excludes(pl.col("ts")), "impossible timestamp"),

@@ -468,9 +468,21 @@ def keep_freed_memory() -> None:
         os.environ["_RJEM_MALLOC_CONF"] = f"{KEEP_FREED_MEMORY},{own}" if own else KEEP_FREED_MEMORY
 
 
+# MLflow logs each store creation, migration and system-metrics thread at INFO and draws a progress bar
+# per artifact download: dozens of lines on stderr that read like trouble. A user's own setting wins.
+QUIET_LIBRARIES = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+def quiet_libraries() -> None:
+    """Set QUIET_LIBRARIES where the user has not, before MLflow is imported (it reads them then)."""
+    for name, value in QUIET_LIBRARIES.items():
+        os.environ.setdefault(name, value)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 2, and so does a
     file system that refuses a write (no space left, read-only, no permission) wherever it happens."""
+    quiet_libraries()
     try:
         app(standalone_mode=False)
         # The process ends next. Moving the heap to the permanent generation spares the interpreter's

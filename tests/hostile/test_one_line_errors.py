@@ -343,3 +343,19 @@ def test_given_the_last_day_generate_writes_then_it_writes_it(tmp_path: Path) ->
     assert done.code == 0, done.stderr
     truth = pl.read_parquet(tmp_path / "out" / "truth.parquet")
     assert truth["session_start"].dt.date().unique().to_list() == [dt.date(9999, 12, 24)]
+
+
+@pytest.mark.parametrize("full", ["checkpoints", "home"])
+def test_given_a_full_disk_under_a_training_then_one_line_naming_it(
+    small_disk: Path, tmp_path: Path, full: str
+) -> None:
+    lake_root = tmp_path / "lake"
+    write_sequences(Lake(str(lake_root)), synthetic_sequences(sessions=1500, days=4))
+    env = {"CLICKSTREAM_HOME": str(tmp_path / "home"), "CLICKSTREAM_CHECKPOINTS": str(small_disk / "checkpoints")}
+    if full == "home":  # the tracking store's SQLite database and the run's artifacts
+        env = {"CLICKSTREAM_HOME": str(small_disk / "home")}
+    _fill(small_disk)
+
+    done = run_cli("train", "--epochs", "1", "--device", "cpu", "--lake", str(lake_root), cwd=tmp_path, env=env)
+
+    _assert_one_line(done, "no space left on device")

@@ -1,0 +1,101 @@
+"""One source session id, one session: reused ids are told apart when they enter the lake.
+
+A source's `session_id` names one session, whose events lie on its start date and the next (the
+span `clickstream sequences` reads around a day). Two things break that, and both would merge two
+sessions into one or give two rows one id, depending on which dates were built:
+- an id reused later (events of one id more than a day apart: a counter that restarted), and
+- the same id from two sources (YOOCHOOSE session `1` and a cookie log's session `1`).
+
+So at ingest, the batch's ids are compared with each other and with the lake's (other batches):
+the events of one id and source form runs of dates with gaps of at most a day, and one run, the
+one already in the lake (or else the batch's earliest, by date then source), keeps the id. Every
+other run is renamed `<id>@<source>:<its first date>`, which no other run can share. The choice
+depends on what the lake held when the batch came; re-delivering a batch gives the same names.
+
+Memory: the batch's distinct (session, source, date) keys, about 100 bytes each; the lake's are
+read as one column, filtered to the batch's ids.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+KEYS = ("session_id", "source", "date")
+_NEXT_RUN = pl.duration(days=1)  # a session crossing midnight has events on two dates
+KEYS_PER_PART, HASH_PARTS = 1_000_000, 1024
+_NONE_RENAMED = pl.DataFrame(
+    schema={"session_id": pl.String, "source": pl.String, "date": pl.Date, "new_id": pl.String}
+)
+
+
+def session_keys(events: pl.DataFrame) -> pl.DataFrame:
+    """The distinct (session_id, source, date) of `events` that carry a source session id, and the
+    `hash_part` of each id (which of `HASH_PARTS` it falls in), found once here."""
+    return (
+        events.lazy()
+        .filter(pl.col("session_id").is_not_null())
+        .select("session_id", "source", date=pl.col("ts").dt.date())
+        .unique()
+        .with_columns(hash_part=(pl.col("session_id").hash() % HASH_PARTS).cast(pl.UInt16))
+        .collect()
+    )
+
+
+def renamed_sessions(batch_keys: pl.LazyFrame, lake_keys: pl.LazyFrame | None) -> pl.DataFrame:
+    """The batch's (session_id, source, date) keys whose session takes a new id, with it (`new_id`).
+
+    `batch_keys`: the batch's keys (`session_keys`, any repeats); `lake_keys`: the lake's events of
+    other batches (at least the key columns), or None for an empty lake. The ids are taken in parts
+    by their hash, about `KEYS_PER_PART` of the batch's keys at a time, so memory holds one part
+    (and the lake is read once a part)."""
+    parts = min(HASH_PARTS, -(-batch_keys.select(pl.len()).collect().item() // KEYS_PER_PART))
+    renamed = [
+        _renamed_part(batch_keys.filter(pl.col("hash_part") % parts == number), lake_keys) for number in range(parts)
+    ]
+    return pl.concat([_NONE_RENAMED, *renamed]).sort(KEYS)
+
+
+def _renamed_part(batch_keys: pl.LazyFrame, lake_keys: pl.LazyFrame | None) -> pl.DataFrame:
+    ours = batch_keys.select(KEYS).unique().with_columns(in_lake=pl.lit(False))
+    if lake_keys is not None:
+        theirs = lake_keys.join(ours.select("session_id").unique(), on="session_id", how="semi").select(KEYS).unique()
+        ours = pl.concat([ours, theirs.with_columns(in_lake=pl.lit(True))])
+    spans = ours.group_by("session_id").agg(
+        first=pl.col("date").min(), last=pl.col("date").max(), sources=pl.col("source").n_unique()
+    )
+    doubtful = spans.filter((pl.col("last") - pl.col("first") > _NEXT_RUN) | (pl.col("sources") > 1))
+    keys = ours.join(doubtful.select("session_id"), on="session_id", how="semi").collect()
+    if keys.is_empty():
+        return _NONE_RENAMED
+    runs = (
+        keys.group_by(KEYS)
+        .agg(pl.col("in_lake").any())
+        .sort(KEYS)
+        .with_columns(
+            run=((pl.col("date").diff() > _NEXT_RUN) | (pl.col("source") != pl.col("source").shift()))
+            .fill_null(True)
+            .cum_sum()
+            .over("session_id")
+        )
+    )
+    run_facts = runs.group_by("session_id", "run").agg(
+        start=pl.col("date").min(), source=pl.col("source").first(), in_lake=pl.col("in_lake").any()
+    )
+    keeper = run_facts.sort("in_lake", "start", "source", descending=[True, False, False]).unique(
+        "session_id", keep="first", maintain_order=True
+    )
+    return (
+        runs.filter(~pl.col("in_lake"))
+        .join(keeper.select("session_id", keep=pl.col("run")), on="session_id")
+        .filter(pl.col("run") != pl.col("keep"))
+        .join(run_facts.select("session_id", "run", "start"), on=["session_id", "run"])
+        .select(*KEYS, new_id=pl.format("{}@{}:{}", "session_id", "source", pl.col("start").dt.to_string()))
+    )
+
+
+def rename_sessions(events: pl.DataFrame, renamed: pl.DataFrame) -> pl.DataFrame:
+    """`events` (of one date, with columns session_id and source) with the new ids of `renamed`
+    (`renamed_sessions`' rows of that date)."""
+    keys = ["session_id", "source"]
+    new_ids = events.select(keys).join(renamed.select(*keys, "new_id"), on=keys, how="left", maintain_order="left")
+    return events.with_columns(session_id=new_ids.get_column("new_id").fill_null(events.get_column("session_id")))
