@@ -133,7 +133,7 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     summary = train_challenger(settings, START, window_end, epochs=args.epochs, device=args.device)
     seconds = time.perf_counter() - began
 
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake, settings.buckets)
     labelled = pl.col("label").is_not_null()
     train = read_sequences(lake, START, summary.validation[0] - dt.timedelta(days=1)).filter(labelled)
     val = read_sequences(lake, *summary.validation).filter(labelled)

@@ -113,7 +113,7 @@ def main() -> None:
         aggregates = fit_list_aggregates(train_frame.filter(~last_day), trees)
 
         settings = load_settings(lake=str(root / "lake"), home=root / "state", environ={})
-        lake = Lake(settings.lake)
+        lake = Lake(settings.lake, settings.buckets)
         sequences = synthetic_sequences(args.sessions, days=args.days, seed=1, n_items=N_ITEMS)
         mean_events = sequences["n_events"].mean()
         days = write_sequences(lake, sequences)

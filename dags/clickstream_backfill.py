@@ -3,7 +3,8 @@
 clickstream_backfill (manual trigger only; params `start`, `end` as YYYY-MM-DD): re-ingests each
 day's landing files (one mapped task per date, `NIGHTLY.ingest_concurrency` at once; a date without
 landing files is skipped with the reason), rebuilds sequences for the range and the day before it,
-then re-scores the range with the champion in one task (one model load, one cookie_intent rebuild).
+then re-scores the range with the champion: both mapped over the lake's session buckets
+(`NIGHTLY.bucket_concurrency` at once), each instance writing only its bucket's partitions.
 Idempotent: re-running a range replaces the same rows.
 
 clickstream_rescore (runs whenever clickstream_nightly publishes the `clickstream-champion` Asset,
@@ -58,21 +59,31 @@ def clickstream_backfill() -> None:
         return nightly.ingest_landing(settings, batch)
 
     @task(trigger_rule="none_failed_min_one_success")
-    def build_sequences(days: list[str]) -> dict[str, Any]:
+    def buckets() -> list[int]:
+        return nightly.bucket_numbers(load_settings())
+
+    @task(max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency)
+    def build_sequences(bucket: int, days: list[str]) -> dict[str, Any]:
         first, last = dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1])
-        return nightly.rebuild_sequences(load_settings(), first, last)
+        return nightly.rebuild_sequences(load_settings(), first, last, bucket=bucket)
+
+    @task(max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency)
+    def score(bucket: int, days: list[str]) -> dict[str, Any]:
+        with nightly.skip_when_no_data():
+            first, last = dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1])
+            return nightly.score_days(load_settings(), first, last, bucket)
 
     @task(outlets=[SCORES])
-    def score(days: list[str]) -> dict[str, Any]:
-        with nightly.skip_when_no_data():
-            return nightly.score_days(
-                load_settings(), dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1])
-            )
+    def scores_published(scored: list[dict[str, Any]]) -> int:
+        return sum(int(result["sessions"]) for result in scored)
 
     days = dates()
-    built = build_sequences(days)
-    ingest_day.expand(day=days) >> built
-    built >> score(days)
+    bucket_list = buckets()
+    ingest_day.expand(day=days) >> bucket_list
+    built = build_sequences.partial(days=days).expand(bucket=bucket_list)
+    scored = score.partial(days=days).expand(bucket=bucket_list)
+    built >> scored
+    scores_published(scored)
 
 
 @dag(

@@ -8,11 +8,14 @@ A run covers the UTC day its data interval starts on (`airflow dags test clickst
 What, in order:
 1. find_landing: the day's raw files in `<landing>/YYYY-MM-DD/`. None there: the task is
    SKIPPED with the reason and so is everything after it (the run still succeeds).
-2. ingest: raw files -> events/ (bad rows -> quarantine/).
-3. build_sequences: sequences/ for the day and the day before (sessions crossing midnight); then
-   the dates marked for rebuild, with the days around them: those the ingest's batch no longer
-   has (a re-delivered file with fewer dates) and any whose events are gone. Their scores are
-   cleared where their sequences went, and re-scored with the champion where they were rebuilt.
+2. ingest: raw files -> events/ (bad rows -> quarantine/), one mapped instance per landing file
+   (one for the day where buys files complete the clicks).
+3. build_sequences: one mapped instance per session bucket of the lake (`CLICKSTREAM_BUCKETS`),
+   each writing only its bucket's partitions: sequences/ for the day and the day before (sessions
+   crossing midnight); then the dates marked for rebuild, with the days around them: those the
+   ingests' batches no longer have (a re-delivered file with fewer dates) and any whose events are
+   gone. Their scores are cleared where their sequences went, and re-scored with the champion where
+   they were rebuilt. sequences_built sums the buckets up for what follows.
 4. train: a challenger on the rolling window (param `window_days`, default 30) ending at the day,
    in pool/queue `gpu` (and the executor `CLICKSTREAM_TRAIN_EXECUTOR`, when set), on
    `NIGHTLY.gpus_per_training` GPUs. A retry resumes from the last finished epoch (checkpoints are
@@ -23,9 +26,13 @@ What, in order:
    a champion that cannot be loaded fails the task and stays); announce_champion then publishes
    the `clickstream-champion` Asset (which triggers clickstream_rescore) and is skipped when the
    champion stays.
-6. score: the day's (and the rebuilt previous day's) sessions with the champion -> scores/,
-   publishing the `clickstream-scores` Asset; skipped while there is no champion yet. It runs
+6. score: the day's (and the rebuilt previous day's) sessions with the champion -> scores/, one
+   mapped instance per bucket, each also updating its bucket's cookie_intent; scores_published
+   then publishes the `clickstream-scores` Asset. Skipped while there is no champion yet. It runs
    even when training failed, so analysts still get scores from the current champion.
+
+Mapped instances run `NIGHTLY.bucket_concurrency` at a time in a run, on any Celery worker or
+Kubernetes pod; one that fails is retried alone.
 7. report: the HTML report of the last days under <CLICKSTREAM_HOME>/reports/.
 
 Every task is idempotent for its day and passes only small values through XCom. Input/data
@@ -71,13 +78,26 @@ def clickstream_nightly() -> None:
             return nightly.find_landing(load_settings(), nightly.run_day(data_interval_start))
 
     @task
+    def landing_files(found: dict[str, Any]) -> list[dict[str, Any]]:
+        return nightly.landing_batches(found)
+
+    @task(max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency)
     def ingest(batch: dict[str, Any]) -> dict[str, Any]:
         return nightly.ingest_landing(load_settings(), batch)
 
     @task
-    def build_sequences(ingested: dict[str, Any]) -> dict[str, Any]:
-        day = dt.date.fromisoformat(ingested["day"])
-        return nightly.rebuild_sequences(load_settings(), day, day, dropped=ingested.get("dropped", ()))
+    def buckets(ingested: list[dict[str, Any]]) -> list[int]:
+        return nightly.bucket_numbers(load_settings())
+
+    @task(max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency)
+    def build_sequences(bucket: int, ingested: list[dict[str, Any]]) -> dict[str, Any]:
+        day = dt.date.fromisoformat(ingested[0]["day"])
+        dropped = nightly.dropped_dates(ingested)
+        return nightly.rebuild_sequences(load_settings(), day, day, dropped=dropped, bucket=bucket)
+
+    @task
+    def sequences_built(built: list[dict[str, Any]]) -> dict[str, Any]:
+        return nightly.merge_built(built)
 
     @task(**nightly.train_task_options())
     def train(built: dict[str, Any], params: dict[str, Any] | None = None, ti: Any = None) -> dict[str, Any]:
@@ -106,25 +126,32 @@ def clickstream_nightly() -> None:
         outlet_events[CHAMPION].extra = {"version": decision["version"]}
         return decision["version"]
 
-    @task(trigger_rule="all_done", outlets=[SCORES])
-    def score(built: dict[str, Any] | None) -> dict[str, Any]:
+    @task(trigger_rule="all_done", max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency)
+    def score(bucket: int, built: dict[str, Any] | None) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 
         if not built:
             raise AirflowSkipException("no sequences were built in this run: nothing to score")
         with nightly.skip_when_no_data():
-            return nightly.score_days(
-                load_settings(), dt.date.fromisoformat(built["dates"][0]), dt.date.fromisoformat(built["end"])
-            )
+            first, last = dt.date.fromisoformat(built["dates"][0]), dt.date.fromisoformat(built["end"])
+            return nightly.score_days(load_settings(), first, last, bucket)
+
+    @task(outlets=[SCORES])
+    def scores_published(scored: list[dict[str, Any]]) -> int:
+        return sum(int(result["sessions"]) for result in scored)
 
     @task
     def report(built: dict[str, Any]) -> dict[str, Any]:
         return nightly.write_day_report(load_settings(), dt.date.fromisoformat(built["end"]), NIGHTLY.report_days)
 
-    built = build_sequences(ingest(find_landing()))
+    ingested = ingest.expand(batch=landing_files(find_landing()))
+    bucket_list = buckets(ingested)
+    built = sequences_built(build_sequences.partial(ingested=ingested).expand(bucket=bucket_list))
     decision = promote_if_better(train(built))
     announce_champion(decision)
-    decision >> score(built) >> report(built)
+    scored = score.partial(built=built).expand(bucket=bucket_list)
+    decision >> scored
+    scores_published(scored) >> report(built)
 
 
 clickstream_nightly()

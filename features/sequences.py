@@ -6,6 +6,10 @@ reads events of start - 1 (a cookie session begun the day before is not cut in t
 end + 1 (a session crossing midnight is complete), all at one version of `events`, and replaces
 the range's sequences in one commit that records that version.
 
+Buckets: sessions never cross buckets (`pipeline.core.buckets`), so each bucket is built from its own
+events alone, one bucket after another (memory: one bucket's events of a few days), and a run for
+one bucket (the DAG's mapped tasks) replaces only that bucket's partitions of the range.
+
 Labels, without leakage:
 - YOOCHOOSE sessions are buyers when they hold any purchase; the input is their clicks,
   purchases removed.
@@ -65,7 +69,7 @@ class SequenceSummary:
     dropped_empty: int = 0  # sessions without any input event (purchase first, or all excluded)
 
     def add(self, other: SequenceSummary) -> None:
-        self.dates += other.dates
+        self.dates = sorted({*self.dates, *other.dates})
         for name in ("sessions", "events", "buyers", "unknown_labels", "truncated", "dropped_empty"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -78,37 +82,44 @@ class SequenceSummary:
         )
 
 
-def build_sequences(settings: Settings, start: dt.date | None, end: dt.date | None) -> SequenceSummary:
-    """Replace the sequences of [start, end] (default: the whole table) with those of the events of
-    that range, in one commit.
+def build_sequences(
+    settings: Settings, start: dt.date | None, end: dt.date | None, bucket: int | None = None
+) -> SequenceSummary:
+    """Replace the sequences of [start, end] (default: the whole table) of `bucket` (default: every
+    bucket, one after another) with those of the events of that range, in one commit.
 
     Idempotent: each date gets the same rows for the same events, whatever range it is built in;
     a date whose events are gone loses its sequences (derived data never outlives its source).
     Raises NoDataError when neither events nor sequences hold a date in the range.
     """
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake, settings.buckets)
     events_version = lake.version("events")
-    rows = {d: n for d, n in lake.rows_per_date("events", events_version).items() if _within(d, start, end)}
-    days = list(rows) or [d for d in lake.dates("sequences") if _within(d, start, end)]  # stale only: cleared
-    if not days:
+    known = {*lake.dates("events", events_version), *lake.dates("sequences")}
+    days = sorted(d for d in known if _within(d, start, end))
+    if not days:  # neither events nor sequences (stale ones, to be cleared) in the range
         lake.require_dates("events", start, end, "run `clickstream ingest` first")  # raises, naming the window
+    buckets = range(lake.buckets) if bucket is None else [lake.check_bucket(bucket)]
     summary = SequenceSummary()
 
     def frames() -> Iterator[pl.DataFrame]:
-        for batch in _batches(rows):
-            around = (batch[0] - dt.timedelta(days=1), batch[-1] + dt.timedelta(days=1))
-            events = _read_events(lake, *around, events_version)
-            frame, counts = sessions_of(events, batch[0], batch[-1], settings.sequences)
-            start_day = frame.get_column("session_start").to_physical().to_numpy() // _US_PER_DAY
-            for day in batch:  # rows are sorted by session_start: each day is one slice
-                lo, hi = np.searchsorted(start_day, [_epoch_day(day), _epoch_day(day) + 1])
-                yield _unsliced(frame.slice(lo, hi - lo)).with_columns(date=pl.lit(day))
-            counts.dates = list(batch)
-            summary.add(counts)
+        for part in buckets:
+            rows = lake.rows_per_date("events", events_version, part)
+            for batch in _batches({d: n for d, n in rows.items() if _within(d, start, end)}):
+                around = (batch[0] - dt.timedelta(days=1), batch[-1] + dt.timedelta(days=1))
+                events = _read_events(lake, *around, events_version, part)
+                newest = _newest(lake, *around, events_version)  # of every bucket: a bucket's own would differ
+                frame, counts = sessions_of(events, batch[0], batch[-1], settings.sequences, newest)
+                start_day = frame.get_column("session_start").to_physical().to_numpy() // _US_PER_DAY
+                for day in batch:  # rows are sorted by session_start: each day is one slice
+                    lo, hi = np.searchsorted(start_day, [_epoch_day(day), _epoch_day(day) + 1])
+                    yield _unsliced(frame.slice(lo, hi - lo)).with_columns(date=pl.lit(day), bucket=pl.lit(part))
+                counts.dates = list(batch)
+                summary.add(counts)
 
     first, last = start or days[0], end or days[-1]
-    replace = None if start is None and end is None else dates_predicate(first, last)
-    meta = {"events_version": events_version, "first_date": first, "last_date": last}
+    whole = start is None and end is None and bucket is None
+    replace = None if whole else dates_predicate(first, last, bucket)
+    meta = {"events_version": events_version, "first_date": first, "last_date": last, "bucket": bucket}
     lake.commit("sequences", frames(), replace=replace, stage="sequences", metadata=meta)
     return summary
 
@@ -123,8 +134,9 @@ def read_sequences(
     end: dt.date | None,
     columns: Iterable[str] | None = None,
     version: int | None = None,
+    bucket: int | None = None,
 ) -> pl.DataFrame:
-    """Sessions starting in [start, end] (default: all) at table `version` (default: latest),
+    """Sessions starting in [start, end] (default: all) of `bucket` (default: all) at table `version` (default: latest),
     sorted by (session_start, session_id), with the SEQUENCES columns, or only those of them
     named in `columns` (in SEQUENCES order); an empty frame when there are none.
 
@@ -139,7 +151,7 @@ def read_sequences(
         _refuse_stale(lake, start, end)
     names = [name for name in SEQUENCES.names() if name in wanted]
     schema = pl.Schema({name: SEQUENCES[name] for name in SEQUENCES.names() if name in {*names, *_ORDER}})
-    scan = lake.scan("sequences", start, end, version)
+    scan = lake.scan("sequences", start, end, version, bucket)
     if scan is None:
         return pl.DataFrame(schema=schema).select(names)
     frame = conform(scan.select(schema.names()).collect(), schema)
@@ -188,14 +200,14 @@ def _in_session_order(frame: pl.DataFrame) -> bool:
 
 
 def sessions_of(
-    events: pl.DataFrame, first_day: dt.date, last_day: dt.date, config: SequenceConfig
+    events: pl.DataFrame, first_day: dt.date, last_day: dt.date, config: SequenceConfig, newest: int | None = None
 ) -> tuple[pl.DataFrame, SequenceSummary]:
     """SEQUENCES rows of the sessions whose first event falls on [first_day, last_day], sorted
     by (session_start, session_id), with their counts.
 
     `events` holds EVENTS columns (any row order); it should include the day before and the
-    day after, so that sessions are whole. Its newest event decides which cookie-log
-    sessions may still be open.
+    day after, so that sessions are whole. The newest event read (`newest`, epoch microseconds;
+    default: that of `events`) decides which cookie-log sessions may still be open.
     """
     ev = _coded(events)
     grouped = sessionize(ev, config.session_gap_minutes)
@@ -243,7 +255,8 @@ def sessions_of(
     event_rows = grouped.rows[inputs[at]]  # its row in `events`
 
     label = ~np.equal(first_purchase, _NEVER)
-    newest = ts.max() if ts.size else 0
+    if newest is None:
+        newest = int(ts.max()) if ts.size else 0
     gap_us = round(config.session_gap_minutes * 60e6)
     known = labelled.astype(bool) & (yoochoose | label | (end <= newest - gap_us))
     label_values = pa.array(label[sessions], mask=~known[sessions])
@@ -309,8 +322,8 @@ def _coded(events: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _read_events(lake: Lake, first_day: dt.date, last_day: dt.date, version: int | None) -> pl.DataFrame:
-    scan = lake.scan("events", first_day, last_day, version)
+def _read_events(lake: Lake, first_day: dt.date, last_day: dt.date, version: int | None, bucket: int) -> pl.DataFrame:
+    scan = lake.scan("events", first_day, last_day, version, bucket)
     assert scan is not None  # the caller only asks for ranges around dates that hold events
     return scan.select(
         "session_id",
@@ -321,6 +334,15 @@ def _read_events(lake: Lake, first_day: dt.date, last_day: dt.date, version: int
         "source",
         "labelled",
     ).collect()
+
+
+def _newest(lake: Lake, first_day: dt.date, last_day: dt.date, version: int | None) -> int:
+    """The newest event of [first_day, last_day] in every bucket, epoch microseconds (0: none)."""
+    scan = lake.scan("events", first_day, last_day, version)
+    if scan is None:
+        return 0
+    newest = scan.select(pl.col("ts").cast(UTC_TS).to_physical().max()).collect().item()
+    return 0 if newest is None else int(newest)
 
 
 def _batches(rows: dict[dt.date, int]) -> list[list[dt.date]]:

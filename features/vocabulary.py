@@ -130,9 +130,7 @@ class Vocabulary:
             key: BuyCounts(pl.read_parquet(directory / _RATE_FILES[key]), float(recorded["buy_rate_priors"][key]))
             for key in RATE_KEYS
         }
-        vocabulary = cls(
-            pl.read_parquet(items), pl.read_parquet(categories), rates, int(recorded["item_hash_buckets"])
-        )
+        vocabulary = cls(pl.read_parquet(items), pl.read_parquet(categories), rates, int(recorded["item_hash_buckets"]))
         if vocabulary.version != recorded["version"]:
             raise ValueError(f"vocabulary in {directory} does not match its version {recorded['version']}")
         return vocabulary

@@ -68,11 +68,12 @@ def gate_challenger(
     tags = version_tags(settings, version)
     start = start or _tag_date(tags, VAL_START_TAG, version)
     end = end or _tag_date(tags, VAL_END_TAG, version)
-    frame = read_sequences(Lake(settings.lake), start, end)
+    lake = Lake(settings.lake, settings.buckets)
+    frame = read_sequences(lake, start, end)
     frame = frame.filter(frame["label"].is_not_null())
     if frame.is_empty():
         raise NoDataError(
-            f"no labelled sessions in sequences/ of lake {Lake(settings.lake)} between {start} and {end} "
+            f"no labelled sessions in sequences/ of lake {lake} between {start} and {end} "
             "to compare models on"
         )
     challenger = _scored(_load(settings, version), tags, frame)  # a challenger that cannot load is a plain error

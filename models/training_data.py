@@ -56,7 +56,7 @@ def prepare(
     `as_of` (default: the latest), split by time, with the fingerprint of the window, its data and
     the settings, and the table versions behind them. Guards run later, inside the run
     (check_trainable), so that a refused window leaves a FAILED run with its reason."""
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake, settings.buckets)
     version = lake.version("sequences") if as_of is None else as_of
     frame = read_sequences(lake, start, end, version=version)
     labelled = frame.filter(frame["label"].is_not_null())
@@ -131,7 +131,7 @@ def datasets(settings: Settings, data: TrainingData) -> dict[str, mlflow.data.Da
     rows, the schema), no copy."""
     split = data.split
     source = DeltaDatasetSource(
-        path=Lake(settings.lake).table_uri("sequences"), delta_table_version=data.sequences_version
+        path=Lake(settings.lake, settings.buckets).table_uri("sequences"), delta_table_version=data.sequences_version
     )
     schema = sequences_schema()
     train_end = split.validation[0] - dt.timedelta(days=1) if split.validation[0] else None

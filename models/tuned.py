@@ -57,7 +57,7 @@ def feature_signature(settings: Settings) -> str:
 
 def write_tuned(settings: Settings, tuned: TunedSettings) -> str:
     """Replace the lake's tuned settings with `tuned`, atomically; returns the file's path."""
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake, settings.buckets)
     text = json.dumps(dataclasses.asdict(tuned), indent=2, sort_keys=True) + "\n"
     return lake.write_bytes(lake.config_file(TUNED_FILE), text.encode())
 
@@ -65,7 +65,7 @@ def write_tuned(settings: Settings, tuned: TunedSettings) -> str:
 def read_tuned(settings: Settings) -> TunedSettings | None:
     """The lake's tuned settings, or None when there are none. A file that is not valid tuned
     settings is a ClickstreamError naming it."""
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake, settings.buckets)
     path = lake.config_file(TUNED_FILE)
     if not lake.fs.exists(path):
         return None
@@ -92,7 +92,7 @@ def with_tuned(settings: Settings) -> Settings:
     if tuned.signature != signature:
         log.warning(
             "tuned settings in %s were tuned for features %s, these are %s: training with the defaults",
-            Lake(settings.lake).config_file(TUNED_FILE),
+            Lake(settings.lake, settings.buckets).config_file(TUNED_FILE),
             tuned.signature,
             signature,
         )

@@ -112,7 +112,7 @@ def tune(
     train and judge a model, or when every trial failed."""
     space = SEARCH_SPACE if space is None else space
     config = dataclasses.replace(settings.train, epochs=epochs or settings.train.epochs, device=device)
-    frame = read_sequences(Lake(settings.lake), start, end)
+    frame = read_sequences(Lake(settings.lake, settings.buckets), start, end)
     split = split_window(frame.filter(frame["label"].is_not_null()), start, end, config.validation_days)
     check_trainable(split, config)
     vocabulary = build_vocabulary(split.train, settings.sequences)

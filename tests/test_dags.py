@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from clickstream.pipeline.core.config import CHAMPION, Settings, load_settings
@@ -26,12 +27,16 @@ from clickstream.pipeline.orchestrate.tuning import TUNE
 
 NIGHTLY_TASKS = {
     "find_landing",
+    "landing_files",
     "ingest",
+    "buckets",
     "build_sequences",
+    "sequences_built",
     "train",
     "promote_if_better",
     "announce_champion",
     "score",
+    "scores_published",
     "report",
 }
 HEAVY = ("torch", "polars", "mlflow", "pyarrow", "numpy", "pandas", "sklearn", "lightgbm")
@@ -71,12 +76,26 @@ def test_given_the_nightly_dag_then_daily_interval_schedule_no_catchup_one_activ
 def test_given_the_nightly_dag_then_its_tasks_run_in_order(dagbag):
     dag = dagbag.dags["clickstream_nightly"]
     assert set(dag.task_dict) == NIGHTLY_TASKS
-    chain = ["find_landing", "ingest", "build_sequences", "train", "promote_if_better", "announce_champion"]
+    chain = [
+        "find_landing",
+        "landing_files",
+        "ingest",
+        "buckets",
+        "build_sequences",
+        "sequences_built",
+        "train",
+        "promote_if_better",
+        "announce_champion",
+    ]
     for upstream, downstream in itertools.pairwise(chain):
         assert downstream in dag.task_dict[upstream].downstream_task_ids
-    assert dag.task_dict["score"].upstream_task_ids == {"build_sequences", "promote_if_better"}
+    assert dag.task_dict["score"].upstream_task_ids == {"buckets", "sequences_built", "promote_if_better"}
     assert dag.task_dict["score"].trigger_rule == "all_done"  # scores even when training failed
-    assert dag.task_dict["report"].upstream_task_ids == {"build_sequences", "score"}
+    assert dag.task_dict["report"].upstream_task_ids == {"sequences_built", "scores_published"}
+    # per landing file and per bucket: mapped, several at once, each instance retried alone
+    for name in ("ingest", "build_sequences", "score"):
+        assert dag.task_dict[name].is_mapped, name
+        assert dag.task_dict[name].max_active_tis_per_dagrun == NIGHTLY.bucket_concurrency > 1, name
 
 
 def test_given_the_train_task_then_gpu_pool_queue_and_its_own_timeout(dagbag):
@@ -100,7 +119,7 @@ def test_given_every_task_then_retries_with_backoff_a_timeout_and_a_failure_call
 
 def test_given_assets_then_nightly_publishes_scores_and_champion_and_rescore_runs_on_champion(dagbag):
     nightly_dag = dagbag.dags["clickstream_nightly"]
-    assert [a.name for a in nightly_dag.task_dict["score"].outlets] == [SCORES_ASSET]
+    assert [a.name for a in nightly_dag.task_dict["scores_published"].outlets] == [SCORES_ASSET]  # once all buckets are
     assert [a.name for a in nightly_dag.task_dict["announce_champion"].outlets] == [CHAMPION_ASSET]
     assert [a.name for a in dagbag.dags["clickstream_rescore"].schedule] == [CHAMPION_ASSET]
 
@@ -121,7 +140,8 @@ def test_given_the_backfill_dag_then_manual_with_a_mapped_ingest_per_date_severa
     dag = dagbag.dags["clickstream_backfill"]
     assert dag.schedule is None
     assert set(dag.params) == {"start", "end"}
-    assert set(dag.task_dict) == {"dates", "ingest_day", "build_sequences", "score"}
+    assert set(dag.task_dict) == {"dates", "ingest_day", "buckets", "build_sequences", "score", "scores_published"}
+    assert dag.task_dict["build_sequences"].is_mapped and dag.task_dict["score"].is_mapped
     assert dag.task_dict["ingest_day"].is_mapped
     # ingests of different batches commit to the same dates concurrently (Delta), so more than one runs
     assert dag.task_dict["ingest_day"].max_active_tis_per_dagrun == NIGHTLY.ingest_concurrency > 1
@@ -154,7 +174,7 @@ DAYS = 3
 def _partition_hashes(settings: Settings, table: str) -> dict[str, str]:
     lake = Lake(settings.lake)
     return {
-        path.rsplit("/", 2)[-2]: hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        "/".join(path.split("/")[-3:-1]): hashlib.sha256(Path(path).read_bytes()).hexdigest()
         for path in lake.files(table)
     }
 
@@ -166,21 +186,32 @@ def _versions(settings: Settings) -> list[str]:
     return sorted(v.version for v in client.search_model_versions(f"name='{settings.model_name}'"))
 
 
+def _states(tasks: dict[str, str], task: str) -> set[str]:
+    """The states of `task`'s instances in a run's `tasks` (a mapped task has one per map index)."""
+    return {state for name, state in tasks.items() if name == task or name.startswith(f"{task}[")}
+
+
+def _run_nightly_days(root: Path, buckets: int) -> tuple[Settings, list]:
+    """Three generated landing days run through clickstream_nightly in order, day by day, on a lake
+    of `buckets` buckets (the environment stays set for the caller's further runs)."""
+    from clickstream.pipeline.synthetic.generate import generate_logs
+
+    environ = {"CLICKSTREAM_BUCKETS": str(buckets)}
+    settings = load_settings(lake=str(root / "lake"), home=root / "state", environ=environ)
+    generate_logs(Path(settings.landing), sessions=DAYS * 600, days=DAYS, start_date=START, seed=3, by_day=True)
+    for name, value in {**clickstream_environ(settings), **environ}.items():
+        os.environ[name] = value
+    init_metadata()
+    return settings, [run_dag_for_day("clickstream_nightly", START + dt.timedelta(days=i)) for i in range(DAYS)]
+
+
 @pytest.fixture(scope="module")
 def nightly_lake(tmp_path_factory):
     """Three generated landing days run through clickstream_nightly in order, day by day."""
-    from clickstream.pipeline.synthetic.generate import generate_logs
-
-    root = tmp_path_factory.mktemp("nightly")
-    settings = load_settings(lake=str(root / "lake"), home=root / "state")
-    generate_logs(Path(settings.landing), sessions=DAYS * 600, days=DAYS, start_date=START, seed=3, by_day=True)
-    patch = pytest.MonkeyPatch()
-    for name, value in clickstream_environ(settings).items():
-        patch.setenv(name, value)
-    init_metadata()
-    results = [run_dag_for_day("clickstream_nightly", START + dt.timedelta(days=i)) for i in range(DAYS)]
-    yield settings, results
-    patch.undo()
+    saved = dict(os.environ)
+    yield _run_nightly_days(tmp_path_factory.mktemp("nightly"), buckets=1)
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.mark.slow
@@ -189,10 +220,36 @@ def test_given_landing_days_when_the_nightly_dag_runs_then_every_task_ends_as_do
     assert all(r.succeeded for r in results), [r.tasks for r in results]
     first, last = results[0], results[-1]
     assert first.tasks["train"] == "skipped"  # one day of history: too little to validate
-    assert first.tasks["score"] == "skipped"  # no champion yet
+    assert _states(first.tasks, "score") == {"skipped"}  # no champion yet
     for task in NIGHTLY_TASKS - {"announce_champion"}:
-        assert last.tasks[task] == "success", (task, last.tasks)
+        assert _states(last.tasks, task) == {"success"}, (task, last.tasks)
     assert last.tasks["announce_champion"] in {"success", "skipped"}  # skipped: the champion stayed
+
+
+@pytest.mark.slow
+def test_given_four_buckets_when_the_nightly_dag_runs_then_four_instances_of_each_and_the_same_scores(
+    nightly_lake, tmp_path_factory
+):
+    one, _ = nightly_lake
+    saved = dict(os.environ)
+    try:
+        four, results = _run_nightly_days(tmp_path_factory.mktemp("nightly-4"), buckets=4)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert all(r.succeeded for r in results), [r.tasks for r in results]
+    for task in ("build_sequences", "score"):
+        assert {f"{task}[{i}]" for i in range(4)} <= set(results[-1].tasks), results[-1].tasks
+        assert _states(results[-1].tasks, task) == {"success"}
+    assert Lake(four.lake).buckets == 4
+    assert Lake(four.lake).read("scores").get_column("bucket").n_unique() == 4
+
+    def scores(settings: Settings) -> pl.DataFrame:
+        return Lake(settings.lake).read("scores").drop("bucket", "scored_at").sort("session_id")
+
+    left, right = scores(one), scores(four)
+    assert left.drop("score").equals(right.drop("score"))
+    assert (left["score"] - right["score"]).abs().max() <= 1e-6
 
 
 @pytest.mark.slow

@@ -1,10 +1,12 @@
-"""The analysts' HTML report: one valid, self-contained file that a browser renders."""
+"""The analysts' HTML report: one valid, self-contained file that a browser renders, whose
+figures come from score-bin aggregates equal to those computed on the sessions themselves."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
 import html
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -15,14 +17,25 @@ import numpy as np
 import polars as pl
 import pytest
 from fixtures import synthetic_sequences, write_sequences
+from polars.testing import assert_frame_equal
 
-from clickstream.models.evaluation import evaluate
+from clickstream.models.evaluation import evaluate, expected_calibration_error
+from clickstream.pipeline.core import schemas
 from clickstream.pipeline.core.config import MODEL_NAME, Settings, load_settings
 from clickstream.pipeline.core.errors import NoDataError
-from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.lake import Lake, dates_predicate
+from clickstream.pipeline.serve import report
 from clickstream.pipeline.serve.history import model_versions
 from clickstream.pipeline.serve.holdout import after_training
-from clickstream.pipeline.serve.report import lift_table, scored_sessions, write_report
+from clickstream.pipeline.serve.report import (
+    SCORE_BINS,
+    bin_scores,
+    binned_quality,
+    distribution_table,
+    lift_table,
+    score_bins,
+    write_report,
+)
 from clickstream.pipeline.serve.scoring import score_dates
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -59,6 +72,52 @@ class Document(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._in_heading:
             self.headings.append(data)
+
+
+def sessions_of(lake: Lake, start: dt.date, end: dt.date) -> pl.DataFrame:
+    """Every scored session of [start, end] with its label (null when unknown), collected: the
+    reference the aggregates are checked against, on small data only."""
+    scores = lake.scan("scores", start, end)
+    labels = lake.scan("sequences", start, end)
+    assert scores is not None and labels is not None
+    frame = scores.select("date", "session_id", "n_events", "score", "model_version").join(
+        labels.select("date", "session_id", "label"), on=["date", "session_id"], how="left"
+    )
+    return frame.sort("date", "session_id").collect()
+
+
+def direct_lift(scores: pl.DataFrame) -> pl.DataFrame:
+    """Deciles of the labelled sessions sorted by score (ties by session_id), computed on the sessions."""
+    labelled = scores.filter(pl.col("label").is_not_null()).sort("score", "session_id")
+    overall = labelled["label"].mean()
+    return (
+        labelled.with_columns(decile=(pl.int_range(pl.len()) * 10 // pl.len() + 1).cast(pl.Int32))
+        .group_by("decile")
+        .agg(
+            sessions=pl.len(),
+            mean_score=pl.col("score").cast(pl.Float64).mean(),
+            buy_rate=pl.col("label").cast(pl.Float64).mean(),
+        )
+        .with_columns(lift=pl.col("buy_rate") / overall)
+        .sort("decile")
+    )
+
+
+def tie_allowance(labels: np.ndarray, scores: np.ndarray) -> float:
+    """How far an AUC on score bins may be from the exact one: half the buyer/non-buyer pairs that
+    share a bin, as a share of all such pairs."""
+    labels = np.asarray(labels, dtype=bool)
+    bins = np.minimum((np.asarray(scores, dtype=np.float64) * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
+    buyers = np.bincount(bins[labels], minlength=SCORE_BINS)
+    others = np.bincount(bins[~labels], minlength=SCORE_BINS)
+    return float((buyers * others).sum() / 2 / (buyers.sum() * others.sum()))
+
+
+def reported_figure(text: str, name: str) -> float:
+    """The number the report prints after `name` (the first time)."""
+    found = re.search(rf"\b{name} ([0-9.]+[0-9])", text)
+    assert found is not None, name
+    return float(found.group(1))
 
 
 @dataclass(frozen=True)
@@ -113,16 +172,47 @@ def test_given_scored_days_when_reported_then_one_valid_html_file_with_embedded_
 def test_given_labelled_scores_when_lift_is_computed_then_deciles_partition_sessions_and_rates_match(
     reported: Reported,
 ) -> None:
-    scores = scored_sessions(Lake(reported.settings.lake), reported.days[0], reported.days[-1])
+    lake = Lake(reported.settings.lake)
+    scores = sessions_of(lake, reported.days[0], reported.days[-1])
 
-    table = lift_table(scores)
+    bins = score_bins(lake, reported.days[0], reported.days[-1])
+    table = lift_table(bins)
 
-    assert table["decile"].to_list() == list(range(1, 11))
-    assert table["sessions"].sum() == 1000 and set(table["sessions"].to_list()) == {100}
+    assert_frame_equal(bins, bin_scores(scores.lazy()).collect().sort("date", "model_version", "bin"), rel_tol=1e-9)
+    assert bins.height <= SCORE_BINS * len(reported.days)
+    assert table["decile"].is_sorted() and table["decile"].n_unique() == table.height
+    assert set(table["decile"].to_list()) <= set(range(1, 11)) and table["decile"].max() == 10
+    assert table["sessions"].sum() == 1000  # every session in one decile, ties within a bin together
     assert table["mean_score"].is_sorted()
     buyers = scores["label"].sum()
     assert float((table["buy_rate"] * table["sessions"]).sum()) == pytest.approx(buyers)
     assert float((table["lift"] * table["sessions"]).sum()) / 1000 == pytest.approx(1.0)
+
+
+def test_given_holdout_bins_when_the_champion_is_reported_then_its_figures_are_those_of_the_sessions(
+    reported: Reported,
+) -> None:
+    versions = model_versions(reported.settings)
+    trained_through = versions.filter(pl.col("version") == "1")["trained_through"][0]
+    scores = sessions_of(Lake(reported.settings.lake), reported.days[0], reported.days[-1])
+    after = scores.filter(pl.col("date") > trained_through)
+    labels, values = after["label"].to_numpy(), after["score"].to_numpy()
+    direct = evaluate(labels, values, after["n_events"].to_numpy())
+    text = html.unescape(reported.out.read_text())
+
+    quality = binned_quality(bin_scores(after.lazy()).collect())
+
+    assert quality.sessions == after.height
+    assert abs(quality.auc - direct.auc) <= tie_allowance(labels, values) + 1e-12
+    assert quality.logloss == pytest.approx(direct.logloss, rel=1e-9)
+    assert quality.calibration_error == pytest.approx(direct.calibration_error, rel=1e-9, abs=1e-12)
+    shown = {name: reported_figure(text, name) for name in ("AUC", "PR-AUC", "log loss", "calibration error")}
+    assert shown == {
+        "AUC": round(quality.auc, 3),
+        "PR-AUC": round(quality.pr_auc, 3),
+        "log loss": round(quality.logloss, 3),
+        "calibration error": round(quality.calibration_error, 3),
+    }
 
 
 def test_given_days_inside_the_champions_training_window_when_reported_then_quality_uses_only_later_days(
@@ -130,26 +220,120 @@ def test_given_days_inside_the_champions_training_window_when_reported_then_qual
 ) -> None:
     versions = model_versions(reported.settings)
     trained_through = versions.filter(pl.col("version") == "1")["trained_through"][0]
-    scores = scored_sessions(Lake(reported.settings.lake), reported.days[0], reported.days[-1])
+    lake = Lake(reported.settings.lake)
+    scores = sessions_of(lake, reported.days[0], reported.days[-1])
     after = scores.filter(pl.col("date") > trained_through)
     inside = scores.height - after.height
     text = html.unescape(reported.out.read_text())
 
-    holdout = after_training(scores, versions)
+    holdout = after_training(score_bins(lake, reported.days[0], reported.days[-1]), versions)
 
     assert trained_through == reported.days[2] and 0 < inside < scores.height
-    assert holdout.sessions["session_id"].to_list() == after["session_id"].to_list() and holdout.excluded == inside
+    assert holdout.kept["date"].min() > trained_through and holdout.excluded == inside
+    assert holdout.kept["sessions"].sum() == after.height
     assert holdout.sentence == (
         f"Quality figures (lift, AUC, calibration) leave out {inside:,} labelled sessions of "
         f"{reported.days[0]}..{reported.days[2]} that fall within the training window of the model that scored them "
         f"(v1 saw sessions through {trained_through})."
     )
     assert holdout.sentence in text
-    honest = evaluate(after["label"].to_numpy(), after["score"].to_numpy(), after["n_events"].to_numpy())
     window = f"{reported.days[3]}..{reported.days[4]}"
     assert f"{after.height:,} labelled sessions of {window}, all after its training window: " in text
-    assert f"AUC {honest.auc:.3f}, PR-AUC {honest.pr_auc:.3f}" in text
     assert f"{after.height:,} labelled sessions after their model's training window" in text
+
+
+def test_given_sessions_one_to_a_score_bin_when_aggregated_then_every_figure_equals_the_direct_one() -> None:
+    rng = np.random.default_rng(7)
+    n = 901  # odd: one middle session, so the median is one session's score
+    scores = ((rng.permutation(SCORE_BINS)[:n] + rng.uniform(0.05, 0.95, n)) / SCORE_BINS).astype(np.float32)
+    labels = rng.uniform(size=n) < scores
+    frame = pl.DataFrame(
+        {
+            "date": pl.Series([dt.date(2024, 5, 1), dt.date(2024, 5, 2)]).gather(rng.integers(0, 2, n)),
+            "session_id": [f"s{i:04d}" for i in range(n)],
+            "model_version": "3",
+            "score": scores,
+            "label": pl.Series(labels).scatter(rng.choice(n, 50, replace=False), None),  # some unknown outcomes
+        }
+    )
+    known = frame.filter(pl.col("label").is_not_null())
+    truth, values = known["label"].to_numpy().astype(bool), known["score"].to_numpy()
+    direct = evaluate(truth, values, np.ones(known.height))
+
+    bins = bin_scores(frame.lazy()).collect()
+    quality = binned_quality(bins)
+    shape = distribution_table(bins)
+
+    assert bins.height == n and bins["sessions"].sum() == n
+    assert_frame_equal(lift_table(bins), direct_lift(frame), check_dtypes=False, rel_tol=1e-9)
+    assert quality.sessions == known.height
+    assert quality.auc == pytest.approx(direct.auc, rel=1e-12)
+    assert quality.pr_auc == pytest.approx(direct.pr_auc, rel=1e-12)
+    assert quality.logloss == pytest.approx(direct.logloss, rel=1e-9)
+    assert quality.calibration_error == pytest.approx(expected_calibration_error(truth, values), rel=1e-9)
+    assert shape["sessions"].to_list() == [n]
+    assert shape["mean_score"][0] == pytest.approx(float(scores.astype(np.float64).mean()), rel=1e-12)
+    assert shape["share_over_half"][0] == pytest.approx(float((scores >= 0.5).mean()), rel=1e-12)
+    assert abs(shape["median_score"][0] - float(np.median(scores))) <= 1 / SCORE_BINS
+
+
+def test_given_many_sessions_sharing_bins_when_aggregated_then_the_auc_is_within_the_ties_of_a_bin() -> None:
+    rng = np.random.default_rng(11)
+    n = 20_000
+    scores = rng.beta(2, 5, n).astype(np.float32)
+    labels = rng.uniform(size=n) < scores
+    frame = pl.DataFrame({"date": dt.date(2024, 5, 1), "model_version": "1", "score": scores, "label": labels})
+    direct = evaluate(labels, scores, np.ones(n))
+
+    quality = binned_quality(bin_scores(frame.lazy()).collect())
+
+    allowance = tie_allowance(labels, scores)
+    assert 0 < allowance < 1e-3  # many ties, still a tiny share of all pairs
+    assert abs(quality.auc - direct.auc) <= allowance
+    assert quality.pr_auc == pytest.approx(direct.pr_auc, abs=1e-3)
+    assert quality.logloss == pytest.approx(direct.logloss, rel=1e-9)
+    assert quality.calibration_error == pytest.approx(direct.calibration_error, rel=1e-9)
+
+
+def test_given_50k_sessions_when_binned_then_no_query_returns_more_rows_than_bins_per_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(3)
+    n, days = 50_000, [dt.date(2024, 6, 1) + dt.timedelta(days=d) for d in range(5)]
+    ids = [f"session-{i}" for i in range(n)]
+    scores = rng.beta(2, 5, n).astype(np.float32)
+    labels = pl.Series(rng.uniform(size=n) < scores).scatter(rng.choice(n, 5000, replace=False), None)
+    lake = Lake(tmp_path / "lake")
+    written = {
+        "sequences": (schemas.SEQUENCES, {"session_id": ids, "label": labels}),
+        "scores": (schemas.SCORES, {"session_id": ids, "score": scores, "model_version": "2"}),
+    }
+    for table, (schema, columns) in written.items():
+        frame = pl.DataFrame({"date": pl.Series(days).gather(np.arange(n) * len(days) // n), **columns})
+        rest = [pl.lit(None, dtype=kind).alias(name) for name, kind in schema.items() if name not in frame.columns]
+        lake.commit(table, frame.with_columns(rest), replace=dates_predicate(days[0], days[-1]), stage="test")
+    heights: list[int] = []  # of every frame the streaming engine returns
+    collect = pl.LazyFrame.collect
+
+    def counted(self: pl.LazyFrame, *args: object, **kwargs: object) -> pl.DataFrame:
+        result = collect(self, *args, **kwargs)
+        if kwargs.get("engine") == "streaming":
+            heights.append(result.height)
+        return result
+
+    whole = score_bins(lake, days[0], days[-1])
+    monkeypatch.setattr(report, "SESSIONS_PER_PART", 3_000)  # each day of 10,000 sessions in 4 hash parts
+    monkeypatch.setattr(pl.LazyFrame, "collect", counted)
+    parted = score_bins(lake, days[0], days[-1])
+
+    assert len(heights) == 4 * len(days)  # a query per day and part
+    assert max(heights) <= SCORE_BINS  # one model version a day: a row per bin at most, never a session
+    assert parted.height <= SCORE_BINS * len(days)
+    assert_frame_equal(parted, whole, rel_tol=1e-9)
+    assert parted["sessions"].sum() == n and parted["labelled"].sum() == n - 5000
+    assert parted["buyers"].sum() == labels.sum()
+    per_day = parted.group_by("date").agg(pl.col("sessions").sum()).sort("date")
+    assert per_day["sessions"].to_list() == [n // len(days)] * len(days)
 
 
 def test_given_only_days_after_the_training_window_when_reported_then_no_caveat(

@@ -14,7 +14,7 @@ from clickstream.pipeline.core.config import MODEL_NAME, Settings
 from clickstream.pipeline.core.errors import ModelNotFoundError, NoDataError
 from clickstream.pipeline.core.lake import Lake, dates_predicate
 from clickstream.pipeline.core.schemas import COOKIE_INTENT, SCORES, UTC_TS
-from clickstream.pipeline.serve.scoring import rebuild_cookie_intent, score_dates, score_frame, scoring_dates
+from clickstream.pipeline.serve.scoring import refresh_cookie_intent, score_dates, score_frame, scoring_dates
 
 
 def _scores(lake: Lake) -> pl.DataFrame:
@@ -35,7 +35,8 @@ def test_given_three_days_when_scored_then_each_day_has_one_row_per_session_sort
     assert summary.sessions == 300 and summary.dates == tuple(days)
     for day in days:
         part = lake.read("scores", day, day)
-        assert part.drop("date").schema == SCORES and part["date"].unique().to_list() == [day]
+        assert part.drop("date", "bucket").schema == SCORES and part["date"].unique().to_list() == [day]
+        assert part["bucket"].unique().to_list() == [0]  # a lake of one bucket
         assert part["session_id"].to_list() == sorted(part["session_id"].to_list())
         expected = sequences.filter(pl.col("session_start").dt.date() == day)["session_id"].sort()
         assert part["session_id"].to_list() == expected.to_list()
@@ -46,15 +47,13 @@ def test_given_three_days_when_scored_then_each_day_has_one_row_per_session_sort
     assert scores["model_version"].unique().to_list() == ["1"]
     assert scores["scored_at"].n_unique() == 1
     assert str(summary).startswith(f"scored 300 sessions on {days[0]}..{days[-1]} (3 dates) with {MODEL_NAME} v1")
-    # one commit for the scores, recording what it read and with which model; one for the rollup, from it
+    # one commit for the scores, recording what it read and with which model; none for the rollup: no cookie
     scored = lake.history("scores")[0]
     assert (scored.stage, scored.rows) == ("score", 300)
     assert scored.metadata["sequences_version"] == str(lake.version("sequences"))
     assert (scored.metadata["model_name"], scored.metadata["model_version"]) == (MODEL_NAME, "1")
     assert (scored.metadata["first_date"], scored.metadata["last_date"]) == (str(days[0]), str(days[-1]))
-    rollup = lake.history("cookie_intent")[0]
-    assert rollup.metadata["scores_version"] == str(scored.version)
-    assert lake.read("cookie_intent").height == summary.cookies == 0  # synthetic sessions have no cookie
+    assert lake.version("cookie_intent") is None and summary.cookies == 0  # synthetic sessions have no cookie
 
 
 def test_given_a_scored_day_when_rescored_then_its_scores_are_replaced_with_the_same_scores(
@@ -142,11 +141,11 @@ def test_given_hand_built_scores_when_rolled_up_then_cookie_intent_has_sessions_
     day2 = [("a2", "A", "2014-04-02 09:00", 0.3), ("a3", "A", "2014-04-02 08:00", 0.5)]
     day1_date = dt.date(2014, 4, 1)
     version = _commit_scores(lake, day1_date, day1)
-    assert rebuild_cookie_intent(lake, version) == 2
+    assert refresh_cookie_intent(lake, version, [day1_date], 0) == 2
     assert lake.read("cookie_intent").select("cookie_id", "date").rows() == [("A", day1_date), ("B", day1_date)]
     version = _commit_scores(lake, dt.date(2014, 4, 2), day2)
 
-    assert rebuild_cookie_intent(lake, version) == 2
+    assert refresh_cookie_intent(lake, version, [dt.date(2014, 4, 2)], 0) == 1  # only A scored again
 
     rollup = lake.read("cookie_intent")
     expected = pl.DataFrame(
@@ -159,20 +158,28 @@ def test_given_hand_built_scores_when_rolled_up_then_cookie_intent_has_sessions_
         },
         schema=COOKIE_INTENT,
     )
-    assert rollup.drop("date").equals(expected)  # replaced whole: A's day-1 row went
+    assert rollup.drop("date", "bucket").equals(expected)  # A's day-1 row went, B's stayed
     assert rollup["date"].equals(rollup["last_seen"].dt.date(), check_names=False)
     assert rollup.schema["last_seen"] == UTC_TS
     assert lake.commit_metadata("cookie_intent", lake.version("cookie_intent"))["scores_version"] == str(version)
 
 
-def test_given_an_older_scores_version_when_rolled_up_then_cookie_intent_is_that_version_s(settings: Settings) -> None:
+def test_given_a_rescored_day_without_a_cookie_when_rolled_up_then_its_row_goes_and_others_stay(
+    settings: Settings,
+) -> None:
     lake = Lake(settings.lake)
-    old = _commit_scores(lake, dt.date(2014, 4, 1), [("a1", "A", "2014-04-01 10:00", 0.75)])
-    _commit_scores(lake, dt.date(2014, 4, 2), [("c1", "C", "2014-04-02 10:00", 0.4)])
+    day1, day2 = dt.date(2014, 4, 1), dt.date(2014, 4, 2)
+    refresh_cookie_intent(lake, _commit_scores(lake, day1, [("a1", "A", "2014-04-01 10:00", 0.75)]), [day1], 0)
+    refresh_cookie_intent(lake, _commit_scores(lake, day2, [("c1", "C", "2014-04-02 10:00", 0.4)]), [day2], 0)
+    assert lake.read("cookie_intent").get_column("cookie_id").to_list() == ["A", "C"]
 
-    assert rebuild_cookie_intent(lake, old) == 1
+    version = _commit_scores(lake, day1, [("d1", "D", "2014-04-01 09:00", 0.5)])  # A's session is gone
+    assert refresh_cookie_intent(lake, version, [day1], 0) == 2  # A and D touched
 
-    assert lake.read("cookie_intent").select("cookie_id", "sessions", "max_score").rows() == [("A", 1, 0.75)]
+    assert lake.read("cookie_intent").select("cookie_id", "sessions", "max_score").rows() == [
+        ("D", 1, 0.5),
+        ("C", 1, 0.4000000059604645),
+    ]
 
 
 def _commit_scores(lake: Lake, day: dt.date, rows: list[tuple[str, str | None, str, float]]) -> int:

@@ -18,6 +18,7 @@ Environment variables:
     CLICKSTREAM_SQL_TIMEOUT_S       time limit of one `clickstream sql` query, seconds > 0 and <= 3600  [60]
     CLICKSTREAM_SQL_MEMORY_MB       memory limit of one `clickstream sql` query, MiB >= 64 and <= 1048576  [2048]
     CLICKSTREAM_TRAIN_CPU_THREADS   torch threads of a training on the CPU, >= 1  [1]
+    CLICKSTREAM_BUCKETS   session-hash buckets of a new lake, 1..4096 (an existing lake keeps its own)  [1]
 
 A malformed or out-of-range value is a SettingError naming the variable and its range.
 A local lake root and the home must be folders where they exist (and no part of their path a file).
@@ -38,6 +39,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 # The accepted ranges of the limits of one `clickstream sql` query: always finite, so a timer can hold them
 SQL_TIMEOUT_MAX_S = 3600.0
+MAX_BUCKETS = 4096  # a bucket per worker and more: partitions beyond it would be too many and too small
 SQL_MEMORY_MIN_MB = 64
 SQL_MEMORY_MAX_MB = 1 << 20  # 1 TiB
 
@@ -113,6 +115,7 @@ class Settings:
     max_gzip_ratio: int = 100  # decompressed / compressed size of a raw .gz: stops a gzip bomb early
     sql_timeout_s: float = 60.0
     sql_memory_mb: int = 2048
+    buckets: int | None = None  # None: the lake's own count (1 for a new lake)
     sequences: SequenceConfig = field(default_factory=SequenceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -166,6 +169,7 @@ def load_settings(
                 env, "CLICKSTREAM_SQL_MEMORY_MB", 2048, low=SQL_MEMORY_MIN_MB, high=SQL_MEMORY_MAX_MB, integer=True
             )
         ),
+        buckets=int(env_number(env, "CLICKSTREAM_BUCKETS", 0, low=1, high=MAX_BUCKETS, integer=True)) or None,
         train=TrainConfig(cpu_threads=int(env_number(env, "CLICKSTREAM_TRAIN_CPU_THREADS", 1, low=1, integer=True))),
         **limits,
     )

@@ -1,7 +1,12 @@
-"""The lake: one Delta table per stage output, partitioned by UTC date, under one root.
+"""The lake: one Delta table per stage output, partitioned by UTC date and session bucket, under one root.
 
-    <root>/<table>/_delta_log/...            the table's commits (Delta Lake protocol)
-    <root>/<table>/date=YYYY-MM-DD/*.parquet  its data files (zstd)
+    <root>/<table>/_delta_log/...                     the table's commits (Delta Lake protocol)
+    <root>/<table>/date=YYYY-MM-DD/bucket=B/*.parquet  its data files (zstd)
+
+`events`, `sequences`, `scores` and `cookie_intent` are partitioned by date and bucket (a stable
+hash of the session key, `pipeline.core.buckets`), `quarantine` by date alone. The bucket count is
+fixed when the first of them is created (`Lake(root, buckets=...)`, else 1) and written into each
+table's description (`buckets=N`), where every later writer reads it.
 
 Every write is one Delta commit (`Lake.commit`) that replaces exactly the rows its predicate
 names (a partition range, or one ingest batch) and adds the new ones: a reader, or a writer
@@ -38,9 +43,11 @@ import polars as pl
 import pyarrow as pa
 
 from clickstream.pipeline.core import schemas
+from clickstream.pipeline.core.buckets import BUCKET, bucket_of, cookie_bucket
 from clickstream.pipeline.core.code import code_version
 from clickstream.pipeline.core.errors import (
     ClickstreamError,
+    InputError,
     LakeConflictError,
     LakeFormatError,
     LakePathError,
@@ -58,14 +65,17 @@ if TYPE_CHECKING:
 # Each table's columns as stored: the stage schema, the ingest batch that delivered a row where a
 # re-delivered batch must replace its own rows, and the `date` partition column.
 TABLE_SCHEMAS: dict[str, pl.Schema] = {
-    "events": pl.Schema({**schemas.EVENTS, "batch": pl.String, "date": pl.Date}),
+    "events": pl.Schema({**schemas.EVENTS, "batch": pl.String, "bucket": BUCKET, "date": pl.Date}),
     "quarantine": pl.Schema({**schemas.QUARANTINE, "batch": pl.String, "date": pl.Date}),
-    "sequences": pl.Schema({**schemas.SEQUENCES, "date": pl.Date}),
-    "scores": pl.Schema({**schemas.SCORES, "date": pl.Date}),
-    "cookie_intent": pl.Schema({**schemas.COOKIE_INTENT, "date": pl.Date}),  # date of last_seen
+    "sequences": pl.Schema({**schemas.SEQUENCES, "bucket": BUCKET, "date": pl.Date}),
+    "scores": pl.Schema({**schemas.SCORES, "bucket": BUCKET, "date": pl.Date}),
+    # date of last_seen; the bucket of the cookie, which is its sessions' bucket
+    "cookie_intent": pl.Schema({**schemas.COOKIE_INTENT, "bucket": BUCKET, "date": pl.Date}),
 }
 TABLES = tuple(TABLE_SCHEMAS)
-PARTITION_BY = ["date"]
+BUCKETED = tuple(table for table, schema in TABLE_SCHEMAS.items() if "bucket" in schema)
+_DESCRIPTION = "clickstream {table}: partitioned by date and bucket = xxh3_64(session key) % buckets; buckets={n}"
+_BUCKETS_IN = re.compile(r"\bbuckets=(\d+)\b")
 # events are rewritten by every ingest: zstd level 1 writes them 15-20% faster than the default for
 # 11% more bytes (benchmarks/RESULTS.md, "ingest")
 ZSTD_LEVELS = {"events": 1}
@@ -80,6 +90,7 @@ _AMBIGUOUS_LOCAL = re.compile(r"%[0-9A-Fa-f]{2}|\\|[\x00-\x1f\x7f]")
 # file names of the layout before Delta tables: part-<batch>.parquet (events, quarantine), data.parquet
 OLD_PART = re.compile(r"^(?:part-(?P<batch>[0-9a-f]+)|data)\.parquet$")
 OLD_DATE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_BUCKET_FOLDER = re.compile(r"^bucket=(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,12 @@ class Commit:
 class Lake:
     """A lake root and the operations every stage needs on its tables."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, buckets: int | None = None) -> None:
+        """`buckets`: the bucket count for a lake whose tables are still to be created (a lake
+        that has them keeps theirs; asking for another is a LakeFormatError)."""
         self.root = str(root).rstrip("/")
+        self._asked_buckets = buckets
+        self._buckets: int | None = None
         self.is_local = "://" not in self.root or self.root.startswith("file://")
         self._path = self.root.removeprefix("file://") if self.is_local else self.root
         if self.is_local and (found := _AMBIGUOUS_LOCAL.search(self._path)):
@@ -137,6 +152,38 @@ class Lake:
         options = {} if self.is_local else {"use_listings_cache": False, "skip_instance_cache": True}
         return fsspec.core.url_to_fs(self.root, **options)[0]
 
+    @property
+    def buckets(self) -> int:
+        """The lake's bucket count: the one its bucketed tables were created with (read from the first
+        that exists, once), else the count this Lake was given, else 1."""
+        if self._buckets is None:
+            found = next((n for table in BUCKETED if (n := self._table_buckets(table)) is not None), None)
+            asked = self._asked_buckets
+            if found is not None and asked is not None and asked != found:
+                raise LakeFormatError(
+                    f"lake {self} has {found} bucket(s), fixed when its tables were created; "
+                    f"CLICKSTREAM_BUCKETS={asked} cannot change it (unset it, or start a new lake)"
+                )
+            if found is None:
+                return asked or 1  # not cached: another writer may create the tables meanwhile
+            self._buckets = found
+        return self._buckets
+
+    def _table_buckets(self, table: str) -> int | None:
+        delta = self._open(table)
+        if delta is None:
+            return None
+        match = _BUCKETS_IN.search(delta.metadata().description or "")
+        return int(match.group(1)) if match else 1
+
+    def with_buckets(self, table: str, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame` with the `bucket` column of `table` (computed from its session keys where it has
+        none; `cookie_intent` from the cookie)."""
+        if "bucket" not in TABLE_SCHEMAS[table] or "bucket" in frame.columns:
+            return frame
+        bucket = cookie_bucket(self.buckets) if table == "cookie_intent" else bucket_of(self.buckets)
+        return frame.with_columns(bucket)
+
     # ---- reading ------------------------------------------------------------
     def table(self, table: str, version: int | None = None) -> DeltaTable | None:
         """The Delta table at `version` (default: the latest), or None while it was never written.
@@ -147,6 +194,11 @@ class Lake:
         if (delta is None or delta.version() == 0) and self.old_layout_files(table):
             raise LakeFormatError(
                 f"{table}/ of lake {self} is in the layout before Delta tables; run `clickstream lake migrate`"
+            )
+        if delta is not None and delta.metadata().partition_columns != partition_columns(table):
+            raise LakeFormatError(
+                f"{table}/ of lake {self} is partitioned by {', '.join(delta.metadata().partition_columns)} "
+                f"alone, from before session buckets; run `clickstream lake migrate`"
             )
         return delta
 
@@ -171,12 +223,15 @@ class Lake:
         delta = self.table(table)
         return None if delta is None else delta.version()
 
-    def rows_per_date(self, table: str, version: int | None = None) -> dict[dt.date, int]:
-        """Rows of each date that holds any, from the commit log's file statistics (no data read)."""
+    def rows_per_date(self, table: str, version: int | None = None, bucket: int | None = None) -> dict[dt.date, int]:
+        """Rows of each date that holds any (in `bucket`, default: all), from the commit log's file
+        statistics (no data read)."""
         delta = self.table(table, version)
         if delta is None:
             return {}
         actions = pl.DataFrame(pa.table(delta.get_add_actions(flatten=True)))
+        if bucket is not None and not actions.is_empty():
+            actions = actions.filter(pl.col("partition.bucket").cast(pl.Int64) == bucket)
         if actions.is_empty():
             return {}
         counts = (
@@ -187,9 +242,15 @@ class Lake:
         )
         return dict(counts.iter_rows())
 
-    def dates(self, table: str, version: int | None = None) -> list[dt.date]:
-        """Dates that hold at least one row, ascending."""
-        return list(self.rows_per_date(table, version))
+    def dates(self, table: str, version: int | None = None, bucket: int | None = None) -> list[dt.date]:
+        """Dates that hold at least one row (of `bucket`, default: any), ascending."""
+        return list(self.rows_per_date(table, version, bucket))
+
+    def check_bucket(self, bucket: int) -> int:
+        """`bucket`, when the lake has it; an InputError naming the lake's buckets otherwise."""
+        if not 0 <= bucket < self.buckets:
+            raise InputError(f"bucket {bucket} is not one of lake {self}'s buckets 0..{self.buckets - 1}")
+        return bucket
 
     def require_dates(
         self, table: str, start: dt.date | None, end: dt.date | None, then: str, version: int | None = None
@@ -204,14 +265,21 @@ class Lake:
         return days
 
     def files(
-        self, table: str, start: dt.date | None = None, end: dt.date | None = None, version: int | None = None
+        self,
+        table: str,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+        version: int | None = None,
+        bucket: int | None = None,
     ) -> list[str]:
-        """The data files of the dates in [start, end] at `version`, in date order (then by name:
-        the order one commit wrote them in)."""
+        """The data files of the dates in [start, end] (of `bucket`, default: all) at `version`, in
+        date order (then by name: the order one commit wrote them in)."""
         delta = self.table(table, version)
         if delta is None:
             return []
         filters = [("date", op, day.isoformat()) for op, day in ((">=", start), ("<=", end)) if day is not None]
+        if bucket is not None:
+            filters.append(("bucket", "=", str(bucket)))
         uris = delta.file_uris(partition_filters=filters or None)
         # delta-rs gives a local file as a percent-encoded path (`lake?` as `lake%3F`, `%` as `%25`):
         # decoded, it is the file's own path again, which readers then take literally (never as a glob)
@@ -219,31 +287,43 @@ class Lake:
         return sorted(paths, key=_date_then_name)
 
     def scan(
-        self, table: str, start: dt.date | None = None, end: dt.date | None = None, version: int | None = None
+        self,
+        table: str,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+        version: int | None = None,
+        bucket: int | None = None,
     ) -> pl.LazyFrame | None:
-        """A lazy frame over the dates in [start, end] at `version` (default: latest), with the
-        `date` column, rows in date order; None when there are none."""
-        paths = self.files(table, start, end, version)
+        """A lazy frame over the dates in [start, end] (of `bucket`, default: all) at `version`
+        (default: latest), with the partition columns (`date`, and `bucket` where the table has
+        it), rows in date order; None when there are none."""
+        paths = self.files(table, start, end, version, bucket)
         if not paths:
             return None
-        by_date: dict[dt.date, list[str]] = {}
+        by_partition: dict[tuple[dt.date, int | None], list[str]] = {}
         for path in paths:
-            by_date.setdefault(_partition_date(path), []).append(path)
+            by_partition.setdefault(_partition_values(path), []).append(path)
         # the paths are taken literally: no glob (a root's `[1]` or `?` is no pattern) and no Hive
-        # parsing (a root's `x=1` is no column); `date` comes from the partition folder alone
+        # parsing (a root's `x=1` is no column); `date` and `bucket` come from the partition folders alone
         scans = [
-            pl.scan_parquet(
-                files, glob=False, hive_partitioning=False, storage_options=self.storage_options
-            ).with_columns(date=pl.lit(day, dtype=pl.Date))
-            for day, files in by_date.items()
+            pl.scan_parquet(files, glob=False, hive_partitioning=False, storage_options=self.storage_options)
+            .with_columns(pl.lit(day, dtype=pl.Date).alias("date"))
+            .with_columns([] if part is None else [pl.lit(part, dtype=BUCKET).alias("bucket")])
+            for (day, part), files in by_partition.items()
         ]
         return scans[0] if len(scans) == 1 else pl.concat(scans, how="vertical")
 
     def read(
-        self, table: str, start: dt.date | None = None, end: dt.date | None = None, version: int | None = None
+        self,
+        table: str,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+        version: int | None = None,
+        bucket: int | None = None,
     ) -> pl.DataFrame:
-        """The rows of [start, end] at `version` with the table's stored columns (none: an empty frame)."""
-        scan = self.scan(table, start, end, version)
+        """The rows of [start, end] (of `bucket`, default: all) at `version` with the table's stored
+        columns (none: an empty frame)."""
+        scan = self.scan(table, start, end, version, bucket)
         schema = TABLE_SCHEMAS[table]
         return pl.DataFrame(schema=schema) if scan is None else scan.select(schema.names()).collect()
 
@@ -334,7 +414,8 @@ class Lake:
         # Delta detects a concurrent commit that removed files this one removes, but not one that added
         # rows where this one adds: each batch, and each date a replacement covers, is an application
         # whose transactions advance one at a time, so two commits of the same batch or date conflict
-        apps = [f"{table}-{key}" for key in _exclusive_keys(replace, added)]
+        buckets = self.buckets if table in BUCKETED else None
+        apps = [f"{table}-{key}" for key in _exclusive_keys(replace, added, buckets)]
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             removed = _removals(delta, replace)
             replaced = _replaced_files(delta, replace, removed)
@@ -385,20 +466,23 @@ class Lake:
         each file's path goes to `written` before it is written."""
         from deltalake.transaction import AddAction
 
-        stored = schemas.conform(frame, TABLE_SCHEMAS[table])
-        keys = ["date", "batch"] if "batch" in stored.columns else ["date"]
+        stored = schemas.conform(self.with_buckets(table, frame), TABLE_SCHEMAS[table])
+        keys = [*partition_columns(table), *(["batch"] if "batch" in stored.columns else [])]
         level = ZSTD_LEVELS.get(table, ZSTD_DEFAULT)
         actions = []
-        for key, part in _groups(stored, keys):
-            day, batch = key[0], key[1] if len(key) > 1 else None
-            relative = f"date={day.isoformat()}/part-{uuid.uuid4().hex}.zstd.parquet"
+        for key, part in _groups(stored, keys, partition_columns(table)):
+            values = dict(zip(keys, key, strict=True))
+            day, bucket, batch = values["date"], values.get("bucket"), values.get("batch")
+            partition = {"date": day.isoformat()} | ({} if bucket is None else {"bucket": str(bucket)})
+            folder = "/".join(f"{name}={value}" for name, value in partition.items())
+            relative = f"{folder}/part-{uuid.uuid4().hex}.zstd.parquet"
             written.append(f"{self.table_uri(table)}/{relative}")
             size = self._write_parquet(written[-1], part, level)
             stats: dict[str, object] = {"numRecords": part.height}
             if batch is not None:
                 stats |= {"minValues": {"batch": batch}, "maxValues": {"batch": batch}, "nullCount": {"batch": 0}}
             now = int(time.time() * 1000)
-            actions.append(AddAction(relative, size, {"date": day.isoformat()}, now, True, json.dumps(stats)))
+            actions.append(AddAction(relative, size, partition, now, True, json.dumps(stats)))
         return actions
 
     def _write_parquet(self, path: str, frame: pl.DataFrame, level: int) -> int:
@@ -418,12 +502,14 @@ class Lake:
         from deltalake import DeltaTable
         from deltalake.exceptions import CommitFailedError
 
+        bucketed = table in BUCKETED
         with contextlib.suppress(CommitFailedError):  # created meanwhile by another writer
             DeltaTable.create(
                 self.table_uri(table),
                 schema=_arrow_schema(table),
                 mode="ignore",
-                partition_by=PARTITION_BY,
+                partition_by=partition_columns(table),
+                description=_DESCRIPTION.format(table=table, n=self.buckets) if bucketed else None,
                 storage_options=self.storage_options,
             )
         delta = self._open(table)
@@ -481,23 +567,56 @@ class Replace:
     first: dt.date | None = None
     last: dt.date | None = None
     batch: str | None = None
+    bucket: int | None = None  # with first and last: only that bucket's rows of the dates (None: every bucket)
+    days: tuple[dt.date, ...] | None = None  # instead of first and last: exactly these dates
 
-    def partition_filters(self) -> list[tuple[str, str, str]]:
+    @property
+    def by_partition(self) -> bool:
+        """Whether the rows replaced are whole partitions (dates, maybe of one bucket)."""
+        return self.first is not None or self.days is not None
+
+    def dates(self) -> list[dt.date]:
+        """The dates whose partitions are replaced."""
+        if self.days is not None:
+            return sorted(self.days)
         assert self.first is not None and self.last is not None
-        return [("date", ">=", self.first.isoformat()), ("date", "<=", self.last.isoformat())]
+        return [self.first + dt.timedelta(days=n) for n in range((self.last - self.first).days + 1)]
+
+    def partition_filters(self) -> list[tuple[str, str, object]]:
+        filters: list[tuple[str, str, object]]
+        if self.days is not None:
+            filters = [("date", "in", [day.isoformat() for day in sorted(self.days)])]
+        else:
+            assert self.first is not None and self.last is not None
+            filters = [("date", ">=", self.first.isoformat()), ("date", "<=", self.last.isoformat())]
+        return filters if self.bucket is None else [*filters, ("bucket", "=", str(self.bucket))]
 
     def __str__(self) -> str:
         if self.batch is not None:
             return f"batch {self.batch}"
-        return f"dates {self.first}..{self.last}" if self.first is not None else "no rows"
+        if not self.by_partition:
+            return "no rows"
+        days = self.dates()
+        where = f"dates {days[0]}..{days[-1]}" if self.days is None else f"{len(days)} date(s) {days[0]}..{days[-1]}"
+        return where if self.bucket is None else f"{where} of bucket {self.bucket}"
 
 
 NOTHING = Replace()
 
 
-def dates_predicate(start: dt.date, end: dt.date) -> Replace:
-    """The rows of the dates [start, end], for `Lake.commit(replace=...)`."""
-    return Replace(first=start, last=end)
+def dates_predicate(start: dt.date, end: dt.date, bucket: int | None = None) -> Replace:
+    """The rows of the dates [start, end] (of `bucket`, default: every bucket), for `Lake.commit(replace=...)`."""
+    return Replace(first=start, last=end, bucket=bucket)
+
+
+def partitions_predicate(days: Iterable[dt.date], bucket: int) -> Replace:
+    """The rows of exactly `days` in `bucket`, for `Lake.commit(replace=...)`."""
+    return Replace(bucket=bucket, days=tuple(sorted(set(days))))
+
+
+def partition_columns(table: str) -> list[str]:
+    """The table's partition columns: `date`, and `bucket` for the bucketed tables."""
+    return ["date", "bucket"] if table in BUCKETED else ["date"]
 
 
 def batch_predicate(batch: str) -> Replace:
@@ -526,9 +645,11 @@ def _removals(delta: DeltaTable, replace: Replace | None) -> list[RemoveAction]:
         raise LakeFormatError(f"{delta.table_uri} holds data files of several batches; rewrite it by batch")
     now = int(time.time() * 1000)
     mine = files.filter(pl.col("min.batch") == batch)
+    partitions = [name for name in ("date", "bucket") if f"partition.{name}" in mine.columns]
+    rows = mine.select("path", "size_bytes", *(f"partition.{name}" for name in partitions)).iter_rows()
     return [
-        RemoveAction(path, True, now, size, {"date": str(day)})
-        for path, size, day in mine.select("path", "size_bytes", "partition.date").iter_rows()
+        RemoveAction(path, True, now, size, {name: str(value) for name, value in zip(partitions, values, strict=True)})
+        for path, size, *values in rows
     ]
 
 
@@ -549,42 +670,47 @@ def _transact(
     """One Delta transaction on `delta`'s version: remove what `replace` names, add `added`. Dates
     (or the whole table) are Delta's own overwrite by partition; a batch's files (`removed`, from
     `_removals`) are removed by name."""
-    if replace is None or replace.first is not None:
+    partitioning = delta.metadata().partition_columns
+    if replace is None or replace.by_partition:
         filters = None if replace is None else replace.partition_filters()
         delta.create_write_transaction(
-            added, "overwrite", delta.schema(), PARTITION_BY, filters, commit_properties=properties
+            added, "overwrite", delta.schema(), partitioning, filters, commit_properties=properties
         )
         return
     delta.create_write_transaction(
-        [*added, *removed], "append", delta.schema(), PARTITION_BY, commit_properties=properties
+        [*added, *removed], "append", delta.schema(), partitioning, commit_properties=properties
     )
 
 
-def _exclusive_keys(replace: Replace | None, added: list[AddAction]) -> list[str]:
-    """What no other commit may change at the same time as this one: its batch, or every date it
-    replaces or adds rows to (an append-only commit: none)."""
+def _exclusive_keys(replace: Replace | None, added: list[AddAction], buckets: int | None) -> list[str]:
+    """What no other commit may change at the same time as this one: its batch, or every partition
+    (date, and bucket of a bucketed table: `buckets` of them) it replaces or adds rows to (an
+    append-only commit: none). Keys are per partition whatever the commit covers, so a commit of a
+    whole date and one of a bucket of it meet on that bucket's key."""
     if replace is not None and replace.batch is not None:
         return [f"batch-{replace.batch}"]
-    if replace is not None and replace.first is None:
+    if replace is not None and not replace.by_partition:
         return []
-    days = {action.partition_values["date"] for action in added}
-    if replace is not None and replace.first is not None and replace.last is not None:
-        span = (replace.last - replace.first).days + 1
-        days |= {(replace.first + dt.timedelta(days=offset)).isoformat() for offset in range(span)}
-    return [f"date-{day}" for day in sorted(days)]
+    keys = {(action.partition_values["date"], action.partition_values.get("bucket")) for action in added}
+    if replace is not None:
+        parts = [replace.bucket] if replace.bucket is not None or buckets is None else list(range(buckets))
+        keys |= {(day.isoformat(), None if part is None else str(part)) for day in replace.dates() for part in parts}
+    return [f"date-{day}" if part is None else f"date-{day}-bucket-{part}" for day, part in sorted(keys, key=str)]
 
 
-def _groups(frame: pl.DataFrame, keys: list[str]) -> list[tuple[tuple[object, ...], pl.DataFrame]]:
-    """`frame`'s rows by the values of `keys`, without the `date` partition column (Delta keeps it in
+def _groups(
+    frame: pl.DataFrame, keys: list[str], partitions: list[str]
+) -> list[tuple[tuple[object, ...], pl.DataFrame]]:
+    """`frame`'s rows by the values of `keys`, without the `partitions` columns (Delta keeps them in
     the log); a frame of one group, as the stages commit them, is not copied."""
     if frame.is_empty():
         return []
     first = frame.select(pl.col(keys).first()).row(0)
     same = [pl.col(key).eq_missing(value) for key, value in zip(keys, first, strict=True)]
     if frame.select(pl.all_horizontal(same)).to_series().all():
-        return [(first, frame.drop("date"))]
+        return [(first, frame.drop(partitions))]
     groups = frame.partition_by(keys, as_dict=True, maintain_order=True)
-    return [(key, part.drop("date")) for key, part in groups.items()]
+    return [(key, part.drop(partitions)) for key, part in groups.items()]
 
 
 def _replaced_files(delta: DeltaTable, replace: Replace | None, removed: list[RemoveAction]) -> set[str]:
@@ -603,17 +729,19 @@ def _old_layout(table: str, folder: str, name: str) -> bool:
     return bool(OLD_PART.match(name)) and (folder == table or bool(OLD_DATE.match(folder)))
 
 
-def _partition_date(path: str) -> dt.date:
-    """The date of a data file, from its own folder `date=YYYY-MM-DD` (never from the lake root's path)."""
-    folder = unquote(path.rsplit("/", 2)[-2]) if path.count("/") >= 2 else ""
-    match = OLD_DATE.match(folder)
+def _partition_values(path: str) -> tuple[dt.date, int | None]:
+    """The date and bucket of a data file, from its own folders `date=YYYY-MM-DD[/bucket=B]` (never
+    from the lake root's path); None for the bucket of a table without one."""
+    folders = [unquote(name) for name in path.split("/")[-3:-1]]
+    bucket = _BUCKET_FOLDER.match(folders[-1]) if folders else None
+    match = OLD_DATE.match(folders[0] if bucket is not None and len(folders) == 2 else folders[-1] if folders else "")
     if match is None:
         raise LakeFormatError(f"data file {redacted(path)} is not in a date=YYYY-MM-DD folder")
-    return dt.date.fromisoformat(match.group(1))
+    return dt.date.fromisoformat(match.group(1)), None if bucket is None else int(bucket.group(1))
 
 
 def _date_then_name(uri: str) -> tuple[dt.date, str]:
-    return (_partition_date(uri), uri)
+    return (_partition_values(uri)[0], uri)
 
 
 def _custom_metadata(entry: dict[str, object]) -> dict[str, str]:
@@ -640,4 +768,3 @@ def _commit(entry: dict[str, object]) -> Commit:
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-

@@ -138,7 +138,7 @@ def ingest_files(
     """
     files, buys = _check_request(fmt, [Path(p) for p in files], [Path(p) for p in buys])
     today = ingestion_date or dt.datetime.now(dt.UTC).date()
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake, settings.buckets)
     batch, superseded = _batch_of(lake, fmt, files, buys)
     scratch = Path(settings.home) / "scratch"
     _remove_abandoned_scratch(scratch)

@@ -86,7 +86,7 @@ def _require_data(
     """Fail in a second, before torch and MLflow load, when `table` (at `version`) holds nothing to work on."""
     from clickstream.pipeline.core.lake import Lake
 
-    Lake(settings.lake).require_dates(table, first, last, FIRST_RUN[table], version)
+    Lake(settings.lake, settings.buckets).require_dates(table, first, last, FIRST_RUN[table], version)
 
 
 def _require_model(settings: Settings, model: str | None) -> None:
@@ -404,7 +404,11 @@ def lake_history(
     from clickstream.pipeline.serve.output import write_output
 
     settings = _settings(lake)
-    _done(write_output(history(Lake(settings.lake), table.value), format.value, None, lake=settings.lake))
+    _done(
+        write_output(
+            history(Lake(settings.lake, settings.buckets), table.value), format.value, None, lake=settings.lake
+        )
+    )
 
 
 @lake_app.command("restore")
@@ -449,7 +453,8 @@ def lake_migrate(lake: LakeOpt = None) -> None:
     from clickstream.pipeline.core.lake import Lake
     from clickstream.pipeline.core.maintenance import migrate
 
-    _done(migrate(Lake(_settings(lake).lake)))
+    settings = _settings(lake)
+    _done(migrate(Lake(settings.lake, settings.buckets)))
 
 
 # Polars' allocator (jemalloc) hands freed memory back to the system within a second. The ingest frees

@@ -179,7 +179,7 @@ def _run_status(tasks: dict[str, str]) -> str:
 
 
 def _demo_day(settings: Settings, day: dt.date, tasks: dict[str, str]) -> DemoDay:
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake, settings.buckets)
 
     def rows(table: str) -> int:
         frame = lake.scan(table, day, day)

@@ -58,6 +58,10 @@ class NightlyConfig:
     rescore_days: int = 7  # a new champion re-scores the latest this-many sequence days
     # backfill ingests at once: different batches commit to the same dates concurrently (Delta)
     ingest_concurrency: int = 4
+    # mapped instances per bucket-wise task (sequences, score) and per landing file (ingest) running
+    # at once in one DAG run: each writes only its own partitions, so they commit side by side; the
+    # cap keeps one run from taking every worker slot (docs/operations.md, "Scale")
+    bucket_concurrency: int = 8
     report_days: int = 7  # the nightly report covers the latest this-many days
 
 
@@ -111,6 +115,42 @@ def find_landing(settings: Settings, day: dt.date) -> dict[str, Any]:
     raise NoDataError(f"no landing files for {day} in {folder}: nothing to ingest, the run is skipped")
 
 
+def landing_batches(found: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A `find_landing` result as the batches the DAG ingests side by side: one per log file, or one
+    for the whole day where buys files complete the clicks (every clicks file needs them)."""
+    if found["buys"]:
+        return [dict(found)]
+    return [{**found, "files": [path]} for path in found["files"]]
+
+
+def bucket_numbers(settings: Settings) -> list[int]:
+    """The lake's buckets, 0 .. n-1: what the bucket-wise tasks are mapped over."""
+    from clickstream.pipeline.core.lake import Lake
+
+    return list(range(Lake(settings.lake, settings.buckets).buckets))
+
+
+def dropped_dates(ingested: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every date a run's ingests dropped (`ingest_landing`'s `dropped`), once, ascending."""
+    return sorted({day for result in ingested for day in result.get("dropped", ())})
+
+
+def merge_built(built: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """One summary of the bucket-wise `rebuild_sequences` results of a day: what train, score and
+    report go on (dates, sessions and buyers summed over the buckets)."""
+    results = list(built)
+    if not results:
+        raise NoDataError("no bucket built any sequences: nothing to train or score")
+    return {
+        "start": min(r["start"] for r in results),
+        "end": max(r["end"] for r in results),
+        "dates": sorted({d for r in results for d in r["dates"]}),
+        "sessions": sum(int(r["sessions"]) for r in results),
+        "buyers": sum(int(r["buyers"]) for r in results),
+        "buckets": len(results),
+    }
+
+
 def ingest_landing(settings: Settings, batch: Mapping[str, Any]) -> dict[str, Any]:
     """Ingest one day's landing files (a `find_landing` result) into events/; bad rows to quarantine/.
 
@@ -126,7 +166,11 @@ def ingest_landing(settings: Settings, batch: Mapping[str, Any]) -> dict[str, An
 
 
 def rebuild_sequences(
-    settings: Settings, start: dt.date, end: dt.date, dropped: Iterable[str | dt.date] = ()
+    settings: Settings,
+    start: dt.date,
+    end: dt.date,
+    dropped: Iterable[str | dt.date] = (),
+    bucket: int | None = None,
 ) -> dict[str, Any]:
     """Rebuild sequences/ for [start - 1 day, end]: the day before too, so a session that crossed
     midnight into `start` is complete in its start day's partition. Then the dates marked for
@@ -134,20 +178,21 @@ def rebuild_sequences(
     whose sequences outlived its events (`features.sequences.stale_dates`, whatever removed them),
     each with the day before and after, so their sequences are cleared and their neighbours'
     rebuilt; then the scores that outlived their sequences are cleared and the rebuilt dates that
-    had scores are re-scored (`settle_scores`). Idempotent (each partition is replaced atomically
-    with the same rows)."""
+    had scores are re-scored (`settle_scores`). All of it for `bucket` alone (a mapped task's), or
+    every bucket. Idempotent (each partition is replaced atomically with the same rows)."""
     from clickstream.features.sequences import build_sequences, stale_dates
     from clickstream.pipeline.core.lake import Lake
 
-    summary = build_sequences(settings, start - dt.timedelta(days=1), end)
+    summary = build_sequences(settings, start - dt.timedelta(days=1), end, bucket)
     marked = {d if isinstance(d, dt.date) else dt.date.fromisoformat(d) for d in dropped}
-    marked |= set(stale_dates(Lake(settings.lake)))
+    marked |= set(stale_dates(Lake(settings.lake, settings.buckets)))
     ranges = _runs(sorted({d + dt.timedelta(days=offset) for d in marked for offset in (-1, 0, 1)}))
     for first, last in ranges:
         with contextlib.suppress(NoDataError):  # neither events nor sequences there: nothing to rebuild
-            build_sequences(settings, first, last)
-    settled = settle_scores(settings, ranges)
+            build_sequences(settings, first, last, bucket)
+    settled = settle_scores(settings, ranges, bucket)
     return {
+        "bucket": bucket,
         "start": start.isoformat(),
         "end": end.isoformat(),
         "dates": [d.isoformat() for d in summary.dates],
@@ -158,31 +203,40 @@ def rebuild_sequences(
     }
 
 
-def settle_scores(settings: Settings, rebuilt: Iterable[tuple[dt.date, dt.date]]) -> dict[str, list[str]]:
-    """Scores never outlive their sequences: clear the scores of every date without sequences (one
-    commit per run of such dates, then cookie_intent rebuilt), and re-score with the champion the
-    dates of the `rebuilt` ranges that have both (skipped while there is no champion). Returns the
-    dates cleared and re-scored, as ISO strings."""
+def settle_scores(
+    settings: Settings, rebuilt: Iterable[tuple[dt.date, dt.date]], bucket: int | None = None
+) -> dict[str, list[str]]:
+    """Scores never outlive their sequences: in `bucket` (default: every bucket), clear the scores of
+    every date without sequences (one commit per run of such dates, then cookie_intent updated), and
+    re-score with the champion the dates of the `rebuilt` ranges that have both (skipped while there
+    is no champion). Returns the dates cleared and re-scored, as ISO strings."""
     from clickstream.pipeline.core.lake import Lake, dates_predicate
+    from clickstream.pipeline.serve.scoring import refresh_cookie_intent
 
-    lake = Lake(settings.lake)
-    have = set(lake.dates("sequences"))
-    scored = lake.dates("scores")
-    gone = [day for day in scored if day not in have]
-    for first, last in _runs(gone):  # every date of a run is one of `gone`: no other scores go
-        meta = {"reason": "their sequences are gone", "first_date": first, "last_date": last}
-        lake.commit("scores", [], replace=dates_predicate(first, last), stage="score", metadata=meta)
-    if gone:
-        from clickstream.pipeline.serve.scoring import refresh_cookie_intent
-
-        refresh_cookie_intent(lake, lake.version("scores") or 0)
-    rescored: list[dt.date] = []
-    for first, last in rebuilt:
-        days = [day for day in scored if first <= day <= last and day in have]
-        if days:
-            with contextlib.suppress(NoDataError):  # no champion yet: nothing scores them
-                rescored += [dt.date.fromisoformat(d) for d in score_days(settings, days[0], days[-1])["dates"]]
-    return {"scores_cleared": [d.isoformat() for d in gone], "rescored": [d.isoformat() for d in rescored]}
+    lake = Lake(settings.lake, settings.buckets)
+    cleared: set[dt.date] = set()
+    rescored: set[dt.date] = set()
+    for part in range(lake.buckets) if bucket is None else [bucket]:
+        have = set(lake.dates("sequences", bucket=part))
+        scored = lake.dates("scores", bucket=part)
+        gone = [day for day in scored if day not in have]
+        for first, last in _runs(gone):  # every date of a run is one of `gone`: no other scores go
+            meta = {"reason": "their sequences are gone", "first_date": first, "last_date": last, "bucket": part}
+            version = lake.commit(
+                "scores", [], replace=dates_predicate(first, last, part), stage="score", metadata=meta
+            )
+            refresh_cookie_intent(lake, version, [first, last], part)
+        cleared |= set(gone)
+        for first, last in rebuilt:
+            days = [day for day in scored if first <= day <= last and day in have]
+            if days:
+                with contextlib.suppress(NoDataError):  # no champion yet: nothing scores them
+                    done = score_days(settings, days[0], days[-1], part)["dates"]
+                    rescored |= {dt.date.fromisoformat(d) for d in done}
+    return {
+        "scores_cleared": [d.isoformat() for d in sorted(cleared)],
+        "rescored": [d.isoformat() for d in sorted(rescored)],
+    }
 
 
 def _runs(days: list[dt.date]) -> list[tuple[dt.date, dt.date]]:
@@ -203,11 +257,11 @@ def trainable_window(settings: Settings, day: dt.date, window_days: int, what: s
     from clickstream.pipeline.core.lake import Lake
 
     start, end = training_window(day, window_days)
-    have = [d for d in Lake(settings.lake).dates("sequences") if start <= d <= end]
+    have = [d for d in Lake(settings.lake, settings.buckets).dates("sequences") if start <= d <= end]
     need = settings.train.validation_days + 1
     if len(have) < need:
         raise NoDataError(
-            f"{what} needs {need} days of sequences in {start}..{end} of lake {Lake(settings.lake)} "
+            f"{what} needs {need} days of sequences in {start}..{end} of lake {Lake(settings.lake, settings.buckets)} "
             f"({settings.train.validation_days} validate), found {len(have)}: {what} skipped"
         )
     return start, end
@@ -268,8 +322,9 @@ def promote_challenger(settings: Settings, trained: Mapping[str, Any]) -> dict[s
 
 
 # ---- scores and report -----------------------------------------------------------------------
-def score_days(settings: Settings, start: dt.date, end: dt.date) -> dict[str, Any]:
-    """Score the sessions of sequences/ dates in [start, end] with the champion into scores/.
+def score_days(settings: Settings, start: dt.date, end: dt.date, bucket: int | None = None) -> dict[str, Any]:
+    """Score the sessions of sequences/ dates in [start, end] (of `bucket`, default: every bucket)
+    with the champion into scores/.
 
     Raises NoDataError (the DAG skips scoring) while there is no champion yet.
     Idempotent: the same champion and sequences give the same scores (only scored_at differs).
@@ -284,8 +339,9 @@ def score_days(settings: Settings, start: dt.date, end: dt.date) -> dict[str, An
         )
     from clickstream.pipeline.serve.scoring import score_dates
 
-    summary = score_dates(settings, start, end)
+    summary = score_dates(settings, start, end, bucket=bucket)
     return {
+        "bucket": bucket,
         "dates": [d.isoformat() for d in summary.dates],
         "sessions": summary.sessions,
         "model_version": summary.model_version,
@@ -320,9 +376,9 @@ def rescore_recent(settings: Settings, days: int) -> dict[str, Any]:
     """Re-score the latest `days` dates of sequences/ with the (new) champion."""
     from clickstream.pipeline.core.lake import Lake
 
-    dates = Lake(settings.lake).dates("sequences")[-days:]
+    dates = Lake(settings.lake, settings.buckets).dates("sequences")[-days:]
     if not dates:
-        raise NoDataError(f"sequences/ of lake {Lake(settings.lake)} is empty: nothing to re-score")
+        raise NoDataError(f"sequences/ of lake {Lake(settings.lake, settings.buckets)} is empty: nothing to re-score")
     return score_days(settings, dates[0], dates[-1])
 
 
@@ -331,7 +387,7 @@ def optimize_lake(settings: Settings) -> str:
     from clickstream.pipeline.core.lake import Lake
     from clickstream.pipeline.core.maintenance import optimize
 
-    return str(optimize(Lake(settings.lake)))
+    return str(optimize(Lake(settings.lake, settings.buckets)))
 
 
 def vacuum_lake(settings: Settings, retention_hours: int) -> str:
@@ -339,7 +395,7 @@ def vacuum_lake(settings: Settings, retention_hours: int) -> str:
     from clickstream.pipeline.core.lake import Lake
     from clickstream.pipeline.core.maintenance import vacuum
 
-    return str(vacuum(Lake(settings.lake), retention_hours))
+    return str(vacuum(Lake(settings.lake, settings.buckets), retention_hours))
 
 
 # ---- Airflow glue (airflow imported lazily) -------------------------------------------------------

@@ -38,7 +38,7 @@ def tune_latest(
     from clickstream.models.tuning import tune
     from clickstream.pipeline.core.lake import Lake
 
-    days = Lake(settings.lake).dates("sequences")
+    days = Lake(settings.lake, settings.buckets).dates("sequences")
     if not days:
         raise NoDataError("sequences/ is empty: tuning skipped")
     start, end = trainable_window(settings, days[-1], window_days, "tuning")

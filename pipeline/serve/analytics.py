@@ -16,7 +16,6 @@ from clickstream.pipeline.core.schemas import EVENT_TYPES, SCORES
 from clickstream.pipeline.serve.output import write_output
 
 if TYPE_CHECKING:
-
     from clickstream.pipeline.serve.scoring import Scorer
 
 __all__ = ["explain_session", "query_scores", "session_trace", "write_output"]
@@ -35,7 +34,7 @@ def query_scores(
     """Scored sessions of [start, end] (default: the latest scored date) passing every given
     filter, sorted by score descending then session_id; `top` keeps the first N of that order.
     Columns: date, then the SCORES columns."""
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake, settings.buckets)
     scored = lake.require_dates("scores", None, None, "run `clickstream score` first")
     if start is None and end is None:
         start = end = scored[-1]
@@ -55,7 +54,9 @@ def query_scores(
 def explain_session(settings: Settings, session_id: str, model_uri: str | None = None) -> pl.DataFrame:
     """The session's input events in time order with the running buying intent after each,
     from `model_uri` (default the champion); see session_trace for the columns."""
-    return session_trace(find_session(Lake(settings.lake), session_id), load_scorer(settings, model_uri))
+    return session_trace(
+        find_session(Lake(settings.lake, settings.buckets), session_id), load_scorer(settings, model_uri)
+    )
 
 
 def find_session(lake: Lake, session_id: str) -> pl.DataFrame:

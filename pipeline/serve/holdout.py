@@ -1,7 +1,10 @@
 """Which scored sessions may judge a model: only those that start after the last day of sessions
 the model saw while it was trained and early-stopped (its `val_end` tag, `trained_through` in
 history.model_versions). A session inside that window would flatter it; one scored by a model
-whose window is not recorded cannot be told apart, so it is left out as well."""
+whose window is not recorded cannot be told apart, so it is left out as well.
+
+The rule needs only a session's date and model version, so it applies as well to aggregates keyed
+by both (the report's score bins) as to single sessions: the report never holds the sessions."""
 
 from __future__ import annotations
 
@@ -12,23 +15,26 @@ import polars as pl
 
 @dataclass(frozen=True)
 class Holdout:
-    """The scored sessions fit to judge their model, and the one sentence that says what was left out."""
+    """The rows fit to judge their model, and the one sentence that says what was left out."""
 
-    sessions: pl.DataFrame
+    kept: pl.DataFrame
     excluded: int  # labelled sessions left out
     sentence: str  # "" when nothing labelled was left out
 
 
-def after_training(scores: pl.DataFrame, versions: pl.DataFrame) -> Holdout:
-    """`scores` (columns date, model_version, label, ...) without the sessions that start on or
-    before the `trained_through` day of the version that scored them (versions: history.VERSIONS)."""
+def after_training(rows: pl.DataFrame, versions: pl.DataFrame) -> Holdout:
+    """`rows` without those of a date on or before the `trained_through` day of the version that
+    scored them (versions: history.VERSIONS). `rows` has columns date, model_version and `labelled`,
+    the number of sessions with a known outcome the row stands for (1 or 0 for a single session,
+    any count for an aggregate by date and model version)."""
     windows = versions.select(model_version="version", trained_through="trained_through")
-    joined = scores.join(windows, on="model_version", how="left")
+    joined = rows.join(windows, on="model_version", how="left")
     inside = pl.col("trained_through").is_null() | (pl.col("date") <= pl.col("trained_through"))
-    left_out = joined.filter(inside & pl.col("label").is_not_null())
+    left_out = joined.filter(inside & (pl.col("labelled") > 0))
     kept = joined.filter(~inside).drop("trained_through")
     if left_out.height == 0:
         return Holdout(kept, 0, "")
+    excluded = int(left_out["labelled"].sum())
     per_version = (
         left_out.group_by("model_version", "trained_through")
         .agg(pl.len())
@@ -43,8 +49,8 @@ def after_training(scores: pl.DataFrame, versions: pl.DataFrame) -> Holdout:
     )
     first, last = left_out["date"].min(), left_out["date"].max()
     sentence = (
-        f"Quality figures (lift, AUC, calibration) leave out {left_out.height:,} labelled sessions of "
+        f"Quality figures (lift, AUC, calibration) leave out {excluded:,} labelled sessions of "
         f"{first}..{last} that fall within the training window of the model that scored them "
         f"({'; '.join(per_version)})."
     )
-    return Holdout(kept, left_out.height, sentence)
+    return Holdout(kept, excluded, sentence)

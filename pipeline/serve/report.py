@@ -2,6 +2,15 @@
 lift by score decile against actual buy rates, ROC and calibration of the champion on the
 latest labelled days, and the champion decisions over time.
 
+Every score figure comes from small aggregates, never from the scored sessions themselves: per
+day, model version and score bin (SCORE_BINS equal-width bins of [0, 1]) the number of sessions,
+of labelled sessions and of buyers, with sums of scores and of log loss (`score_bins`). Each day
+is read by one streaming query (a very large day in hash parts of its sessions), so memory is
+bounded by the bins, whatever the number of sessions. What the bins cost: deciles are taken on
+whole bins (sessions tied within a bin stay together), medians are interpolated within a bin, and
+AUC and PR-AUC treat the sessions of one bin as tied; means, buy rates, log loss and calibration
+error are exact.
+
 Quality figures (lift, AUC, calibration) use only sessions that start after the training window
 of the model that scored them (pipeline.serve.holdout); when the report's days overlap it, one
 sentence under the title says how many labelled sessions were left out and why.
@@ -16,16 +25,17 @@ import base64
 import datetime as dt
 import html
 import io
-import tempfile
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.pyplot as plt
+import numpy as np
 import polars as pl
 
-from clickstream.models.evaluation import evaluate, write_plots
+from clickstream.models.evaluation import CALIBRATION_BINS
 from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.serve.history import decisions, model_versions
@@ -37,6 +47,26 @@ if TYPE_CHECKING:
 
 LABELLED_DAYS = 7  # ROC and calibration use the latest days with known outcomes, at most this many
 DECILES = 10
+SCORE_BINS = 1000  # equal-width score bins of [0, 1]: every score figure is computed from them
+HISTOGRAM_BINS = 50  # bars of the distribution plot, SCORE_BINS // HISTOGRAM_BINS score bins each
+SESSIONS_PER_PART = 1_000_000  # a day's scores meet their labels at most about this many at a time
+LOG_LOSS_CLIP = 1e-7  # scores are clipped to [c, 1 - c] for log loss, as models.evaluation does
+
+# score_bins: one row per date, model version and score bin
+BIN_SCHEMA = pl.Schema(
+    {
+        "date": pl.Date,
+        "model_version": pl.String,
+        "bin": pl.Int32,  # floor(score * SCORE_BINS), the score 1.0 in the last bin
+        "sessions": pl.Int64,
+        "score_sum": pl.Float64,
+        "labelled": pl.Int64,  # sessions with a known outcome
+        "labelled_score_sum": pl.Float64,
+        "buyers": pl.Int64,
+        "log_loss_sum": pl.Float64,  # over the labelled sessions
+    }
+)
+_SUMS = [name for name in BIN_SCHEMA.names() if name not in ("date", "model_version", "bin")]
 
 
 @dataclass(frozen=True)
@@ -53,19 +83,19 @@ def write_report(settings: Settings, start: dt.date | None, end: dt.date | None,
     """Write the HTML report for scored dates in [start, end] (default: every scored date) to
     `out` atomically; returns a one-line summary. NoDataError when no date in the window was scored."""
     check_out(out, settings.lake)  # before the work, not after it
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake, settings.buckets)
     scored_days = lake.require_dates("scores", start, end, "run `clickstream score` first")
     first, last = scored_days[0], scored_days[-1]
-    scores = scored_sessions(lake, first, last)
+    bins = score_bins(lake, first, last)
     versions = model_versions(settings)
     champion_row = next((v for v in versions.iter_rows(named=True) if CHAMPION in v["aliases"]), None)
     champion = champion_row["version"] if champion_row else None
-    holdout = after_training(scores, versions)
+    holdout = after_training(bins, versions)
     sections = [
         volume_section(lake, first, last),
-        distribution_section(scores),
-        lift_section(holdout.sessions),
-        champion_section(holdout.sessions, champion),
+        distribution_section(bins),
+        lift_section(holdout.kept),
+        champion_section(holdout.kept, champion),
         timeline_section(decisions(settings), champion),
     ]
     title = f"clickstream report {first}..{last}"
@@ -73,20 +103,85 @@ def write_report(settings: Settings, start: dt.date | None, end: dt.date | None,
     document = render(title, sections, settings.model_name, champion, holdout.sentence, learned)
     replace_file(Path(out), lambda tmp: Path(tmp).write_text(document, encoding="utf-8"), lake=settings.lake)
     plots = sum(len(s.images) for s in sections)
-    return f"report for {first}..{last}: {scores.height:,} scored sessions, {plots} plots -> {out}"
+    sessions = int(bins["sessions"].sum())
+    return f"report for {first}..{last}: {sessions:,} scored sessions, {plots} plots -> {out}"
 
 
-def scored_sessions(lake: Lake, start: dt.date, end: dt.date) -> pl.DataFrame:
-    """Scores of [start, end] with the session's label (null when unknown), sorted by date, session_id."""
-    scores = lake.scan("scores", start, end)
-    assert scores is not None  # the caller checked that these dates hold scores
-    labels = lake.scan("sequences", start, end)
-    frame = scores.select("date", "session_id", "n_events", "score", "model_version")
-    if labels is None:
-        frame = frame.with_columns(label=pl.lit(None, dtype=pl.Boolean))
-    else:
-        frame = frame.join(labels.select("date", "session_id", "label"), on=["date", "session_id"], how="left")
-    return frame.sort("date", "session_id").collect()
+def score_bins(lake: Lake, start: dt.date, end: dt.date) -> pl.DataFrame:
+    """The scores of [start, end] with their labels as BIN_SCHEMA aggregates, sorted by date,
+    model version and bin: at most SCORE_BINS rows per day and model version, whatever the number
+    of sessions, so the report's memory does not grow with them.
+
+    Each day is one streaming query over its scores left-joined to its labels on session_id; a day
+    of more than SESSIONS_PER_PART sessions (by the commit log's row counts) is taken in parts by
+    the hash of session_id, so the join holds one part's keys at a time. Both tables are read at
+    the versions current when this starts, so a commit meanwhile cannot mix two states."""
+    scores_version, labels_version = lake.version("scores"), lake.version("sequences")
+    rows = lake.rows_per_date("scores", scores_version)
+    frames = [
+        _day_bins(lake, day, -(-count // SESSIONS_PER_PART), scores_version, labels_version)
+        for day, count in rows.items()
+        if start <= day <= end
+    ]
+    return pl.concat([pl.DataFrame(schema=BIN_SCHEMA), *frames]).sort("date", "model_version", "bin")
+
+
+def bin_scores(scored: pl.LazyFrame) -> pl.LazyFrame:
+    """Scored sessions (columns date, model_version, score, label: null when unknown) aggregated
+    to BIN_SCHEMA, one row per date, model version and score bin."""
+    score = pl.col("score").cast(pl.Float64)
+    label, known = pl.col("label"), pl.col("label").is_not_null()
+    clipped = score.clip(LOG_LOSS_CLIP, 1 - LOG_LOSS_CLIP)
+    bin_of = (score.clip(0.0, 1.0) * SCORE_BINS).floor().cast(pl.Int32).clip(upper_bound=SCORE_BINS - 1)
+    return (
+        scored.select("date", "model_version", "score", "label")
+        .with_columns(bin=bin_of)
+        .group_by("date", "model_version", "bin")
+        .agg(
+            sessions=pl.len(),
+            score_sum=score.sum(),
+            labelled=known.sum(),
+            labelled_score_sum=pl.when(known).then(score).otherwise(0.0).sum(),
+            buyers=label.sum(),
+            log_loss_sum=pl.when(label)
+            .then(-clipped.log())
+            .when(known)
+            .then(-(1 - clipped).log())
+            .otherwise(0.0)
+            .sum(),
+        )
+        .select(pl.col(name).cast(dtype) for name, dtype in BIN_SCHEMA.items())
+    )
+
+
+def _day_bins(
+    lake: Lake, day: dt.date, parts: int, scores_version: int | None, labels_version: int | None
+) -> pl.DataFrame:
+    """BIN_SCHEMA aggregates of one day, its sessions taken in `parts` parts by the hash of session_id."""
+    scores = lake.scan("scores", day, day, scores_version)
+    labels = None if labels_version is None else lake.scan("sequences", day, day, labels_version)
+    if scores is None:  # the day's files went between the row counts and the scan
+        return pl.DataFrame(schema=BIN_SCHEMA)
+    scores = scores.select("session_id", "score", "model_version")
+    if labels is not None:
+        labels = labels.select("session_id", "label").filter(pl.col("label").is_not_null())
+    results = []
+    for part in range(parts):
+        mine = pl.col("session_id").hash() % parts == part
+        these = scores.filter(mine) if parts > 1 else scores
+        if labels is None:
+            scored = these.with_columns(label=pl.lit(None, dtype=pl.Boolean))
+        else:
+            scored = these.join(labels.filter(mine) if parts > 1 else labels, on="session_id", how="left")
+        results.append(bin_scores(scored.with_columns(date=pl.lit(day, dtype=pl.Date))).collect(engine="streaming"))
+    if len(results) == 1:
+        return results[0]
+    return (
+        pl.concat(results)
+        .group_by("date", "model_version", "bin")
+        .agg(pl.col(_SUMS).sum())
+        .select(pl.col(name).cast(dtype) for name, dtype in BIN_SCHEMA.items())
+    )
 
 
 def volume_section(lake: Lake, start: dt.date, end: dt.date) -> Section:
@@ -109,44 +204,89 @@ def volume_section(lake: Lake, start: dt.date, end: dt.date) -> Section:
 _VOLUME_TABLES = {"events": "events", "sessions": "sequences", "quarantined_rows": "quarantine"}
 
 
-def distribution_section(scores: pl.DataFrame) -> Section:
-    """Histogram of buying-intent scores, one step curve per model version."""
-    fig, ax = _figure()
-    for version in scores["model_version"].unique().sort().to_list():
-        part = scores.filter(pl.col("model_version") == version)["score"].to_numpy()
-        ax.hist(part, bins=50, range=(0, 1), histtype="step", linewidth=1.5, label=f"v{version}")
-    ax.set(xlabel="buying-intent score", ylabel="sessions", yscale="log", title="Score distribution")
-    ax.legend()
-    summary = (
-        scores.group_by("model_version")
+def distribution_table(bins: pl.DataFrame) -> pl.DataFrame:
+    """Per model version of `bins` (score_bins): sessions, mean score, median score and the share
+    of scores >= 0.5. The median is interpolated within the score bin of the middle session, so
+    it is within one bin width (1 / SCORE_BINS) of the exact one; the rest is exact."""
+    per_bin = (
+        bins.group_by("model_version", "bin")
+        .agg(pl.col("sessions", "score_sum").sum())
+        .sort("model_version", "bin")
+        .with_columns(
+            before=pl.col("sessions").cum_sum().over("model_version") - pl.col("sessions"),
+            half=pl.col("sessions").sum().over("model_version") / 2,
+        )
+    )
+    inside = (pl.col("half") - pl.col("before")) / pl.col("sessions")  # where the middle falls in its bin
+    middle = pl.col("before") + pl.col("sessions") >= pl.col("half")
+    return (
+        per_bin.group_by("model_version")  # keeps each group's rows in bin order
         .agg(
-            sessions=pl.len(),
-            mean_score=pl.col("score").mean(),
-            median_score=pl.col("score").median(),
-            share_over_half=(pl.col("score") >= 0.5).mean(),
+            sessions=pl.col("sessions").sum(),
+            mean_score=pl.col("score_sum").sum() / pl.col("sessions").sum(),
+            median_score=((pl.col("bin") + inside) / SCORE_BINS).filter(middle).first(),
+            share_over_half=pl.col("sessions").filter(pl.col("bin") >= SCORE_BINS // 2).sum()
+            / pl.col("sessions").sum(),
         )
         .sort("model_version")
     )
-    return Section("Score distribution", f"{scores.height:,} scored sessions.", (_png(fig),), html_table(summary))
 
 
-def lift_table(scores: pl.DataFrame) -> pl.DataFrame:
-    """Labelled sessions by score decile (10 = highest scores; ties broken by session_id): sessions,
-    mean score, actual buy rate, and lift = decile buy rate / overall buy rate. Sorted by decile."""
-    labelled = scores.filter(pl.col("label").is_not_null()).sort("score", "session_id")
-    overall = labelled["label"].mean()
+def distribution_section(bins: pl.DataFrame) -> Section:
+    """Histogram of buying-intent scores, one step curve per model version, from the score bins."""
+    fig, ax = _figure()
+    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    per_bar = SCORE_BINS // HISTOGRAM_BINS
+    for version in bins["model_version"].unique().sort().to_list():
+        mine = bins.filter(pl.col("model_version") == version)
+        counts = np.bincount(mine["bin"].to_numpy() // per_bar, mine["sessions"].to_numpy(), HISTOGRAM_BINS)
+        ax.stairs(counts, edges, linewidth=1.5, label=f"v{version}")
+    ax.set(xlabel="buying-intent score", ylabel="sessions", yscale="log", title="Score distribution")
+    ax.legend()
+    note = (
+        f"{int(bins['sessions'].sum()):,} scored sessions. Medians are interpolated within "
+        f"{1 / SCORE_BINS:g}-wide score bins."
+    )
+    return Section("Score distribution", note, (_png(fig),), html_table(distribution_table(bins)))
+
+
+def lift_table(bins: pl.DataFrame) -> pl.DataFrame:
+    """Labelled sessions of `bins` (score_bins) by score decile (10 = highest scores): sessions,
+    mean score, actual buy rate, and lift = decile buy rate / overall buy rate. Sorted by decile.
+
+    Deciles are taken on the score bins, in order: a bin goes whole to the decile of its lowest
+    session's rank, so sessions tied within a bin stay together and deciles may differ in size
+    (or one may be empty) where many sessions share a bin. Where no bin holds two labelled
+    sessions, these are the deciles of the sessions sorted by score."""
+    per_bin = (
+        bins.group_by("bin")
+        .agg(
+            sessions=pl.col("labelled").sum(),
+            score_sum=pl.col("labelled_score_sum").sum(),
+            buyers=pl.col("buyers").sum(),
+        )
+        .filter(pl.col("sessions") > 0)
+        .sort("bin")
+    )
+    total, buyers = int(per_bin["sessions"].sum()), int(per_bin["buyers"].sum())
+    overall = buyers / total if total else None
+    before = pl.col("sessions").cum_sum() - pl.col("sessions")
     return (
-        labelled.with_columns(decile=(pl.int_range(pl.len()) * DECILES // pl.len() + 1).cast(pl.Int32))
+        per_bin.with_columns(decile=(before * DECILES // max(total, 1) + 1).cast(pl.Int32))
         .group_by("decile")
-        .agg(sessions=pl.len(), mean_score=pl.col("score").mean(), buy_rate=pl.col("label").cast(pl.Float64).mean())
+        .agg(
+            sessions=pl.col("sessions").sum(),
+            mean_score=pl.col("score_sum").sum() / pl.col("sessions").sum(),
+            buy_rate=pl.col("buyers").sum() / pl.col("sessions").sum(),
+        )
         .with_columns(lift=pl.col("buy_rate") / overall if overall else pl.lit(None, dtype=pl.Float64))
         .sort("decile")
     )
 
 
-def lift_section(scores: pl.DataFrame) -> Section:
+def lift_section(bins: pl.DataFrame) -> Section:
     """Actual buy rate and lift per score decile, where labels are known."""
-    table = lift_table(scores)
+    table = lift_table(bins)
     if table.height == 0 or table["lift"].is_null().all():
         return Section(
             "Lift by score decile",
@@ -161,41 +301,153 @@ def lift_section(scores: pl.DataFrame) -> Section:
     top = table.filter(table["decile"] == table["decile"].max())["lift"][0]
     note = (
         f"{table['sessions'].sum():,} labelled sessions after their model's training window; "
-        f"the top decile buys {top:.1f}x as often as average."
+        f"the top decile buys {top:.1f}x as often as average. Deciles are taken on "
+        f"{1 / SCORE_BINS:g}-wide score bins, so sessions tied within a bin stay in one decile."
     )
     return Section("Lift by score decile", note, (_png(fig),), html_table(table))
 
 
-def champion_section(scores: pl.DataFrame, champion: str | None) -> Section:
+@dataclass(frozen=True)
+class BinnedQuality:
+    """Quality of scores against known labels from counts per score bin (index = bin). NaN where
+    undefined (one class). AUC and PR-AUC count the sessions of one bin as tied, so they are exact
+    up to the order within a bin; log loss and calibration error are exact."""
+
+    sessions: int
+    auc: float
+    pr_auc: float
+    logloss: float
+    calibration_error: float
+    positives: np.ndarray  # buyers per bin
+    negatives: np.ndarray  # labelled non-buyers per bin
+    score_sums: np.ndarray  # sum of the labelled sessions' scores per bin
+
+
+def binned_quality(bins: pl.DataFrame) -> BinnedQuality:
+    """AUC, PR-AUC, log loss and calibration error of the labelled sessions of `bins` (score_bins),
+    pooled over its rows."""
+    labelled, buyers, score_sums, log_loss = _per_bin(bins, "labelled", "buyers", "labelled_score_sum", "log_loss_sum")
+    sessions = int(labelled.sum())
+    _, predicted, observed = _calibration(labelled, score_sums, buyers)
+    return BinnedQuality(
+        sessions=sessions,
+        auc=binned_auc(buyers, labelled - buyers),
+        pr_auc=binned_average_precision(buyers, labelled - buyers),
+        logloss=float(log_loss.sum() / sessions) if sessions else math.nan,
+        calibration_error=float(np.abs(predicted - observed).sum() / sessions) if sessions else math.nan,
+        positives=buyers,
+        negatives=labelled - buyers,
+        score_sums=score_sums,
+    )
+
+
+def binned_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Area under the ROC curve from buyers and non-buyers per score bin (ascending): the chance
+    that a buyer's bin is above a non-buyer's, a pair within one bin counted half. This is the
+    exact AUC up to pairs within a bin; NaN with a single class."""
+    total_positive, total_negative = positives.sum(), negatives.sum()
+    if total_positive == 0 or total_negative == 0:
+        return math.nan
+    below = np.cumsum(negatives) - negatives
+    return float((positives * (below + negatives / 2)).sum() / (total_positive * total_negative))
+
+
+def binned_average_precision(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Average precision (PR-AUC) with each non-empty score bin as one threshold, highest first:
+    sklearn's definition with the sessions of a bin tied. NaN with a single class."""
+    total_positive = positives.sum()
+    if total_positive == 0 or negatives.sum() == 0:
+        return math.nan
+    filled = (positives + negatives) > 0
+    gained, lost = positives[filled][::-1], negatives[filled][::-1]
+    true_positive = np.cumsum(gained)
+    precision = true_positive / (true_positive + np.cumsum(lost))
+    return float((gained / total_positive * precision).sum())
+
+
+def _calibration(
+    labelled: np.ndarray, score_sums: np.ndarray, buyers: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per calibration bin (CALIBRATION_BINS equal-width ones, each a run of whole score bins, as
+    models.evaluation bins scores): labelled sessions, sum of their scores, buyers."""
+    coarse = np.arange(SCORE_BINS) * CALIBRATION_BINS // SCORE_BINS
+    return tuple(np.bincount(coarse, values, CALIBRATION_BINS) for values in (labelled, score_sums, buyers))
+
+
+def _per_bin(bins: pl.DataFrame, *columns: str) -> list[np.ndarray]:
+    """Sums of `columns` over the rows of `bins`, each as an array indexed by score bin (0 where empty)."""
+    sums = bins.group_by("bin").agg(pl.col(columns).sum())
+    at = sums["bin"].to_numpy()
+    arrays = []
+    for name in columns:
+        values = np.zeros(SCORE_BINS)
+        values[at] = sums[name].to_numpy()
+        arrays.append(values)
+    return arrays
+
+
+def champion_section(bins: pl.DataFrame, champion: str | None) -> Section:
     """ROC and calibration of the champion's scores on the latest (up to LABELLED_DAYS) days that
     have both outcomes; without a registered champion, of the most recent model version scored.
-    `scores`: only sessions after their model's training window (holdout.after_training)."""
+    `bins`: score_bins rows after their model's training window (holdout.after_training)."""
     title = "Champion on the latest labelled days"
-    if scores.height == 0 and champion is None:
+    if bins.height == 0 and champion is None:
         return Section(title, "No scored session falls after the training window of the model that scored it.")
-    version = champion if champion is not None else _latest_version(scores)
-    mine = scores.filter((pl.col("model_version") == version) & pl.col("label").is_not_null())
-    both = mine.group_by("date").agg(pl.col("label").any() & ~pl.col("label").all()).filter(pl.col("label"))
+    version = champion if champion is not None else _latest_version(bins)
+    mine = bins.filter((pl.col("model_version") == version) & (pl.col("labelled") > 0))
+    both = (
+        mine.group_by("date")
+        .agg(pl.col("labelled", "buyers").sum())
+        .filter((pl.col("buyers") > 0) & (pl.col("buyers") < pl.col("labelled")))
+    )
     days = both["date"].sort().tail(LABELLED_DAYS).to_list()
     if not days:
         return Section(
             title, f"No day scored by v{version} after its training window has both buyers and non-buyers yet."
         )
-    subset = mine.filter(pl.col("date").is_in(days))
-    labels, values = subset["label"].to_numpy(), subset["score"].to_numpy()
-    quality = evaluate(labels, values, subset["n_events"].to_numpy())
+    quality = binned_quality(mine.filter(pl.col("date").is_in(days)))
     window = f"{days[0]}..{days[-1]}"
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = write_plots(labels, {f"v{version}": values}, Path(tmp), subset=window)
-        images = tuple(base64.b64encode(p.read_bytes()).decode("ascii") for p in paths)
+    images = (_roc_png(quality, f"v{version}", window), _calibration_png(quality, f"v{version}", window))
     who = "champion" if champion is not None else "latest scored model (no champion registered)"
     note = (
-        f"{who} v{version} on {subset.height:,} labelled sessions of {window}, all after its training window: "
+        f"{who} v{version} on {quality.sessions:,} labelled sessions of {window}, all after its training window: "
         f"AUC {quality.auc:.3f}, "
         f"PR-AUC {quality.pr_auc:.3f}, log loss {quality.logloss:.3f}, "
-        f"calibration error {quality.calibration_error:.3f}."
+        f"calibration error {quality.calibration_error:.3f}. "
+        f"AUC and PR-AUC are computed on {1 / SCORE_BINS:g}-wide score bins: exact up to ties within a bin."
     )
     return Section(title, note, images)
+
+
+def _roc_png(quality: BinnedQuality, name: str, subset: str) -> str:
+    """The ROC curve through the score bins' thresholds, highest first."""
+    true_positive = np.concatenate([[0.0], np.cumsum(quality.positives[::-1])])
+    false_positive = np.concatenate([[0.0], np.cumsum(quality.negatives[::-1])])
+    fig, ax = _figure(height=5, width=5)
+    rates = false_positive / false_positive[-1], true_positive / true_positive[-1]
+    ax.plot(*rates, label=f"{name} (AUC {quality.auc:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, {subset}")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def _calibration_png(quality: BinnedQuality, name: str, subset: str) -> str:
+    """Mean score against buy rate per calibration bin that holds labelled sessions."""
+    labelled = quality.positives + quality.negatives
+    counts, predicted, observed = _calibration(labelled, quality.score_sums, quality.positives)
+    filled = counts > 0
+    fig, ax = _figure(height=5, width=5)
+    ax.plot(
+        predicted[filled] / counts[filled],
+        observed[filled] / counts[filled],
+        marker="o",
+        label=f"{name} (ECE {quality.calibration_error:.3f})",
+    )
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="mean predicted buy probability", ylabel="observed buy rate", title=f"Calibration, {subset}")
+    ax.legend(loc="upper left")
+    return _png(fig)
 
 
 def timeline_section(history: pl.DataFrame, champion: str | None) -> Section:
@@ -206,13 +458,25 @@ def timeline_section(history: pl.DataFrame, champion: str | None) -> Section:
     if history.height == 0:
         return Section(title, f"{now}; no champion decision is recorded yet.")
     fig, ax = _figure()
-    ax.plot(history["decided_at"].to_list(), history["champion_auc"].to_list(), "s--", color="#4c72b0",
-            label="champion AUC it faced")
+    ax.plot(
+        history["decided_at"].to_list(),
+        history["champion_auc"].to_list(),
+        "s--",
+        color="#4c72b0",
+        label="champion AUC it faced",
+    )
     for action, marker, color in _ACTION_MARKERS:
         rows = history.filter(pl.col("action") == action)
         if rows.height:
-            ax.plot(rows["decided_at"].to_list(), rows["challenger_auc"].to_list(), marker, color=color,
-                    markersize=9, linestyle="none", label=f"challenger: {action}")
+            ax.plot(
+                rows["decided_at"].to_list(),
+                rows["challenger_auc"].to_list(),
+                marker,
+                color=color,
+                markersize=9,
+                linestyle="none",
+                label=f"challenger: {action}",
+            )
     aucs = history.select(pl.concat_list("challenger_auc", "champion_auc").explode().drop_nulls())
     low, high = (aucs.min().item(), aucs.max().item()) if aucs.height else (0.5, 1.0)
     when = history["decided_at"].to_list()
@@ -291,8 +555,9 @@ def render(
         parts.append(f'<p class="caveat">{html.escape(caveat)}</p>')
     for section in sections:
         parts.append(f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.note)}</p>")
-        parts.extend(f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{image}">'
-                     for image in section.images)
+        parts.extend(
+            f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{image}">' for image in section.images
+        )
         parts.append(f"{section.table}</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
@@ -314,14 +579,14 @@ def _rows_per_day(lake: Lake, table: str, start: dt.date, end: dt.date) -> list[
     return [rows.get(start + dt.timedelta(days=offset), 0) for offset in range((end - start).days + 1)]
 
 
-def _latest_version(scores: pl.DataFrame) -> str:
-    return scores.sort("date", "model_version")["model_version"][-1]
+def _latest_version(bins: pl.DataFrame) -> str:
+    return bins.sort("date", "model_version")["model_version"][-1]
 
 
-def _figure(nrows: int = 1, height: float = 3.5, sharex: bool = False) -> tuple[Figure, object]:
+def _figure(nrows: int = 1, height: float = 3.5, sharex: bool = False, width: float = 8) -> tuple[Figure, object]:
     matplotlib.use("Agg")
 
-    return plt.subplots(nrows=nrows, figsize=(8, height), sharex=sharex)
+    return plt.subplots(nrows=nrows, figsize=(width, height), sharex=sharex)
 
 
 def _png(fig: Figure) -> str:

@@ -487,7 +487,7 @@ def _tables(settings: Settings, named: list[str]) -> dict[str, _Table]:
     was never written, and `models` read from the registry in this process (MLflow stays out of the child)."""
     from clickstream.pipeline.core.lake import TABLE_SCHEMAS, Lake
 
-    lake = Lake(settings.lake)
+    lake = Lake(settings.lake, settings.buckets)
     tables = {}
     for name in named:
         if name == "models":

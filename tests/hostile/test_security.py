@@ -141,6 +141,7 @@ def _scores(day: dt.date, rows: int = 3, tag: str = "committed") -> pl.DataFrame
             "model_name": ["m"] * rows,
             "model_version": [tag] * rows,
             "scored_at": [dt.datetime(2024, 1, 1, tzinfo=dt.UTC)] * rows,
+            "bucket": [0] * rows,
             "date": [day] * rows,
         },
         schema=TABLE_SCHEMAS["scores"],
@@ -151,7 +152,7 @@ def test_given_parquet_files_dropped_into_a_table_folder_then_only_committed_fil
     lake = Lake(tmp_path / "lake")
     lake.commit("scores", _scores(DAY), replace=dates_predicate(DAY, DAY), stage="test")
     table = tmp_path / "lake" / "scores"
-    stray = _scores(DAY + dt.timedelta(days=1), rows=5, tag="stray").drop("date")
+    stray = _scores(DAY + dt.timedelta(days=1), rows=5, tag="stray").drop("date", "bucket")
     for name in ("date=../x.parquet", "date=2014-04-01../x.parquet", "date=2014-04-02 /x.parquet", "x/x.parquet",
                  "date=2014-04-02/data.parquet", f"date={DAY}/stray.parquet", "stray.parquet", "../x.parquet"):
         path = table / name
@@ -162,7 +163,8 @@ def test_given_parquet_files_dropped_into_a_table_folder_then_only_committed_fil
     assert lake.rows_per_date("scores") == {DAY: 3}
     assert lake.read("scores")["model_version"].to_list() == ["committed"] * 3
     assert lake.scan("scores").collect().height == 3
-    assert [Path(path).parent.name for path in lake.files("scores")] == [f"date={DAY}"]
+    assert [Path(path).parent.parent.name for path in lake.files("scores")] == [f"date={DAY}"]
+    assert [Path(path).parent.name for path in lake.files("scores")] == ["bucket=0"]
     assert not {Path(path).name for path in lake.files("scores")} & {"x.parquet", "data.parquet", "stray.parquet"}
 
 
