@@ -315,7 +315,8 @@ def test_given_finished_days_when_backfilled_then_each_date_is_reingested_and_pa
     run = run_dag_for_day("clickstream_backfill", last, conf={"start": START.isoformat(), "end": last.isoformat()})
     assert run.succeeded, run.tasks
     assert [run.tasks[f"ingest_day[{i}]"] for i in range(DAYS)] == ["success"] * DAYS
-    assert run.tasks["score"] == "success"
+    assert _states(run.tasks, "score") == _states(run.tasks, "build_sequences") == {"success"}
+    assert run.tasks["scores_published"] == "success"
     assert {t: _partition_hashes(settings, t) for t in before} == before
 
 

@@ -197,3 +197,30 @@ def test_given_scores_then_an_outside_delta_reader_in_a_fresh_process_sees_what_
     assert cli["len"].to_list() == theirs["len"].to_list() == [5, 5, 6]
     assert cli["model_version"].to_list() == theirs["model_version"].to_list() == ["1", "1", "2"]
     assert cli["score"].round(4).to_list() == theirs["score"].round(4).to_list()
+
+
+def test_given_a_lake_from_before_buckets_then_commands_say_migrate_and_migrate_rewrites_it_into_buckets(
+    tmp_path: Path,
+) -> None:
+    from deltalake import write_deltalake
+
+    sequences = synthetic_sequences(sessions=200, days=3, seed=4)
+    expected = write_sequences(Lake(tmp_path / "new"), sequences)
+    rows = Lake(tmp_path / "new").read("sequences").drop("bucket")
+    old_root = tmp_path / "old"
+    write_deltalake(str(old_root / "sequences"), rows.to_arrow(), partition_by=["date"])  # date alone
+    lake = Lake(old_root, buckets=3)
+    with pytest.raises(LakeFormatError, match="from before session buckets; run `clickstream lake migrate`"):
+        lake.read("sequences")
+
+    summary = migrate(lake)
+
+    assert summary.bucketed == {"sequences": 200} and "into 3 session bucket(s)" in str(summary)
+    migrated = Lake(old_root)
+    assert migrated.buckets == 3 and migrated.dates("sequences") == expected
+    after = migrated.read("sequences")
+    assert after.get_column("bucket").n_unique() == 3
+    key = ["session_id"]
+    assert after.drop("bucket").sort(key).equals(rows.sort(key).select(after.drop("bucket").columns))
+    assert not (old_root / "_migrating").exists()
+    assert migrate(Lake(old_root)).bucketed == {}  # once

@@ -171,7 +171,7 @@ class Lake:
 
     def _table_buckets(self, table: str) -> int | None:
         delta = self._open(table)
-        if delta is None:
+        if delta is None or "bucket" not in delta.metadata().partition_columns:  # none, or from before buckets
             return None
         match = _BUCKETS_IN.search(delta.metadata().description or "")
         return int(match.group(1)) if match else 1

@@ -1,17 +1,21 @@
 """Operating the lake's Delta tables: history, restore, vacuum, compaction and the one-time
-migration of a lake written before the tables were Delta tables (`clickstream lake ...`)."""
+migrations of a lake written before the tables were Delta tables, or before session buckets
+(`clickstream lake ...`)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 import polars as pl
 import pyarrow as pa
 
 from clickstream.pipeline.core.errors import ClickstreamError, LakeFormatError
 from clickstream.pipeline.core.lake import (
+    BUCKETED,
     MIGRATE,
     OLD_DATE,
     OLD_PART,
@@ -151,15 +155,23 @@ def _existing(lake: Lake) -> list[tuple[str, DeltaTable]]:
 
 @dataclass(frozen=True)
 class MigrateSummary:
-    """Tables converted from the layout before Delta tables."""
+    """Tables converted from the layout before Delta tables, or rewritten into session buckets."""
 
     converted: dict[str, int]  # table -> rows
+    bucketed: dict[str, int] = field(default_factory=dict)  # table -> rows
+    buckets: int = 1
 
     def __str__(self) -> str:
-        if not self.converted:
-            return "lake migrate: every table is already a Delta table; nothing to do"
-        done = ", ".join(f"{table} ({rows:,} rows)" for table, rows in self.converted.items())
-        return f"lake migrate: converted {done} to Delta tables"
+        if not self.converted and not self.bucketed:
+            return "lake migrate: every table is already a bucketed Delta table; nothing to do"
+        parts = []
+        if self.converted:
+            done = ", ".join(f"{table} ({rows:,} rows)" for table, rows in self.converted.items())
+            parts.append(f"converted {done} to Delta tables")
+        if self.bucketed:
+            done = ", ".join(f"{table} ({rows:,} rows)" for table, rows in self.bucketed.items())
+            parts.append(f"rewrote {done} into {self.buckets} session bucket(s)")
+        return f"lake migrate: {'; '.join(parts)}"
 
 
 def migrate(lake: Lake) -> MigrateSummary:
@@ -180,7 +192,48 @@ def migrate(lake: Lake) -> MigrateSummary:
         fs.rm(old)  # committed (now, or by a migration killed before this): the old copies are spare
     if fs.exists(lake.locks_folder):
         fs.rm(lake.locks_folder, recursive=True)
-    return MigrateSummary(converted)
+    bucketed = {table: rows for table in BUCKETED if (rows := _into_buckets(lake, table)) is not None}
+    return MigrateSummary(converted, bucketed, lake.buckets)
+
+
+def _into_buckets(lake: Lake, table: str) -> int | None:
+    """Rewrite `table`, a Delta table partitioned by date alone (from before session buckets), as one
+    partitioned by date and bucket; its rows, or None when there was nothing to rewrite. The old table
+    moves aside to `_migrating/<table>` first and goes once the new one is committed, one date in memory
+    at a time: a migration killed half-way is finished by the next (the new table started again from
+    the old one). The old versions' history goes with the old table."""
+    fs, target = lake.fs, lake.table_uri(table)
+    aside = f"{lake.root.removeprefix('file://')}/_migrating/{table}"
+    if fs.exists(aside):  # killed after the move: what stands at the target is a partial rewrite
+        if fs.exists(target):
+            fs.rm(target, recursive=True)
+    else:
+        delta = lake._open(table)
+        if delta is None or "bucket" in delta.metadata().partition_columns:
+            return None
+        fs.makedirs(aside.rsplit("/", 1)[0], exist_ok=True)
+        fs.mv(target, aside, recursive=True)
+    from deltalake import DeltaTable
+
+    old = DeltaTable(aside, storage_options=lake.storage_options)
+    days = sorted({str(values["date"]) for values in old.partitions()})
+    rows = 0
+
+    def frames() -> Iterator[pl.DataFrame]:
+        nonlocal rows
+        for day in days:
+            files = old.file_uris(partition_filters=[("date", "=", day)])
+            files = [unquote(uri.removeprefix("file://")) for uri in files] if lake.is_local else files
+            frame = pl.read_parquet(files, glob=False, hive_partitioning=False, storage_options=lake.storage_options)
+            rows += frame.height
+            yield frame.with_columns(date=pl.lit(dt.date.fromisoformat(day)))
+
+    lake.commit(table, frames(), replace=None, stage=MIGRATE, metadata={"rebucketed_from_version": old.version()})
+    fs.rm(aside, recursive=True)
+    parent = aside.rsplit("/", 1)[0]
+    if fs.exists(parent) and not fs.ls(parent):
+        fs.rm(parent, recursive=True)
+    return rows
 
 
 def _migrated(lake: Lake, table: str) -> bool:
