@@ -94,7 +94,8 @@ def run_stage(stage: str, settings: Any, **args: Any) -> None:
     elif stage == "score":
         from clickstream.pipeline.serve.scoring import score_with
 
-        score_with(settings, StandInScorer(args["version"]), [dt.date.fromisoformat(d) for d in args["days"]])
+        days = [dt.date.fromisoformat(d) for d in args["days"]]
+        score_with(settings, StandInScorer(args["version"]), days, args.get("bucket"))
     elif stage == "scores":
         _commit_scores(settings.lake, args["first"], args["last"], args["tag"], args.get("times", 1), args.get("whole"))
     else:

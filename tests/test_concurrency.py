@@ -150,6 +150,33 @@ def test_given_scoring_of_two_dates_when_the_first_rebuilds_cookie_intent_last_t
     assert lake_snapshot(settings.lake) == lake_snapshot(sequential.lake)
 
 
+def test_given_two_buckets_scored_at_once_then_both_land_and_cookie_intent_counts_both(
+    settings: Settings, tmp_path: Path
+) -> None:
+    frame = synthetic_sequences(sessions=300, days=len(DAYS), start_date=START, seed=6)
+    write_sequences(
+        Lake(settings.lake, buckets=2), frame.with_columns(cookie_id=pl.format("c{}", pl.int_range(300) % 40))
+    )
+    at_once = _elsewhere(settings, tmp_path, "at-once", copy=True)
+    days = [str(day) for day in DAYS]
+
+    # bucket 0 has committed its scores and not yet updated its cookies when bucket 1 scores
+    with held(settings.lake, moment="after", table="scores", stage="score", version="1", days=days, bucket=0) as child:
+        other = run_child(settings.lake, stage="score", version="1", days=days, bucket=1)
+        done = child.resume()
+
+    assert (other.code, done.code) == (0, 0), other.stderr[-3000:] + done.stderr[-3000:]
+    run_stage("score", at_once, version="1", days=days)  # every bucket in one run
+
+    def rows(root: str, table: str) -> pl.DataFrame:
+        return Lake(root).read(table).drop("scored_at", strict=False).sort("bucket", "date", pl.all())
+
+    for table in ("scores", "cookie_intent"):
+        assert rows(settings.lake, table).equals(rows(at_once.lake, table)), table
+    assert rows(settings.lake, "cookie_intent").height == 40
+    assert Lake(settings.lake).read("scores").get_column("bucket").unique().sort().to_list() == [0, 1]
+
+
 # ---- the same rows: one lands, the other fails whole ------------------------------------
 
 

@@ -1,7 +1,8 @@
 """One nightly run on the production topology: Airflow's scheduler (CeleryExecutor, Redis broker,
-PostgreSQL metadata) sends training to the `gpu` queue's worker and everything else to the
-default worker, MLflow (PostgreSQL backend, artifacts in S3) ends with a champion, and the lake
-lives in S3. See topology.py for how the services are brought up; .ci/integration.sh runs this.
+PostgreSQL metadata) sends training to the `gpu` queue's worker and everything else to the two
+default workers (the lake has 4 session buckets: the bucket-wise tasks' mapped instances run on
+both), MLflow (PostgreSQL backend, artifacts in S3) ends with a champion, and the lake lives in S3.
+See topology.py for how the services are brought up; .ci/integration.sh runs this.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from topology import BIN, DEFAULT_WORKER_HOST, GPU_WORKER_HOST, REPO, Topology, missing_programs
+from topology import BIN, DEFAULT_WORKER_2_HOST, DEFAULT_WORKER_HOST, GPU_WORKER_HOST, REPO, Topology, missing_programs
 
 pytestmark = pytest.mark.integration
 
@@ -76,16 +77,22 @@ def test_a_nightly_run_trains_on_the_gpu_worker_and_sets_the_champion(topology: 
     try:
         topo.trigger(DAG_ID, logical.isoformat(), run_id, conf={"epochs": 2, "device": "cpu"})
         state = topo.wait_for_run(DAG_ID, run_id, RUN_DEADLINE_S)
-        tasks = {ti["task_id"]: ti for ti in topo.task_instances(DAG_ID, run_id)}
-        summary = {name: (ti["state"], ti["queue"], ti["hostname"]) for name, ti in tasks.items()}
+        instances = topo.task_instances(DAG_ID, run_id)
+        summary = {(ti["task_id"], ti["map_index"]): (ti["state"], ti["queue"], ti["hostname"]) for ti in instances}
         assert state == "success", summary
 
-        train = tasks["train"]
+        (train,) = [ti for ti in instances if ti["task_id"] == "train"]
         assert (train["state"], train["queue"], train["hostname"]) == ("success", "gpu", GPU_WORKER_HOST)
         assert train["pool"] == "gpu"
-        others = [ti for name, ti in tasks.items() if name != "train" and ti["state"] == "success"]
-        assert others and all(ti["hostname"] == DEFAULT_WORKER_HOST for ti in others), summary
+        defaults = {DEFAULT_WORKER_HOST, DEFAULT_WORKER_2_HOST}
+        others = [ti for ti in instances if ti["task_id"] != "train" and ti["state"] == "success"]
+        assert others and all(ti["hostname"] in defaults for ti in others), summary
         assert all(ti["queue"] != "gpu" for ti in others), summary
+        mapped = [ti for ti in others if ti["task_id"] in {"build_sequences", "score"}]
+        assert sorted((ti["task_id"], ti["map_index"]) for ti in mapped) == [
+            (task, bucket) for task in ("build_sequences", "score") for bucket in range(4)
+        ], summary
+        assert {ti["hostname"] for ti in mapped} == defaults, summary  # fanned out over both workers
 
         from mlflow import MlflowClient
 
@@ -95,6 +102,7 @@ def test_a_nightly_run_trains_on_the_gpu_worker_and_sets_the_champion(topology: 
         assert artifacts > 0, "the model's artifacts should be in S3"
         scores = topo.s3.list_objects_v2(Bucket="lake", Prefix=f"lake/scores/date={RUN_DAY}/")
         assert [o["Key"] for o in scores.get("Contents", [])], "the day's scores should be in S3"
+        assert {o["Key"].split("/")[3] for o in scores["Contents"]} == {f"bucket={b}" for b in range(4)}
         assert all(o["Key"].endswith(".parquet") for o in scores["Contents"])
         log = topo.s3.list_objects_v2(Bucket="lake", Prefix="lake/scores/_delta_log/")
         assert any(o["Key"].endswith(".json") for o in log.get("Contents", [])), "scores should be a Delta table"

@@ -1,8 +1,8 @@
 """The production topology of docker/docker-compose.yml, built from real programs on loopback:
 PostgreSQL and Redis (Debian packages), moto's S3 server (the lake and MLflow's artifacts), an
 MLflow tracking server on PostgreSQL, and Airflow with the CeleryExecutor: api-server (Airflow 3
-workers report through its execution API), scheduler, dag-processor, and two Celery workers, one
-on the `default` queue and one on the `gpu` queue.
+workers report through its execution API), scheduler, dag-processor, and three Celery workers, two
+on the `default` queue (mapped instances spread over them) and one on the `gpu` queue.
 
 Everything listens on 127.0.0.1 on free ports, keeps its data and logs under one work folder,
 runs as its own system user where the harness runs as root, and is stopped (SIGTERM, then
@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GPU_WORKER_HOST = "gpu-worker.integration"
 DEFAULT_WORKER_HOST = "default-worker.integration"
+DEFAULT_WORKER_2_HOST = "default-worker-2.integration"
 S3_KEY = "integration-key"  # moto accepts any credentials; these never leave loopback
 
 
@@ -274,7 +275,12 @@ class Topology:
         home = self.workdir / "airflow"
         hooks = self.workdir / "hooks"  # per-worker hostnames, so a task instance names its worker
         hooks.mkdir(exist_ok=True)
-        for module, host in (("gpu_host", GPU_WORKER_HOST), ("default_host", DEFAULT_WORKER_HOST)):
+        hosts = (
+            ("gpu_host", GPU_WORKER_HOST),
+            ("default_host", DEFAULT_WORKER_HOST),
+            ("default2_host", DEFAULT_WORKER_2_HOST),
+        )
+        for module, host in hosts:
             (hooks / f"{module}.py").write_text(f"def hostname() -> str:\n    return {host!r}\n")
         api = f"http://127.0.0.1:{self.ports['api']}"
         self.api = f"{api}/api/v2"
@@ -297,6 +303,7 @@ class Topology:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "CLICKSTREAM_HOME": str(self.workdir / "clickstream"),
             "CLICKSTREAM_LAKE": "s3://lake/lake",
+            "CLICKSTREAM_BUCKETS": "4",  # the bucket-wise tasks fan out over both default workers
             "CLICKSTREAM_LANDING": str(self.workdir / "landing"),
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "PYTHONPATH": str(REPO),
@@ -310,7 +317,12 @@ class Topology:
             ("dag-processor", ["dag-processor"]),
         ):
             self._spawn(name, [airflow, *command], env=self.env)
-        for name, queue, module in (("worker-default", "default", "default_host"), ("worker-gpu", "gpu", "gpu_host")):
+        workers = (
+            ("worker-default", "default", "default_host"),
+            ("worker-default-2", "default", "default2_host"),
+            ("worker-gpu", "gpu", "gpu_host"),
+        )
+        for name, queue, module in workers:
             env = self.env | {
                 "PYTHONPATH": f"{hooks}:{REPO}",
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{module}.hostname",
@@ -319,7 +331,7 @@ class Topology:
             self._spawn(
                 name,
                 [airflow, "celery", "worker", "--queues", queue, "--concurrency", "1",
-                 "--celery-hostname", f"{queue}@%h", "--without-mingle", "--without-gossip"],
+                 "--celery-hostname", f"{name}@%h", "--without-mingle", "--without-gossip"],
                 env=env,
             )
         wait_until("the Airflow API server", lambda: http_json(f"{self.api}/version"), 180, self)
