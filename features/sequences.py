@@ -100,6 +100,7 @@ def build_sequences(
         lake.require_dates("events", start, end, "run `clickstream ingest` first")  # raises, naming the window
     buckets = range(lake.buckets) if bucket is None else [lake.check_bucket(bucket)]
     summary = SequenceSummary()
+    newest_of: dict[tuple[dt.date, dt.date], int] = {}
 
     def frames() -> Iterator[pl.DataFrame]:
         for part in buckets:
@@ -107,7 +108,9 @@ def build_sequences(
             for batch in _batches({d: n for d, n in rows.items() if _within(d, start, end)}):
                 around = (batch[0] - dt.timedelta(days=1), batch[-1] + dt.timedelta(days=1))
                 events = _read_events(lake, *around, events_version, part)
-                newest = _newest(lake, *around, events_version)  # of every bucket: a bucket's own would differ
+                if around not in newest_of:  # of every bucket: a bucket's own would differ
+                    newest_of[around] = _newest(lake, *around, events_version)
+                newest = newest_of[around]
                 frame, counts = sessions_of(events, batch[0], batch[-1], settings.sequences, newest)
                 start_day = frame.get_column("session_start").to_physical().to_numpy() // _US_PER_DAY
                 for day in batch:  # rows are sorted by session_start: each day is one slice

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from clickstream.features.sequences import build_sequences, read_sequences, sessions_of
 from clickstream.features.sessionize import sessionize
+from clickstream.pipeline.core.buckets import bucket_of
 from clickstream.pipeline.core.config import SequenceConfig
 from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import NOTHING, Lake, batch_predicate
@@ -225,6 +226,27 @@ def test_property_sequences_are_the_sessions_events_in_time_order_minus_removed_
     lengths = frame.select(pl.col(c).list.len() for c in ("item_id", "category", "log_gap_prev", "dwell_known"))
     assert all((lengths[c] == frame["n_events"]).all() for c in lengths.columns)
     assert not frame["event_type"].explode().is_in([EVENT_TYPE_CODE["purchase"]]).any()
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(rows=event_rows, buckets=st.integers(2, 5))
+def test_property_sessions_of_each_bucket_are_the_sessions_of_the_whole(rows, buckets):
+    events = _events(
+        [
+            {"session_id": s, "cookie_id": None if s else c, "seconds": t, "event_type": e, "item_id": i}
+            for s, c, t, e, i in rows
+        ]
+    ).with_columns(bucket_of(buckets))
+    config = SequenceConfig(max_events=4)
+    newest = int(events["ts"].max().timestamp() * 1_000_000)
+
+    whole, _ = sessions_of(events.drop("bucket"), DAY, DAY, config)
+    parts = [
+        sessions_of(part.drop("bucket"), DAY, DAY, config, newest)[0]
+        for part in events.partition_by("bucket", maintain_order=True)
+    ]
+
+    assert pl.concat(parts).sort("session_start", "session_id").equals(whole)
 
 
 # ---- the lake ------------------------------------------------------------------------------
