@@ -74,3 +74,26 @@ def test_sql_limits_out_of_their_ranges_are_setting_errors(timeout_s: float, mem
     check_sql_limits(0.001, 64)
     with pytest.raises(SettingError, match="is out of range; expected"):
         check_sql_limits(timeout_s, memory_mb)
+
+
+ENV_READ = re.compile(r"""(\benv\.get\(|environ\.get\(|getenv\(|environ\[)\s*["'](CLICKSTREAM_|AWS_ENDPOINT)""")
+
+
+def test_the_train_executor_and_the_object_store_endpoint_are_read_here_and_nowhere_else() -> None:
+    from clickstream.pipeline.core.config import object_store_options, train_executor
+
+    assert train_executor({}) is None and train_executor({"CLICKSTREAM_TRAIN_EXECUTOR": ""}) is None
+    assert train_executor({"CLICKSTREAM_TRAIN_EXECUTOR": "KubernetesExecutor"}) == "KubernetesExecutor"
+    assert object_store_options({}) is None
+    assert object_store_options({"AWS_ENDPOINT_URL": "https://s3.example"}) is None
+    assert object_store_options({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}) == {"aws_allow_http": "true"}
+    # the S3-specific variable wins over the general one
+    assert object_store_options({"AWS_ENDPOINT_URL_S3": "https://s3", "AWS_ENDPOINT_URL": "http://x"}) is None
+    package = Path(__file__).resolve().parents[1]
+    readers = [
+        str(path.relative_to(package))
+        for folder in ("pipeline", "features", "models", "dags")
+        for path in (package / folder).rglob("*.py")
+        if ENV_READ.search(path.read_text())
+    ]
+    assert readers == ["pipeline/core/config.py"]

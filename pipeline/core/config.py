@@ -19,6 +19,8 @@ Environment variables:
     CLICKSTREAM_SQL_MEMORY_MB       memory limit of one `clickstream sql` query, MiB >= 64 and <= 1048576  [2048]
     CLICKSTREAM_TRAIN_CPU_THREADS   torch threads of a training on the CPU, >= 1  [1]
     CLICKSTREAM_BUCKETS   session-hash buckets of a new lake, 1..4096 (an existing lake keeps its own)  [1]
+    CLICKSTREAM_TRAIN_EXECUTOR      the Airflow executor of the nightly's train task  [the default executor]
+    AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL   an object-store endpoint; http:// allows plain HTTP  [AWS's]
 
 A malformed or out-of-range value is a SettingError naming the variable and its range.
 A local lake root and the home must be folders where they exist (and no part of their path a file).
@@ -173,6 +175,21 @@ def load_settings(
         train=TrainConfig(cpu_threads=int(env_number(env, "CLICKSTREAM_TRAIN_CPU_THREADS", 1, low=1, integer=True))),
         **limits,
     )
+
+
+def train_executor(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Airflow executor the nightly's train task asks for (CLICKSTREAM_TRAIN_EXECUTOR), None for the
+    default one. Read when the DAG files are parsed, before any run's settings exist."""
+    env = os.environ if environ is None else environ
+    return env.get("CLICKSTREAM_TRAIN_EXECUTOR") or None
+
+
+def object_store_options(environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """What delta-rs and polars need beyond the AWS_* variables they read themselves: plain HTTP when the
+    endpoint is an http:// URL (MinIO, a local S3)."""
+    env = os.environ if environ is None else environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
+    return {"aws_allow_http": "true"} if endpoint.startswith("http://") else None
 
 
 def env_number(

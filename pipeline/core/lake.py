@@ -45,6 +45,7 @@ import pyarrow as pa
 from clickstream.pipeline.core import schemas
 from clickstream.pipeline.core.buckets import BUCKET, bucket_of, cookie_bucket
 from clickstream.pipeline.core.code import code_version
+from clickstream.pipeline.core.config import object_store_options
 from clickstream.pipeline.core.errors import (
     ClickstreamError,
     InputError,
@@ -137,10 +138,7 @@ class Lake:
     @property
     def storage_options(self) -> dict[str, str] | None:
         """Options delta-rs and polars need beyond the AWS_* environment (plain-HTTP endpoints)."""
-        if self.is_local:
-            return None
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
-        return {"aws_allow_http": "true"} if endpoint.startswith("http://") else None
+        return None if self.is_local else object_store_options()
 
     @functools.cached_property
     def fs(self) -> fsspec.AbstractFileSystem:

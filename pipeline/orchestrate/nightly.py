@@ -17,14 +17,13 @@ import contextlib
 import datetime as dt
 import importlib.util
 import logging
-import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clickstream.pipeline.core.config import CHAMPION, Settings
+from clickstream.pipeline.core.config import CHAMPION, Settings, train_executor
 from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
 from clickstream.pipeline.ingest.formats import FORMATS
 
@@ -74,7 +73,7 @@ class MaintenanceConfig:
 
 
 MAINTENANCE = MaintenanceConfig()
-NIGHTLY = NightlyConfig(train_executor=os.environ.get("CLICKSTREAM_TRAIN_EXECUTOR") or None)
+NIGHTLY = NightlyConfig(train_executor=train_executor())
 
 # Asset names: clickstream_nightly publishes both; clickstream_rescore runs on a new champion.
 SCORES_ASSET = "clickstream-scores"
