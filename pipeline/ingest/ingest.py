@@ -55,7 +55,13 @@ from clickstream.pipeline.core.schemas import EVENTS, QUARANTINE, conform
 from clickstream.pipeline.ingest.formats import input_format
 from clickstream.pipeline.ingest.raw_fields import TimeWindow
 from clickstream.pipeline.ingest.raw_files import ReadLimits, check_file
-from clickstream.pipeline.ingest.session_keys import rename_sessions, renamed_sessions, session_keys
+from clickstream.pipeline.ingest.session_keys import (
+    rename_sessions,
+    renamed_sessions,
+    session_keys,
+    stage_keys,
+    staged_parts,
+)
 
 if TYPE_CHECKING:
     from clickstream.pipeline.ingest.raw_fields import ParsedChunk
@@ -160,7 +166,7 @@ def ingest_files(
                 f"{staged.quarantined:,} of {rows_read:,} rows ({share:.2%}) are bad, above the "
                 f"{settings.bad_row_threshold:.2%} threshold (most in {worst}: {count:,}); {where}"
             )
-        renamed = renamed_sessions(_staged_keys(staging), _lake_keys(lake, [batch, *superseded]))
+        renamed = renamed_sessions(staged_parts(staging / _KEYS), _lake_keys(lake, [batch, *superseded]))
         written, dates, before = _commit_events(lake, batch, staging, rows_read, renamed)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -286,7 +292,7 @@ def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str, 
             rejects.write_parquet(staging / _REJECTS / f"{rank:06d}-{number:06d}.parquet", compression="lz4")
         if parsed.events.height:
             _stage_events(parsed.events, staging, f"{number:06d}.arrow")
-            session_keys(parsed.events).write_ipc(staging / _KEYS / f"{number:06d}.arrow")
+            stage_keys(session_keys(parsed.events), staging / _KEYS, f"{number:06d}")
     return _Staged(rows, bad_by_file.total(), bad_by_file, good_by_file, reasons_by_file)
 
 
@@ -345,18 +351,6 @@ def _read_constants(staging: Path) -> dict[str, dict[str, object]]:
 def _read_ipc(path: Path) -> pl.DataFrame:
     """A staged Arrow file, its path taken literally: a home such as `state[1]` is no glob pattern."""
     return pl.scan_ipc(path, glob=False).collect()
-
-
-def _staged_keys(staging: Path) -> pl.LazyFrame:
-    """The staged chunks' session keys (`session_keys`)."""
-    paths = sorted((staging / _KEYS).glob("*.arrow"))
-    return (
-        pl.concat([pl.scan_ipc(path, glob=False) for path in paths])
-        if paths
-        else pl.LazyFrame(
-            schema={"session_id": pl.String, "source": pl.String, "date": pl.Date, "hash_part": pl.UInt16}
-        )
-    )
 
 
 def _lake_keys(lake: Lake, batches: list[str]) -> pl.LazyFrame | None:

@@ -18,53 +18,81 @@ read as one column, filtered to the batch's ids.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
+import polars_hash  # noqa: F401  (registers the `nchash` namespace of expressions)
 
 KEYS = ("session_id", "source", "date")
 _NEXT_RUN = pl.duration(days=1)  # a session crossing midnight has events on two dates
-KEYS_PER_PART, HASH_PARTS = 1_000_000, 1024
+KEYS_PER_PART = 1_000_000  # the batch's keys compared at once (memory)
+KEY_FILES = 16  # keys are staged in this many files per chunk, by hash, so a part reads only its own
 _NONE_RENAMED = pl.DataFrame(
     schema={"session_id": pl.String, "source": pl.String, "date": pl.Date, "new_id": pl.String}
 )
 
 
 def session_keys(events: pl.DataFrame) -> pl.DataFrame:
-    """The distinct (session_id, source, date) of `events` that carry a source session id, and the
-    `hash_part` of each id (which of `HASH_PARTS` it falls in), found once here."""
+    """The distinct (session_id, source, date) of `events` that carry a source session id, with each
+    id's 64-bit hash (`id_hash`): the spans are grouped on it, an integer, and only the few ids it
+    finds doubtful are compared as text (a collision only adds a candidate)."""
     return (
         events.lazy()
         .filter(pl.col("session_id").is_not_null())
         .select("session_id", "source", date=pl.col("ts").dt.date())
         .unique()
-        .with_columns(hash_part=(pl.col("session_id").hash() % HASH_PARTS).cast(pl.UInt16))
+        .with_columns(id_hash=_id_hash())
         .collect()
     )
 
 
-def renamed_sessions(batch_keys: pl.LazyFrame, lake_keys: pl.LazyFrame | None) -> pl.DataFrame:
+def _id_hash() -> pl.Expr:
+    return pl.col("session_id").nchash.xxh3_64()
+
+
+def stage_keys(keys: pl.DataFrame, folder: Path, name: str) -> None:
+    """Spill one chunk's `session_keys` to `folder`, one Arrow file per hash file number."""
+    numbered = keys.with_columns(file=(pl.col("id_hash") % KEY_FILES).cast(pl.UInt8))
+    for (number,), part in numbered.partition_by("file", as_dict=True, include_key=False).items():
+        part.write_ipc(folder / f"{number:02d}-{name}.arrow")
+
+
+def staged_parts(folder: Path) -> list[pl.LazyFrame]:
+    """The keys `stage_keys` spilled to `folder`, in parts of about KEYS_PER_PART keys: each part reads
+    the files of its hash numbers alone."""
+    files = sorted(folder.glob("*.arrow"))
+    if not files:
+        return []
+    count = pl.concat([pl.scan_ipc(path, glob=False).select(pl.len()) for path in files]).sum().collect().item()
+    parts = min(KEY_FILES, -(-count // KEYS_PER_PART))
+    by_part: dict[int, list[Path]] = {}
+    for path in files:
+        by_part.setdefault(int(path.name[:2]) % parts, []).append(path)
+    return [pl.concat([pl.scan_ipc(path, glob=False) for path in paths]) for paths in by_part.values()]
+
+
+def renamed_sessions(batch_parts: list[pl.LazyFrame], lake_keys: pl.LazyFrame | None) -> pl.DataFrame:
     """The batch's (session_id, source, date) keys whose session takes a new id, with it (`new_id`).
 
-    `batch_keys`: the batch's keys (`session_keys`, any repeats); `lake_keys`: the lake's events of
-    other batches (at least the key columns), or None for an empty lake. The ids are taken in parts
-    by their hash, about `KEYS_PER_PART` of the batch's keys at a time, so memory holds one part
-    (and the lake is read once a part)."""
-    parts = min(HASH_PARTS, -(-batch_keys.select(pl.len()).collect().item() // KEYS_PER_PART))
-    renamed = [
-        _renamed_part(batch_keys.filter(pl.col("hash_part") % parts == number), lake_keys) for number in range(parts)
-    ]
+    `batch_parts`: the batch's keys (`session_keys`, any repeats) in parts that no id spans
+    (`staged_parts`: about `KEYS_PER_PART` keys each, so memory holds one part); `lake_keys`: the
+    lake's events of other batches (at least the key columns), or None for an empty lake (read
+    once a part)."""
+    renamed = [_renamed_part(part, lake_keys) for part in batch_parts]
     return pl.concat([_NONE_RENAMED, *renamed]).sort(KEYS)
 
 
 def _renamed_part(batch_keys: pl.LazyFrame, lake_keys: pl.LazyFrame | None) -> pl.DataFrame:
-    ours = batch_keys.select(KEYS).unique().with_columns(in_lake=pl.lit(False))
+    ours = batch_keys.select(*KEYS, "id_hash").with_columns(in_lake=pl.lit(False))
     if lake_keys is not None:
-        theirs = lake_keys.join(ours.select("session_id").unique(), on="session_id", how="semi").select(KEYS).unique()
-        ours = pl.concat([ours, theirs.with_columns(in_lake=pl.lit(True))])
-    spans = ours.group_by("session_id").agg(
-        first=pl.col("date").min(), last=pl.col("date").max(), sources=pl.col("source").n_unique()
+        hashes = ours.select("id_hash").unique()
+        theirs = lake_keys.select(KEYS).with_columns(id_hash=_id_hash()).join(hashes, on="id_hash", how="semi")
+        ours = pl.concat([ours, theirs.unique().with_columns(in_lake=pl.lit(True))])
+    spans = ours.group_by("id_hash").agg(
+        first=pl.col("date").min(), last=pl.col("date").max(), mixed=pl.col("source").min() != pl.col("source").max()
     )
-    doubtful = spans.filter((pl.col("last") - pl.col("first") > _NEXT_RUN) | (pl.col("sources") > 1))
-    keys = ours.join(doubtful.select("session_id"), on="session_id", how="semi").collect()
+    doubtful = spans.filter((pl.col("last") - pl.col("first") > _NEXT_RUN) | pl.col("mixed"))
+    keys = ours.join(doubtful.select("id_hash"), on="id_hash", how="semi").drop("id_hash").collect()
     if keys.is_empty():
         return _NONE_RENAMED
     runs = (
