@@ -25,8 +25,9 @@ Guarantees
   file given as clicks, say), not a few bad rows: the same, but an InputError naming it. An
   unreadable file raises InputError before anything is written.
 - Memory: one chunk of input (see `raw_files`) at a time; valid events and rejects are spilled
-  to a local scratch folder per chunk. The commit then streams the events date by date (one
-  date's events in memory, to sort and deduplicate them), and the quarantine part by part.
+  to a local scratch folder per chunk, by date and session bucket. The commit then streams the
+  events date by date and bucket by bucket (one bucket-day of events in memory, to sort and
+  deduplicate them), and the quarantine part by part.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from clickstream.pipeline.core.buckets import bucket_of
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import BadRowThresholdError, InputError
 from clickstream.pipeline.core.lake import Lake, batch_predicate
@@ -154,7 +156,7 @@ def ingest_files(
     read = input_format(fmt).reader()
     try:
         chunks = read(files, buys, TimeWindow.for_ingestion(today), limits)
-        staged = _stage(chunks, staging, fmt, sorted({str(p) for p in [*files, *buys]}))
+        staged = _stage(chunks, staging, fmt, sorted({str(p) for p in [*files, *buys]}), lake.buckets)
         rows_read = staged.rows + staged.quarantined
         share = staged.quarantined / rows_read if rows_read else 0.0
         _commit_quarantine(lake, today, batch, staging / _REJECTS, staged)
@@ -274,9 +276,12 @@ class _Staged:
     reasons_by_file: dict[str, Counter[str]]
 
 
-def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str, names: list[str]) -> _Staged:
-    """Spread valid events over per-date staging files and rejects over per-chunk ones, named
-    so that their name order is file (`names`, sorted) then line order."""
+def _stage(
+    chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str, names: list[str], buckets: int
+) -> _Staged:
+    """Spread valid events over per-date and per-bucket staging files (of the lake's `buckets`) and
+    rejects over per-chunk ones, named so that their name order is file (`names`, sorted) then line
+    order."""
     rows, bad_by_file, good_by_file, reasons_by_file = 0, Counter(), Counter(), {}
     (staging / _REJECTS).mkdir(parents=True)
     (staging / _KEYS).mkdir()
@@ -291,21 +296,22 @@ def _stage(chunks: Iterator[tuple[Path, ParsedChunk]], staging: Path, fmt: str, 
             rank = names.index(str(path))
             rejects.write_parquet(staging / _REJECTS / f"{rank:06d}-{number:06d}.parquet", compression="lz4")
         if parsed.events.height:
-            _stage_events(parsed.events, staging, f"{number:06d}.arrow")
+            _stage_events(parsed.events, staging, f"{number:06d}.arrow", buckets)
             stage_keys(session_keys(parsed.events), staging / _KEYS, f"{number:06d}")
     return _Staged(rows, bad_by_file.total(), bad_by_file, good_by_file, reasons_by_file)
 
 
-def _stage_events(events: pl.DataFrame, staging: Path, name: str) -> None:
-    """One chunk's events as `events/<date>/<name>` files of the columns that vary within the chunk
-    and one `constants/<name>` row of those that do not (a YOOCHOOSE clicks chunk has one event type,
-    no cookie, price or quantity): uncompressed Arrow IPC, the cheapest round trip, of half the bytes."""
+def _stage_events(events: pl.DataFrame, staging: Path, name: str, buckets: int) -> None:
+    """One chunk's events as `events/<date>/<bucket>/<name>` files of the columns that vary within the
+    chunk and one `constants/<name>` row of those that do not (a YOOCHOOSE clicks chunk has one event
+    type, no cookie, price or quantity): uncompressed Arrow IPC, the cheapest round trip, of half the
+    bytes. The bucket is that of the source's session key (a session renamed later keeps it)."""
     constant = _constant_columns(events.drop("ts"))
     (staging / _CONSTANTS).mkdir(exist_ok=True)
     events.head(1).select(constant).write_ipc(staging / _CONSTANTS / name)
-    dated = events.drop(constant).with_columns(date=pl.col("ts").dt.date())
-    for (day,), part in dated.partition_by("date", as_dict=True, include_key=False).items():
-        folder = staging / _EVENTS / day.isoformat()
+    keyed = events.with_columns(bucket_of(buckets), date=pl.col("ts").dt.date()).drop(constant)
+    for (day, bucket), part in keyed.partition_by("date", "bucket", as_dict=True, include_key=False).items():
+        folder = staging / _EVENTS / day.isoformat() / str(bucket)
         folder.mkdir(parents=True, exist_ok=True)
         part.write_ipc(folder / name, compression="uncompressed")
 
@@ -322,12 +328,13 @@ def _constant_columns(frame: pl.DataFrame) -> list[str]:
 
 
 def _staged_events(
-    staging: Path, day: dt.date, chunk_constants: dict[str, dict[str, object]]
+    folder: Path, chunk_constants: dict[str, dict[str, object]]
 ) -> tuple[pl.DataFrame, dict[str, object]]:
-    """The events staged for `day`, chunk by chunk: the columns that vary within the date, and the
-    values of those that do not (constant in every chunk, with the same value), which need no sort.
-    `chunk_constants`: each chunk's constant columns, by its file name (`_read_constants`)."""
-    paths = sorted((staging / _EVENTS / day.isoformat()).glob("*.arrow"))
+    """The events staged in `folder` (one date's of one bucket), chunk by chunk: the columns that vary
+    within it, and the values of those that do not (constant in every chunk, with the same value),
+    which need no sort. `chunk_constants`: each chunk's constant columns, by its file name
+    (`_read_constants`)."""
+    paths = sorted(folder.glob("*.arrow"))
     constants = [chunk_constants[path.name] for path in paths]
     shared = {
         name: value
@@ -363,8 +370,8 @@ def _commit_events(
     lake: Lake, batch: str, staging: Path, rows_read: int, renamed: pl.DataFrame
 ) -> tuple[int, tuple[dt.date, ...], set[dt.date]]:
     """Replace the batch's events with the staged ones, sessions `renamed`, deduplicated and sorted,
-    in one commit streamed date by date; returns the rows written, their dates and the dates the
-    batch had before."""
+    in one commit streamed date by date and bucket by bucket (repeats share their session key, so
+    their bucket); returns the rows written, their dates and the dates the batch had before."""
     days = sorted(dt.date.fromisoformat(folder.name) for folder in (staging / _EVENTS).glob("*"))
     chunk_constants = _read_constants(staging)
     written = 0
@@ -372,14 +379,16 @@ def _commit_events(
     def frames() -> Iterator[pl.DataFrame]:
         nonlocal written
         for day in days:
-            varying, constants = _staged_events(staging, day, chunk_constants)
-            varying = _renamed(varying, constants, renamed.filter(pl.col("date") == day))
-            # the constant columns take no part in the order, nor in telling duplicates apart
-            frame = _drop_repeats(sort_events(varying)).with_columns(
-                pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in constants.items()
-            )
-            written += frame.height
-            yield frame.with_columns(batch=pl.lit(batch), date=pl.lit(day))
+            renamed_today = renamed.filter(pl.col("date") == day)
+            for folder in sorted((staging / _EVENTS / day.isoformat()).iterdir(), key=lambda path: int(path.name)):
+                varying, constants = _staged_events(folder, chunk_constants)
+                varying = _renamed(varying, constants, renamed_today)
+                # the constant columns take no part in the order, nor in telling duplicates apart
+                frame = _drop_repeats(sort_events(varying)).with_columns(
+                    pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in constants.items()
+                )
+                written += frame.height
+                yield frame.with_columns(batch=pl.lit(batch), bucket=pl.lit(int(folder.name)), date=pl.lit(day))
 
     meta = {"batch": batch, "rows_read": rows_read, "dates": len(days)}
     version = lake.commit("events", frames(), replace=batch_predicate(batch), stage="ingest", metadata=meta)
