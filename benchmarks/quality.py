@@ -117,7 +117,7 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     from clickstream.models.baseline import fit_baseline
     from clickstream.models.calibration import UNCALIBRATED
     from clickstream.models.evaluation import evaluate
-    from clickstream.models.scorer import load_scorer
+    from clickstream.models.registry.loading import load_model
     from clickstream.models.train import train_challenger
     from clickstream.pipeline.core.lake import Lake
     from clickstream.pipeline.ingest.ingest import ingest_files
@@ -142,7 +142,7 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     test = test.join(truth, on="session_id", how="left").sort("session_start", "session_id")
 
     labels, lengths = test["label"].to_numpy(), test["n_events"].to_numpy()
-    scorer = load_scorer(settings, f"models:/{settings.model_name}/{summary.version}")
+    scorer = load_model(settings, f"models:/{settings.model_name}/{summary.version}")
     scores = scorer.score(test)
     raw = dataclasses.replace(scorer.bundle, calibration=UNCALIBRATED).score(test)
     return WorldResult(

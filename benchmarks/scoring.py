@@ -10,7 +10,7 @@ as many trees on plain polars list aggregates, writes N synthetic sessions over 
 sequences/ (pipeline.synthetic.sequences, 52k-item catalogue), then, day by day on frames already
 read, scores every day with each of the three back to back (SEQUENCES frame -> probabilities:
 features or tensors, then the model), twice, in CPU-seconds of this process. Then times
-`load_scorer` + `score_with` over all days: reading Parquet, tensors, forward, atomic writes.
+`load_model` + `score_with` over all days: reading Parquet, tensors, forward, atomic writes.
 Target: the LSTM scores at least as many sessions per CPU-second as the baseline LightGBM.
 """
 
@@ -92,7 +92,7 @@ def main() -> None:
     from clickstream.features.tensor_loader import load_tensors
     from clickstream.models.baseline import fit_baseline
     from clickstream.models.predict import predict
-    from clickstream.models.scorer import load_scorer
+    from clickstream.models.registry.loading import load_model
     from clickstream.models.train import train_and_register
     from clickstream.pipeline.core.config import load_settings
     from clickstream.pipeline.core.lake import Lake
@@ -119,7 +119,7 @@ def main() -> None:
         days = write_sequences(lake, sequences)
         del sequences
 
-        scorer = load_scorer(settings, device=args.device)
+        scorer = load_model(settings, device=args.device)
         frames = [read_sequences(lake, day, day) for day in days]
         n = sum(frame.height for frame in frames)
         tensors = [load_tensors(frame, scorer.vocabulary) for frame in frames]
@@ -140,7 +140,7 @@ def main() -> None:
         del tensors
 
         clock = CpuClock()
-        scorer = load_scorer(settings, device=args.device)
+        scorer = load_model(settings, device=args.device)
         loaded = clock.elapsed()[0]
         summary = score_with(settings, scorer, days)
         total, total_cpu = clock.elapsed()
@@ -185,7 +185,7 @@ on one intra-op thread: 2.5x the sessions per CPU-second of the forward, scores 
 
 | end to end (sequences/ -> scores/ + cookie_intent/) | value |
 |---|---|
-| load_scorer (MLflow download + unpickle) | {loaded:.2f} s |
+| load_model (MLflow download + unpickle) | {loaded:.2f} s |
 | total wall time incl. load | {total:.2f} s: {summary.sessions / total:,.0f} sessions/s (context: load-dependent) |
 | CPU time of this process (all threads) | {total_cpu:.2f} s: {summary.sessions / total_cpu:,.0f} sessions/CPU-s |
 | peak RSS | {peak_rss_gb():.2f} GiB |

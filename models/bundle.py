@@ -2,12 +2,12 @@
 it was trained with, its calibration and the sequence settings its input is built with.
 
 These files are the artifacts of the registered MLflow model, and every score comes from a
-ModelBundle loaded from them: `clickstream score` (models.scorer) and MLflow's own clients
+ModelBundle loaded from them: `clickstream score` (models.registry.loading) and MLflow's own clients
 (models.pyfunc) alike, so both give the same scores for the same sessions. No pickled module:
 the weights load into a BuyIntentLSTM built from the recorded sizes.
 
 Integrity: `save` records the SHA-256 of the weights file in network.json (registration also
-records it as the version's `weights_sha256` tag, models.packaging), and `load` hashes the file
+records it as the version's `weights_sha256` tag, models.registry.packaging), and `load` hashes the file
 before reading it: weights that differ from either record raise WeightsChecksumError, never
 load. The vocabulary and the calibration are checked by their own loaders.
 """
@@ -62,13 +62,16 @@ def file_sha256(path: Path) -> str:
 
 @dataclass
 class ModelBundle:
-    """The LSTM (eval mode), its vocabulary, its calibration and its sequence settings."""
+    """The LSTM (eval mode), its vocabulary, its calibration and its sequence settings; loaded from the
+    registry (models.registry.loading), also which model version it is: what scores a frame."""
 
     model: BuyIntentLSTM
     vocabulary: Vocabulary
     calibration: Calibration
     sequences: SequenceConfig
     device: str = "cpu"
+    model_name: str = ""  # the registered model's name and version; empty for one not loaded from the registry
+    model_version: str = ""
 
     def score(self, sequences: pl.DataFrame) -> np.ndarray:
         """Calibrated buy probability per session of a SEQUENCES frame: float32 in [0, 1], row order.

@@ -5,7 +5,7 @@ the last `validation_days` days validate), builds the vocabulary from the traini
 fits the LSTM, calibrates its scores on the validation days (models.calibration, the method
 chosen by held-out calibration error), fits the LightGBM baseline on the same split, logs
 everything to one MLflow run (params, per-epoch and system metrics, the training and
-validation datasets, plots) and registers the model, an MLflow pyfunc (models.packaging), as
+validation datasets, plots) and registers the model, an MLflow pyfunc (registry.packaging), as
 a new version of `clickstream-buy-intent` with alias `challenger`; the validation metrics
 are linked to that logged model. A failed guard (empty window, one class, too few buyers,
 NaN loss) ends the run FAILED with the reason and leaves the aliases alone.
@@ -14,7 +14,7 @@ Re-running: every version carries a fingerprint of its window, the window's data
 the settings. Re-running a window whose data and settings are unchanged re-uses that
 version (alias `challenger` goes back to it) instead of training a duplicate; a changed
 day in the window trains a new version. Two processes training the same window at once never
-both train it: a claim on the experiment (registry.training_claim) lets one start its run, and the
+both train it: a claim on the experiment (store.training_claim) lets one start its run, and the
 other waits for that run to end, then re-uses its version. A run of the same fingerprint left
 RUNNING by a killed process is marked KILLED when the window is trained again; `resume=True` instead
 continues the window's interrupted run (same MLflow run, last checkpoint). Checkpoints live in
@@ -48,15 +48,15 @@ from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.features.vocabulary import build_vocabulary
 from clickstream.models.baseline import fit_baseline
 from clickstream.models.bundle import WEIGHTS_SHA256, ModelBundle
-from clickstream.models.champion import actor, gate_challenger
 from clickstream.models.checkpoints import CheckpointStore
 from clickstream.models.distributed import check_ranks, fit_ranks
 from clickstream.models.evaluation import choose_calibration, evaluate, expected_calibration_error, write_plots
 from clickstream.models.lstm import BuyIntentLSTM
-from clickstream.models.packaging import log_model, register, weights_sha256
 from clickstream.models.predict import predict
-from clickstream.models.promotion import Decision
-from clickstream.models.registry import (
+from clickstream.models.registry.champion import actor, gate_challenger
+from clickstream.models.registry.decision import Decision
+from clickstream.models.registry.packaging import log_model, weights_sha256
+from clickstream.models.registry.store import (
     EVENTS_VERSION_TAG,
     FEATURE_SCHEMA_TAG,
     FINGERPRINT_TAG,
@@ -65,6 +65,8 @@ from clickstream.models.registry import (
     VAL_START_TAG,
     WINDOW_TAG,
     experiment_id,
+    model_version,
+    register,
     set_challenger,
     tracking_client,
     training_claim,
@@ -175,7 +177,7 @@ def train_challenger(
     started = _start_run(settings, client, data, resume, device)
     if isinstance(started, str):  # the window's version, registered by this or another process
         set_challenger(settings, started)
-        return _summary(client, settings.model_name, started, reused=True)
+        return _summary(settings, client, started, reused=True)
 
     with started as run, _heartbeat(client, run.info.run_id):
         try:
@@ -183,7 +185,7 @@ def train_challenger(
         except TrainingError as error:
             mlflow.set_tag("failure_reason", str(error))
             raise  # leaving the `with` marks the run FAILED
-    return _summary(client, settings.model_name, version, reused=False, run_id=run.info.run_id)
+    return _summary(settings, client, version, reused=False, run_id=run.info.run_id)
 
 
 def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, resume: bool | str, gpus: int) -> str:
@@ -260,7 +262,7 @@ def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, r
         dataset=inputs["validation"],
     )
     version = register(
-        logged,
+        logged.model_uri,
         settings.model_name,
         tags={
             FINGERPRINT_TAG: data.fingerprint,
@@ -312,7 +314,7 @@ def _start_run(
     settings: Settings, client: MlflowClient, data: TrainingData, resume: bool | str, device: str
 ) -> str | ActiveRun:
     """The registered version of this window's fingerprint (a str) when there is one, else this
-    process's run of it, started. Under a claim on the experiment (registry.training_claim), so that
+    process's run of it, started. Under a claim on the experiment (store.training_claim), so that
     two processes never both start the window: while another live process trains it, wait for that
     run to end (TRAINING_POLL_S between looks), then re-use its version or, when it failed, train."""
     waited_for = None
@@ -421,14 +423,14 @@ def _heartbeat(client: MlflowClient, run_id: str) -> Iterator[None]:
 
 
 def _summary(
-    client: MlflowClient, name: str, version: str, *, reused: bool, run_id: str | None = None
+    settings: Settings, client: MlflowClient, version: str, *, reused: bool, run_id: str | None = None
 ) -> TrainSummary:
     """The summary of a registered version, read back from its run."""
-    found = client.get_model_version(name, version)
+    found = model_version(settings, version)
     run = client.get_run(run_id or found.run_id)
     params, metrics = run.data.params, run.data.metrics
     return TrainSummary(
-        model_name=name,
+        model_name=settings.model_name,
         version=version,
         run_id=run.info.run_id,
         window=(dt.date.fromisoformat(params["window_start"]), dt.date.fromisoformat(params["window_end"])),

@@ -49,7 +49,7 @@ from clickstream.features.tensors import CONTINUOUS_FEATURES, SequenceTensors
 from clickstream.features.vocabulary import build_vocabulary
 from clickstream.models.fit import EpochStats, fit
 from clickstream.models.lstm import BuyIntentLSTM
-from clickstream.models.registry import experiment_id, tracking_client
+from clickstream.models.registry.store import experiment_id, tracking_client
 from clickstream.models.training_data import check_trainable, split_window
 from clickstream.models.tuned import TunedSettings, feature_signature, write_tuned
 from clickstream.pipeline.core.config import Settings

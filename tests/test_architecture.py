@@ -79,6 +79,29 @@ def test_given_two_feature_modules_importing_each_other_when_checked_then_the_ac
     assert re.search(r"No import cycles.*BROKEN", result.stdout), result.stdout
 
 
+def test_given_the_champion_decision_importing_mlflow_when_checked_then_the_pure_decision_contract_is_broken(
+    tmp_path,
+):
+    package = scratch_copy(tmp_path)
+    append_import(package / "models/registry/decision.py", "from mlflow import MlflowClient")
+
+    result = lint_imports(tmp_path)
+
+    assert result.returncode != 0
+    assert re.search(r"decision is pure.*BROKEN", result.stdout), result.stdout
+    assert "clickstream.models.registry.decision -> mlflow" in result.stdout
+
+
+def test_given_the_registry_store_importing_the_champion_when_checked_then_the_registry_layers_are_broken(tmp_path):
+    package = scratch_copy(tmp_path)
+    append_import(package / "models/registry/store.py", "from clickstream.models.registry import champion")
+
+    result = lint_imports(tmp_path)
+
+    assert result.returncode != 0
+    assert re.search(r"Registry:.*BROKEN", result.stdout), result.stdout
+
+
 @pytest.mark.parametrize("folder", sorted(FOLDERS))
 def test_given_the_package_list_then_every_folder_with_an_init_is_installed_under_the_namespace(folder):
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])

@@ -16,9 +16,9 @@ import mlflow
 import pytest
 from fixtures import labelled_lake
 
-from clickstream.models.champion import decision_history, gate_challenger, promote_version, rollback_champion
-from clickstream.models.promotion import Action
-from clickstream.models.registry import (
+from clickstream.models.registry.champion import decision_history, gate_challenger, promote_version, rollback_champion
+from clickstream.models.registry.decision import Action
+from clickstream.models.registry.store import (
     DECISIONS_EXPERIMENT,
     FEATURE_SCHEMA_TAG,
     alias_version,

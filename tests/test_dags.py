@@ -180,7 +180,7 @@ def _partition_hashes(settings: Settings, table: str) -> dict[str, str]:
 
 
 def _versions(settings: Settings) -> list[str]:
-    from clickstream.models.registry import tracking_client
+    from clickstream.models.registry.store import tracking_client
 
     client = tracking_client(settings)
     return sorted(v.version for v in client.search_model_versions(f"name='{settings.model_name}'"))
@@ -254,7 +254,7 @@ def test_given_four_buckets_when_the_nightly_dag_runs_then_four_instances_of_eac
 
 @pytest.mark.slow
 def test_given_the_nightly_runs_then_lake_partitions_champion_and_scores_exist(nightly_lake):
-    from clickstream.models.registry import alias_version
+    from clickstream.models.registry.store import alias_version
 
     settings, _ = nightly_lake
     lake = Lake(settings.lake)
@@ -269,7 +269,7 @@ def test_given_the_nightly_runs_then_lake_partitions_champion_and_scores_exist(n
 
 @pytest.mark.slow
 def test_given_a_finished_day_when_it_runs_again_then_partitions_and_model_versions_are_unchanged(nightly_lake):
-    from clickstream.models.champion import decision_history
+    from clickstream.models.registry.champion import decision_history
 
     settings, _ = nightly_lake
     before = {t: _partition_hashes(settings, t) for t in ("events", "quarantine", "sequences")}
@@ -286,7 +286,7 @@ def test_given_a_finished_day_when_it_runs_again_then_partitions_and_model_versi
 
 @pytest.mark.slow
 def test_given_a_worse_challenger_when_the_nightly_dag_runs_then_the_champion_is_unchanged(nightly_lake):
-    from clickstream.models.registry import alias_version
+    from clickstream.models.registry.store import alias_version
 
     settings, _ = nightly_lake
     champion = alias_version(settings, CHAMPION)

@@ -37,7 +37,7 @@ def run_demo_in_a_fresh_process(settings: Settings) -> dict:
 
 @pytest.mark.slow
 def test_given_a_fresh_state_when_the_demo_runs_twice_then_both_report_the_same_days_and_champion(settings):
-    from clickstream.models.registry import tracking_client
+    from clickstream.models.registry.store import tracking_client
 
     first = run_demo_in_a_fresh_process(settings)
     versions = len(tracking_client(settings).search_model_versions(f"name='{settings.model_name}'"))

@@ -16,7 +16,7 @@ from fixtures import labelled_lake
 
 from clickstream.models.distributed import check_ranks, fit_distributed, load_job, train_rank, write_job
 from clickstream.models.lstm import BuyIntentLSTM
-from clickstream.models.registry import alias_version, tracking_client
+from clickstream.models.registry.store import alias_version, tracking_client
 from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.core.lake import Lake

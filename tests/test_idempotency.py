@@ -97,7 +97,7 @@ def test_given_the_same_logs_listed_in_another_order_when_ingested_again_then_on
 def test_given_the_whole_chain_run_twice_then_partitions_are_equal_and_no_model_version_is_duplicated(
     settings: Settings, tmp_path: Path
 ) -> None:
-    from clickstream.models.registry import alias_version, tracking_client
+    from clickstream.models.registry.store import alias_version, tracking_client
     from clickstream.models.train import train_and_register
     from clickstream.pipeline.serve.scoring import score_dates
 

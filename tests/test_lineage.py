@@ -12,8 +12,8 @@ import pytest
 import torch
 from fixtures import labelled_lake, synthetic_sequences, write_sequences
 
-from clickstream.models.registry import tracking_client
-from clickstream.models.scorer import load_scorer
+from clickstream.models.registry.loading import load_model
+from clickstream.models.registry.store import tracking_client
 from clickstream.models.train import TrainSummary, train_challenger
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import LakeFormatError
@@ -34,7 +34,7 @@ def first(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, TrainSumm
 
 
 def _weights(settings: Settings, version: str) -> dict[str, torch.Tensor]:
-    return load_scorer(settings, f"models:/{NAME}/{version}", device="cpu").bundle.model.state_dict()
+    return load_model(settings, f"models:/{NAME}/{version}", device="cpu").model.state_dict()
 
 
 def test_given_a_trained_model_then_its_run_and_version_name_the_sequences_version_it_read(

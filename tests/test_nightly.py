@@ -217,8 +217,8 @@ def test_given_a_training_killed_after_an_epoch_when_the_retry_resumes_then_it_e
     from fixtures import labelled_lake
 
     from clickstream.models import train as train_module
-    from clickstream.models.registry import tracking_client
-    from clickstream.models.scorer import load_scorer
+    from clickstream.models.registry.loading import load_model
+    from clickstream.models.registry.store import tracking_client
 
     day, window = dt.date(2014, 4, 4), 4
     whole, killed = (labelled_lake(tmp_path / name, sessions=1200, seed=4) for name in ("whole", "killed"))
@@ -239,7 +239,7 @@ def test_given_a_training_killed_after_an_epoch_when_the_retry_resumes_then_it_e
     trained = nightly.train_for_day(killed, day, window_days=window, device="cpu", resume=retried)
 
     expected, resumed = (
-        load_scorer(s, f"models:/{s.model_name}/1", device="cpu").model.state_dict() for s in (whole, killed)
+        load_model(s, f"models:/{s.model_name}/1", device="cpu").model.state_dict() for s in (whole, killed)
     )
     assert trained["version"] == "1" and expected.keys() == resumed.keys()
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clickstream.models.evaluation import auc
-from clickstream.models.promotion import (
+from clickstream.models.registry.decision import (
     Action,
     Candidate,
     Context,

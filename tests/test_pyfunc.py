@@ -25,8 +25,9 @@ from fixtures import synthetic_sequences, write_sequences
 from mlflow.exceptions import MlflowException
 
 from clickstream.features.sequences import build_sequences, read_sequences
+from clickstream.models.bundle import ModelBundle
 from clickstream.models.pyfunc import score_input
-from clickstream.models.scorer import Scorer, load_scorer
+from clickstream.models.registry.loading import load_model
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.ingest.ingest import ingest_files
@@ -61,8 +62,8 @@ def lake_sessions(champion_settings: Settings) -> tuple[Settings, pl.DataFrame]:
 
 
 @pytest.fixture
-def champion(champion_settings: Settings) -> Scorer:
-    return load_scorer(champion_settings, device="cpu")
+def champion(champion_settings: Settings) -> ModelBundle:
+    return load_model(champion_settings, device="cpu")
 
 
 def _predict_in_fresh_process(settings: Settings, sessions: pl.DataFrame, tmp_path: Path, path: list[Path]) -> tuple:
@@ -159,7 +160,7 @@ def _wait_until_up(url: str, server: subprocess.Popen, log: Path, attempts: int 
 
 
 def test_given_sessions_with_aware_naive_or_string_starts_then_scores_equal_the_scorers(
-    lake_sessions: tuple[Settings, pl.DataFrame], champion: Scorer
+    lake_sessions: tuple[Settings, pl.DataFrame], champion: ModelBundle
 ) -> None:
     _, sessions = lake_sessions
     rows = sessions.head(300).drop("score")
@@ -175,14 +176,14 @@ def test_given_sessions_with_aware_naive_or_string_starts_then_scores_equal_the_
     for form, frame in forms.items():
         frame = frame if isinstance(frame, pd.DataFrame) else frame.to_pandas()
 
-        scored = score_input(champion.bundle, frame)
+        scored = score_input(champion, frame)
 
         assert scored["session_id"].to_list() == rows["session_id"].to_list(), form
         np.testing.assert_array_equal(scored["score"].to_numpy(), expected, err_msg=form)
 
 
 def test_given_raw_events_then_scores_equal_the_scorers_on_the_sequences_the_pipeline_builds(
-    champion_settings: Settings, champion: Scorer, tmp_path: Path
+    champion_settings: Settings, champion: ModelBundle, tmp_path: Path
 ) -> None:
     raw = tmp_path / "raw"
     generate_logs(raw, sessions=300, days=2, start_date=dt.date(2014, 4, 1), seed=3)
@@ -200,7 +201,7 @@ def test_given_raw_events_then_scores_equal_the_scorers_on_the_sequences_the_pip
     for timestamps in ("aware", "naive"):
         given = events if timestamps == "aware" else events.with_columns(pl.col("ts").dt.replace_time_zone(None))
 
-        scored = score_input(champion.bundle, given.to_pandas())
+        scored = score_input(champion, given.to_pandas())
 
         assert scored["session_id"].to_list() == events["session_id"].unique(maintain_order=True).to_list()
         got = dict(zip(scored["session_id"], scored["score"], strict=True))
@@ -208,7 +209,7 @@ def test_given_raw_events_then_scores_equal_the_scorers_on_the_sequences_the_pip
         np.testing.assert_allclose(list(got.values()), [expected[k] for k in got], rtol=0, atol=1e-6)
     # a session with nothing before its first purchase has nothing to score: refused, never NaN
     with pytest.raises(MlflowException, match="event_type: session\\(s\\) 'bought' have no event before"):
-        score_input(champion.bundle, pl.concat([events, only_a_purchase.select(events.columns)]).to_pandas())
+        score_input(champion, pl.concat([events, only_a_purchase.select(events.columns)]).to_pandas())
 
 
 @pytest.mark.parametrize(
@@ -224,11 +225,11 @@ def test_given_raw_events_then_scores_equal_the_scorers_on_the_sequences_the_pip
     ],
 )
 def test_given_input_the_model_cannot_read_then_one_line_mlflow_error_naming_it(
-    lake_sessions: tuple[Settings, pl.DataFrame], champion: Scorer, change, message: str
+    lake_sessions: tuple[Settings, pl.DataFrame], champion: ModelBundle, change, message: str
 ) -> None:
     rows = lake_sessions[1].head(20).drop("score").to_pandas()
 
     with pytest.raises(MlflowException, match=message) as error:
-        score_input(champion.bundle, change(rows))
+        score_input(champion, change(rows))
 
     assert "\n" not in error.value.message and error.value.error_code == "INVALID_PARAMETER_VALUE"

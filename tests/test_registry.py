@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from clickstream.models.registry import tracking_client
+from clickstream.models.registry.store import tracking_client
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrackingStoreError
 

@@ -8,8 +8,9 @@ import pytest
 from fixtures import labelled_lake
 
 from clickstream.features.sequences import read_sequences
-from clickstream.models.registry import tracking_client
-from clickstream.models.scorer import Scorer, load_scorer
+from clickstream.models.bundle import ModelBundle
+from clickstream.models.registry.loading import load_model
+from clickstream.models.registry.store import tracking_client
 from clickstream.models.train import TrainSummary, train_and_register
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ModelNotFoundError
@@ -23,12 +24,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, TrainS
 
 
 @pytest.fixture(scope="module")
-def champion(registry: tuple[Settings, TrainSummary]) -> Scorer:
-    return load_scorer(registry[0], device="cpu")
+def champion(registry: tuple[Settings, TrainSummary]) -> ModelBundle:
+    return load_model(registry[0], device="cpu")
 
 
 def test_given_no_uri_then_the_champion_loads_with_its_name_version_and_vocabulary(
-    registry: tuple[Settings, TrainSummary], champion: Scorer
+    registry: tuple[Settings, TrainSummary], champion: ModelBundle
 ) -> None:
     settings, summary = registry
 
@@ -37,7 +38,7 @@ def test_given_no_uri_then_the_champion_loads_with_its_name_version_and_vocabula
 
 
 def test_given_sessions_then_scores_are_float32_probabilities_in_input_row_order(
-    registry: tuple[Settings, TrainSummary], champion: Scorer
+    registry: tuple[Settings, TrainSummary], champion: ModelBundle
 ) -> None:
     frame = read_sequences(Lake(registry[0].lake), None, None)
 
@@ -51,7 +52,7 @@ def test_given_sessions_then_scores_are_float32_probabilities_in_input_row_order
 
 
 def test_given_sessions_then_running_scores_end_at_each_sessions_score(
-    registry: tuple[Settings, TrainSummary], champion: Scorer
+    registry: tuple[Settings, TrainSummary], champion: ModelBundle
 ) -> None:
     frame = read_sequences(Lake(registry[0].lake), None, None).head(200)
 
@@ -66,12 +67,12 @@ def test_given_sessions_then_running_scores_end_at_each_sessions_score(
     "form", ["models:/{name}/{version}", "models:/{name}@challenger", "runs:/{run}/model", "{run}"]
 )
 def test_given_each_registry_uri_form_then_the_same_model_loads(
-    registry: tuple[Settings, TrainSummary], champion: Scorer, form: str
+    registry: tuple[Settings, TrainSummary], champion: ModelBundle, form: str
 ) -> None:
     settings, summary = registry
     frame = read_sequences(Lake(settings.lake), None, None).head(100)
 
-    scorer = load_scorer(
+    scorer = load_model(
         settings, form.format(name=settings.model_name, version=summary.version, run=summary.run_id), device="cpu"
     )
 
@@ -95,14 +96,14 @@ def test_given_a_uri_outside_the_registry_then_model_not_found_in_one_line(
     registry: tuple[Settings, TrainSummary], uri: str, message: str
 ) -> None:
     with pytest.raises(ModelNotFoundError, match=message) as error:
-        load_scorer(registry[0], uri)
+        load_model(registry[0], uri)
 
     assert "\n" not in str(error.value) and uri in str(error.value)
 
 
 def test_given_an_empty_registry_then_loading_the_champion_fails_in_one_line(settings: Settings) -> None:
     with pytest.raises(ModelNotFoundError, match="champion") as error:
-        load_scorer(settings)
+        load_model(settings)
 
     assert "\n" not in str(error.value)
 
@@ -123,5 +124,5 @@ def test_given_a_registered_model_without_a_vocabulary_then_it_is_refused_in_one
     foreign = mlflow.register_model(info.model_uri, settings.model_name)
 
     with pytest.raises(ModelNotFoundError, match="not a clickstream model") as error:
-        load_scorer(settings, f"models:/{settings.model_name}/{foreign.version}")
+        load_model(settings, f"models:/{settings.model_name}/{foreign.version}")
     assert "\n" not in str(error.value)

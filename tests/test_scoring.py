@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from fixtures import synthetic_sequences, write_sequences
 
-from clickstream.models.scorer import load_scorer
+from clickstream.models.registry.loading import load_model
 from clickstream.pipeline.core.config import MODEL_NAME, Settings
 from clickstream.pipeline.core.errors import ModelNotFoundError, NoDataError
 from clickstream.pipeline.core.lake import Lake, dates_predicate
@@ -77,7 +77,7 @@ def test_given_scores_in_a_row_order_when_scored_again_shuffled_then_each_sessio
     champion_settings: Settings,
 ) -> None:
     sequences = synthetic_sequences(sessions=200, days=1, seed=3)
-    scorer = load_scorer(champion_settings)
+    scorer = load_model(champion_settings)
     at = dt.datetime(2014, 4, 5, tzinfo=dt.UTC)
 
     ordered = score_frame(sequences, scorer, at)

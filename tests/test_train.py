@@ -21,8 +21,8 @@ from clickstream.features.sequences import read_sequences
 from clickstream.models import train as train_module
 from clickstream.models.calibration import METHODS, UNCALIBRATED
 from clickstream.models.evaluation import auc, expected_calibration_error
-from clickstream.models.registry import alias_version, tracking_client
-from clickstream.models.scorer import load_scorer
+from clickstream.models.registry.loading import load_model
+from clickstream.models.registry.store import alias_version, tracking_client
 from clickstream.models.train import TrainSummary, code_version, train_and_register, train_challenger
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrainingError
@@ -104,10 +104,10 @@ def test_given_a_trained_window_then_its_scores_are_calibrated_on_the_validation
     run = tracking_client(settings).get_run(summary.run_id)
     metrics = run.data.metrics
     val = read_sequences(Lake(settings.lake), *summary.validation)
-    scorer = load_scorer(settings, f"models:/{NAME}/{summary.version}", device="cpu")
+    scorer = load_model(settings, f"models:/{NAME}/{summary.version}", device="cpu")
 
     calibrated = scorer.score(val)
-    raw = dataclasses.replace(scorer.bundle, calibration=UNCALIBRATED).score(val)
+    raw = dataclasses.replace(scorer, calibration=UNCALIBRATED).score(val)
 
     assert run.data.params["calibration"] == scorer.calibration.method in METHODS
     assert metrics["val_ece_raw"] == pytest.approx(expected_calibration_error(val["label"].to_numpy(), raw), abs=1e-6)
@@ -124,7 +124,7 @@ def test_given_the_logged_val_auc_then_the_registered_model_reproduces_it_on_the
     settings, summary = trained
     val = read_sequences(Lake(settings.lake), *summary.validation)
 
-    scores = load_scorer(settings, f"models:/{NAME}/{summary.version}", device="cpu").score(val)
+    scores = load_model(settings, f"models:/{NAME}/{summary.version}", device="cpu").score(val)
 
     assert auc(val["label"].to_numpy(), scores) == pytest.approx(summary.val_auc, abs=1e-9)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fixtures import labelled_lake
 
-from clickstream.models.registry import tracking_client
+from clickstream.models.registry.store import tracking_client
 from clickstream.models.train import train_challenger
 from clickstream.models.tuned import TUNED_FILE, feature_signature, read_tuned, with_tuned
 from clickstream.models.tuning import TUNE_TAG, TuneSummary, neighbours, tune

@@ -354,7 +354,7 @@ def promote(
     lake: LakeOpt = None,
 ) -> None:
     """Make a version champion by hand, skipping the AUC gate (it must load and take this code's inputs)."""
-    from clickstream.models.champion import actor, promote_version
+    from clickstream.models.registry.champion import actor, promote_version
 
     _done(promote_version(_settings(lake), version, reason, decided_by=actor("cli:promote")))
 
@@ -365,7 +365,7 @@ def rollback(
     lake: LakeOpt = None,
 ) -> None:
     """Move the champion back to the previous champion per the history."""
-    from clickstream.models.champion import actor, rollback_champion
+    from clickstream.models.registry.champion import actor, rollback_champion
 
     _done(rollback_champion(_settings(lake), reason, decided_by=actor("cli:rollback")))
 

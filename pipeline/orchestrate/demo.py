@@ -26,7 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
-from clickstream.models.registry import alias_version, tracking_client
+from clickstream.models.registry.store import alias_version, model_version, run_metrics
 from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.errors import ClickstreamError
 from clickstream.pipeline.core.lake import Lake
@@ -193,8 +193,8 @@ def _champion_metrics(settings: Settings) -> tuple[str | None, float, float]:
     version = alias_version(settings, CHAMPION)
     if version is None:
         return None, math.nan, math.nan
-    client = tracking_client(settings)
-    metrics = client.get_run(client.get_model_version(settings.model_name, version).run_id).data.metrics
+    run_id = model_version(settings, version).run_id
+    metrics = run_metrics(settings, [run_id])[run_id]
     return version, metrics.get("val_auc", math.nan), metrics.get("gbm_val_auc", math.nan)
 
 

@@ -307,7 +307,7 @@ def promote_challenger(settings: Settings, trained: Mapping[str, Any]) -> dict[s
     """The champion gate for the trained version on its own validation days (the path of
     `clickstream train --promote`), recorded in the history as decided by `nightly`. Raises
     PromotionError (the task fails, the champion stays) when the champion cannot be loaded."""
-    from clickstream.models.champion import actor, gate_challenger
+    from clickstream.models.registry.champion import actor, gate_challenger
 
     decision = gate_challenger(settings, trained["version"], decided_by=actor("nightly"))
     return {
@@ -328,7 +328,7 @@ def score_days(settings: Settings, start: dt.date, end: dt.date, bucket: int | N
     Raises NoDataError (the DAG skips scoring) while there is no champion yet.
     Idempotent: the same champion and sequences give the same scores (only scored_at differs).
     """
-    from clickstream.models.registry import alias_version
+    from clickstream.models.registry.store import alias_version
     from clickstream.pipeline.core.tracking import redacted, store_is_missing
 
     if store_is_missing(settings.tracking_uri) or alias_version(settings, CHAMPION) is None:

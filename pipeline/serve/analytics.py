@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from clickstream.models.scorer import load_scorer
+from clickstream.models.registry.loading import load_model
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake
@@ -55,7 +55,7 @@ def explain_session(settings: Settings, session_id: str, model_uri: str | None =
     """The session's input events in time order with the running buying intent after each,
     from `model_uri` (default the champion); see session_trace for the columns."""
     return session_trace(
-        find_session(Lake(settings.lake, settings.buckets), session_id), load_scorer(settings, model_uri)
+        find_session(Lake(settings.lake, settings.buckets), session_id), load_model(settings, model_uri)
     )
 
 

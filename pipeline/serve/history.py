@@ -9,9 +9,9 @@ import sys
 
 import polars as pl
 
-from clickstream.models.champion import decision_history
-from clickstream.models.promotion import Decision, recorded_champion
-from clickstream.models.registry import (
+from clickstream.models.registry.champion import decision_history
+from clickstream.models.registry.decision import Decision, recorded_champion
+from clickstream.models.registry.store import (
     EVENTS_VERSION_TAG,
     FEATURE_SCHEMA_TAG,
     SEQUENCES_VERSION_TAG,
@@ -19,7 +19,7 @@ from clickstream.models.registry import (
     WINDOW_TAG,
     alias_version,
     registered_versions,
-    tracking_client,
+    run_metrics,
 )
 from clickstream.pipeline.core.config import CHALLENGER, CHAMPION, Settings
 from clickstream.pipeline.core.errors import ClickstreamError
@@ -56,12 +56,13 @@ DECISIONS = {
 
 def model_versions(settings: Settings) -> pl.DataFrame:
     """Every registered version, oldest first (VERSIONS columns; nulls where not recorded)."""
-    client = tracking_client(settings)
     aliases = {alias: alias_version(settings, alias) for alias in (CHAMPION, CHALLENGER)}
+    versions = registered_versions(settings)
+    trained = run_metrics(settings, [version.run_id for version in versions if version.run_id])
     rows = []
-    for version in registered_versions(settings):
+    for version in versions:
         number, tags = str(version.version), version.tags
-        metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+        metrics = trained.get(version.run_id, {}) if version.run_id else {}
         rows.append(
             {
                 "version": number,

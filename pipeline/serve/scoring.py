@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import polars as pl
 
 from clickstream.features.sequences import read_sequences
-from clickstream.models.scorer import load_scorer
+from clickstream.models.registry.loading import load_model
 from clickstream.pipeline.core.buckets import BUCKET
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import LakeConflictError
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 
 class Scorer(Protocol):
-    """What scoring needs from a loaded model (models.scorer.load_scorer returns one)."""
+    """What scoring needs from a loaded model: a models.bundle.ModelBundle (models.registry.loading.load_model
+    returns one), or a stand-in."""
 
     model_name: str
     model_version: str
@@ -82,7 +83,7 @@ def score_dates(
     days = scoring_dates(lake, start, end)
     if bucket is not None:
         lake.check_bucket(bucket)
-    return score_with(settings, load_scorer(settings, model_uri), days, bucket)
+    return score_with(settings, load_model(settings, model_uri), days, bucket)
 
 
 def scoring_dates(lake: Lake, start: dt.date | None, end: dt.date | None) -> list[dt.date]:

@@ -54,7 +54,7 @@ def test_given_a_driver_message_with_the_secrets_then_scrubbing_masks_them_raw_a
 def test_given_a_database_uri_without_its_driver_then_one_line_naming_the_driver_without_secrets(
     settings: Settings, uri: str
 ) -> None:
-    from clickstream.models.registry import tracking_client
+    from clickstream.models.registry.store import tracking_client
 
     with pytest.raises(TrackingStoreError, match=r"database driver \S+ is not installed") as error:
         tracking_client(dataclasses.replace(settings, tracking_uri=uri))
@@ -94,11 +94,11 @@ def test_given_local_store_uris_then_only_a_missing_local_one_counts_as_missing(
 def test_given_no_store_yet_when_a_model_is_loaded_then_model_not_found_and_no_store_created(
     settings: Settings,
 ) -> None:
-    from clickstream.models.scorer import load_scorer
+    from clickstream.models.registry.loading import load_model
 
     store = Path(settings.tracking_uri.removeprefix("sqlite:///"))
     for model in (None, "models:/clickstream-buy-intent/1", "0" * 32):
         with pytest.raises(ModelNotFoundError, match="does not exist yet") as error:
-            load_scorer(settings, model)
+            load_model(settings, model)
         assert redacted(settings.tracking_uri) in str(error.value)
     assert not store.exists() and not store.parent.exists()

@@ -29,13 +29,13 @@ from mlflow.models import Model
 
 from clickstream.features.sequences import read_sequences
 from clickstream.models.bundle import WEIGHTS_SHA256, file_sha256
-from clickstream.models.champion import gate_challenger
 from clickstream.models.checkpoints import CHECKPOINT, CheckpointStore, CorruptCheckpointError
 from clickstream.models.fit import RESUME_OR_RESTART, fit
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.pyfunc import BuyIntentModel
-from clickstream.models.registry import EXPERIMENT, registered_versions, tracking_client, version_tags
-from clickstream.models.scorer import load_scorer
+from clickstream.models.registry.champion import gate_challenger
+from clickstream.models.registry.loading import load_model
+from clickstream.models.registry.store import EXPERIMENT, registered_versions, tracking_client, version_tags
 from clickstream.models.train import train_and_register
 from clickstream.models.training_data import prepare
 from clickstream.models.tuned import with_tuned
@@ -149,13 +149,13 @@ def test_given_damaged_weights_then_every_load_refuses_them_in_one_line_and_load
     weights = _weights_file(settings)
     name, version = settings.model_name, trained.version
     frame = read_sequences(Lake(settings.lake), None, None).head(50)
-    before = load_scorer(settings, device="cpu").score(frame)
+    before = load_model(settings, device="cpu").score(frame)
     uris = [f"models:/{name}@champion", f"models:/{name}/{version}", f"runs:/{trained.run_id}/model", trained.run_id]
 
     with _damaged(weights):
         for uri in uris:
             with pytest.raises(ModelNotFoundError) as error:
-                load_scorer(settings, uri, device="cpu")
+                load_model(settings, uri, device="cpu")
             assert f"{name} v{version}" in _one_line(error.value) and "the registry" in str(error.value), uri
         # the champion gate loads the challenger (here the champion itself) through the same check
         with pytest.raises(ModelNotFoundError, match=f"v{version} .*SHA-256"):
@@ -165,7 +165,7 @@ def test_given_damaged_weights_then_every_load_refuses_them_in_one_line_and_load
             BuyIntentModel().load_context(_context(weights.parent))
         _one_line(error.value.message)
 
-    np.testing.assert_array_equal(load_scorer(settings, device="cpu").score(frame), before)
+    np.testing.assert_array_equal(load_model(settings, device="cpu").score(frame), before)
     assert [str(v.version) for v in registered_versions(settings)] == [version]  # the gate recorded nothing new
 
 
@@ -181,7 +181,7 @@ def test_given_weights_and_network_json_rewritten_to_agree_then_the_registry_tag
         network.write_text(json.dumps({**json.loads(recorded), WEIGHTS_SHA256: file_sha256(weights)}))
         try:
             with pytest.raises(ModelNotFoundError) as error:
-                load_scorer(settings, device="cpu")
+                load_model(settings, device="cpu")
         finally:
             network.write_text(recorded)
 
@@ -360,8 +360,8 @@ def test_given_a_wrong_shaped_checkpoint_when_train_resumes_or_restarts_then_it_
 
     summary = train_and_register(settings, None, None, device="cpu", resume=RESUME_OR_RESTART)
 
-    restarted = load_scorer(settings, f"models:/{settings.model_name}/{summary.version}", device="cpu")
-    clean = load_scorer(trained.settings, device="cpu")
+    restarted = load_model(settings, f"models:/{settings.model_name}/{summary.version}", device="cpu")
+    clean = load_model(trained.settings, device="cpu")
     expected, got = clean.model.state_dict(), restarted.model.state_dict()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert not trained.checkpoint.exists()  # the registered version supersedes the checkpoint

@@ -21,10 +21,11 @@ import pytest
 from fixtures import labelled_lake
 from mlflow.entities import Param
 
-from clickstream.models import registry, train
-from clickstream.models.champion import decision_history, promote_version, rollback_champion
-from clickstream.models.promotion import Action, Decision, recorded_champion
-from clickstream.models.registry import (
+from clickstream.models import train
+from clickstream.models.registry import store as registry_store
+from clickstream.models.registry.champion import decision_history, promote_version, rollback_champion
+from clickstream.models.registry.decision import Action, Decision, recorded_champion
+from clickstream.models.registry.store import (
     CLAIM_EXPIRY,
     CLAIM_PREFIX,
     DECISIONS_EXPERIMENT,
@@ -69,7 +70,7 @@ if hook in ("kill_after_alias", "kill_before_alias"):  # the `champion` alias's 
 
     MlflowClient.set_registered_model_alias = moved
 elif hook == "hold_decided":  # the decision taken, not yet recorded: wait for the test
-    from clickstream.models import champion
+    from clickstream.models.registry import champion
     real_record, calls = champion.record_decision, []
 
     def held(*args, **kwargs):
@@ -99,7 +100,7 @@ if "train" in spec:
     settings = tiny_settings(load_settings(lake=spec["lake"], home=spec["home"], environ={}), epochs=1)
     print(train_and_register(settings, None, None, device="cpu", promote=True), flush=True)
 elif "open" in spec:
-    from clickstream.models.registry import tracking_client
+    from clickstream.models.registry.store import tracking_client
     from clickstream.pipeline.core.config import load_settings
 
     settings = load_settings(lake=spec["lake"], home=spec["home"], environ={})
@@ -354,7 +355,7 @@ def test_given_rollback_and_promote_1_deciding_at_once_then_the_later_decides_ag
 def test_given_a_live_claim_then_a_decision_fails_in_one_line_and_an_expired_or_dead_one_is_taken_over(
     store: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(registry, "CLAIM_WAIT_S", 0.0)
+    monkeypatch.setattr(registry_store, "CLAIM_WAIT_S", 0.0)
     client = tracking_client(store)
     now = dt.datetime.now(dt.UTC)
 
@@ -387,10 +388,10 @@ def test_given_another_claim_written_between_mine_and_my_read_back_then_mine_is_
         tags[key] = value
         tags[f"{CLAIM_PREFIX}rival"] = rival  # the rival's write lands before my read
 
-    board = registry._Board(lambda: dict(tags), write, lambda key: tags.pop(key, None))
+    board = registry_store._Board(lambda: dict(tags), write, lambda key: tags.pop(key, None))
 
-    with pytest.raises(registry.ClaimedError, match="elsewhere:1"):
-        registry._acquire(board, "the test's decision", "me", wait_s=0.0)
+    with pytest.raises(registry_store.ClaimedError, match="elsewhere:1"):
+        registry_store._acquire(board, "the test's decision", "me", wait_s=0.0)
     assert list(tags) == [f"{CLAIM_PREFIX}rival"]  # mine was taken back
 
 
@@ -465,6 +466,6 @@ def test_given_a_decision_when_recorded_then_its_record_says_where_it_leads_and_
     client = tracking_client(store)
     run = client.get_run(decision.decision_id)
     last = client.get_run(first.decision_id)
-    assert run.data.tags[registry.CHAMPION_AFTER_TAG] == "2"
-    assert int(run.data.tags[registry.FIELDS_TAG]) == len(run.data.params) == len(decision.to_record())
+    assert run.data.tags[registry_store.CHAMPION_AFTER_TAG] == "2"
+    assert int(run.data.tags[registry_store.FIELDS_TAG]) == len(run.data.params) == len(decision.to_record())
     assert run.info.start_time > last.info.start_time

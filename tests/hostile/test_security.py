@@ -107,11 +107,11 @@ def test_given_a_local_tracking_store_then_the_demo_prints_it_as_is_so_the_comma
 def test_given_a_run_uri_climbing_out_of_its_run_then_the_model_is_refused_before_any_download(
     settings: Settings,
 ) -> None:
-    from clickstream.models.scorer import load_scorer
+    from clickstream.models.registry.loading import load_model
 
     for path in ("..", "../../../../tmp/elsewhere/model", "model/../../other-run/artifacts/model"):
         with pytest.raises(ModelNotFoundError, match="is not a registry model URI") as error:
-            load_scorer(settings, f"runs:/{'0' * 32}/{path}")
+            load_model(settings, f"runs:/{'0' * 32}/{path}")
         assert "\n" not in str(error.value)
 
 

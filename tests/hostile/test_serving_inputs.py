@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from clickstream.models.pyfunc import SESSION_COLUMNS, BuyIntentModel
-from clickstream.models.registry import tracking_client
+from clickstream.models.registry.store import tracking_client
 from clickstream.pipeline.core.config import Settings, load_settings
 
 CHAMPION = "models:/clickstream-buy-intent@champion"

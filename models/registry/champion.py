@@ -1,13 +1,13 @@
 """Moving the `champion` alias: gather the evidence (registry tags, the lake's labelled sessions,
-both models' scores), let models.promotion decide, and append the decision to the history
-(models.registry). The same functions serve `clickstream train --promote`, `clickstream promote`,
+both models' scores), let registry.decision decide, and append the decision to the history
+(registry.store). The same functions serve `clickstream train --promote`, `clickstream promote`,
 `clickstream rollback` and the nightly DAG's promote task.
 
 Every call appends one record and never alters an earlier one, so re-running a day adds a no-op
 (or the same verdict again) beside the first decision instead of rewriting it.
 
-A decision is taken on one reading of the history and the champion (registry.DecisionLog) and
-recorded with the alias as one transaction (registry.record_decision); when another decision was
+A decision is taken on one reading of the history and the champion (store.DecisionLog) and
+recorded with the alias as one transaction (store.record_decision); when another decision was
 recorded meanwhile, it is taken again on the new reading (DECISION_ATTEMPTS at most), so that two
 decisions at once serialize and never both act on the same champion.
 """
@@ -24,8 +24,18 @@ import polars as pl
 
 from clickstream.features.sequences import read_sequences
 from clickstream.features.tensor_loader import feature_schema
-from clickstream.models.promotion import Candidate, Context, Decision, gate, manual, previous_champion, rollback
-from clickstream.models.registry import (
+from clickstream.models.bundle import ModelBundle
+from clickstream.models.registry.decision import (
+    Candidate,
+    Context,
+    Decision,
+    gate,
+    manual,
+    previous_champion,
+    rollback,
+)
+from clickstream.models.registry.loading import load_model
+from clickstream.models.registry.store import (
     FEATURE_SCHEMA_TAG,
     VAL_END_TAG,
     VAL_START_TAG,
@@ -35,7 +45,6 @@ from clickstream.models.registry import (
     record_decision,
     version_tags,
 )
-from clickstream.models.scorer import Scorer, load_scorer
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError, ModelNotFoundError, NoDataError, PromotionError
 from clickstream.pipeline.core.lake import Lake
@@ -160,25 +169,25 @@ def _context(settings: Settings, decided_by: str) -> Context:
     return Context(decided_by, dt.datetime.now(dt.UTC), settings.promotion_margin)
 
 
-def _load(settings: Settings, version: str) -> Scorer:
-    return load_scorer(settings, f"models:/{settings.model_name}/{version}", device="cpu")
+def _load(settings: Settings, version: str) -> ModelBundle:
+    return load_model(settings, f"models:/{settings.model_name}/{version}", device="cpu")
 
 
-def _scored(scorer: Scorer, tags: dict[str, str], frame: pl.DataFrame) -> Candidate:
-    return Candidate(scorer.model_version, tags.get(FEATURE_SCHEMA_TAG), scores=scorer.score(frame))
+def _scored(model: ModelBundle, tags: dict[str, str], frame: pl.DataFrame) -> Candidate:
+    return Candidate(model.model_version, tags.get(FEATURE_SCHEMA_TAG), scores=model.score(frame))
 
 
 def _champion(settings: Settings, version: str, challenger_schema: str | None, frame: pl.DataFrame) -> Candidate:
     """The champion, scored on `frame` when it loads and takes the challenger's feature schema."""
     try:
         tags = version_tags(settings, version)
-        scorer = _load(settings, version)
+        model = _load(settings, version)
     except ClickstreamError as error:
         return Candidate(version, None, load_error=str(error))
     schema = tags.get(FEATURE_SCHEMA_TAG)
     if None not in (schema, challenger_schema) and schema != challenger_schema:
         return Candidate(version, schema)  # the gate refuses the comparison
-    return _scored(scorer, tags, frame)
+    return _scored(model, tags, frame)
 
 
 def _loadable(settings: Settings, version: str, tags: dict[str, str]) -> Candidate:

@@ -1,7 +1,7 @@
-"""A trained model into the registry: its ModelBundle's files as the artifacts of an MLflow pyfunc
-(models.pyfunc.BuyIntentModel), with a signature that says what `predict` reads and returns,
-an input example, the project's code and pinned requirements, registered as a new version of
-`clickstream-buy-intent`.
+"""What a registered version holds: a trained model's ModelBundle files as the artifacts of an MLflow
+pyfunc (models.pyfunc.BuyIntentModel), with a signature that says what `predict` reads and returns,
+an input example, the project's code and pinned requirements, logged to the active run; store.register
+then makes it a new version of `clickstream-buy-intent`.
 
 The SHA-256 of the weights file travels three ways: in the bundle's network.json, in the MLmodel's
 metadata (`weights_sha256`) and, at registration, as the version's `weights_sha256` tag
@@ -20,13 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import mlflow
 import mlflow.pyfunc
 from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, Array, ColSpec, DataType, Schema
 
 from clickstream.models.bundle import WEIGHTS_SHA256, file_sha256
 from clickstream.models.pyfunc import BuyIntentModel, input_example
+from clickstream.models.registry.store import MODEL_ARTIFACT
 
 if TYPE_CHECKING:
     import polars as pl
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
     from clickstream.models.bundle import ModelBundle
 
-MODEL_ARTIFACT = "model"  # the model's folder inside its run
 PACKAGES = ("pipeline", "features", "models")  # shipped with the model, as clickstream.*
 EXAMPLE_SESSIONS = 5
 
@@ -61,11 +60,6 @@ def log_model(bundle: ModelBundle, example_sessions: pl.DataFrame) -> ModelInfo:
 def weights_sha256(logged: ModelInfo) -> str:
     """The SHA-256 of the logged model's weights file, as log_model recorded it."""
     return str((logged.metadata or {})[WEIGHTS_SHA256])
-
-
-def register(logged: ModelInfo, model_name: str, tags: dict[str, str]) -> str:
-    """Register the logged model as a new version of `model_name` with `tags`; returns the version."""
-    return str(mlflow.register_model(logged.model_uri, model_name, tags=tags).version)
 
 
 def signature() -> ModelSignature:
@@ -102,7 +96,7 @@ def requirements() -> list[str]:
 def code_package(folder: Path) -> Path:
     """A copy of the project's code laid out as its installed namespace (`clickstream/pipeline`, ...),
     so the shipped model imports `clickstream.models...` and never a top-level `models`."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]  # the project root: this file is models/registry/packaging.py
     package = folder / "clickstream"
     for name in PACKAGES:
         shutil.copytree(repo / name, package / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

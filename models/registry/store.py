@@ -1,7 +1,9 @@
-"""The MLflow side of clickstream: the tracking store, the registered model
-`clickstream-buy-intent` with its `challenger` and `champion` aliases, and the decision history
-(experiment `clickstream-decisions`). It only reads and writes MLflow: what to decide is
-models.promotion, how a decision is gathered is models.champion.
+"""The one adapter to MLflow's registry: the tracking client, the registered model
+`clickstream-buy-intent` with its versions, tags and `challenger` and `champion` aliases, the
+resolution of a model URI to a version, and the decision history (experiment
+`clickstream-decisions`). Every other module reads and writes the registry through these functions,
+so that its layout (tag names, claims, decision runs) lives in one place. It only reads and writes
+MLflow: what to decide is registry.decision, how a decision is gathered is registry.champion.
 
 Everything goes to `settings.tracking_uri` (tracking and registry alike); with a local
 store (SQLite or a folder) artifacts live under `settings.home/mlartifacts`, never in
@@ -33,14 +35,17 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+import mlflow.artifacts
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
@@ -55,7 +60,7 @@ from clickstream.pipeline.core.errors import (
     TrainingError,
 )
 from clickstream.pipeline.core.processes import is_stale, owner
-from clickstream.pipeline.core.tracking import redacted, scrubbed, store_creation_lock
+from clickstream.pipeline.core.tracking import redacted, require_store, scrubbed, store_creation_lock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -63,6 +68,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 EXPERIMENT = "clickstream"
+MODEL_ARTIFACT = "model"  # the model's folder inside its run, where every registered version points
 DECISIONS_EXPERIMENT = "clickstream-decisions"  # one run per champion decision, never rewritten
 # version tags written once, at registration: read by training (fingerprint), the gate
 # (validation days, feature schema) and the analysts' figures (the window the model saw)
@@ -85,6 +91,9 @@ CLAIM_EXPIRY = dt.timedelta(minutes=10)
 CLAIM_WAIT_S = 60.0  # how long a claimant waits for a live claim to go before it gives up in one line
 
 _OPENED: set[str] = set()  # tracking URIs this process has opened (tables created and migrated)
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+_RUNS_URI = re.compile(r"^runs:/(?P<run>[0-9a-f]{32})/(?P<path>(?!.*\.\.)[\w./-]+)$")  # no `..`: stays in the run
 
 
 def tracking_client(settings: Settings) -> MlflowClient:
@@ -180,19 +189,100 @@ def set_challenger(settings: Settings, version: str) -> None:
     tracking_client(settings).set_registered_model_alias(settings.model_name, CHALLENGER, version)
 
 
-def version_tags(settings: Settings, version: str) -> dict[str, str]:
-    """The tags of one registered version; ModelNotFoundError (one line) when there is no such version."""
+def model_version(settings: Settings, version: str) -> ModelVersion:
+    """One registered version of settings.model_name; ModelNotFoundError (one line) when there is none."""
     try:
-        return dict(tracking_client(settings).get_model_version(settings.model_name, version).tags)
+        return tracking_client(settings).get_model_version(settings.model_name, version)
     except MlflowException:
         store = redacted(settings.tracking_uri)
         raise ModelNotFoundError(f"no version {version} of {settings.model_name} in {store}") from None
+
+
+def version_tags(settings: Settings, version: str) -> dict[str, str]:
+    """The tags of one registered version; ModelNotFoundError (one line) when there is no such version."""
+    return dict(model_version(settings, version).tags)
 
 
 def registered_versions(settings: Settings) -> list[ModelVersion]:
     """Every registered version of settings.model_name, oldest first (empty when none)."""
     found = tracking_client(settings).search_model_versions(f"name='{settings.model_name}'")
     return sorted(found, key=lambda v: int(v.version))
+
+
+def run_metrics(settings: Settings, run_ids: Iterable[str]) -> dict[str, dict[str, float]]:
+    """The final metrics of each run (the runs that trained registered versions), by run id: one
+    client for them all, so that listing every version costs one read per run."""
+    client = tracking_client(settings)
+    return {run_id: dict(client.get_run(run_id).data.metrics) for run_id in dict.fromkeys(run_ids)}
+
+
+def register(model_uri: str, model_name: str, tags: dict[str, str]) -> str:
+    """Register the logged model at `model_uri` as a new version of `model_name` with `tags`, in the
+    registry tracking_client last opened; returns the version."""
+    return str(mlflow.register_model(model_uri, model_name, tags=tags).version)
+
+
+# ---- model URIs: what a load may read, resolved in the configured store only ----
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model URI as the registry resolves it: the model's name, its version (`run-<id>` for a run's
+    model that was never registered), the URI its artifacts download from and the version's tags
+    (empty for an unregistered run's model)."""
+
+    name: str
+    version: str
+    artifact_uri: str
+    tags: dict[str, str]
+
+
+def resolve_model(settings: Settings, uri: str) -> ResolvedModel:
+    """A `models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/RUN_ID/PATH` URI or a bare run id, resolved
+    in settings.tracking_uri. ModelNotFoundError (one line) for anything else, checked before the store
+    is opened (a local path or URL must never be read), and for a URI the store does not hold."""
+    store = redacted(settings.tracking_uri)
+    if _RUN_ID.match(uri):
+        uri = f"runs:/{uri}/{MODEL_ARTIFACT}"
+    models, runs = _MODELS_URI.match(uri), _RUNS_URI.match(uri)
+    if not (models or runs):  # refused before the store is even opened
+        raise ModelNotFoundError(
+            f"{uri!r} is not a registry model URI; use models:/NAME@ALIAS, models:/NAME/VERSION, "
+            f"runs:/RUN_ID/model or a run id from {store}"
+        )
+    require_store(settings.tracking_uri, uri)  # opening a missing store would create it
+    client = tracking_client(settings)
+    try:
+        if models:
+            name = models["name"]
+            found = (
+                client.get_model_version(name, models["version"])
+                if models["version"]
+                else client.get_model_version_by_alias(name, models["alias"])
+            )
+            return ResolvedModel(name, str(found.version), f"models:/{name}/{found.version}", dict(found.tags or {}))
+        client.get_run(runs["run"])
+        versions = client.search_model_versions(f"run_id='{runs['run']}'")
+        registered = [v for v in versions if v.name == settings.model_name]
+        if registered:
+            return ResolvedModel(settings.model_name, str(registered[0].version), uri, dict(registered[0].tags or {}))
+        return ResolvedModel(settings.model_name, f"run-{runs['run']}", uri, {})
+    except MlflowException as error:
+        raise ModelNotFoundError(f"model {uri} not found in {store}: {_first_line(error)}") from None
+
+
+def download_model(model: ResolvedModel, uri: str, folder: Path) -> Path:
+    """The model's artifacts downloaded under `folder`; ModelNotFoundError (one line, naming `uri`, the
+    URI asked for) when they cannot be."""
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_uri, dst_path=str(folder)))
+    except (MlflowException, OSError) as error:
+        raise ModelNotFoundError(f"cannot download model {uri}: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 # ---- claims: mutual exclusion through tags, across processes and hosts ----
