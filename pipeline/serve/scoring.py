@@ -13,8 +13,9 @@ deterministic no-grad forward); only `scored_at`, one timestamp per run, differs
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -112,6 +113,8 @@ def score_with(settings: Settings, scorer: Scorer, days: list[dt.date], bucket: 
                 frame = score_frame(sequences, scorer, scored_at)
                 sessions += frame.height
                 yield frame.with_columns(date=pl.lit(day), bucket=pl.lit(part))
+                del sequences, frame
+                release_freed_memory()
 
     meta = {
         "sequences_version": sequences_version,
@@ -132,6 +135,24 @@ def score_with(settings: Settings, scorer: Scorer, days: list[dt.date], bucket: 
         cookies=cookies,
         seconds=time.perf_counter() - began,
     )
+
+
+def release_freed_memory() -> None:
+    """Hand the memory glibc keeps after a bucket-day back to the system: the model's forward frees
+    as much as it allocates, and without this each bucket scored raised the peak a little more
+    (benchmarks/RESULTS.md, "scale"). A no-op where the C library is not glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
 
 
 def score_frame(sequences: pl.DataFrame, scorer: Scorer, scored_at: dt.datetime) -> pl.DataFrame:
