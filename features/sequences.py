@@ -118,6 +118,7 @@ def build_sequences(
                     yield _unsliced(frame.slice(lo, hi - lo)).with_columns(date=pl.lit(day), bucket=pl.lit(part))
                 counts.dates = list(batch)
                 summary.add(counts)
+                del events, frame  # before the next batch is read: memory holds one batch of one bucket
 
     first, last = start or days[0], end or days[-1]
     whole = start is None and end is None and bucket is None

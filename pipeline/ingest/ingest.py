@@ -389,6 +389,7 @@ def _commit_events(
                 )
                 written += frame.height
                 yield frame.with_columns(batch=pl.lit(batch), bucket=pl.lit(int(folder.name)), date=pl.lit(day))
+                del varying, frame  # before the next bucket-day is read: memory holds one
 
     meta = {"batch": batch, "rows_read": rows_read, "dates": len(days)}
     version = lake.commit("events", frames(), replace=batch_predicate(batch), stage="ingest", metadata=meta)
