@@ -276,10 +276,8 @@ and its highest peak. Model: a champion trained for one epoch on the CPU on {MOD
 |---|---|---:|---|---|---:|---|
 {ratio_table}
 
-**{2 * len(STEPS) - len(missed)} of {2 * len(STEPS)} targets met{verdict}.** The ingest is not bucketed:
-it works per landing file and per date (one date's events in memory to sort and deduplicate them), so
-its peak follows the day's events, not a bucket's. Sessions per bucket in the last
-{large.sessions:,}-session lake's sequences: {spread}.
+**{2 * len(STEPS) - len(missed)} of {2 * len(STEPS)} targets met{verdict}.** Sessions per bucket in the
+last {large.sessions:,}-session lake's sequences: {spread}.
 
 | sessions / buckets | step | every run (CPU, peak) | wall | last line of output |
 |---|---|---|---|---|
