@@ -75,7 +75,7 @@ def clickstream_backfill() -> None:
 
     @task(outlets=[SCORES])
     def scores_published(scored: list[dict[str, Any]]) -> int:
-        return sum(int(result["sessions"]) for result in scored)
+        return nightly.sessions_scored(scored)
 
     days = dates()
     bucket_list = buckets()

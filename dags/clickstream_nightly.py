@@ -138,7 +138,7 @@ def clickstream_nightly() -> None:
 
     @task(outlets=[SCORES])
     def scores_published(scored: list[dict[str, Any]]) -> int:
-        return sum(int(result["sessions"]) for result in scored)
+        return nightly.sessions_scored(scored)
 
     @task
     def report(built: dict[str, Any]) -> dict[str, Any]:

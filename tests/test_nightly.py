@@ -247,3 +247,60 @@ def test_given_a_training_killed_after_an_epoch_when_the_retry_resumes_then_it_e
     (run,) = client.search_runs([client.get_experiment_by_name("clickstream").experiment_id])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch_train_loss")] == [1, 2]
     assert not Lake(killed.lake).fs.glob(f"{killed.checkpoints}/*/last.pt")  # superseded by the version
+
+
+class _LazyResults:
+    """Like Airflow's lazy sequence of a mapped task's results: iterating it fails (it would ask the
+    API for one past the end); length and indexing work."""
+
+    def __init__(self, items: list[dict]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+    def __iter__(self):
+        raise AssertionError("iterated")
+
+
+def test_given_mapped_results_then_they_are_read_by_index_and_summed_up():
+    built = _LazyResults(
+        [
+            {"start": "2014-04-01", "end": "2014-04-02", "dates": ["2014-04-02"], "sessions": 3, "buyers": 1},
+            {
+                "start": "2014-04-01",
+                "end": "2014-04-02",
+                "dates": ["2014-04-01", "2014-04-02"],
+                "sessions": 4,
+                "buyers": 0,
+            },
+        ]
+    )
+    merged = nightly.merge_built(built)
+    assert merged == {
+        "start": "2014-04-01",
+        "end": "2014-04-02",
+        "dates": ["2014-04-01", "2014-04-02"],
+        "sessions": 7,
+        "buyers": 1,
+        "buckets": 2,
+    }
+    assert nightly.dropped_dates(
+        _LazyResults([{"dropped": ["2014-04-03"]}, {"dropped": ["2014-04-01", "2014-04-03"]}])
+    ) == [
+        "2014-04-01",
+        "2014-04-03",
+    ]
+    assert nightly.sessions_scored(_LazyResults([{"sessions": 2}, {"sessions": 5}])) == 7
+    with pytest.raises(NoDataError):
+        nightly.merge_built(_LazyResults([]))
+
+
+def test_given_landing_files_then_one_batch_per_log_file_unless_buys_complete_the_clicks():
+    cookie_logs = {"day": "2014-04-01", "format": "events", "files": ["a.csv", "b.csv"], "buys": []}
+    assert [b["files"] for b in nightly.landing_batches(cookie_logs)] == [["a.csv"], ["b.csv"]]
+    yoochoose = {"day": "2014-04-01", "format": "yoochoose", "files": ["c1.dat", "c2.dat"], "buys": ["b.dat"]}
+    assert nightly.landing_batches(yoochoose) == [yoochoose]

@@ -18,7 +18,7 @@ import datetime as dt
 import importlib.util
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,15 +129,26 @@ def bucket_numbers(settings: Settings) -> list[int]:
     return list(range(Lake(settings.lake, settings.buckets).buckets))
 
 
-def dropped_dates(ingested: Iterable[Mapping[str, Any]]) -> list[str]:
+def mapped_results(results: Sequence[Any]) -> list[Any]:
+    """The results of a mapped task as a list, read by index: iterating Airflow's lazy sequence of
+    them asks for one past the end, which its client logs as an error."""
+    return [results[index] for index in range(len(results))]
+
+
+def dropped_dates(ingested: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every date a run's ingests dropped (`ingest_landing`'s `dropped`), once, ascending."""
-    return sorted({day for result in ingested for day in result.get("dropped", ())})
+    return sorted({day for result in mapped_results(ingested) for day in result.get("dropped", ())})
 
 
-def merge_built(built: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def sessions_scored(scored: Sequence[Mapping[str, Any]]) -> int:
+    """The sessions the bucket-wise `score_days` results of a run scored, together."""
+    return sum(int(result["sessions"]) for result in mapped_results(scored))
+
+
+def merge_built(built: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One summary of the bucket-wise `rebuild_sequences` results of a day: what train, score and
     report go on (dates, sessions and buyers summed over the buckets)."""
-    results = list(built)
+    results = mapped_results(built)
     if not results:
         raise NoDataError("no bucket built any sequences: nothing to train or score")
     return {
