@@ -400,11 +400,10 @@ class Lake:
         delta = self._open(table) if stage == MIGRATE else self.table(table)
         if delta is None:
             delta = self._create(table)
-        added = [
-            action
-            for frame in ([frames] if isinstance(frames, pl.DataFrame) else frames)
-            for action in self._write_files(table, frame, written)
-        ]
+        added: list[AddAction] = []
+        for frame in [frames] if isinstance(frames, pl.DataFrame) else frames:
+            added += self._write_files(table, frame, written)
+            del frame  # written: let it go before the next one is made (memory holds one frame)
         rows = sum(json.loads(action.stats)["numRecords"] for action in added)
         commit_id = uuid.uuid4().hex  # finds the version this commit made among later ones
         info = {"stage": stage, "rows": rows, "code_version": code_version(), "commit_id": commit_id}
