@@ -18,7 +18,6 @@ read as one column, filtered to the batch's ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -58,27 +57,21 @@ def stage_keys(keys: pl.DataFrame, folder: Path, name: str) -> None:
         part.write_ipc(folder / f"{number:02d}-{name}.arrow")
 
 
-def staged_parts(folder: Path) -> Iterator[pl.LazyFrame]:
-    """The keys `stage_keys` spilled to `folder`, in parts of about KEYS_PER_PART keys, one part read
-    at a time, each from the files of its hash numbers alone (one file after another: a lazy scan of
-    every file at once would ask polars for a thread per file)."""
+def staged_parts(folder: Path) -> list[pl.LazyFrame]:
+    """The keys `stage_keys` spilled to `folder`, in parts of about KEYS_PER_PART keys: each part reads
+    the files of its hash numbers alone."""
     files = sorted(folder.glob("*.arrow"))
-    count = sum(_read(path, ["id_hash"]).height for path in files)
+    if not files:
+        return []
+    count = pl.concat([pl.scan_ipc(path, glob=False).select(pl.len()) for path in files]).sum().collect().item()
     parts = min(KEY_FILES, -(-count // KEYS_PER_PART))
     by_part: dict[int, list[Path]] = {}
     for path in files:
         by_part.setdefault(int(path.name[:2]) % parts, []).append(path)
-    for paths in by_part.values():
-        yield pl.concat([_read(path) for path in paths]).lazy()
+    return [pl.concat([pl.scan_ipc(path, glob=False) for path in paths]) for paths in by_part.values()]
 
 
-def _read(path: Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """A spilled file, its path taken literally (a home such as `state[1]` is no glob pattern)."""
-    scan = pl.scan_ipc(path, glob=False)
-    return (scan if columns is None else scan.select(columns)).collect()
-
-
-def renamed_sessions(batch_parts: Iterable[pl.LazyFrame], lake_keys: pl.LazyFrame | None) -> pl.DataFrame:
+def renamed_sessions(batch_parts: list[pl.LazyFrame], lake_keys: pl.LazyFrame | None) -> pl.DataFrame:
     """The batch's (session_id, source, date) keys whose session takes a new id, with it (`new_id`).
 
     `batch_parts`: the batch's keys (`session_keys`, any repeats) in parts that no id spans
