@@ -26,7 +26,9 @@ import polars_hash  # noqa: F401  (registers the `nchash` namespace of expressio
 KEYS = ("session_id", "source", "date")
 _NEXT_RUN = pl.duration(days=1)  # a session crossing midnight has events on two dates
 KEYS_PER_PART = 500_000  # the batch's keys compared at once (memory: about a bucket-day's sessions)
-KEY_FILES = 32  # keys are staged in this many files per chunk, by hash, so a part reads only its own
+# keys are staged in this many files per chunk, by hash, so a part reads only its own; few, as every
+# file of the batch is scanned at once to count them (polars takes a thread per file)
+KEY_FILES = 8
 _NONE_RENAMED = pl.DataFrame(
     schema={"session_id": pl.String, "source": pl.String, "date": pl.Date, "new_id": pl.String}
 )
