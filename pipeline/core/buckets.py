@@ -19,13 +19,18 @@ BUCKET = pl.Int32  # the partition column's type
 _KEY = pl.coalesce("cookie_id", "session_id")
 
 
+def stable_hash(key: pl.Expr) -> pl.Expr:
+    """XXH3-64 (seed 0) of each string of `key`: the same on every machine and library version."""
+    return key.nchash.xxh3_64()
+
+
 def bucket_of(buckets: int, key: pl.Expr = _KEY) -> pl.Expr:
     """The bucket (0 .. buckets - 1) of each row's session `key`; 0 for every row with one bucket."""
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, not {buckets}")
     if buckets == 1:
         return pl.lit(0, dtype=BUCKET).alias("bucket")
-    return (key.nchash.xxh3_64() % buckets).cast(BUCKET).alias("bucket")
+    return (stable_hash(key) % buckets).cast(BUCKET).alias("bucket")
 
 
 def cookie_bucket(buckets: int) -> pl.Expr:

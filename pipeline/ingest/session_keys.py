@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-import polars_hash  # noqa: F401  (registers the `nchash` namespace of expressions)
+
+from clickstream.pipeline.core.buckets import stable_hash
 
 KEYS = ("session_id", "source", "date")
 _NEXT_RUN = pl.duration(days=1)  # a session crossing midnight has events on two dates
@@ -49,7 +50,7 @@ def session_keys(events: pl.DataFrame) -> pl.DataFrame:
 
 
 def _id_hash() -> pl.Expr:
-    return pl.col("session_id").nchash.xxh3_64()
+    return stable_hash(pl.col("session_id"))
 
 
 def stage_keys(keys: pl.DataFrame, folder: Path, name: str) -> None:
