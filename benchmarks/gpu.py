@@ -32,9 +32,9 @@ import torch
 from benchmarks.results import machine
 from benchmarks.train_throughput import naive_throughput
 from clickstream.models.device import resolve_device
-from clickstream.models.fit import EpochStats, fit
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.predict import predict
+from clickstream.models.training.fit import EpochStats, fit
 from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, N_ITEMS, synthetic_tensors
 

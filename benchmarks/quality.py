@@ -114,11 +114,11 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     import polars as pl
 
     from clickstream.features.sequences import build_sequences, read_sequences
-    from clickstream.models.baseline import fit_baseline
     from clickstream.models.calibration import UNCALIBRATED
     from clickstream.models.evaluation import evaluate
     from clickstream.models.registry.loading import load_model
-    from clickstream.models.train import train_challenger
+    from clickstream.models.training.baseline import fit_baseline
+    from clickstream.models.training.train import train_challenger
     from clickstream.pipeline.core.lake import Lake
     from clickstream.pipeline.ingest.ingest import ingest_files
     from clickstream.pipeline.synthetic.generate import generate_logs

@@ -5,7 +5,7 @@ CPU-seconds, then end to end from sequences/ to scores/ (and cookie_intent/).
 
 Registers a default-size LSTM (pipeline.core.config.ModelConfig defaults, one epoch on 20k
 sessions: quality is irrelevant here, size is what costs), fits the project's LightGBM baseline
-(models.baseline: per-session aggregates with buy rates) on the same sessions and a LightGBM with
+(models.training.baseline: per-session aggregates with buy rates) on the same sessions and a LightGBM with
 as many trees on plain polars list aggregates, writes N synthetic sessions over D days to
 sequences/ (pipeline.synthetic.sequences, 52k-item catalogue), then, day by day on frames already
 read, scores every day with each of the three back to back (SEQUENCES frame -> probabilities:
@@ -58,7 +58,7 @@ def fit_list_aggregates(train: pl.DataFrame, rounds: int):
     """A LightGBM with the baseline's parameters and `rounds` trees on `list_aggregates`."""
     import lightgbm as lgb
 
-    from clickstream.models.baseline import PARAMS
+    from clickstream.models.training.baseline import PARAMS
 
     data = lgb.Dataset(list_aggregates(train), label=train["label"].to_numpy())
     return lgb.train({**PARAMS, "seed": 7}, data, num_boost_round=rounds)
@@ -90,10 +90,10 @@ def main() -> None:
     from benchmarks.results import CpuClock, Ratio, load_average, peak_rss_gb, record
     from clickstream.features.sequences import read_sequences
     from clickstream.features.tensor_loader import load_tensors
-    from clickstream.models.baseline import fit_baseline
     from clickstream.models.predict import predict
     from clickstream.models.registry.loading import load_model
-    from clickstream.models.train import train_and_register
+    from clickstream.models.training.baseline import fit_baseline
+    from clickstream.models.training.train import train_and_register
     from clickstream.pipeline.core.config import load_settings
     from clickstream.pipeline.core.lake import Lake
     from clickstream.pipeline.serve.scoring import score_with
@@ -150,7 +150,7 @@ def main() -> None:
     lstm, gbm, plain = rate.values()
     lstm_name, gbm_name, plain_name = cpu
     ratios = [
-        Ratio("batch scoring, LSTM", "LightGBM on the baseline features (models/baseline.py)",
+        Ratio("batch scoring, LSTM", "LightGBM on the baseline features (models/training/baseline.py)",
               f"{lstm:,.0f} sessions/CPU-s", f"{gbm:,.0f} sessions/CPU-s", cpu[gbm_name] / cpu[lstm_name], 1.0),
         Ratio("batch scoring, LSTM", "LightGBM on plain list aggregates",
               f"{lstm:,.0f} sessions/CPU-s", f"{plain:,.0f} sessions/CPU-s", cpu[plain_name] / cpu[lstm_name]),

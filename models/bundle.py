@@ -29,9 +29,9 @@ from clickstream.features.tensor_loader import load_tensors
 from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.features.vocabulary import Vocabulary
 from clickstream.models.calibration import Calibration
-from clickstream.models.checkpoints import save_torch
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.predict import predict, predict_steps
+from clickstream.models.torch_files import save_torch
 from clickstream.pipeline.core.config import ModelConfig, SequenceConfig
 from clickstream.pipeline.core.schemas import EVENT_TYPES
 

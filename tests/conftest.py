@@ -44,7 +44,7 @@ def champion_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from fixtures import synthetic_sequences, write_sequences
 
-    from clickstream.models.train import train_and_register
+    from clickstream.models.training.train import train_and_register
     from clickstream.pipeline.core.config import ModelConfig
     from clickstream.pipeline.core.lake import Lake
 

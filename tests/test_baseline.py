@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 from fixtures import synthetic_sequences
 
-from clickstream.models.baseline import buy_rates, fit_baseline, session_features
 from clickstream.models.evaluation import auc
+from clickstream.models.training.baseline import buy_rates, fit_baseline, session_features
 
 
 @pytest.fixture(scope="module")

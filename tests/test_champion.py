@@ -24,7 +24,7 @@ from clickstream.models.registry.store import (
     alias_version,
     tracking_client,
 )
-from clickstream.models.train import train_and_register, train_challenger
+from clickstream.models.training.train import train_and_register, train_challenger
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import PromotionError
 from clickstream.pipeline.orchestrate import nightly

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clickstream.models.checkpoints import CHECKPOINT, CheckpointStore, CorruptCheckpointError
+from clickstream.models.training.checkpoints import CHECKPOINT, CheckpointStore, CorruptCheckpointError
 from clickstream.pipeline.core.config import load_settings
 
 

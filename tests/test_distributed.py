@@ -14,9 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from fixtures import labelled_lake
 
-from clickstream.models.distributed import check_ranks, fit_distributed, load_job, train_rank, write_job
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.registry.store import alias_version, tracking_client
+from clickstream.models.training.distributed import check_ranks, fit_distributed, load_job, train_rank, write_job
 from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.core.lake import Lake

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clickstream.models.checkpoints import CHECKPOINT
-from clickstream.models.fit import (
+from clickstream.models.lstm import BuyIntentLSTM
+from clickstream.models.training.checkpoints import CHECKPOINT
+from clickstream.models.training.fit import (
     MIN_BATCH_SIZE,
     MIN_STEPS_PER_EPOCH,
     EpochStats,
@@ -19,7 +20,6 @@ from clickstream.models.fit import (
     epoch_learning_rate,
     fit,
 )
-from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, synthetic_tensors

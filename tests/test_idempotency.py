@@ -98,7 +98,7 @@ def test_given_the_whole_chain_run_twice_then_partitions_are_equal_and_no_model_
     settings: Settings, tmp_path: Path
 ) -> None:
     from clickstream.models.registry.store import alias_version, tracking_client
-    from clickstream.models.train import train_and_register
+    from clickstream.models.training.train import train_and_register
     from clickstream.pipeline.serve.scoring import score_dates
 
     tiny = tiny_settings(settings, epochs=1, validation_days=1)

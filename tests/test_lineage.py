@@ -14,7 +14,7 @@ from fixtures import labelled_lake, synthetic_sequences, write_sequences
 
 from clickstream.models.registry.loading import load_model
 from clickstream.models.registry.store import tracking_client
-from clickstream.models.train import TrainSummary, train_challenger
+from clickstream.models.training.train import TrainSummary, train_challenger
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import LakeFormatError
 from clickstream.pipeline.core.lake import Lake

@@ -11,7 +11,7 @@ from clickstream.features.sequences import read_sequences
 from clickstream.models.bundle import ModelBundle
 from clickstream.models.registry.loading import load_model
 from clickstream.models.registry.store import tracking_client
-from clickstream.models.train import TrainSummary, train_and_register
+from clickstream.models.training.train import TrainSummary, train_and_register
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ModelNotFoundError
 from clickstream.pipeline.core.lake import Lake

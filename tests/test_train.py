@@ -23,7 +23,7 @@ from clickstream.models.calibration import METHODS, UNCALIBRATED
 from clickstream.models.evaluation import auc, expected_calibration_error
 from clickstream.models.registry.loading import load_model
 from clickstream.models.registry.store import alias_version, tracking_client
-from clickstream.models.train import TrainSummary, code_version, train_and_register, train_challenger
+from clickstream.models.training.train import TrainSummary, code_version, train_and_register, train_challenger
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.core.lake import Lake

@@ -12,9 +12,9 @@ import pytest
 from fixtures import labelled_lake
 
 from clickstream.models.registry.store import tracking_client
-from clickstream.models.train import train_challenger
-from clickstream.models.tuned import TUNED_FILE, feature_signature, read_tuned, with_tuned
-from clickstream.models.tuning import TUNE_TAG, TuneSummary, neighbours, tune
+from clickstream.models.training.train import train_challenger
+from clickstream.models.training.tuned import TUNED_FILE, feature_signature, read_tuned, with_tuned
+from clickstream.models.training.tuning import TUNE_TAG, TuneSummary, neighbours, tune
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
 from clickstream.pipeline.core.lake import Lake
@@ -80,7 +80,7 @@ def test_given_settings_tuned_for_other_features_then_one_warning_and_the_defaul
     settings, _ = tuned
     other = dataclasses.replace(settings, sequences=dataclasses.replace(settings.sequences, item_min_count=5))
     assert feature_signature(other) != feature_signature(settings)
-    with caplog.at_level(logging.WARNING, logger="clickstream.models.tuned"):
+    with caplog.at_level(logging.WARNING, logger="clickstream.models.training.tuned"):
         assert with_tuned(other) == other
     (record,) = caplog.records
     assert "tuned for features" in record.getMessage() and "\n" not in record.getMessage()

@@ -183,8 +183,8 @@ def train(
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
     settings = _settings(lake)
     _require_data(settings, "sequences", first, last, as_of)
-    from clickstream.models.fit import RESUME_OR_RESTART
-    from clickstream.models.train import train_and_register
+    from clickstream.models.training.fit import RESUME_OR_RESTART
+    from clickstream.models.training.train import train_and_register
 
     _done(
         train_and_register(
@@ -213,7 +213,7 @@ def tune(
 ) -> None:
     """Search model and training settings on the window's validation days; `train` uses the best."""
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
-    from clickstream.models.tuning import tune as run_tune
+    from clickstream.models.training.tuning import tune as run_tune
 
     _done(run_tune(_settings(lake), first, last, trials=trials, timeout=timeout, epochs=epochs, device=device.value))
 

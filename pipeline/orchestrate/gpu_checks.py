@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from clickstream.models.device import float32_precision, resolve_device
-from clickstream.models.fit import fit
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.predict import predict
+from clickstream.models.training.fit import fit
 from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, synthetic_tensors
 

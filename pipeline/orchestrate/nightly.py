@@ -47,7 +47,7 @@ class NightlyConfig:
     gpu_pool: str = "gpu"  # training runs in this pool and queue
     gpu_queue: str = "gpu"
     gpu_pool_slots: int = 1  # trainings at once (created by `prepare_airflow`)
-    gpus_per_training: int = 1  # training processes (one per GPU, models.distributed); nvidia.com/gpu of the pod
+    gpus_per_training: int = 1  # processes (one per GPU, models.training.distributed); nvidia.com/gpu of the pod
     # The executor the training task asks for, e.g. "KubernetesExecutor" (env CLICKSTREAM_TRAIN_EXECUTOR).
     # It must be one of Airflow's configured executors ([core] executor lists several): DAG parsing
     # rejects a task whose executor is not. None: the default executor.
@@ -299,8 +299,8 @@ def train_for_day(
     sequences: the last validation_days validate, at least one day trains.
     """
     start, end = trainable_window(settings, day, window_days, "training")  # a skip imports no torch
-    from clickstream.models.fit import RESUME_OR_RESTART
-    from clickstream.models.train import train_challenger
+    from clickstream.models.training.fit import RESUME_OR_RESTART
+    from clickstream.models.training.train import train_challenger
 
     again = RESUME_OR_RESTART if resume else False
     summary = train_challenger(settings, start, end, epochs=epochs, device=device, gpus=gpus, resume=again)

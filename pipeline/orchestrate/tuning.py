@@ -1,6 +1,6 @@
 """The weekly tuning job's step as a plain function: dags/clickstream_tune.py only wires it.
 
-`tune_latest` searches model and training settings (models.tuning) on the training window that
+`tune_latest` searches model and training settings (models.training.tuning) on the training window that
 ends at the newest day of sequences/ and writes the best to `<lake>/_config/training.json`,
 where the nightly `train` task picks them up. Schedule, trial budget and resources live in
 `TUNE` (a `TuneConfig`); the task runs in the nightly jobs' GPU pool and queue.
@@ -35,7 +35,7 @@ def tune_latest(
     settings: Settings, *, trials: int, timeout_s: float | None, window_days: int, device: str = "auto"
 ) -> dict[str, Any]:
     """Tune on the window ending at the newest sequences day; NoDataError (skip) while too short."""
-    from clickstream.models.tuning import tune
+    from clickstream.models.training.tuning import tune
     from clickstream.pipeline.core.lake import Lake
 
     days = Lake(settings.lake, settings.buckets).dates("sequences")

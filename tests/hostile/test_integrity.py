@@ -29,16 +29,16 @@ from mlflow.models import Model
 
 from clickstream.features.sequences import read_sequences
 from clickstream.models.bundle import WEIGHTS_SHA256, file_sha256
-from clickstream.models.checkpoints import CHECKPOINT, CheckpointStore, CorruptCheckpointError
-from clickstream.models.fit import RESUME_OR_RESTART, fit
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.pyfunc import BuyIntentModel
 from clickstream.models.registry.champion import gate_challenger
 from clickstream.models.registry.loading import load_model
 from clickstream.models.registry.store import EXPERIMENT, registered_versions, tracking_client, version_tags
-from clickstream.models.train import train_and_register
-from clickstream.models.training_data import prepare
-from clickstream.models.tuned import with_tuned
+from clickstream.models.training.checkpoints import CHECKPOINT, CheckpointStore, CorruptCheckpointError
+from clickstream.models.training.fit import RESUME_OR_RESTART, fit
+from clickstream.models.training.train import train_and_register
+from clickstream.models.training.tuned import with_tuned
+from clickstream.models.training.window import prepare
 from clickstream.pipeline.core.config import ModelConfig, Settings, TrainConfig, load_settings
 from clickstream.pipeline.core.errors import ModelNotFoundError, TrainingError
 from clickstream.pipeline.core.lake import Lake
@@ -297,7 +297,7 @@ def test_given_a_bad_checkpoint_when_resumed_or_restarted_then_a_warning_and_the
     clean, genuine = clean_fit
     (tmp_path / CHECKPOINT).write_bytes(FIT_CORRUPTIONS[corruption](genuine))
 
-    with caplog.at_level(logging.WARNING, logger="clickstream.models.fit"):
+    with caplog.at_level(logging.WARNING, logger="clickstream.models.training.fit"):
         restarted = fit(train, val, _tiny_model(), FAST, checkpoint_dir=tmp_path, resume=RESUME_OR_RESTART)
 
     assert restarted.resumed_epochs == 0 and [s.epoch for s in restarted.history] == [1, 2]

@@ -94,7 +94,7 @@ elif hook == "hold_training":  # inside the training run, before the first epoch
 
 if "train" in spec:
     from fixtures import tiny_settings
-    from clickstream.models.train import train_and_register
+    from clickstream.models.training.train import train_and_register
     from clickstream.pipeline.core.config import load_settings
 
     settings = tiny_settings(load_settings(lake=spec["lake"], home=spec["home"], environ={}), epochs=1)

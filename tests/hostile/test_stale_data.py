@@ -15,7 +15,7 @@ import pytest
 from cli_process import run_cli
 
 from clickstream.features.sequences import build_sequences, read_sequences, stale_dates
-from clickstream.models.training_data import prepare
+from clickstream.models.training.window import prepare
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import LakePathError, NoDataError
 from clickstream.pipeline.core.lake import Lake

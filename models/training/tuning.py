@@ -2,7 +2,7 @@
 
 The window is split exactly as `train` splits it (the last `validation_days` days validate);
 the vocabulary and tensors are built once and every trial fits a fresh model on them with
-`models.fit`. The objective is the best validation AUC over a trial's epochs; a trial whose
+`models.training.fit`. The objective is the best validation AUC over a trial's epochs; a trial whose
 per-epoch validation AUC falls below the median of earlier trials at the same epoch is pruned
 (Optuna's MedianPruner, once 2 trials have completed, from a trial's third epoch on: the first
 epochs' AUCs are too noisy to judge a setting by). The first trial always runs the current
@@ -14,7 +14,7 @@ Trials run until `trials` have run or `timeout` seconds have passed (checked bet
 
 Every trial is a nested MLflow run (its settings as params, per-epoch `epoch_val_auc`, its
 state as a tag) under one parent run "tune <window>" that holds the best settings. The best
-settings are written to `<lake>/_config/training.json` (models.tuned) with the feature
+settings are written to `<lake>/_config/training.json` (models.training.tuned) with the feature
 signature they were tuned for; `train` and the nightly DAG apply them from then on.
 
 Search space (SEARCH_SPACE; `choice` values, `float` uniform bounds, `log` log-uniform bounds):
@@ -28,7 +28,7 @@ Search space (SEARCH_SPACE; `choice` values, `float` uniform bounds, `log` log-u
     model.max_pool       choice  true, false
     model.last_event     choice  true, false
 Epochs, patience, seed and validation days stay as configured; batch size is left out because
-training sets below about 2M sessions use smaller batches anyway (models.fit.epoch_batch_size).
+training sets below about 2M sessions use smaller batches anyway (models.training.fit.epoch_batch_size).
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ from clickstream.features.sequences import read_sequences
 from clickstream.features.tensor_loader import load_tensors
 from clickstream.features.tensors import CONTINUOUS_FEATURES, SequenceTensors
 from clickstream.features.vocabulary import build_vocabulary
-from clickstream.models.fit import EpochStats, fit
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.registry.store import experiment_id, tracking_client
-from clickstream.models.training_data import check_trainable, split_window
-from clickstream.models.tuned import TunedSettings, feature_signature, write_tuned
+from clickstream.models.training.fit import EpochStats, fit
+from clickstream.models.training.tuned import TunedSettings, feature_signature, write_tuned
+from clickstream.models.training.window import check_trainable, split_window
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.core.lake import Lake

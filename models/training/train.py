@@ -1,6 +1,6 @@
 """`clickstream train`: one training window in, one registered challenger out.
 
-train_challenger takes the window's labelled sessions split by time (models.training_data:
+train_challenger takes the window's labelled sessions split by time (models.training.window:
 the last `validation_days` days validate), builds the vocabulary from the training days only,
 fits the LSTM, calibrates its scores on the validation days (models.calibration, the method
 chosen by held-out calibration error), fits the LightGBM baseline on the same split, logs
@@ -19,7 +19,7 @@ other waits for that run to end, then re-uses its version. A run of the same fin
 RUNNING by a killed process is marked KILLED when the window is trained again; `resume=True` instead
 continues the window's interrupted run (same MLflow run, last checkpoint). Checkpoints live in
 `settings.checkpoints`, storage every worker sees, so a retry on another machine resumes too.
-`gpus` > 1 trains data-parallel on that many local processes (models.distributed); the
+`gpus` > 1 trains data-parallel on that many local processes (models.training.distributed); the
 launching process evaluates and registers, once.
 """
 from __future__ import annotations
@@ -46,10 +46,7 @@ from mlflow.entities import RunStatus
 from clickstream.features.tensor_loader import feature_schema, load_tensors
 from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.features.vocabulary import build_vocabulary
-from clickstream.models.baseline import fit_baseline
 from clickstream.models.bundle import WEIGHTS_SHA256, ModelBundle
-from clickstream.models.checkpoints import CheckpointStore
-from clickstream.models.distributed import check_ranks, fit_ranks
 from clickstream.models.evaluation import choose_calibration, evaluate, expected_calibration_error, write_plots
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.predict import predict
@@ -72,8 +69,11 @@ from clickstream.models.registry.store import (
     training_claim,
     version_with_fingerprint,
 )
-from clickstream.models.training_data import Split, TrainingData, check_trainable, datasets, prepare
-from clickstream.models.tuned import with_tuned
+from clickstream.models.training.baseline import fit_baseline
+from clickstream.models.training.checkpoints import CheckpointStore
+from clickstream.models.training.distributed import check_ranks, fit_ranks
+from clickstream.models.training.tuned import with_tuned
+from clickstream.models.training.window import Split, TrainingData, check_trainable, datasets, prepare
 from clickstream.pipeline.core.code import code_version
 from clickstream.pipeline.core.config import CHALLENGER, Settings, TrainConfig
 from clickstream.pipeline.core.errors import TrainingError
@@ -84,7 +84,7 @@ if TYPE_CHECKING:
     from mlflow import ActiveRun, MlflowClient
     from mlflow.entities import Run
 
-    from clickstream.models.fit import EpochStats
+    from clickstream.models.training.fit import EpochStats
 
 OWNER_TAG = "owner"  # host:pid of the process training a run, to tell a killed run from a live one
 HEARTBEAT_TAG = "heartbeat"  # when the training process last marked its run alive (ISO time, UTC)
@@ -164,8 +164,8 @@ def train_challenger(
     cannot yield a trustworthy model. Runs of the same fingerprint left RUNNING by a process
     that is gone (killed) are marked KILLED; `resume` continues the newest unfinished one, from its
     checkpoint: a checkpoint that cannot be continued is a TrainingError, unless `resume` is
-    models.fit.RESUME_OR_RESTART (`--resume-or-restart`), which starts the window clean instead.
-    Tuned settings in the lake (models.tuned) apply on top of `settings` when they were tuned for
+    models.training.fit.RESUME_OR_RESTART (`--resume-or-restart`), which starts the window clean instead.
+    Tuned settings in the lake (models.training.tuned) apply on top of `settings` when they were tuned for
     the same features.
     """
     settings = with_tuned(settings)

@@ -1,6 +1,7 @@
 """Data-parallel training across processes: the same `fit` under DistributedDataParallel.
 
-    python -m torch.distributed.run --standalone --nproc_per_node N -m clickstream.models.distributed JOB.pt OUT_DIR
+    python -m torch.distributed.run --standalone --nproc_per_node N \
+        -m clickstream.models.training.distributed JOB.pt OUT_DIR
 
 JOB.pt (written by `write_job`) holds the train/validation tensors, the configs and the
 model's initial weights; every rank loads it, joins the process group (nccl on CUDA, one
@@ -26,10 +27,10 @@ import torch
 import torch.distributed as dist
 
 from clickstream.features.tensors import SequenceTensors
-from clickstream.models.checkpoints import save_torch
 from clickstream.models.device import resolve_device
-from clickstream.models.fit import EpochStats, FitResult, fit
 from clickstream.models.lstm import BuyIntentLSTM
+from clickstream.models.torch_files import save_torch
+from clickstream.models.training.fit import EpochStats, FitResult, fit
 from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 from clickstream.pipeline.core.errors import ClickstreamError, TrainingError
 
@@ -188,7 +189,7 @@ def fit_distributed(
                 on_epoch(EpochStats(**json.loads(line)))
         relayed = len(complete)
 
-    with subprocess.Popen([*command, "-m", "clickstream.models.distributed", str(job), str(workdir)]) as ranks:
+    with subprocess.Popen([*command, "-m", "clickstream.models.training.distributed", str(job), str(workdir)]) as ranks:
         while True:
             try:
                 ranks.wait(timeout=POLL_S)

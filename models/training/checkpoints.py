@@ -9,7 +9,7 @@ never a half-written file. Only this module touches the store; it needs fsspec a
 
 A checkpoint that cannot be read back (truncated, empty, random bytes, not a checkpoint's
 dict) raises CorruptCheckpointError, one line naming it: it is never half-used. Whether
-training then stops or starts clean is the caller's choice (models.fit, `resume`).
+training then stops or starts clean is the caller's choice (models.training.fit, `resume`).
 """
 
 from __future__ import annotations
@@ -23,23 +23,10 @@ from typing import Any
 import fsspec
 import torch
 
+from clickstream.models.torch_files import torch_bytes
 from clickstream.pipeline.core.errors import TrainingError
 
 CHECKPOINT = "last.pt"
-
-
-def torch_bytes(state: object) -> bytes:
-    """`state` as torch.save writes it, in memory: the file write is then Python's own, whose failure
-    (a full disk, say) is an OSError naming its cause, where torch's writer only says "file write
-    failed"."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
-
-
-def save_torch(state: object, path: Path) -> None:
-    """`state` written to `path` as torch.save writes it (see `torch_bytes`)."""
-    path.write_bytes(torch_bytes(state))
 
 
 class CorruptCheckpointError(TrainingError):

@@ -12,7 +12,7 @@ Reproducibility: every epoch reseeds the shuffle generator and torch's RNG (drop
 resumed run reaches exactly the weights of an uninterrupted one on CPU. The caller seeds
 the model's initialisation (`torch.manual_seed` before building it).
 
-Under `torch.distributed` (see models.distributed) the same loop runs on every rank: each
+Under `torch.distributed` (see models.training.distributed) the same loop runs on every rank: each
 rank trains on a strided shard of the epoch's batches through DistributedDataParallel,
 every rank evaluates the same validation set (so all take the same early-stopping
 decision without talking), and only rank 0 writes checkpoints and calls `on_epoch`.
@@ -43,9 +43,9 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch.nn.parallel import DistributedDataParallel
 
 from clickstream.models.batching import iterate_batches, resident
-from clickstream.models.checkpoints import CheckpointStore, CorruptCheckpointError
 from clickstream.models.device import cpu_threads, float32_precision, resolve_device
 from clickstream.models.predict import predict
+from clickstream.models.training.checkpoints import CheckpointStore, CorruptCheckpointError
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.core.progress import LiveStatus
 
@@ -332,7 +332,7 @@ def fit(
 
     Runs up to `config.epochs` epochs of `epoch_batch_size(...)`-session batches per rank and
     stops after `config.patience` epochs without a validation AUC gain. With `checkpoint_dir` (a
-    path or fsspec URL, models.checkpoints), `<checkpoint_dir>/last.pt` is rewritten atomically
+    path or fsspec URL, models.training.checkpoints), `<checkpoint_dir>/last.pt` is rewritten atomically
     after every epoch; `resume=True` continues from it (or starts fresh when it does not exist)
     and reaches the same weights as an uninterrupted run; a checkpoint it cannot continue raises
     CorruptCheckpointError (a TrainingError), or, with `resume=RESUME_OR_RESTART`, is passed over
