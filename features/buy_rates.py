@@ -72,20 +72,50 @@ def counted_ids(sequences: pl.DataFrame, key: str) -> EventIds:
 def buy_counts(ids: EventIds, label: pl.Series, fold: np.ndarray) -> BuyCounts:
     """`count_buyers` of the events `ids` of sessions with labels `label` (Boolean, null: unknown)
     and folds `fold` (session_folds)."""
-    sessions, buyers = (
-        table.reshape(FOLDS, ids.n_codes) for table in _session_counts(ids, _label_values(label), fold, FOLDS)
-    )
-    total = sessions.sum(axis=0)
-    seen = np.flatnonzero(total)
-    ids_seen = ids.ids.gather(seen)
-    order = ids_seen.arg_sort().to_numpy()  # ascending id, as the table is kept
-    counts = pl.DataFrame(
-        {"id": ids_seen.gather(order), "sessions": total[seen][order], "buyers": buyers.sum(axis=0)[seen][order]},
-        schema={"id": pl.String, "sessions": pl.Int64, "buyers": pl.Int64},
-    )
     known = label.drop_nulls()
     prior = float(known.cast(pl.Float64).mean()) if known.len() else 0.0
-    return BuyCounts(counts=counts, prior=prior, by_fold=(sessions[:, seen[order]], buyers[:, seen[order]]))
+    return counts_of(fold_counts(ids, label, fold), prior)
+
+
+def fold_counts(ids: EventIds, label: pl.Series, fold: np.ndarray) -> pl.DataFrame:
+    """Labelled sessions and buyers per (id, fold) of the events `ids` of sessions with labels `label`
+    and folds `fold`: columns `id` (String), `fold` (Int8), `sessions`, `buyers` (Int64), only the
+    pairs that occur. Counts of disjoint session sets add up row by row (what `counts_of` reads)."""
+    sessions, buyers = _session_counts(ids, _label_values(label), fold, FOLDS)
+    seen = np.flatnonzero(sessions)
+    return pl.DataFrame(
+        {
+            "id": ids.ids.gather(seen % ids.n_codes),
+            "fold": (seen // ids.n_codes).astype(np.int8),
+            "sessions": sessions[seen],
+            "buyers": buyers[seen],
+        },
+        schema=FOLD_COUNTS,
+    )
+
+
+FOLD_COUNTS = pl.Schema({"id": pl.String, "fold": pl.Int8, "sessions": pl.Int64, "buyers": pl.Int64})
+
+
+def counts_of(by_fold: pl.DataFrame, prior: float) -> BuyCounts:
+    """The BuyCounts of `fold_counts` rows (several rows of one (id, fold) are summed) and the prior."""
+    ids = by_fold.get_column("id").unique().sort()
+    summed = (
+        by_fold.group_by("id", "fold")
+        .agg(pl.col("sessions", "buyers").sum())
+        .join(ids.to_frame().with_row_index("slot"), on="id")
+    )
+    position = summed.select(pl.col("fold").cast(pl.Int64) * ids.len() + pl.col("slot")).to_series().to_numpy()
+    tables = []
+    for name in ("sessions", "buyers"):
+        table = np.zeros(FOLDS * ids.len(), dtype=np.int64)
+        table[position] = summed.get_column(name).to_numpy()
+        tables.append(table.reshape(FOLDS, ids.len()))
+    counts = pl.DataFrame(
+        {"id": ids, "sessions": tables[0].sum(axis=0), "buyers": tables[1].sum(axis=0)},
+        schema={"id": pl.String, "sessions": pl.Int64, "buyers": pl.Int64},
+    )
+    return BuyCounts(counts=counts, prior=prior, by_fold=(tables[0], tables[1]))
 
 
 def event_counts(

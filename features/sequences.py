@@ -152,7 +152,7 @@ def read_sequences(
     if wanted - set(SEQUENCES.names()):
         raise ValueError(f"not SEQUENCES columns: {sorted(wanted - set(SEQUENCES.names()))}")
     if version is None or version == lake.version("sequences"):
-        _refuse_stale(lake, start, end)
+        refuse_stale(lake, start, end)
     names = [name for name in SEQUENCES.names() if name in wanted]
     schema = pl.Schema({name: SEQUENCES[name] for name in SEQUENCES.names() if name in {*names, *_ORDER}})
     scan = lake.scan("sequences", start, end, version, bucket)
@@ -182,7 +182,7 @@ def rebuild_range(days: Iterable[dt.date]) -> tuple[dt.date, dt.date] | None:
     return (days[0] - dt.timedelta(days=1), days[-1] + dt.timedelta(days=1)) if days else None
 
 
-def _refuse_stale(lake: Lake, start: dt.date | None, end: dt.date | None) -> None:
+def refuse_stale(lake: Lake, start: dt.date | None, end: dt.date | None) -> None:
     stale = stale_dates(lake, start, end)
     if stale:
         first, last = rebuild_range(stale) or (stale[0], stale[-1])

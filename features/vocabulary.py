@@ -27,7 +27,15 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from clickstream.features.buy_rates import RATE_KEYS, BuyCounts, buy_counts, counted_ids, session_folds
+from clickstream.features.buy_rates import (
+    FOLD_COUNTS,
+    RATE_KEYS,
+    BuyCounts,
+    counted_ids,
+    counts_of,
+    fold_counts,
+    session_folds,
+)
 from clickstream.features.event_ids import EventIds
 from clickstream.pipeline.core.config import SequenceConfig
 
@@ -141,17 +149,48 @@ def build_vocabulary(sequences: pl.DataFrame, config: SequenceConfig) -> Vocabul
 
     Deterministic: the same sessions in any row order give the same vocabulary and version.
     """
-    ids = {key: counted_ids(sequences, key) for key in RATE_KEYS}
-    folds = session_folds(sequences)
-    items = _counted(ids["item_id"], config.item_min_count)
-    learned = _counted(ids["category"], config.category_min_count).filter(~pl.col("id").is_in(FIXED_CATEGORIES))
-    categories = pl.concat([pl.Series("id", FIXED_CATEGORIES, dtype=pl.String), learned.get_column("id")])
-    return Vocabulary(
-        items=_indexed(items.get_column("id"), _FIRST_ITEM),
-        categories=_indexed(categories, _FIRST_CATEGORY),
-        rates={key: buy_counts(ids[key], sequences.get_column("label"), folds) for key in RATE_KEYS},
-        item_hash_buckets=config.item_hash_buckets,
-    )
+    counts = WindowCounts()
+    counts.add(sequences)
+    return counts.vocabulary(config)
+
+
+class WindowCounts:
+    """A training window's counts, its sessions added a frame at a time: `vocabulary` then gives
+    exactly what build_vocabulary gives on all of them at once, in any split and order, holding
+    one row per id (and fold) seen, never the sessions."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, pl.DataFrame] = {}  # per list column: id, count
+        self._sessions: dict[str, pl.DataFrame] = {}  # per key of RATE_KEYS: buy_rates.fold_counts
+        self.sessions = 0  # labelled sessions added
+        self.buyers = 0
+
+    def add(self, sequences: pl.DataFrame) -> None:
+        """Count the sessions of a SEQUENCES frame (each session once over all calls)."""
+        ids = {key: counted_ids(sequences, key) for key in RATE_KEYS}
+        folds = session_folds(sequences)
+        label = sequences.get_column("label")
+        for key in RATE_KEYS:
+            self._sessions[key] = _summed(self._sessions.get(key), fold_counts(ids[key], label, folds), ["id", "fold"])
+        for column in ("item_id", "category"):
+            self._events[column] = _summed(self._events.get(column), _event_counts(ids[column]), ["id"])
+        self.sessions += label.count()
+        self.buyers += int(label.sum())
+
+    def vocabulary(self, config: SequenceConfig) -> Vocabulary:
+        """The vocabulary of every session added so far."""
+        prior = self.buyers / self.sessions if self.sessions else 0.0
+        items = _frequent(self._events.get("item_id"), config.item_min_count)
+        learned = _frequent(self._events.get("category"), config.category_min_count)
+        learned = learned.filter(~learned.is_in(FIXED_CATEGORIES))
+        categories = pl.concat([pl.Series("id", FIXED_CATEGORIES, dtype=pl.String), learned])
+        empty = pl.DataFrame(schema=FOLD_COUNTS)
+        return Vocabulary(
+            items=_indexed(items, _FIRST_ITEM),
+            categories=_indexed(categories, _FIRST_CATEGORY),
+            rates={key: counts_of(self._sessions.get(key, empty), prior) for key in RATE_KEYS},
+            item_hash_buckets=config.item_hash_buckets,
+        )
 
 
 def stable_hash(ids: pl.Series) -> np.ndarray:
@@ -169,14 +208,31 @@ def stable_hash(ids: pl.Series) -> np.ndarray:
     return result
 
 
-def _counted(ids: EventIds, min_count: int) -> pl.DataFrame:
-    """Ids (column `id`) of at least `min_count` (and at least one) events, by descending count then id."""
+def _event_counts(ids: EventIds) -> pl.DataFrame:
+    """Events per id (columns `id`, `count`), ids without events left out."""
     counts = np.zeros(ids.n_codes, dtype=np.int64)
     for _, _, events in ids.blocks():  # block-sized temporaries
         counts += np.bincount(ids.code[events], minlength=ids.n_codes)
     counts[ids.missing] = 0
-    frame = pl.DataFrame({"id": ids.ids, "count": counts})
-    return frame.filter(pl.col("count") >= max(min_count, 1)).sort(["count", "id"], descending=[True, False])
+    seen = np.flatnonzero(counts)
+    return pl.DataFrame(
+        {"id": ids.ids.gather(seen), "count": counts[seen]}, schema={"id": pl.String, "count": pl.Int64}
+    )
+
+
+def _summed(held: pl.DataFrame | None, more: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """`held` and `more` as one table of per-key sums (columns in `more`'s order)."""
+    if held is None:
+        return more
+    return pl.concat([held, more]).group_by(keys).agg(pl.exclude(keys).sum()).select(more.columns)
+
+
+def _frequent(counts: pl.DataFrame | None, min_count: int) -> pl.Series:
+    """Ids of at least `min_count` (and at least one) events, by descending count then id."""
+    if counts is None:
+        return pl.Series("id", [], dtype=pl.String)
+    kept = counts.filter(pl.col("count") >= max(min_count, 1))
+    return kept.sort(["count", "id"], descending=[True, False]).get_column("id")
 
 
 def _indexed(ids: pl.Series, first: int) -> pl.DataFrame:

@@ -216,9 +216,9 @@ def test_given_a_training_killed_after_an_epoch_when_the_retry_resumes_then_it_e
 ):
     from fixtures import labelled_lake
 
-    from clickstream.models import train as train_module
     from clickstream.models.registry.loading import load_model
     from clickstream.models.registry.store import tracking_client
+    from clickstream.models.training import train as train_module
 
     day, window = dt.date(2014, 4, 4), 4
     whole, killed = (labelled_lake(tmp_path / name, sessions=1200, seed=4) for name in ("whole", "killed"))

@@ -18,11 +18,11 @@ import pytest
 from fixtures import labelled_lake, synthetic_sequences, write_sequences
 
 from clickstream.features.sequences import read_sequences
-from clickstream.models import train as train_module
 from clickstream.models.calibration import METHODS, UNCALIBRATED
 from clickstream.models.evaluation import auc, expected_calibration_error
 from clickstream.models.registry.loading import load_model
 from clickstream.models.registry.store import alias_version, tracking_client
+from clickstream.models.training import train as train_module
 from clickstream.models.training.train import TrainSummary, code_version, train_and_register, train_challenger
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrainingError
@@ -174,7 +174,7 @@ import os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from fixtures import tiny_settings
-from clickstream.models import train
+from clickstream.models.training import train
 from clickstream.pipeline.core.config import load_settings
 
 settings = tiny_settings(load_settings(lake=sys.argv[2], home=Path(sys.argv[3]), environ={}))

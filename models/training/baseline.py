@@ -7,6 +7,11 @@ hour and weekday.
 Only the input events describe a session: `session_end` and `n_events_total` also count
 a YOOCHOOSE session's purchases, so they would leak the label and are never used.
 
+It learns from a stable sample of at most BASELINE_SESSIONS training sessions, and early-stops on at
+most as many validation sessions (`baseline_sample`: by a hash of the session id, so the same
+window samples the same sessions), so its memory does not grow with the window; the LSTM's
+validation pass scores all validation sessions with it.
+
 Buy rates come from the TRAINING sessions only, through the same counts the LSTM's
 inputs use (features.buy_rates): on the training sessions themselves out of fold, so
 a session's own label never feeds its features; validation and test sessions use all
@@ -17,13 +22,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 
 from clickstream.features.buy_rates import RATE_KEYS, RATE_TABLES, SMOOTHING, BuyCounts, count_buyers, event_counts
-from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE
+from clickstream.models.training.shards import read_units
+from clickstream.pipeline.core.buckets import stable_hash
+from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE, SEQUENCES
+
+if TYPE_CHECKING:
+    from clickstream.models.training.window import Part, TrainingWindow
+    from clickstream.pipeline.core.lake import Lake
 
 LIST_COLUMNS = ("item_id", "category", "event_type", "log_gap_prev", "log_dwell", "dwell_known")
 PARAMS = {
@@ -42,6 +54,8 @@ PARAMS = {
     "verbose": -1,
 }
 MAX_ROUNDS = 1000
+# Sessions the GBM learns from at most (and validates on): on windows up to this size it sees them all
+BASELINE_SESSIONS = 250_000
 EARLY_STOPPING_ROUNDS = 50
 
 
@@ -64,6 +78,7 @@ class Baseline:
     booster: lgb.Booster
     rates: BuyRates
     feature_names: tuple[str, ...]
+    sessions: int  # training sessions it learned from
 
     def predict(self, sequences: pl.DataFrame) -> np.ndarray:
         """Buy probabilities (float32) for the sessions of a SEQUENCES frame, in its row order."""
@@ -85,7 +100,21 @@ def fit_baseline(train: pl.DataFrame, val: pl.DataFrame, *, seed: int = 7) -> Ba
         valid_sets=[val_set],
         callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
     )
-    return Baseline(booster=booster, rates=rates, feature_names=tuple(val_features.columns))
+    return Baseline(booster=booster, rates=rates, feature_names=tuple(val_features.columns), sessions=train.height)
+
+
+def baseline_sample(window: TrainingWindow) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(training, validation) sessions of `window` for the baseline: each part whole when it holds at
+    most BASELINE_SESSIONS, else a sample of about that many by the XXH3 of the session id, read a
+    unit at a time."""
+    return tuple(_sample(window.open(), part, BASELINE_SESSIONS) for part in (window.train, window.val))
+
+
+def _sample(lake: Lake, part: Part, limit: int) -> pl.DataFrame:
+    share = min(1.0, limit / max(part.sessions, 1))
+    kept = stable_hash(pl.col("session_id").cast(pl.String)) % 2**32 < int(share * 2**32)
+    frames = [frame if share == 1.0 else frame.filter(kept) for frame in read_units(lake, part.units)]
+    return pl.concat(frames) if frames else pl.DataFrame(schema=SEQUENCES)
 
 
 def buy_rates(train: pl.DataFrame) -> BuyRates:

@@ -27,11 +27,12 @@ TF32 on GPUs that have it. Both default off: plain IEEE float32 everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -40,19 +41,20 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.metrics import log_loss, roc_auc_score
+from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 
-from clickstream.models.batching import iterate_batches, resident
+from clickstream.features.tensors import SequenceTensors
+from clickstream.models.batching import iterate_batches
 from clickstream.models.device import cpu_threads, float32_precision, resolve_device
-from clickstream.models.predict import predict
 from clickstream.models.training.checkpoints import CheckpointStore, CorruptCheckpointError
+from clickstream.models.training.inputs import TrainingInput
 from clickstream.pipeline.core.errors import TrainingError
 from clickstream.pipeline.core.progress import LiveStatus
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from clickstream.features.tensors import SequenceTensors
     from clickstream.models.lstm import BuyIntentLSTM
     from clickstream.pipeline.core.config import TrainConfig
 
@@ -107,11 +109,24 @@ class _Progress:
         return len(self.history)
 
 
-def _check_labels(tensors: SequenceTensors, name: str) -> None:
-    if tensors.n_sessions == 0:
-        raise TrainingError(f"the {name} set has no sessions")
-    if torch.isnan(tensors.label).any():
+def _as_input(data: TrainingInput | SequenceTensors, device: torch.device, name: str) -> TrainingInput:
+    """`data` as a TrainingInput; bare tensors (labels checked: none may be NaN) become resident ones."""
+    if isinstance(data, TrainingInput):
+        return data
+    if torch.isnan(data.label).any():
         raise ValueError(f"{name} labels contain NaN: the caller must drop unlabelled sessions before fit")
+    return TrainingInput.resident(data, device)
+
+
+def _totals(*counts: int) -> list[int]:
+    """`counts` summed over all ranks (as they are on one)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(counts)
+    totals = torch.tensor(counts, dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        totals = totals.cuda()
+    dist.all_reduce(totals)
+    return totals.tolist()
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -131,12 +146,13 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**63
 
 
-def _fingerprint(train: SequenceTensors, val: SequenceTensors, config: TrainConfig, world: int) -> dict:
-    """What must match for a checkpoint to continue this run (epochs and patience may change)."""
+def _fingerprint(totals: list[int], config: TrainConfig, world: int) -> dict:
+    """What must match for a checkpoint to continue this run (epochs and patience may change);
+    `totals`: training sessions, training events and validation sessions over all ranks."""
     return {
-        "train_sessions": train.n_sessions,
-        "train_events": int(train.item.numel()),
-        "val_sessions": val.n_sessions,
+        "train_sessions": totals[0],
+        "train_events": totals[1],
+        "val_sessions": totals[2],
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
         "lr_decay": config.lr_decay,
@@ -260,36 +276,92 @@ def epoch_learning_rate(config: TrainConfig, history: list[EpochStats]) -> float
     return rate
 
 
-def validation_metrics(model: BuyIntentLSTM, tensors: SequenceTensors, device: torch.device) -> tuple[float, float]:
-    """(ROC AUC, log loss) of the model's probabilities on labelled `tensors`; both classes must occur."""
-    labels = tensors.label.cpu().numpy()
+def validation_metrics(model: BuyIntentLSTM, val: TrainingInput) -> tuple[float, float]:
+    """(ROC AUC, log loss) of the model's probabilities on the validation sessions of all ranks
+    (each rank scores its own; the scores are gathered); both classes must occur."""
+    scores, labels = gather_scores(*val.scores(model))
     if np.unique(labels).size < 2:
         raise TrainingError("the validation set holds only one class; widen the window or the validation days")
-    scores = predict(model, tensors, device=device).astype(np.float64)
+    scores = scores.astype(np.float64)
     return float(roc_auc_score(labels, scores)), float(log_loss(labels, scores, labels=[0.0, 1.0]))
+
+
+def gather_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's (scores, labels), float32, concatenated in rank order, on every rank."""
+    _, world = _rank_and_world()
+    if world == 1:
+        return scores, labels
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    local = torch.from_numpy(np.stack([scores, labels]).astype(np.float32)).to(device)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([local.shape[1]], dtype=torch.int64, device=device))
+    longest = int(max(size.item() for size in sizes))
+    padded = torch.zeros(2, longest, dtype=torch.float32, device=device)
+    padded[:, : local.shape[1]] = local
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    both = torch.cat([part[:, : int(size.item())] for part, size in zip(gathered, sizes, strict=True)], dim=1).cpu()
+    return both[0].numpy(), both[1].numpy()
+
+
+def _batches(train: TrainingInput, batch_size: int, seed: int) -> Iterator[SequenceTensors]:
+    """One epoch's length-bucketed batches of this rank's sessions, buffer by buffer, in an order
+    drawn from `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    for buffer in train.buffers(seed):
+        for _, batch in iterate_batches(buffer, batch_size, shuffle=True, generator=generator):
+            yield batch
 
 
 def _train_epoch(
     net: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    train: SequenceTensors,
+    train: TrainingInput,
     config: TrainConfig,
     epoch: int,
+    batch_size: int,
+    device: torch.device,
     status: LiveStatus | None,
 ) -> tuple[float, float, int]:
     """(mean training loss, seconds, sessions trained on, all ranks). Raises TrainingError on NaN/inf loss."""
     rank, world = _rank_and_world()
-    torch.manual_seed(_epoch_seed(config.seed, epoch, rank))  # dropout masks
-    generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch, 0))  # same batches on all ranks
+    seed = _epoch_seed(config.seed, epoch, rank)
+    torch.manual_seed(seed)  # dropout masks
     net.train()
-    device = train.offsets.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
-    batch_size = epoch_batch_size(train.n_sessions, config.batch_size, world)
-    batches = iterate_batches(train, batch_size, shuffle=True, generator=generator, rank=rank, world_size=world)
-    for step, (_, batch) in enumerate(batches, 1):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+    step = 0
+    uneven = Join([net]) if world > 1 else contextlib.nullcontext()  # shards differ in size
+    with uneven:
+        step = _steps(net, optimizer, _batches(train, batch_size, seed), config, loss_sum, seen, status)
+    if status is not None:
+        status.update(step % PROGRESS_EVERY)
+    if world > 1:
+        totals = torch.stack([loss_sum, seen])
+        dist.all_reduce(totals)
+        loss_sum, seen = totals[0], totals[1]
+    mean_loss = float(loss_sum / seen) if float(seen) else math.nan  # waits for the device: the epoch's timing
+    seconds = time.perf_counter() - start
+    if not math.isfinite(mean_loss):
+        raise TrainingError(f"training loss became {mean_loss} in epoch {epoch}; lower the learning rate")
+    return mean_loss, seconds, int(seen)
+
+
+def _steps(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[SequenceTensors],
+    config: TrainConfig,
+    loss_sum: torch.Tensor,
+    seen: torch.Tensor,
+    status: LiveStatus | None,
+) -> int:
+    """Train on `batches`, adding each batch's loss and sessions to `loss_sum` and `seen`; the steps run."""
+    _, world = _rank_and_world()
+    step = 0
+    for step, batch in enumerate(batches, 1):
+        with torch.autocast(loss_sum.device.type, dtype=torch.bfloat16, enabled=config.bf16):
             logits = net(batch)
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
         optimizer.zero_grad(set_to_none=True)
@@ -304,31 +376,22 @@ def _train_epoch(
                 break  # under DDP every rank must run the same steps; the epoch-end check raises
             if status is not None:
                 status.update(PROGRESS_EVERY, loss=running)
-    if status is not None:
-        status.update(step % PROGRESS_EVERY)
-    if world > 1:
-
-        totals = torch.stack([loss_sum, seen])
-        dist.all_reduce(totals)
-        loss_sum, seen = totals[0], totals[1]
-    mean_loss = float(loss_sum / seen)  # waits for the device: the epoch's timing is complete
-    seconds = time.perf_counter() - start
-    if not math.isfinite(mean_loss):
-        raise TrainingError(f"training loss became {mean_loss} in epoch {epoch}; lower the learning rate")
-    return mean_loss, seconds, int(seen)
+    return step
 
 
 def fit(
-    train: SequenceTensors,
-    val: SequenceTensors,
+    train: TrainingInput | SequenceTensors,
+    val: TrainingInput | SequenceTensors,
     model: BuyIntentLSTM,
     config: TrainConfig,
     *,
     checkpoint_dir: str | Path | None = None,
     resume: bool | str = False,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    lead: bool | None = None,
 ) -> FitResult:
-    """Train `model` on `train` (labels 0/1, no NaN), early-stopping on `val` AUC.
+    """Train `model` on `train` (labels 0/1, no NaN), early-stopping on `val` AUC; both are this
+    rank's own sessions. `lead` (default: rank 0) writes the checkpoints and calls `on_epoch`.
 
     Runs up to `config.epochs` epochs of `epoch_batch_size(...)`-session batches per rank and
     stops after `config.patience` epochs without a validation AUC gain. With `checkpoint_dir` (a
@@ -342,16 +405,19 @@ def fit(
     """
     if resume not in (False, True, RESUME_OR_RESTART):
         raise ValueError(f"resume must be False, True or {RESUME_OR_RESTART!r}, not {resume!r}")
-    _check_labels(train, "train")
-    _check_labels(val, "validation")
     rank, world = _rank_and_world()
+    lead = rank == 0 if lead is None else lead
     device = resolve_device(config.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # the rank's GPU under torchrun
+    train, val = _as_input(train, device, "train"), _as_input(val, device, "validation")
+    totals = _totals(train.n_sessions, train.n_events, val.n_sessions)
+    for name, sessions in (("train", totals[0]), ("validation", totals[2])):
+        if sessions == 0:
+            raise TrainingError(f"the {name} set has no sessions")
     model.to(device)
     net: torch.nn.Module = model
     if world > 1:
-
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -359,17 +425,16 @@ def fit(
         weight_decay=config.weight_decay,
         fused=device.type == "cuda",
     )
-    fingerprint = _fingerprint(train, val, config, world)
+    fingerprint = _fingerprint(totals, config, world)
     checkpoint = CheckpointStore(checkpoint_dir) if checkpoint_dir is not None else None
     progress = _Progress(history=[])
     if resume and checkpoint is not None and checkpoint.exists():
         progress = _resumed(checkpoint, model, optimizer, fingerprint, resume)
     resumed_epochs = progress.epochs_done
 
-    train_data, val_data = resident(train, device), resident(val, device)
-    batch_size = epoch_batch_size(train.n_sessions, config.batch_size, world)
-    n_batches = math.ceil(math.ceil(train.n_sessions / batch_size) / world)  # per rank
-    status = LiveStatus("training", total=config.epochs * n_batches) if rank == 0 else None
+    batch_size = epoch_batch_size(totals[0], config.batch_size, world)
+    n_batches = math.ceil(train.n_sessions / batch_size)  # about: a buffer's last batch may be short
+    status = LiveStatus("training", total=config.epochs * n_batches) if lead else None
     with float32_precision(tf32=config.tf32), cpu_threads(device, config.cpu_threads):
         try:
             for epoch in range(progress.epochs_done + 1, config.epochs + 1):
@@ -377,15 +442,15 @@ def fit(
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = epoch_learning_rate(config, progress.history)
-                loss, seconds, seen = _train_epoch(net, optimizer, train_data, config, epoch, status)
-                val_auc, val_logloss = validation_metrics(model, val_data, device)
+                loss, seconds, seen = _train_epoch(net, optimizer, train, config, epoch, batch_size, device, status)
+                val_auc, val_logloss = validation_metrics(model, val)
                 stats = EpochStats(epoch, loss, val_auc, val_logloss, seconds, seen / max(seconds, 1e-9))
                 progress.history.append(stats)
                 if val_auc > progress.best_val_auc:
                     progress.best_epoch, progress.best_val_auc = epoch, val_auc
                     progress.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 progress.stopped = epoch - progress.best_epoch >= config.patience
-                if rank == 0:
+                if lead:
                     if checkpoint is not None:
                         _save_checkpoint(checkpoint, model, optimizer, progress, fingerprint)
                     if status is not None:

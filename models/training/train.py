@@ -19,8 +19,11 @@ other waits for that run to end, then re-uses its version. A run of the same fin
 RUNNING by a killed process is marked KILLED when the window is trained again; `resume=True` instead
 continues the window's interrupted run (same MLflow run, last checkpoint). Checkpoints live in
 `settings.checkpoints`, storage every worker sees, so a retry on another machine resumes too.
-`gpus` > 1 trains data-parallel on that many local processes (models.training.distributed); the
-launching process evaluates and registers, once.
+`gpus` > 1 trains data-parallel on that many local processes, and `nodes` on several machines
+(models.training.distributed), each rank reading its own shard of the pinned snapshot; the
+launching process of node 0 evaluates and registers, once. No step holds the window: its
+survey, counts and validation pass read a shard unit at a time, and the GBM bar trains on a
+stable sample of at most BASELINE_SESSIONS training sessions (models.training.baseline).
 """
 from __future__ import annotations
 
@@ -40,19 +43,20 @@ from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
+import polars as pl
 import torch
 from mlflow.entities import RunStatus
 
 from clickstream.features.tensor_loader import feature_schema, load_tensors
 from clickstream.features.tensors import CONTINUOUS_FEATURES
-from clickstream.features.vocabulary import build_vocabulary
 from clickstream.models.bundle import WEIGHTS_SHA256, ModelBundle
+from clickstream.models.calibration import logit
 from clickstream.models.evaluation import choose_calibration, evaluate, expected_calibration_error, write_plots
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.predict import predict
 from clickstream.models.registry.champion import actor, gate_challenger
 from clickstream.models.registry.decision import Decision
-from clickstream.models.registry.packaging import log_model, weights_sha256
+from clickstream.models.registry.packaging import EXAMPLE_SESSIONS, log_model, weights_sha256
 from clickstream.models.registry.store import (
     EVENTS_VERSION_TAG,
     FEATURE_SCHEMA_TAG,
@@ -69,14 +73,16 @@ from clickstream.models.registry.store import (
     training_claim,
     version_with_fingerprint,
 )
-from clickstream.models.training.baseline import fit_baseline
+from clickstream.models.training.baseline import Baseline, baseline_sample, fit_baseline
 from clickstream.models.training.checkpoints import CheckpointStore
-from clickstream.models.training.distributed import check_ranks, fit_ranks
+from clickstream.models.training.distributed import Nodes, check_ranks, fit_ranks, release_nodes
+from clickstream.models.training.job import Job, count_window, weights_digest
+from clickstream.models.training.shards import read_units
 from clickstream.models.training.tuned import with_tuned
-from clickstream.models.training.window import Split, TrainingData, check_trainable, datasets, prepare
+from clickstream.models.training.window import TrainingWindow, check_trainable, datasets, prepare
 from clickstream.pipeline.core.code import code_version
 from clickstream.pipeline.core.config import CHALLENGER, Settings, TrainConfig
-from clickstream.pipeline.core.errors import TrainingError
+from clickstream.pipeline.core.errors import ClickstreamError, TrainingError
 from clickstream.pipeline.core.processes import STALE_AGE, is_stale, owner
 from clickstream.pipeline.core.schemas import EVENT_TYPES
 
@@ -84,8 +90,10 @@ if TYPE_CHECKING:
     from mlflow import ActiveRun, MlflowClient
     from mlflow.entities import Run
 
+    from clickstream.features.vocabulary import Vocabulary
     from clickstream.models.training.fit import EpochStats
 
+WEIGHTS_DIGEST_TAG = "weights_digest"  # models.training.job.weights_digest of the trained weights, as every rank ended
 OWNER_TAG = "owner"  # host:pid of the process training a run, to tell a killed run from a live one
 HEARTBEAT_TAG = "heartbeat"  # when the training process last marked its run alive (ISO time, UTC)
 HEARTBEAT = dt.timedelta(minutes=1)  # how often it does
@@ -132,11 +140,12 @@ def train_and_register(
     promote: bool = False,
     resume: bool | str = False,
     gpus: int = 1,
+    nodes: Nodes = Nodes(),
     as_of: int | None = None,
 ) -> TrainSummary:
     """train_challenger, then with `promote` the champion gate on the challenger's validation days."""
     summary = train_challenger(
-        settings, start, end, epochs=epochs, device=device, resume=resume, gpus=gpus, as_of=as_of
+        settings, start, end, epochs=epochs, device=device, resume=resume, gpus=gpus, nodes=nodes, as_of=as_of
     )
     if not promote:
         return summary
@@ -153,6 +162,7 @@ def train_challenger(
     device: str = "auto",
     resume: bool | str = False,
     gpus: int = 1,
+    nodes: Nodes = Nodes(),
     as_of: int | None = None,
 ) -> TrainSummary:
     """Train on the labelled sessions starting in [start, end] (default: all of sequences) at
@@ -166,89 +176,107 @@ def train_challenger(
     checkpoint: a checkpoint that cannot be continued is a TrainingError, unless `resume` is
     models.training.fit.RESUME_OR_RESTART (`--resume-or-restart`), which starts the window clean instead.
     Tuned settings in the lake (models.training.tuned) apply on top of `settings` when they were tuned for
-    the same features.
+    the same features. With `nodes` of several machines this is node 0 (the leader): the other
+    nodes' `join_ranks` train with it, and are released when there is nothing to train.
     """
     settings = with_tuned(settings)
+    nodes.check()
     if gpus != 1:
         check_ranks(gpus, device)
     config = dataclasses.replace(settings.train, epochs=epochs or settings.train.epochs, device=device)
-    data = prepare(settings, config, start, end, as_of)
+    window = prepare(settings, config, start, end, as_of)
     client = tracking_client(settings)
-    started = _start_run(settings, client, data, resume, device)
+    try:
+        started = _start_run(settings, client, window, resume, device)
+    except ClickstreamError as error:
+        release_nodes(Job.stopped(window, config, str(error)), ranks=gpus, nodes=nodes)
+        raise
     if isinstance(started, str):  # the window's version, registered by this or another process
+        release_nodes(Job.stopped(window, config, f"v{started} already holds this window"), ranks=gpus, nodes=nodes)
         set_challenger(settings, started)
         return _summary(settings, client, started, reused=True)
 
     with started as run, _heartbeat(client, run.info.run_id):
         try:
-            version = _train_in_run(settings, config, data, resume, gpus)
+            version = _train_in_run(settings, config, window, resume, gpus, nodes)
         except TrainingError as error:
             mlflow.set_tag("failure_reason", str(error))
             raise  # leaving the `with` marks the run FAILED
     return _summary(settings, client, version, reused=False, run_id=run.info.run_id)
 
 
-def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, resume: bool | str, gpus: int) -> str:
+def _train_in_run(
+    settings: Settings, config: TrainConfig, window: TrainingWindow, resume: bool | str, gpus: int, nodes: Nodes
+) -> str:
     """Fit, evaluate, calibrate, log and register inside the active MLflow run; returns the new version."""
-    split = data.split
     mlflow.log_params(
         {
-            **_params(settings, config, split),
+            **_params(settings, config, window),
             "gpus": gpus,
-            "sequences_version": data.sequences_version,
-            "events_version": data.events_version,
+            "nodes": nodes.count,
+            "sequences_version": window.sequences_version,
+            "events_version": window.events_version,
         }
     )
-    check_trainable(split, config)
-    inputs = datasets(settings, data)
+    try:
+        check_trainable(window, config)
+    except TrainingError as error:
+        release_nodes(Job.stopped(window, config, str(error)), ranks=gpus, nodes=nodes)
+        raise
+    inputs = datasets(settings, window)
     for context, dataset in inputs.items():
         mlflow.log_input(dataset, context=context)
 
-    vocabulary = build_vocabulary(split.train, settings.sequences)
-    # out of fold: a training session's own label never feeds its buy-rate inputs
-    train = load_tensors(split.train, vocabulary, out_of_fold=True)
-    val = load_tensors(split.val, vocabulary)
+    vocabulary = count_window(window, settings.sequences)
     mlflow.log_params(
         {
             "vocabulary_version": vocabulary.version,
             "n_items": vocabulary.n_items,
             "n_categories": vocabulary.n_categories,
-            "train_events": int(train.item.numel()),
+            "train_events": window.train.events,
         }
     )
     torch.manual_seed(config.seed)
-    model = BuyIntentLSTM(
-        settings.model, vocabulary.n_items, vocabulary.n_categories, len(EVENT_TYPES) + 1, len(CONTINUOUS_FEATURES)
+    sizes = (vocabulary.n_items, vocabulary.n_categories, len(EVENT_TYPES) + 1, len(CONTINUOUS_FEATURES))
+    model = BuyIntentLSTM(settings.model, *sizes)
+    checkpoints = CheckpointStore(f"{settings.checkpoints}/{window.fingerprint[:16]}")
+    job = Job(
+        window,
+        vocabulary,
+        settings.model,
+        sizes,
+        {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        config,
+        checkpoint_dir=checkpoints.folder,
+        resume=resume,
     )
-    checkpoints = CheckpointStore(f"{settings.checkpoints}/{data.fingerprint[:16]}")
-    result = fit_ranks(
-        train, val, model, config, ranks=gpus, checkpoint_dir=checkpoints.folder, resume=resume, on_epoch=_log_epoch
-    )
+    result = fit_ranks(job, ranks=gpus, nodes=nodes, on_epoch=_log_epoch)
 
-    labels, lengths = split.val["label"].to_numpy(), split.val["n_events"].to_numpy()
-    raw_scores = predict(result.model, val, device=result.device)
-    if not np.isfinite(raw_scores).all():
+    baseline = fit_baseline(*baseline_sample(window), seed=config.seed)
+    scored = validation_pass(window, vocabulary, result.model, baseline, result.device)
+    if not np.isfinite(scored.raw).all():
         raise TrainingError("the trained model gives non-finite scores on the validation sessions")
-    choice = choose_calibration(labels, raw_scores)
+    choice = choose_calibration(scored.labels, scored.raw)
     bundle = ModelBundle(result.model.cpu().eval(), vocabulary, choice.calibration, settings.sequences)
-    lstm_scores = bundle.score(split.val)  # what the registered model scores: calibrated
-    gbm_scores = fit_baseline(split.train, split.val, seed=config.seed).predict(split.val)
-    mlflow.log_params({"calibration": choice.calibration.method})
-    mlflow.set_tag("trained_on", result.device)
+    lstm_scores = choice.calibration.probability(torch.from_numpy(logit(scored.raw))).numpy()  # as registered
+    mlflow.log_params({"calibration": choice.calibration.method, "baseline_sessions": baseline.sessions})
+    mlflow.set_tags({"trained_on": result.device, WEIGHTS_DIGEST_TAG: weights_digest(result.model)})
 
     with tempfile.TemporaryDirectory(prefix="clickstream-run-") as tmp:
         plots = Path(tmp) / "plots"
-        write_plots(labels, {"LSTM": lstm_scores, "LSTM uncalibrated": raw_scores, "GBM": gbm_scores}, plots)
+        curves = {"LSTM": lstm_scores, "LSTM uncalibrated": scored.raw, "GBM": scored.gbm}
+        write_plots(scored.labels, curves, plots)
         mlflow.log_artifacts(str(plots), "plots")
         vocabulary.save(Path(tmp) / "vocabulary")
         mlflow.log_artifacts(str(Path(tmp) / "vocabulary"), "vocabulary")
-    logged = log_model(bundle, split.val)
+    logged = log_model(bundle, scored.example)
     # linked to the logged model and the validation dataset (MLflow 3 model metrics), and on the run
+    labels, lengths = scored.labels, scored.lengths
     mlflow.log_metrics(
         {
             **evaluate(labels, lstm_scores, lengths).metrics("val_"),
-            **evaluate(labels, gbm_scores, lengths).metrics("gbm_val_"),
-            "val_ece_raw": expected_calibration_error(labels, raw_scores),
+            **evaluate(labels, scored.gbm, lengths).metrics("gbm_val_"),
+            "val_ece_raw": expected_calibration_error(labels, scored.raw),
             "val_ece": choice.ece,
             **{f"val_ece_heldout_{method}": ece for method, ece in choice.heldout_ece.items()},
             "calibration_slope": choice.calibration.slope,
@@ -265,19 +293,47 @@ def _train_in_run(settings: Settings, config: TrainConfig, data: TrainingData, r
         logged.model_uri,
         settings.model_name,
         tags={
-            FINGERPRINT_TAG: data.fingerprint,
-            VAL_START_TAG: split.validation[0].isoformat(),
-            VAL_END_TAG: split.validation[1].isoformat(),
-            WINDOW_TAG: f"{split.window[0]}..{split.window[1]}",
+            FINGERPRINT_TAG: window.fingerprint,
+            VAL_START_TAG: window.validation[0].isoformat(),
+            VAL_END_TAG: window.validation[1].isoformat(),
+            WINDOW_TAG: f"{window.window[0]}..{window.window[1]}",
             FEATURE_SCHEMA_TAG: feature_schema(),
-            SEQUENCES_VERSION_TAG: str(data.sequences_version),
-            EVENTS_VERSION_TAG: data.events_version,
+            SEQUENCES_VERSION_TAG: str(window.sequences_version),
+            EVENTS_VERSION_TAG: window.events_version,
             WEIGHTS_SHA256: weights_sha256(logged),  # verified at every load (models.bundle)
         },
     )
     set_challenger(settings, version)
     checkpoints.clear()  # the registered version supersedes them
     return version
+
+
+@dataclass(frozen=True)
+class ValidationScores:
+    """The validation sessions' labels, lengths, raw LSTM and GBM scores (in unit order), and a few
+    of them as the logged model's input example."""
+
+    labels: np.ndarray
+    lengths: np.ndarray
+    raw: np.ndarray
+    gbm: np.ndarray
+    example: pl.DataFrame
+
+
+def validation_pass(
+    window: TrainingWindow, vocabulary: Vocabulary, model: BuyIntentLSTM, baseline: Baseline, device: str
+) -> ValidationScores:
+    """Score the window's validation sessions with the model and the baseline, a unit at a time."""
+    parts: dict[str, list[np.ndarray]] = {"labels": [], "lengths": [], "raw": [], "gbm": []}
+    example = None
+    for frame in read_units(window.open(), window.val.units):
+        example = frame.head(EXAMPLE_SESSIONS) if example is None else example
+        parts["labels"].append(frame.get_column("label").cast(pl.Float32).to_numpy())
+        parts["lengths"].append(frame.get_column("n_events").to_numpy())
+        parts["raw"].append(predict(model, load_tensors(frame, vocabulary), device=device))
+        parts["gbm"].append(baseline.predict(frame))
+    joined = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    return ValidationScores(**joined, example=example)
 
 
 def _log_epoch(stats: EpochStats) -> None:
@@ -290,19 +346,19 @@ def _log_epoch(stats: EpochStats) -> None:
     )
 
 
-def _params(settings: Settings, config: TrainConfig, split: Split) -> dict[str, object]:
+def _params(settings: Settings, config: TrainConfig, window: TrainingWindow) -> dict[str, object]:
     """Run parameters: the data window and split, and every model, training and sequence setting."""
     return {
-        "window_start": split.window[0],
-        "window_end": split.window[1],
-        "train_start": split.train["session_start"].min(),
-        "train_end": split.train["session_start"].max(),
-        "val_start": split.validation[0],
-        "val_end": split.validation[1],
-        "train_sessions": split.train.height,
-        "val_sessions": split.val.height,
-        "train_buyers": int(split.train["label"].sum()),
-        "val_buyers": int(split.val["label"].sum()),
+        "window_start": window.window[0],
+        "window_end": window.window[1],
+        "train_start": window.train.first_start,
+        "train_end": window.train.last_start,
+        "val_start": window.validation[0],
+        "val_end": window.validation[1],
+        "train_sessions": window.train.sessions,
+        "val_sessions": window.val.sessions,
+        "train_buyers": window.train.buyers,
+        "val_buyers": window.val.buyers,
         "code_version": code_version(),
         **{f"model_{k}": v for k, v in dataclasses.asdict(settings.model).items()},
         **{f"train_{k}": v for k, v in dataclasses.asdict(config).items() if k != "device"},
@@ -311,7 +367,7 @@ def _params(settings: Settings, config: TrainConfig, split: Split) -> dict[str, 
 
 
 def _start_run(
-    settings: Settings, client: MlflowClient, data: TrainingData, resume: bool | str, device: str
+    settings: Settings, client: MlflowClient, data: TrainingWindow, resume: bool | str, device: str
 ) -> str | ActiveRun:
     """The registered version of this window's fingerprint (a str) when there is one, else this
     process's run of it, started. Under a claim on the experiment (store.training_claim), so that
@@ -329,7 +385,7 @@ def _start_run(
                 return mlflow.start_run(
                     run_id=resumed,
                     experiment_id=experiment_id(client),
-                    run_name=f"train {data.split.span}",
+                    run_name=f"train {data.span}",
                     tags={
                         FINGERPRINT_TAG: data.fingerprint,
                         OWNER_TAG: owner(),

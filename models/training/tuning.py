@@ -43,18 +43,17 @@ import mlflow
 import optuna
 import torch
 
-from clickstream.features.sequences import read_sequences
-from clickstream.features.tensor_loader import load_tensors
-from clickstream.features.tensors import CONTINUOUS_FEATURES, SequenceTensors
-from clickstream.features.vocabulary import build_vocabulary
+from clickstream.features.tensors import CONTINUOUS_FEATURES
+from clickstream.models.device import resolve_device
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.registry.store import experiment_id, tracking_client
 from clickstream.models.training.fit import EpochStats, fit
+from clickstream.models.training.inputs import TrainingInput
+from clickstream.models.training.job import count_window, rank_inputs
 from clickstream.models.training.tuned import TunedSettings, feature_signature, write_tuned
-from clickstream.models.training.window import check_trainable, split_window
+from clickstream.models.training.window import check_trainable, prepare
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrainingError
-from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.core.schemas import EVENT_TYPES
 
 # "group.field": (kind, values): kind "choice" (values to pick from), "float" or "log" (low, high)
@@ -112,12 +111,10 @@ def tune(
     train and judge a model, or when every trial failed."""
     space = SEARCH_SPACE if space is None else space
     config = dataclasses.replace(settings.train, epochs=epochs or settings.train.epochs, device=device)
-    frame = read_sequences(Lake(settings.lake, settings.buckets), start, end)
-    split = split_window(frame.filter(frame["label"].is_not_null()), start, end, config.validation_days)
+    split = prepare(settings, config, start, end)
     check_trainable(split, config)
-    vocabulary = build_vocabulary(split.train, settings.sequences)
-    train = load_tensors(split.train, vocabulary, out_of_fold=True)
-    val = load_tensors(split.val, vocabulary)
+    vocabulary = count_window(split, settings.sequences)
+    train, val = rank_inputs(split, vocabulary, config, device=resolve_device(device))
     sizes = (vocabulary.n_items, vocabulary.n_categories, len(EVENT_TYPES) + 1, len(CONTINUOUS_FEATURES))
     base = dataclasses.replace(settings, train=config)
 
@@ -179,8 +176,8 @@ def _trial(
     trial: optuna.Trial,
     base: Settings,
     space: dict[str, tuple[str, tuple[Any, ...]]],
-    train: SequenceTensors,
-    val: SequenceTensors,
+    train: TrainingInput,
+    val: TrainingInput,
     sizes: tuple[int, int, int, int],
 ) -> float:
     """Fit one suggested configuration in a nested MLflow run; its best validation AUC."""

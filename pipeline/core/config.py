@@ -18,6 +18,8 @@ Environment variables:
     CLICKSTREAM_SQL_TIMEOUT_S       time limit of one `clickstream sql` query, seconds > 0 and <= 3600  [60]
     CLICKSTREAM_SQL_MEMORY_MB       memory limit of one `clickstream sql` query, MiB >= 64 and <= 1048576  [2048]
     CLICKSTREAM_TRAIN_CPU_THREADS   torch threads of a training on the CPU, >= 1  [1]
+    CLICKSTREAM_TRAIN_MEMORY_MB     data budget of one training rank, MiB >= 64: its shard stays resident
+                                    when it fits, else streams  [half the GPU's memory, or of the host's per rank]
     CLICKSTREAM_BUCKETS   session-hash buckets of a new lake, 1..4096 (an existing lake keeps its own)  [1]
     CLICKSTREAM_TRAIN_EXECUTOR      the Airflow executor of the nightly's train task  [the default executor]
     AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL   an object-store endpoint; http:// allows plain HTTP  [AWS's]
@@ -96,6 +98,11 @@ class TrainConfig:
     bf16: bool = False  # forward pass under bf16 autocast (GPU); off until measured (benchmarks/RESULTS.md)
     tf32: bool = False  # float32 matmuls and cuDNN LSTM in TF32 (GPU); off: IEEE float32
     min_positives: int = 10  # fewer buyers than this in train or validation ends the run
+    # a rank's data budget in MiB (env CLICKSTREAM_TRAIN_MEMORY_MB); None: half the GPU's memory, or
+    # half the host's per rank on the CPU (models.training.inputs.data_budget)
+    memory_mb: int | None = None
+    # sessions per streamed buffer: batches are cut from one buffer at a time, so sessions mix within it
+    shuffle_buffer: int = 262_144
 
 
 @dataclass(frozen=True)
@@ -172,7 +179,10 @@ def load_settings(
             )
         ),
         buckets=int(env_number(env, "CLICKSTREAM_BUCKETS", 0, low=1, high=MAX_BUCKETS, integer=True)) or None,
-        train=TrainConfig(cpu_threads=int(env_number(env, "CLICKSTREAM_TRAIN_CPU_THREADS", 1, low=1, integer=True))),
+        train=TrainConfig(
+            cpu_threads=int(env_number(env, "CLICKSTREAM_TRAIN_CPU_THREADS", 1, low=1, integer=True)),
+            memory_mb=int(env_number(env, "CLICKSTREAM_TRAIN_MEMORY_MB", 0, low=64, integer=True)) or None,
+        ),
         **limits,
     )
 

@@ -81,6 +81,10 @@ _BUCKETS_IN = re.compile(r"\bbuckets=(\d+)\b")
 # 11% more bytes (benchmarks/RESULTS.md, "ingest")
 ZSTD_LEVELS = {"events": 1}
 ZSTD_DEFAULT = 3
+# Rows per Parquet row group where a reader works a row group at a time: a training rank reads
+# `sequences` in shard units of one row group (models.training.shards); other tables keep polars'
+# default.
+ROW_GROUP_ROWS = {"sequences": 65_536}
 # vacuum keeps files that versions of the last week still read: a week of time travel at least
 RETENTION_HOURS = 7 * 24
 # tries of a commit that other writers' commits of other rows keep refusing (each try follows one of theirs)
@@ -300,7 +304,7 @@ class Lake:
             return None
         by_partition: dict[tuple[dt.date, int | None], list[str]] = {}
         for path in paths:
-            by_partition.setdefault(_partition_values(path), []).append(path)
+            by_partition.setdefault(partition_values(path), []).append(path)
         # the paths are taken literally: no glob (a root's `[1]` or `?` is no pattern) and no Hive
         # parsing (a root's `x=1` is no column); `date` and `bucket` come from the partition folders alone
         scans = [
@@ -474,7 +478,7 @@ class Lake:
             folder = "/".join(f"{name}={value}" for name, value in partition.items())
             relative = f"{folder}/part-{uuid.uuid4().hex}.zstd.parquet"
             written.append(f"{self.table_uri(table)}/{relative}")
-            size = self._write_parquet(written[-1], part, level)
+            size = self._write_parquet(written[-1], part, level, ROW_GROUP_ROWS.get(table))
             stats: dict[str, object] = {"numRecords": part.height}
             if batch is not None:
                 stats |= {"minValues": {"batch": batch}, "maxValues": {"batch": batch}, "nullCount": {"batch": 0}}
@@ -482,14 +486,18 @@ class Lake:
             actions.append(AddAction(relative, size, partition, now, True, json.dumps(stats)))
         return actions
 
-    def _write_parquet(self, path: str, frame: pl.DataFrame, level: int) -> int:
+    def _write_parquet(self, path: str, frame: pl.DataFrame, level: int, row_group_rows: int | None) -> int:
         """Write `frame` to `path` (a local file, or an object written in one put); returns its size."""
         if self.is_local:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            frame.write_parquet(path, compression="zstd", compression_level=level, statistics=True)
+            frame.write_parquet(
+                path, compression="zstd", compression_level=level, statistics=True, row_group_size=row_group_rows
+            )
             return Path(path).stat().st_size
         buffer = io.BytesIO()
-        frame.write_parquet(buffer, compression="zstd", compression_level=level, statistics=True)
+        frame.write_parquet(
+            buffer, compression="zstd", compression_level=level, statistics=True, row_group_size=row_group_rows
+        )
         self.fs.pipe_file(path, buffer.getvalue())
         return buffer.tell()
 
@@ -726,7 +734,7 @@ def _old_layout(table: str, folder: str, name: str) -> bool:
     return bool(OLD_PART.match(name)) and (folder == table or bool(OLD_DATE.match(folder)))
 
 
-def _partition_values(path: str) -> tuple[dt.date, int | None]:
+def partition_values(path: str) -> tuple[dt.date, int | None]:
     """The date and bucket of a data file, from its own folders `date=YYYY-MM-DD[/bucket=B]` (never
     from the lake root's path); None for the bucket of a table without one."""
     folders = [unquote(name) for name in path.split("/")[-3:-1]]
@@ -738,7 +746,7 @@ def _partition_values(path: str) -> tuple[dt.date, int | None]:
 
 
 def _date_then_name(uri: str) -> tuple[dt.date, str]:
-    return (_partition_values(uri)[0], uri)
+    return (partition_values(uri)[0], uri)
 
 
 def _custom_metadata(entry: dict[str, object]) -> dict[str, str]:

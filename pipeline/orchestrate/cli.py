@@ -168,6 +168,13 @@ def train(
     gpus: Annotated[
         int, typer.Option(min=1, help="Training processes on this machine: one per GPU (CPU ranks with --device cpu).")
     ] = 1,
+    nodes: Annotated[int, typer.Option(min=1, help="Machines training together (each runs this command).")] = 1,
+    node_rank: Annotated[
+        int, typer.Option(min=0, help="This machine's place among --nodes: 0 leads (reads, registers).")
+    ] = 0,
+    rendezvous: Annotated[
+        str | None, typer.Option(help="HOST:PORT where the --nodes machines meet (torchrun's c10d rendezvous).")
+    ] = None,
     as_of: Annotated[
         int | None,
         typer.Option(
@@ -179,7 +186,16 @@ def train(
     lake: LakeOpt = None,
 ) -> None:
     """Train the LSTM on sessions starting in the window and register it in MLflow
-    (the tracking store is MLFLOW_TRACKING_URI)."""
+    (the tracking store is MLFLOW_TRACKING_URI). With --nodes, run it on every machine: node 0
+    prepares, leads and registers; the others train with it and print what they did."""
+    from clickstream.models.training.distributed import Nodes, check_ranks, join_ranks
+
+    machines = Nodes(nodes, node_rank, rendezvous)
+    machines.check()
+    if node_rank > 0:
+        check_ranks(gpus, device.value)
+        _done(join_ranks(ranks=gpus, device=device.value, nodes=machines))
+        return
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
     settings = _settings(lake)
     _require_data(settings, "sequences", first, last, as_of)
@@ -196,6 +212,7 @@ def train(
             promote=promote,
             resume=RESUME_OR_RESTART if resume_or_restart else resume,
             gpus=gpus,
+            nodes=machines,
             as_of=as_of,
         )
     )

@@ -21,7 +21,6 @@ import pytest
 from fixtures import labelled_lake
 from mlflow.entities import Param
 
-from clickstream.models import train
 from clickstream.models.registry import store as registry_store
 from clickstream.models.registry.champion import decision_history, promote_version, rollback_champion
 from clickstream.models.registry.decision import Action, Decision, recorded_champion
@@ -34,6 +33,7 @@ from clickstream.models.registry.store import (
     alias_version,
     tracking_client,
 )
+from clickstream.models.training import train
 from clickstream.pipeline.core.config import Settings, load_settings
 from clickstream.pipeline.core.errors import PromotionError
 from clickstream.pipeline.core.processes import owner
@@ -82,7 +82,7 @@ elif hook == "hold_decided":  # the decision taken, not yet recorded: wait for t
 
     champion.record_decision = held
 elif hook == "hold_training":  # inside the training run, before the first epoch: wait for the test
-    from clickstream.models import train
+    from clickstream.models.training import train
     real_fit = train.fit_ranks
 
     def held(*args, **kwargs):
