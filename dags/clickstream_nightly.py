@@ -111,6 +111,8 @@ def clickstream_nightly() -> None:
                 device=params.get("device") or NIGHTLY.device,
                 gpus=NIGHTLY.gpus_per_training,
                 resume=nightly.is_retry(ti),  # a retry continues the failed attempt's last finished epoch
+                nodes=NIGHTLY.train_nodes,
+                image=NIGHTLY.train_image,
             )
 
     @task

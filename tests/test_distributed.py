@@ -19,8 +19,9 @@ from fixtures import labelled_lake
 from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.registry.store import alias_version, tracking_client
-from clickstream.models.training.distributed import Nodes, check_ranks, fit_ranks
+from clickstream.models.training.distributed import check_ranks, fit_ranks
 from clickstream.models.training.job import Job, count_window, train_rank
+from clickstream.models.training.nodes import Nodes
 from clickstream.models.training.shards import assign
 from clickstream.models.training.train import WEIGHTS_DIGEST_TAG
 from clickstream.models.training.window import prepare

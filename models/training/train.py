@@ -75,8 +75,9 @@ from clickstream.models.registry.store import (
 )
 from clickstream.models.training.baseline import Baseline, baseline_sample, fit_baseline
 from clickstream.models.training.checkpoints import CheckpointStore
-from clickstream.models.training.distributed import Nodes, check_ranks, fit_ranks, release_nodes
+from clickstream.models.training.distributed import check_ranks, fit_ranks, release_nodes
 from clickstream.models.training.job import Job, count_window, weights_digest
+from clickstream.models.training.nodes import Nodes
 from clickstream.models.training.shards import read_units
 from clickstream.models.training.tuned import with_tuned
 from clickstream.models.training.window import TrainingWindow, check_trainable, datasets, prepare

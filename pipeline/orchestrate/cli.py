@@ -188,11 +188,13 @@ def train(
     """Train the LSTM on sessions starting in the window and register it in MLflow
     (the tracking store is MLFLOW_TRACKING_URI). With --nodes, run it on every machine: node 0
     prepares, leads and registers; the others train with it and print what they did."""
-    from clickstream.models.training.distributed import Nodes, check_ranks, join_ranks
+    from clickstream.models.training.nodes import Nodes
 
     machines = Nodes(nodes, node_rank, rendezvous)
     machines.check()
     if node_rank > 0:
+        from clickstream.models.training.distributed import check_ranks, join_ranks
+
         check_ranks(gpus, device.value)
         _done(join_ranks(ranks=gpus, device=device.value, nodes=machines))
         return

@@ -48,6 +48,10 @@ class NightlyConfig:
     gpu_queue: str = "gpu"
     gpu_pool_slots: int = 1  # trainings at once (created by `prepare_airflow`)
     gpus_per_training: int = 1  # processes (one per GPU, models.training.distributed); nvidia.com/gpu of the pod
+    # machines per training: above 1 the train task submits docker/k8s/train-nodes.yaml (an Indexed Job of
+    # `train_nodes` pods meeting at torchrun's c10d rendezvous, pipeline.orchestrate.train_nodes) and waits for it
+    train_nodes: int = 1
+    train_image: str = "clickstream-gpu-worker:latest"  # the image of the multi-node training's pods
     # The executor the training task asks for, e.g. "KubernetesExecutor" (env CLICKSTREAM_TRAIN_EXECUTOR).
     # It must be one of Airflow's configured executors ([core] executor lists several): DAG parsing
     # rejects a task whose executor is not. None: the default executor.
@@ -286,10 +290,15 @@ def train_for_day(
     device: str = "auto",
     gpus: int = 1,
     resume: bool = False,
+    nodes: int = 1,
+    image: str = NightlyConfig.train_image,
+    timeout_s: int = int(NightlyConfig.train_timeout.total_seconds()),
 ) -> dict[str, Any]:
     """Train a challenger on the sessions starting in the window ending at `day` and register it
     (alias `challenger`); the same window, data and configuration reuse the version already registered.
-    `gpus` > 1 trains on that many processes of this machine. `resume` (a retried task, `is_retry`)
+    `gpus` > 1 trains on that many processes of this machine; `nodes` > 1 on that many pods of `image`
+    (a Kubernetes Indexed Job named after the day, waited for up to `timeout_s`), whose version this
+    task then reports. `resume` (a retried task, `is_retry`)
     continues the interrupted attempt's MLflow run from its last finished epoch: checkpoints live in
     `settings.checkpoints`, which every worker sees. A checkpoint that cannot be continued (torn,
     corrupt) is passed over with a warning and the retry starts clean: unattended, it must not fail
@@ -303,6 +312,12 @@ def train_for_day(
     from clickstream.models.training.train import train_challenger
 
     again = RESUME_OR_RESTART if resume else False
+    if nodes > 1:  # the pods train and register; the run below then finds their version by its fingerprint
+        from clickstream.pipeline.orchestrate.train_nodes import render_training, submit_training
+
+        name = f"clickstream-train-{day:%Y%m%d}"
+        manifest = render_training(name=name, nodes=nodes, gpus=gpus, start=start, end=end, epochs=epochs, image=image)
+        submit_training(manifest, name=name, timeout_s=timeout_s)
     summary = train_challenger(settings, start, end, epochs=epochs, device=device, gpus=gpus, resume=again)
     return {
         "version": str(summary.version),

@@ -1,0 +1,132 @@
+"""Training memory and speed as the window grows: `clickstream train --epochs 1 --device cpu` on a
+window and on one 4x larger, streamed under a 512 MiB data budget, and the smaller window resident.
+
+    python -m benchmarks.train_memory [--sessions 300000] [--no-record]
+
+Each run is its own process on a fresh MLflow store (peak RSS is the process's own, from
+getrusage of the child); the lakes hold synthetic sequences over ten days (the last two
+validate). Targets: the 4x window's peak within 1.25x of the smaller one's, streamed; streamed
+training sessions per CPU-second no lower than resident on the same window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA = Path(__file__).with_name("data")
+SCALE = 4
+BUDGET_MB = 512
+DAYS = 10
+ITEMS = 20_000
+
+
+@dataclass(frozen=True)
+class Run:
+    label: str
+    sessions: int
+    train_sessions: int
+    peak_gib: float
+    cpu_s: float
+    wall_s: float
+    epoch_sessions_per_s: float
+
+    @property
+    def sessions_per_cpu_s(self) -> float:
+        return self.train_sessions / self.cpu_s
+
+
+def _lake(path: Path, sessions: int) -> str:
+    """A lake of `sessions` synthetic labelled sessions over DAYS days (made once, kept under data/)."""
+    if not (path / "sequences" / "_delta_log").exists():
+        from clickstream.pipeline.core.lake import Lake
+        from clickstream.pipeline.synthetic.sequences import synthetic_sequences, write_sequences
+
+        write_sequences(Lake(str(path)), synthetic_sequences(sessions=sessions, days=DAYS, seed=3, n_items=ITEMS))
+    return str(path)
+
+
+def _train(label: str, lake: str, sessions: int, work: Path, budget_mb: int | None) -> Run:
+    """One `clickstream train --epochs 1 --device cpu` in its own process and MLflow store."""
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=work))
+    env = {**os.environ, "CLICKSTREAM_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"}
+    env.pop("CLICKSTREAM_TRAIN_MEMORY_MB", None)
+    if budget_mb is not None:
+        env["CLICKSTREAM_TRAIN_MEMORY_MB"] = str(budget_mb)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    began = time.perf_counter()
+    command = [sys.executable, "-c", "from clickstream.pipeline.orchestrate.cli import main; main()", "train"]
+    command += ["--epochs", "1"]
+    done = subprocess.run([*command, "--device", "cpu", "--lake", lake], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"{label}: train failed: {done.stderr[-2000:]}")
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
+    return Run(
+        label=label,
+        sessions=sessions,
+        train_sessions=int(run.data.params["train_sessions"]),
+        peak_gib=after.ru_maxrss / 2**20,
+        cpu_s=(after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+        wall_s=wall,
+        epoch_sessions_per_s=run.data.metrics["epoch_sessions_per_s"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=300_000, help="sessions of the smaller window")
+    parser.add_argument("--no-record", action="store_true", help="Print the figures only.")
+    args = parser.parse_args()
+
+    from benchmarks.results import load_average, machine, record
+
+    load = load_average()
+    DATA.mkdir(exist_ok=True)
+    small, large = args.sessions, SCALE * args.sessions
+    lakes = {n: _lake(DATA / f"train-memory-{n}", n) for n in (small, large)}
+    with tempfile.TemporaryDirectory(prefix="train-memory-", dir=DATA) as folder:
+        work = Path(folder)
+        runs = [
+            _train(f"{small:,} sessions, resident", lakes[small], small, work, None),
+            _train(f"{small:,} sessions, streamed ({BUDGET_MB} MiB)", lakes[small], small, work, BUDGET_MB),
+            _train(f"{large:,} sessions, streamed ({BUDGET_MB} MiB)", lakes[large], large, work, BUDGET_MB),
+        ]
+    resident, streamed_small, streamed_large = runs
+    growth = streamed_large.peak_gib / streamed_small.peak_gib
+    speed = streamed_small.sessions_per_cpu_s / resident.sessions_per_cpu_s
+    lines = [
+        f"Machine: {machine()}; 1-minute load {load:.1f} at the start. `clickstream train --epochs 1 --device cpu`,",
+        f"default model, synthetic sequences over {DAYS} days ({ITEMS:,} items), each run its own process and store.",
+        "",
+        "| run | training sessions | peak RSS | CPU-s | wall s | sessions / CPU-s (whole command) | epoch sessions/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r.label} | {r.train_sessions:,} | {r.peak_gib:.2f} GiB | {r.cpu_s:.1f} | {r.wall_s:.1f} | "
+            f"{r.sessions_per_cpu_s:,.0f} | {r.epoch_sessions_per_s:,.0f} |"
+            for r in runs
+        ),
+        "",
+        f"**Peak RSS, {SCALE}x the window, streamed: {growth:.2f}x (target <= 1.25x: "
+        f"{'met' if growth <= 1.25 else 'NOT met'}). Streamed vs resident sessions per CPU-second on the same "
+        f"window: {speed:.2f}x (target >= 1x: {'met' if speed >= 1 else 'NOT met'}).**",
+    ]
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_record:
+        record("train_memory", body)
+
+
+if __name__ == "__main__":
+    main()
