@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,10 +31,12 @@ import torch
 
 from benchmarks.results import machine
 from benchmarks.train_throughput import naive_throughput
+from clickstream.features.tensors import SequenceTensors
 from clickstream.models.device import resolve_device
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.predict import predict
 from clickstream.models.training.fit import EpochStats, fit
+from clickstream.models.training.inputs import TrainingInput
 from clickstream.pipeline.core.config import ModelConfig, TrainConfig
 from clickstream.pipeline.synthetic.tensors import N_CATEGORIES, N_CONTINUOUS, N_EVENT_TYPES, N_ITEMS, synthetic_tensors
 
@@ -90,6 +92,9 @@ class Utilisation:
         }
 
 
+STREAM_BUFFER = 65_536  # sessions per streamed buffer: one shard unit of the lake
+
+
 def epochs_of_fit(train, val, device: torch.device, config: TrainConfig) -> list[EpochStats]:
     """The EpochStats of `fit` (its training-pass timing) of the default model, no checkpoints."""
     return fit(train, val, _model(), replace(config, device=str(device), patience=config.epochs + 1)).history
@@ -115,6 +120,30 @@ def training(args: argparse.Namespace, device: torch.device) -> dict:
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result
+
+
+def streamed(args: argparse.Namespace, device: torch.device) -> dict:
+    """`training`'s two epochs with the training set streamed: buffers of STREAM_BUFFER sessions cut
+    from host tensors in a seeded order, each moved to the device as a lake buffer is (second epoch timed)."""
+    train, val = synthetic_tensors(args.sessions, seed=1), synthetic_tensors(args.val_sessions, seed=2)
+    starts = list(range(0, train.n_sessions, STREAM_BUFFER))
+
+    def buffers(seed: int | None) -> Iterator[SequenceTensors]:
+        order = list(range(len(starts)))
+        if seed is not None:
+            order = torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed)).tolist()
+        for index in order:
+            yield train.select(torch.arange(starts[index], min(starts[index] + STREAM_BUFFER, train.n_sessions)))
+
+    data = TrainingInput.streamed(train.n_sessions, int(train.item.numel()), buffers, device)
+    history = epochs_of_fit(data, val, device, replace(TrainConfig(), epochs=2))
+    return {
+        "sessions": args.sessions,
+        "buffer_sessions": STREAM_BUFFER,
+        "epoch_seconds": [s.seconds for s in history],
+        "sessions_per_s": history[-1].sessions_per_s,
+        "val_auc": [s.val_auc for s in history],
+    }
 
 
 def naive(args: argparse.Namespace, device: torch.device) -> dict:
@@ -173,6 +202,7 @@ def scoring(args: argparse.Namespace, device: torch.device) -> dict:
 
 PARTS: dict[str, Callable[[argparse.Namespace, torch.device], dict]] = {
     "training": training,
+    "streamed": streamed,
     "naive": naive,
     "cpu": cpu,
     "precision": precision,
