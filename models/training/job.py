@@ -92,9 +92,12 @@ def part_input(
         return read_units(lake, units, TENSOR_COLUMNS, seed=seed)
 
     if resident_bytes(sessions, events) <= budget:
-        loaded = list(frames(None)) or [pl.DataFrame(schema={name: SEQUENCES[name] for name in TENSOR_COLUMNS})]
-        tensors = load_tensors(pl.concat(loaded, rechunk=False), vocabulary, out_of_fold=out_of_fold)
-        del loaded
+        # in session order, as the table is sorted: the same sessions in any number of buckets train alike
+        columns = (*TENSOR_COLUMNS, "session_start")
+        loaded = list(read_units(lake, units, columns)) or [pl.DataFrame(schema={n: SEQUENCES[n] for n in columns})]
+        whole = pl.concat(loaded, rechunk=False).sort("session_start", "session_id")
+        tensors = load_tensors(whole, vocabulary, out_of_fold=out_of_fold)
+        del loaded, whole
         return TrainingInput.resident(tensors, device)
     size = buffer_sessions(budget, sessions, events, config.shuffle_buffer)
 
