@@ -88,9 +88,6 @@ def part_input(
     units = [survey.unit for survey in surveys]
     sessions, events = sum(s.sessions for s in surveys), sum(s.events for s in surveys)
 
-    def frames(seed: int | None) -> Iterator[pl.DataFrame]:
-        return read_units(lake, units, TENSOR_COLUMNS, seed=seed)
-
     if resident_bytes(sessions, events) <= budget:
         # in session order, as the table is sorted: the same sessions in any number of buckets train alike
         columns = (*TENSOR_COLUMNS, "session_start")
@@ -102,7 +99,7 @@ def part_input(
     size = buffer_sessions(budget, sessions, events, config.shuffle_buffer)
 
     def buffers(seed: int | None) -> Iterator[SequenceTensors]:
-        for frame in gather_sessions(frames(seed), size):
+        for frame in gather_sessions(read_units(lake, units, TENSOR_COLUMNS, seed=seed), size):
             yield load_tensors(frame, vocabulary, out_of_fold=out_of_fold)
 
     return TrainingInput.streamed(sessions, events, buffers, device)

@@ -490,16 +490,14 @@ class Lake:
         """Write `frame` to `path` (a local file, or an object written in one put); returns its size."""
         if self.is_local:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            frame.write_parquet(
-                path, compression="zstd", compression_level=level, statistics=True, row_group_size=row_group_rows
-            )
-            return Path(path).stat().st_size
-        buffer = io.BytesIO()
+        target = path if self.is_local else io.BytesIO()
         frame.write_parquet(
-            buffer, compression="zstd", compression_level=level, statistics=True, row_group_size=row_group_rows
+            target, compression="zstd", compression_level=level, statistics=True, row_group_size=row_group_rows
         )
-        self.fs.pipe_file(path, buffer.getvalue())
-        return buffer.tell()
+        if isinstance(target, str):
+            return Path(path).stat().st_size
+        self.fs.pipe_file(path, target.getvalue())
+        return target.tell()
 
     def _create(self, table: str) -> DeltaTable:
         """Create the empty table with its schema and partitioning (two writers creating it at
