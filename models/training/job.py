@@ -10,6 +10,7 @@ or streamed (models.training.inputs), so a rank never holds more than its shard 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ from clickstream.models.training.shards import assign, gather_sessions, read_uni
 from clickstream.models.training.window import Part, TrainingWindow
 from clickstream.pipeline.core.config import ModelConfig, SequenceConfig, TrainConfig
 from clickstream.pipeline.core.schemas import SEQUENCES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,13 @@ def part_input(
         del loaded, whole
         return TrainingInput.resident(tensors, device)
     size = buffer_sessions(budget, sessions, events, config.shuffle_buffer)
+    log.info(
+        "%s sessions stream in buffers of %s: holding them (%d MiB) would pass the data budget (%d MiB)",
+        f"{sessions:,}",
+        f"{size:,}",
+        resident_bytes(sessions, events) >> 20,
+        budget >> 20,
+    )
 
     def buffers(seed: int | None) -> Iterator[SequenceTensors]:
         for frame in gather_sessions(read_units(lake, units, TENSOR_COLUMNS, seed=seed), size):
