@@ -68,7 +68,10 @@ def main() -> None:
     parser.add_argument("--test-days", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
-        "--set", action="append", default=[], metavar="GROUP.FIELD=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="GROUP.FIELD=VALUE",
         help="override a setting, e.g. train.batch_size=1024 or model.dropout=0.3 (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=1)
@@ -91,7 +94,7 @@ def main() -> None:
     mean_gap = sum(r.truth.auc - r.lstm.auc for r in results) / len(results)
     wins = sum(r.lstm.auc > r.gbm.auc for r in results)
     body = f"""
-`python -m benchmarks.quality {'--worlds all' if args.worlds else f'--world {args.world}'} --sessions {args.sessions}`:
+`python -m benchmarks.quality {"--worlds all" if args.worlds else f"--world {args.world}"} --sessions {args.sessions}`:
 per world {args.sessions:,} generated sessions over {args.days} days (seed {args.seed}); trained on the first
 {args.days - args.test_days} days (the last {settings.train.validation_days} of them validate and early-stop),
 tested on the last {args.test_days} days (never seen in training or validation).
@@ -102,9 +105,11 @@ tested on the last {args.test_days} days (never seen in training or validation).
 **LSTM above GBM in {wins} of {len(results)} worlds; mean gap to truth {mean_gap:.4f}.**
 
 Model {settings.model}; training {dataclasses.asdict(dataclasses.replace(settings.train, epochs=epochs))}
-(device {args.device}). Peak RSS {peak_rss_gb():.1f} GiB.
+(device {args.device}, data budget {settings.train.memory_mb or "default"} MiB). Peak RSS {peak_rss_gb():.1f} GiB.
 """
     section = "quality (worlds)" if args.worlds else f"quality ({args.world}, {args.sessions:,})"
+    if settings.train.memory_mb is not None:  # CLICKSTREAM_TRAIN_MEMORY_MB: the streamed path's figures
+        section = f"{section[:-1]}, {settings.train.memory_mb} MiB data budget)"
     record(section, body)
     print(body)
 

@@ -11,7 +11,7 @@ import pytest
 from fixtures import synthetic_sequences
 
 from clickstream.models.evaluation import auc
-from clickstream.models.training.baseline import buy_rates, fit_baseline, session_features
+from clickstream.models.training.baseline import _chunked_matrix, _matrix, buy_rates, fit_baseline, session_features
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,17 @@ def test_given_the_same_data_and_seed_then_predictions_are_identical_and_follow_
     assert scores.dtype == np.float32 and ((scores >= 0) & (scores <= 1)).all()
     np.testing.assert_array_equal(scores, second.predict(val))
     np.testing.assert_array_equal(first.predict(val.reverse()), scores[::-1])
+
+
+@pytest.mark.parametrize("out_of_fold", [True, False])
+def test_given_features_made_in_chunks_then_the_matrix_equals_the_whole_frames(split, out_of_fold) -> None:
+    train, _ = split
+    rates = buy_rates(train)
+
+    whole = _matrix(session_features(train, rates, out_of_fold=out_of_fold))
+
+    np.testing.assert_array_equal(_chunked_matrix(train, rates, out_of_fold, chunk=997), whole)
+    assert _chunked_matrix(train.head(0), rates, out_of_fold).shape == (0, whole.shape[1])
 
 
 def test_given_items_seen_in_one_session_only_then_out_of_fold_rates_never_see_its_own_label() -> None:

@@ -163,3 +163,13 @@ def test_kubectl_parses_the_training_pod_template_offline() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "pod/clickstream-train"
+
+
+def test_the_training_image_preloads_the_jemalloc_it_installs() -> None:
+    text = (DOCKER / "Dockerfile.gpu-worker").read_text()
+    preload = re.search(r"^ENV LD_PRELOAD=(\S+)$", text, re.M)
+    assert preload is not None
+    installed = text.index("libjemalloc2")
+    linked = re.search(r"ln -s \"\$\(find /usr/lib -name libjemalloc\.so\.2 \| head -n 1\)\" (\S+)", text)
+    assert linked is not None and linked.group(1) == preload.group(1)
+    assert installed < linked.start() < preload.start()  # never preloaded before it exists

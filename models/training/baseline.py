@@ -57,6 +57,7 @@ MAX_ROUNDS = 1000
 # Sessions the GBM learns from at most (and validates on): on windows up to this size it sees them all
 BASELINE_SESSIONS = 250_000
 EARLY_STOPPING_ROUNDS = 50
+FEATURE_CHUNK = 65_536  # sessions whose features are made at once
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,9 @@ class Baseline:
 def fit_baseline(train: pl.DataFrame, val: pl.DataFrame, *, seed: int = 7) -> Baseline:
     """LightGBM fitted on labelled `train` sessions, early-stopped on validation AUC. Deterministic per seed."""
     rates = buy_rates(train)
-    train_x = _matrix(session_features(train, rates, out_of_fold=True))
-    val_features = session_features(val, rates, out_of_fold=False)
-    train_set = lgb.Dataset(train_x, label=train["label"].to_numpy(), feature_name=val_features.columns)
-    val_set = lgb.Dataset(_matrix(val_features), label=val["label"].to_numpy(), reference=train_set)
+    names = session_features(val.head(0), rates, out_of_fold=False).columns
+    train_set = lgb.Dataset(_chunked_matrix(train, rates, True), label=train["label"].to_numpy(), feature_name=names)
+    val_set = lgb.Dataset(_chunked_matrix(val, rates, False), label=val["label"].to_numpy(), reference=train_set)
     booster = lgb.train(
         {**PARAMS, "seed": seed},
         train_set,
@@ -100,7 +100,7 @@ def fit_baseline(train: pl.DataFrame, val: pl.DataFrame, *, seed: int = 7) -> Ba
         valid_sets=[val_set],
         callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
     )
-    return Baseline(booster=booster, rates=rates, feature_names=tuple(val_features.columns), sessions=train.height)
+    return Baseline(booster=booster, rates=rates, feature_names=tuple(names), sessions=train.height)
 
 
 def baseline_sample(window: TrainingWindow) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -199,6 +199,15 @@ def _with_rate(
         ((buyers + rates.prior * SMOOTHING) / (sessions + SMOOTHING)).alias(f"{key}_rate"),
         sessions.cast(pl.Float64).log1p().alias(f"{key}_popularity"),
     )
+
+
+def _chunked_matrix(
+    sequences: pl.DataFrame, rates: BuyRates, out_of_fold: bool, chunk: int = FEATURE_CHUNK
+) -> np.ndarray:
+    """The float32 feature matrix of `sequences`, made `chunk` sessions at a time: the per-event frame
+    the features come from is several times the sessions' size, and is never whole."""
+    parts = [sequences.slice(start, chunk) for start in range(0, max(sequences.height, 1), chunk)]
+    return np.concatenate([_matrix(session_features(part, rates, out_of_fold=out_of_fold)) for part in parts])
 
 
 def _matrix(features: pl.DataFrame) -> np.ndarray:
