@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-ORDER = ("generate", "ingest", "sequences", "train_throughput", "scoring", "quality", "demo")
+ORDER = ("generate", "ingest", "sequences", "train_throughput", "scoring", "quality", "reads", "demo")
 
 
 def _knows_quick(name: str) -> bool:

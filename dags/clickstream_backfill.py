@@ -12,7 +12,7 @@ i.e. after a promotion): re-scores the latest `NIGHTLY.rescore_days` days of seq
 new champion, so recent scores all come from the model now in charge.
 
 Both wire the functions of `pipeline.orchestrate.nightly` and share its task defaults (retries, timeouts,
-failure callback); one active run each.
+failure callback) and its Assets (`nightly.lineage`: each task's inlets and outlets); one active run each.
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
 from clickstream.pipeline.core.config import load_settings
 from clickstream.pipeline.orchestrate import nightly
 from clickstream.pipeline.orchestrate.nightly import NIGHTLY
 
-SCORES = Asset(nightly.SCORES_ASSET)
-CHAMPION = Asset(nightly.CHAMPION_ASSET)
+DATA = nightly.lineage(load_settings())
 START_DATE = dt.datetime(2014, 1, 1, tzinfo=dt.UTC)
 
 
@@ -51,7 +50,11 @@ def clickstream_backfill() -> None:
         params = params or {}
         return nightly.backfill_dates(str(params["start"]), str(params["end"]))
 
-    @task(max_active_tis_per_dagrun=NIGHTLY.ingest_concurrency)  # each its own batch: commits never collide
+    @task(  # each its own batch: commits never collide
+        inlets=[DATA.landing],
+        outlets=[DATA.events, DATA.quarantine],
+        max_active_tis_per_dagrun=NIGHTLY.ingest_concurrency,
+    )
     def ingest_day(day: str) -> dict[str, Any]:
         settings = load_settings()
         with nightly.skip_when_no_data():
@@ -62,18 +65,26 @@ def clickstream_backfill() -> None:
     def buckets() -> list[int]:
         return nightly.bucket_numbers(load_settings())
 
-    @task(max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency)
+    @task(
+        inlets=[DATA.events, DATA.scores, DATA.champion],  # re-scores the rebuilt days that had scores
+        outlets=[DATA.sequences, DATA.scores, DATA.cookie_intent],
+        max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency,
+    )
     def build_sequences(bucket: int, days: list[str]) -> dict[str, Any]:
         first, last = dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1])
         return nightly.rebuild_sequences(load_settings(), first, last, bucket=bucket)
 
-    @task(max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency)
+    @task(
+        inlets=[DATA.sequences, DATA.champion],
+        outlets=[DATA.scores, DATA.cookie_intent],
+        max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency,
+    )
     def score(bucket: int, days: list[str]) -> dict[str, Any]:
         with nightly.skip_when_no_data():
             first, last = dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1])
             return nightly.score_days(load_settings(), first, last, bucket)
 
-    @task(outlets=[SCORES])
+    @task
     def scores_published(scored: list[dict[str, Any]]) -> int:
         return nightly.sessions_scored(scored)
 
@@ -88,7 +99,7 @@ def clickstream_backfill() -> None:
 
 @dag(
     dag_id="clickstream_rescore",
-    schedule=[CHAMPION],
+    schedule=[DATA.champion],
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -97,7 +108,7 @@ def clickstream_backfill() -> None:
     tags=["clickstream"],
 )
 def clickstream_rescore() -> None:
-    @task(outlets=[SCORES])
+    @task(inlets=[DATA.sequences, DATA.champion], outlets=[DATA.scores, DATA.cookie_intent])
     def rescore() -> dict[str, Any]:
         with nightly.skip_when_no_data():
             return nightly.rescore_recent(load_settings(), NIGHTLY.rescore_days)
@@ -105,5 +116,5 @@ def clickstream_rescore() -> None:
     rescore()
 
 
-clickstream_backfill()
-clickstream_rescore()
+BACKFILL_DAG = clickstream_backfill()
+RESCORE_DAG = clickstream_rescore()

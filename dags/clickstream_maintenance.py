@@ -40,4 +40,4 @@ def clickstream_maintenance() -> None:
     optimize() >> vacuum()
 
 
-clickstream_maintenance()
+MAINTENANCE_DAG = clickstream_maintenance()

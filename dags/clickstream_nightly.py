@@ -28,12 +28,20 @@ What, in order:
    champion stays.
 6. score: the day's (and the rebuilt previous day's) sessions with the champion -> scores/, one
    mapped instance per bucket, each also updating its bucket's cookie_intent; scores_published
-   then publishes the `clickstream-scores` Asset. Skipped while there is no champion yet. It runs
-   even when training failed, so analysts still get scores from the current champion.
+   sums them up. Skipped while there is no champion yet. It runs even when training failed, so
+   analysts still get scores from the current champion.
 
 Mapped instances run `NIGHTLY.bucket_concurrency` at a time in a run, on any Celery worker or
 Kubernetes pod; one that fails is retried alone.
-7. report: the HTML report of the last days under <CLICKSTREAM_HOME>/reports/.
+7. report: the HTML report of the last days under <CLICKSTREAM_HOME>/reports/ (that folder's Asset
+   gets one event per night, once every bucket is scored).
+
+Param `train` false leaves the day out of training (train, promote_if_better and
+announce_champion skip): it is scored by the current champion, after that model's window.
+
+Lineage: every stage task declares the data it reads and writes as inlets and outlets, Assets with
+URIs (`pipeline.orchestrate.nightly.lineage`): the landing folder, the lake tables (`file://` or
+`s3://` URI per table), the model's `challenger` and `champion` (`models:/NAME@ALIAS`), the reports.
 
 Every task is idempotent for its day and passes only small values through XCom. Input/data
 errors fail at once; other errors retry with exponential back-off. The steps are the functions of
@@ -45,14 +53,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 from clickstream.pipeline.core.config import load_settings
 from clickstream.pipeline.orchestrate import nightly
 from clickstream.pipeline.orchestrate.nightly import NIGHTLY
 
-SCORES = Asset(nightly.SCORES_ASSET)
-CHAMPION = Asset(nightly.CHAMPION_ASSET)
+DATA = nightly.lineage(load_settings())
 
 
 @dag(
@@ -66,13 +73,14 @@ CHAMPION = Asset(nightly.CHAMPION_ASSET)
         "window_days": Param(NIGHTLY.window_days, type="integer", minimum=1, description="training window in days"),
         "epochs": Param(NIGHTLY.epochs, type=["null", "integer"], minimum=1, description="max epochs (null: default)"),
         "device": Param(NIGHTLY.device, type="string", enum=["auto", "cpu", "cuda"], description="where to train"),
+        "train": Param(True, type="boolean", description="false: the day is scored, not trained on"),
     },
     deadline=nightly.late_run_deadline(),
     doc_md=__doc__,
     tags=["clickstream"],
 )
 def clickstream_nightly() -> None:
-    @task
+    @task(inlets=[DATA.landing])
     def find_landing(data_interval_start: dt.datetime | None = None) -> dict[str, Any]:
         with nightly.skip_when_no_data():
             return nightly.find_landing(load_settings(), nightly.run_day(data_interval_start))
@@ -81,7 +89,11 @@ def clickstream_nightly() -> None:
     def landing_files(found: dict[str, Any]) -> list[dict[str, Any]]:
         return nightly.landing_batches(found)
 
-    @task(max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency)
+    @task(
+        inlets=[DATA.landing],
+        outlets=[DATA.events, DATA.quarantine],
+        max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency,
+    )
     def ingest(batch: dict[str, Any]) -> dict[str, Any]:
         return nightly.ingest_landing(load_settings(), batch)
 
@@ -89,7 +101,11 @@ def clickstream_nightly() -> None:
     def buckets(ingested: list[dict[str, Any]]) -> list[int]:
         return nightly.bucket_numbers(load_settings())
 
-    @task(max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency)
+    @task(
+        inlets=[DATA.events, DATA.scores, DATA.champion],  # re-scores the rebuilt days that had scores
+        outlets=[DATA.sequences, DATA.scores, DATA.cookie_intent],
+        max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency,
+    )
     def build_sequences(bucket: int, ingested: list[dict[str, Any]]) -> dict[str, Any]:
         day = dt.date.fromisoformat(ingested[0]["day"])
         dropped = nightly.dropped_dates(ingested)
@@ -99,9 +115,11 @@ def clickstream_nightly() -> None:
     def sequences_built(built: list[dict[str, Any]]) -> dict[str, Any]:
         return nightly.merge_built(built)
 
-    @task(**nightly.train_task_options())
+    @task(inlets=[DATA.sequences], outlets=[DATA.challenger], **nightly.train_task_options())
     def train(built: dict[str, Any], params: dict[str, Any] | None = None, ti: Any = None) -> dict[str, Any]:
         params = params or {}
+        if params.get("train") is False:
+            nightly.skip("param train is false: the day is scored by the current champion, not trained on")
         with nightly.skip_when_no_data():
             return nightly.train_for_day(
                 load_settings(),
@@ -115,34 +133,35 @@ def clickstream_nightly() -> None:
                 image=NIGHTLY.train_image,
             )
 
-    @task
+    @task(inlets=[DATA.challenger, DATA.champion, DATA.sequences])  # announce_champion publishes a move
     def promote_if_better(trained: dict[str, Any]) -> dict[str, Any]:
         return nightly.promote_challenger(load_settings(), trained)
 
-    @task(outlets=[CHAMPION])
+    @task(outlets=[DATA.champion])
     def announce_champion(decision: dict[str, Any], outlet_events: Any = None) -> str:
-        from airflow.sdk.exceptions import AirflowSkipException
-
         if not decision["promoted"]:
-            raise AirflowSkipException(f"champion unchanged: {decision['reason']}")
-        outlet_events[CHAMPION].extra = {"version": decision["version"]}
+            nightly.skip(f"champion unchanged: {decision['reason']}")
+        outlet_events[DATA.champion].extra = {"version": decision["version"]}
         return decision["version"]
 
-    @task(trigger_rule="all_done", max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency)
+    @task(
+        inlets=[DATA.sequences, DATA.champion],
+        outlets=[DATA.scores, DATA.cookie_intent],
+        trigger_rule="all_done",
+        max_active_tis_per_dagrun=NIGHTLY.bucket_concurrency,
+    )
     def score(bucket: int, built: dict[str, Any] | None) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowSkipException
-
         if not built:
-            raise AirflowSkipException("no sequences were built in this run: nothing to score")
+            nightly.skip("no sequences were built in this run: nothing to score")
         with nightly.skip_when_no_data():
             first, last = dt.date.fromisoformat(built["dates"][0]), dt.date.fromisoformat(built["end"])
             return nightly.score_days(load_settings(), first, last, bucket)
 
-    @task(outlets=[SCORES])
+    @task
     def scores_published(scored: list[dict[str, Any]]) -> int:
         return nightly.sessions_scored(scored)
 
-    @task
+    @task(inlets=[DATA.scores, DATA.champion], outlets=[DATA.reports])
     def report(built: dict[str, Any]) -> dict[str, Any]:
         return nightly.write_day_report(load_settings(), dt.date.fromisoformat(built["end"]), NIGHTLY.report_days)
 
@@ -156,4 +175,4 @@ def clickstream_nightly() -> None:
     scores_published(scored) >> report(built)
 
 
-clickstream_nightly()
+NIGHTLY_DAG = clickstream_nightly()

@@ -15,6 +15,7 @@ import datetime as dt
 from typing import Any
 
 from airflow.sdk import Param, dag, task
+from airflow.sdk.types import DagRunProtocol
 
 from clickstream.pipeline.core.config import load_settings
 from clickstream.pipeline.orchestrate import nightly, tuning
@@ -45,7 +46,7 @@ def clickstream_tune() -> None:
         executor_config=nightly.gpu_executor_config(NIGHTLY.gpus_per_training),
         execution_timeout=TUNE.task_timeout,
     )
-    def tune(params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def tune(params: dict[str, Any] | None = None, dag_run: DagRunProtocol | None = None) -> dict[str, Any]:
         params = params or {}
         with nightly.skip_when_no_data():
             return tuning.tune_latest(
@@ -54,9 +55,10 @@ def clickstream_tune() -> None:
                 timeout_s=float(params.get("timeout_s") or TUNE.timeout_s),
                 window_days=int(params.get("window_days") or TUNE.window_days),
                 device=params.get("device") or NIGHTLY.device,
+                as_of=dag_run.run_after if dag_run else None,  # a retry searches the same window: resumes its study
             )
 
     tune()
 
 
-clickstream_tune()
+TUNE_DAG = clickstream_tune()

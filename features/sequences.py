@@ -42,6 +42,7 @@ from clickstream.features.sessionize import sessionize
 from clickstream.pipeline.core.config import SequenceConfig, Settings
 from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake, dates_predicate
+from clickstream.pipeline.core.progress import LiveStatus
 from clickstream.pipeline.core.schemas import EVENT_TYPE_CODE, SEQUENCES, UTC_TS, conform
 
 # Days are built in batches of consecutive dates holding at most this many events,
@@ -103,22 +104,24 @@ def build_sequences(
     newest_of: dict[tuple[dt.date, dt.date], int] = {}
 
     def frames() -> Iterator[pl.DataFrame]:
-        for part in buckets:
-            rows = lake.rows_per_date("events", events_version, part)
-            for batch in _batches({d: n for d, n in rows.items() if _within(d, start, end)}):
-                around = (batch[0] - dt.timedelta(days=1), batch[-1] + dt.timedelta(days=1))
-                events = _read_events(lake, *around, events_version, part)
-                if around not in newest_of:  # of every bucket: a bucket's own would differ
-                    newest_of[around] = _newest(lake, *around, events_version)
-                newest = newest_of[around]
-                frame, counts = sessions_of(events, batch[0], batch[-1], settings.sequences, newest)
-                start_day = frame.get_column("session_start").to_physical().to_numpy() // _US_PER_DAY
-                for day in batch:  # rows are sorted by session_start: each day is one slice
-                    lo, hi = np.searchsorted(start_day, [_epoch_day(day), _epoch_day(day) + 1])
-                    yield _unsliced(frame.slice(lo, hi - lo)).with_columns(date=pl.lit(day), bucket=pl.lit(part))
-                counts.dates = list(batch)
-                summary.add(counts)
-                del events, frame  # before the next batch is read: memory holds one batch of one bucket
+        todo = {part: _events_within(lake, events_version, part, start, end) for part in buckets}
+        with LiveStatus("sequences", total=sum(sum(rows.values()) for rows in todo.values()), unit="events") as status:
+            for part, rows in todo.items():
+                for batch in _batches(rows):
+                    around = (batch[0] - dt.timedelta(days=1), batch[-1] + dt.timedelta(days=1))
+                    events = _read_events(lake, *around, events_version, part)
+                    if around not in newest_of:  # of every bucket: a bucket's own would differ
+                        newest_of[around] = _newest(lake, *around, events_version)
+                    newest = newest_of[around]
+                    frame, counts = sessions_of(events, batch[0], batch[-1], settings.sequences, newest)
+                    start_day = frame.get_column("session_start").to_physical().to_numpy() // _US_PER_DAY
+                    for day in batch:  # rows are sorted by session_start: each day is one slice
+                        lo, hi = np.searchsorted(start_day, [_epoch_day(day), _epoch_day(day) + 1])
+                        yield _unsliced(frame.slice(lo, hi - lo)).with_columns(date=pl.lit(day), bucket=pl.lit(part))
+                    counts.dates = list(batch)
+                    summary.add(counts)
+                    status.update(sum(rows[day] for day in batch), sessions=summary.sessions)
+                    del events, frame  # before the next batch is read: memory holds one batch of one bucket
 
     first, last = start or days[0], end or days[-1]
     whole = start is None and end is None and bucket is None
@@ -130,6 +133,13 @@ def build_sequences(
 
 def _within(day: dt.date, start: dt.date | None, end: dt.date | None) -> bool:
     return (start is None or day >= start) and (end is None or day <= end)
+
+
+def _events_within(
+    lake: Lake, version: int | None, bucket: int, start: dt.date | None, end: dt.date | None
+) -> dict[dt.date, int]:
+    """The events of each date of `bucket` in [start, end], from the commit log (no data read)."""
+    return {day: n for day, n in lake.rows_per_date("events", version, bucket).items() if _within(day, start, end)}
 
 
 def read_sequences(

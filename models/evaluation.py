@@ -26,6 +26,8 @@ LENGTH_BUCKETS: tuple[tuple[str, int, int | None], ...] = (
     ("10plus", 10, None),
 )
 CALIBRATION_BINS = 10
+SCORE_BINS = 1000  # equal-width bins of [0, 1] (the last holds 1.0) in which the report counts scores
+SCORE_HISTOGRAM = "score_histogram.json"  # a run's validation scores per score bin, beside its plots
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,25 @@ def write_plots(
     fig.savefig(calibration_path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return [roc_path, calibration_path]
+
+
+def score_histogram(labels: np.ndarray, scores: np.ndarray) -> dict[str, object]:
+    """Sessions, buyers and the sum of scores per non-empty score bin (SCORE_BINS of them, each score
+    binned as the float32 the scores table stores): what the report needs to set the validation
+    days' lift and score distribution beside the scored days' without holding a session."""
+    values = np.clip(np.asarray(scores, dtype=np.float32).astype(np.float64), 0.0, 1.0)
+    bin_of = np.minimum((values * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
+    sums = {
+        "sessions": np.bincount(bin_of, minlength=SCORE_BINS),
+        "buyers": np.bincount(bin_of[np.asarray(labels, dtype=bool)], minlength=SCORE_BINS),
+        "score_sum": np.bincount(bin_of, weights=values, minlength=SCORE_BINS),
+    }
+    filled = sums["sessions"] > 0
+    return {
+        "bins": SCORE_BINS,
+        "bin": np.flatnonzero(filled).tolist(),
+        **{name: column[filled].tolist() for name, column in sums.items()},
+    }
 
 
 @dataclass(frozen=True)

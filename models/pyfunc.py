@@ -49,7 +49,9 @@ _SHOWN = 3  # offending sessions named in a message
 
 
 class BuyIntentModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc of `clickstream-buy-intent`; its state is the ModelBundle in the model's artifacts."""
+    """The pyfunc of `clickstream-buy-intent`; its state is the ModelBundle in the model's artifacts.
+    A version gets it by running models/pyfunc_code.py (models from code); versions logged before
+    that hold a pickled reference to this class, so its module and name stay as they are."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """The bundle, its weights checked against the SHA-256 its network.json records (models.bundle)."""
@@ -246,4 +248,3 @@ def input_example(sessions: pl.DataFrame) -> pd.DataFrame:
     """A few sessions in the sessions form, with only the columns the model reads."""
     strings = pl.col("item_id", "category").cast(pl.List(pl.String))
     return sessions.select(SESSION_COLUMNS).with_columns(strings).to_pandas()
-

@@ -161,7 +161,7 @@ def test_given_the_cli_when_models_is_listed_as_json_and_a_bad_promote_is_asked_
     assert [d["decision_id"] for d in document["decisions"]] == [d.decision_id for d in decision_history(store)]
     assert document["decisions"][0]["action"] == "promoted"
     champion = alias_version(store, "champion")
-    assert [v["aliases"] for v in document["versions"] if v["version"] == champion] == ["champion"]
+    assert [v["aliases"] for v in document["versions"] if v["version"] == champion] == [["champion"]]
     assert refused.returncode == 2 and refused.stderr.startswith("error: no version 999")
     assert len(refused.stderr.strip().splitlines()) == 1
 

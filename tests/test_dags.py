@@ -1,15 +1,18 @@
 """The DAG files: they parse without errors or heavy imports, wire the expected tasks with
-retries, timeouts and the gpu pool/queue, and (slow) run end to end through Airflow and MLflow."""
+retries, timeouts, the gpu pool/queue and the Assets each reads and writes, and (slow) run end to
+end through Airflow and MLflow, leaving each task's log where the UI reads it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import itertools
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import polars as pl
 import pytest
@@ -18,11 +21,14 @@ from clickstream.pipeline.core.config import CHAMPION, Settings, load_settings
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.orchestrate.airflow_home import (
     DAGS_FOLDER,
+    DagRunResult,
+    airflow_environ,
     clickstream_environ,
     init_metadata,
     run_dag_for_day,
+    task_log_path,
 )
-from clickstream.pipeline.orchestrate.nightly import CHAMPION_ASSET, MAINTENANCE, NIGHTLY, SCORES_ASSET
+from clickstream.pipeline.orchestrate.nightly import MAINTENANCE, NIGHTLY, Lineage, lineage
 from clickstream.pipeline.orchestrate.tuning import TUNE
 
 NIGHTLY_TASKS = {
@@ -43,10 +49,21 @@ HEAVY = ("torch", "polars", "mlflow", "pyarrow", "numpy", "pandas", "sklearn", "
 
 
 @pytest.fixture(scope="module")
-def dagbag():
+def parsed_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The settings in the environment while `dagbag` parses the DAG files: a private lake and state folder."""
+    root = tmp_path_factory.mktemp("parsed")
+    return load_settings(lake=str(root / "lake"), home=root / "state", environ={})
+
+
+@pytest.fixture(scope="module")
+def dagbag(parsed_settings: Settings):
+    """The DAG files as a worker parses them, with `parsed_settings` in its environment (and only then)."""
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(DAGS_FOLDER))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in clickstream_environ(parsed_settings).items():
+            patch.setenv(name, value)
+        return DagBag(dag_folder=str(DAGS_FOLDER))
 
 
 def test_given_the_dags_folder_when_parsed_then_no_import_errors_and_five_dags(dagbag):
@@ -67,7 +84,8 @@ def test_given_the_nightly_dag_then_daily_interval_schedule_no_catchup_one_activ
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
     assert dag.catchup is False
     assert dag.max_active_runs == 1
-    assert set(dag.params) == {"window_days", "epochs", "device"}
+    assert set(dag.params) == {"window_days", "epochs", "device", "train"}
+    assert dag.params["train"] is True
     assert dag.params["window_days"] == NIGHTLY.window_days
     assert dag.deadline and dag.deadline[0].interval == NIGHTLY.late_after
     assert dag.doc_md and "skip" in dag.doc_md.lower()
@@ -117,11 +135,53 @@ def test_given_every_task_then_retries_with_backoff_a_timeout_and_a_failure_call
         assert task.retry_policy is not None, task.task_id
 
 
-def test_given_assets_then_nightly_publishes_scores_and_champion_and_rescore_runs_on_champion(dagbag):
-    nightly_dag = dagbag.dags["clickstream_nightly"]
-    assert [a.name for a in nightly_dag.task_dict["scores_published"].outlets] == [SCORES_ASSET]  # once all buckets are
-    assert [a.name for a in nightly_dag.task_dict["announce_champion"].outlets] == [CHAMPION_ASSET]
-    assert [a.name for a in dagbag.dags["clickstream_rescore"].schedule] == [CHAMPION_ASSET]
+# What each stage task reads and writes (inlets, outlets), by DAG: the lineage OpenLineage reports
+STAGE_ASSETS = {
+    "clickstream_nightly": {
+        "find_landing": ({"landing"}, set()),
+        "ingest": ({"landing"}, {"events", "quarantine"}),
+        "build_sequences": ({"events", "scores", "champion"}, {"sequences", "scores", "cookie_intent"}),
+        "train": ({"sequences"}, {"challenger"}),
+        "promote_if_better": ({"challenger", "champion", "sequences"}, set()),  # announce_champion publishes a move
+        "announce_champion": (set(), {"champion"}),
+        "score": ({"sequences", "champion"}, {"scores", "cookie_intent"}),
+        "report": ({"scores", "champion"}, {"reports"}),
+    },
+    "clickstream_backfill": {
+        "ingest_day": ({"landing"}, {"events", "quarantine"}),
+        "build_sequences": ({"events", "scores", "champion"}, {"sequences", "scores", "cookie_intent"}),
+        "score": ({"sequences", "champion"}, {"scores", "cookie_intent"}),
+    },
+    "clickstream_rescore": {"rescore": ({"sequences", "champion"}, {"scores", "cookie_intent"})},
+}
+
+
+def _names(data: Lineage, assets: list) -> set[str]:
+    by_uri = {getattr(data, field).uri: field for field in data.__dataclass_fields__}
+    return {by_uri[asset.uri] for asset in assets}
+
+
+@pytest.mark.parametrize("dag_id", sorted(STAGE_ASSETS))
+def test_given_every_stage_task_then_its_inlets_and_outlets_are_the_assets_it_reads_and_writes(
+    dagbag, parsed_settings, dag_id
+):
+    data = lineage(parsed_settings)  # the Assets of the settings the DAG files were parsed with
+    dag = dagbag.dags[dag_id]
+    tasks = {task_id: (_names(data, t.inlets), _names(data, t.outlets)) for task_id, t in dag.task_dict.items()}
+    assert {task_id: tasks[task_id] for task_id in STAGE_ASSETS[dag_id]} == STAGE_ASSETS[dag_id]
+    glue = {task_id: io for task_id, io in tasks.items() if task_id not in STAGE_ASSETS[dag_id]}
+    assert all(io == (set(), set()) for io in glue.values()), glue  # no lineage claimed where no data is touched
+
+
+def test_given_the_dag_assets_then_uris_per_lake_table_and_model_alias_and_rescore_runs_on_the_champion(
+    dagbag, parsed_settings
+):
+    announce = dagbag.dags["clickstream_nightly"].task_dict["announce_champion"]
+    (champion,) = announce.outlets
+    assert (champion.name, champion.uri) == ("clickstream-champion", "models:/clickstream-buy-intent@champion")
+    assert [(a.name, a.uri) for a in dagbag.dags["clickstream_rescore"].schedule] == [(champion.name, champion.uri)]
+    scores = dagbag.dags["clickstream_nightly"].task_dict["score"].outlets[0]
+    assert scores.uri == (Path(parsed_settings.lake) / "scores").as_uri()
 
 
 def test_given_the_tune_dag_then_manual_one_gpu_task_with_its_budget_as_params(dagbag):
@@ -305,6 +365,53 @@ def test_given_a_day_without_landing_files_when_the_nightly_dag_runs_then_it_is_
     assert empty.succeeded
     assert set(empty.tasks.values()) == {"skipped"}, empty.tasks
     assert _partition_hashes(settings, "scores") == scores_before
+
+
+def _log(result: DagRunResult, task_id: str, map_index: int = -1) -> list[dict]:
+    """The lines of `task_id`'s log (first try) in `result`'s run, where the UI reads them."""
+    ti = SimpleNamespace(dag_id=result.dag_id, run_id=result.run_id, task_id=task_id, map_index=map_index, try_number=1)
+    return [json.loads(line) for line in task_log_path(ti).read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_given_the_nightly_runs_then_each_task_log_holds_its_skip_reason_or_its_stage_summary(nightly_lake):
+    _, results = nightly_lake
+    first, last = results[0], results[-1]
+    reason = first.skipped["train"]
+    assert reason.startswith("training needs") and reason.endswith("found 1: training skipped")
+    assert f"skipped: {reason}" in [line["event"] for line in _log(first, "train")]
+    done = [line["event"] for line in _log(last, "ingest", map_index=0) if line["event"].startswith("Done.")]
+    assert len(done) == 1 and "'rows_written': " in done[0]  # the stage's summary, as the task returned it
+
+
+@pytest.mark.slow
+def test_given_param_train_false_when_the_nightly_dag_runs_then_the_day_is_scored_but_not_trained_on(nightly_lake):
+    settings, _ = nightly_lake
+    versions = _versions(settings)
+    held_out = run_dag_for_day("clickstream_nightly", START + dt.timedelta(days=DAYS - 1), conf={"train": False})
+    assert held_out.succeeded, held_out.tasks
+    assert [held_out.tasks[t] for t in ("train", "promote_if_better", "announce_champion")] == ["skipped"] * 3
+    assert _states(held_out.tasks, "score") == {"success"} and held_out.tasks["report"] == "success"
+    assert held_out.skipped["train"].startswith("param train is false")
+    assert _versions(settings) == versions
+
+
+@pytest.mark.slow
+def test_given_airflow_dags_test_when_a_day_without_landing_files_runs_then_the_run_finishes(tmp_path):
+    settings = load_settings(lake=str(tmp_path / "lake"), home=tmp_path / "state", environ={})
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CLICKSTREAM", "MLFLOW"))}
+    environ |= airflow_environ(settings)
+    airflow = [sys.executable, "-m", "airflow"]
+    subprocess.run([*airflow, "db", "migrate"], env=environ, capture_output=True, check=True, timeout=300)
+    done = subprocess.run(
+        [*airflow, "dags", "test", "clickstream_nightly", "2014-03-02"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]  # the deadline left out, the run ends
+    assert "skipped: no landing files for 2014-03-01" in done.stdout + done.stderr
 
 
 @pytest.mark.slow

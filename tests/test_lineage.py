@@ -1,6 +1,7 @@
 """Lineage: a registered model names the Delta versions of `sequences` (and of the `events` behind
 them) it learned from, in its run and on its registered version, and `train --as-of` retrains on
-exactly that snapshot: on the CPU with the same seed, the same weights."""
+exactly that snapshot: on the CPU with the same seed, the same weights. The DAGs' Assets name the
+landing folder, each lake table, the model's aliases and the reports by URI."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from clickstream.models.training.train import TrainSummary, train_challenger
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import LakeFormatError
 from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.orchestrate.nightly import lineage
 
 NAME = "clickstream-buy-intent"
 
@@ -77,3 +79,24 @@ def test_given_as_of_a_version_the_table_never_had_then_one_line_error(
     settings, _, _ = first
     with pytest.raises(LakeFormatError, match=r"sequences of lake .* has no version 99$"):
         train_challenger(settings, None, None, device="cpu", as_of=99)
+
+
+def test_given_a_local_lake_then_each_table_asset_is_named_by_its_folder_as_a_file_uri(settings: Settings) -> None:
+    assets = lineage(settings)
+    tables = ("events", "quarantine", "sequences", "scores", "cookie_intent")
+    assert [getattr(assets, t).uri for t in tables] == [(Path(settings.lake) / t).as_uri() for t in tables]
+    assert [getattr(assets, t).name for t in tables] == [getattr(assets, t).uri for t in tables]  # named by URI
+    assert assets.landing.uri == Path(settings.landing).as_uri()
+    assert assets.reports.uri == (Path(settings.home) / "reports").as_uri()
+    assert all(asset.uri.startswith("file:///") for asset in (assets.events, assets.landing, assets.reports))
+
+
+def test_given_an_s3_lake_then_table_assets_are_s3_uris_and_models_mlflow_model_uris(settings: Settings) -> None:
+    assets = lineage(dataclasses.replace(settings, lake="s3://bucket/lake/"))
+    assert assets.events.uri == "s3://bucket/lake/events"
+    assert assets.cookie_intent.uri == "s3://bucket/lake/cookie_intent"
+    assert (assets.champion.name, assets.champion.uri) == ("clickstream-champion", f"models:/{NAME}@champion")
+    assert (assets.challenger.name, assets.challenger.uri) == ("clickstream-challenger", f"models:/{NAME}@challenger")
+    assert assets.champion.group == "model"
+    every = [getattr(assets, field.name) for field in dataclasses.fields(assets)]
+    assert len({a.name for a in every}) == len({a.uri for a in every}) == len(every)  # Airflow keys them both

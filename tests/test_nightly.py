@@ -14,6 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
+# Imported at collection, before any test: Airflow's logging set-up, on its first import, replaces the
+# root's handlers, caplog's among them
+from airflow.sdk.exceptions import AirflowSkipException
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -136,11 +140,12 @@ def test_given_a_reversed_long_or_malformed_range_when_backfill_dates_then_a_one
         nightly.backfill_dates(start, end)
 
 
-def test_given_no_data_inside_when_skip_when_no_data_then_airflow_skip_with_the_reason():
-    from airflow.sdk.exceptions import AirflowSkipException
-
+def test_given_no_data_inside_when_skip_when_no_data_then_airflow_skip_with_the_reason_logged(caplog):
     with pytest.raises(AirflowSkipException, match="nothing to ingest"), nightly.skip_when_no_data():
         raise NoDataError("nothing to ingest")
+    (record,) = [r for r in caplog.records if r.name == nightly.log.name]
+    assert record.getMessage() == "skipped: nothing to ingest"  # what the task's log shows
+    assert getattr(record, nightly.SKIP_REASON) == "nothing to ingest"  # what reads the reason back
 
 
 def test_given_another_error_inside_when_skip_when_no_data_then_it_propagates_unchanged():
@@ -185,12 +190,27 @@ def test_given_no_kubernetes_client_when_gpu_executor_config_then_empty():
     assert nightly.gpu_executor_config(1) == {}
 
 
-def test_given_airflow_dags_test_when_late_run_deadline_then_none_else_a_deadline_alert(monkeypatch):
-    monkeypatch.setattr("sys.argv", ["airflow", "dags", "test", "clickstream_nightly", "2014-04-08"])
-    assert nightly.late_run_deadline() is None
-    monkeypatch.setattr("sys.argv", ["airflow", "scheduler"])
-    alert = nightly.late_run_deadline()
-    assert alert.interval == nightly.NIGHTLY.late_after
+@pytest.mark.parametrize(
+    ("dag_id", "task_id", "alert"),
+    [
+        (None, None, True),  # the DAG processor: the scheduler's DAGs keep their deadline
+        ("clickstream_nightly", "train", True),  # a worker parsing for one task
+        ("clickstream_nightly", None, False),  # `airflow dags test`: the whole DAG run in one process
+    ],
+)
+def test_given_a_parsing_context_when_late_run_deadline_then_an_alert_unless_the_whole_dag_runs_in_process(
+    dag_id, task_id, alert, monkeypatch
+):
+    from airflow.sdk.definitions.context import _AIRFLOW_PARSING_CONTEXT_DAG_ID, _AIRFLOW_PARSING_CONTEXT_TASK_ID
+
+    for name, value in ((_AIRFLOW_PARSING_CONTEXT_DAG_ID, dag_id), (_AIRFLOW_PARSING_CONTEXT_TASK_ID, task_id)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)  # as Airflow sets it while parsing
+    deadline = nightly.late_run_deadline()
+    assert (deadline is not None) == alert
+    assert deadline is None or deadline.interval == nightly.NIGHTLY.late_after
 
 
 def test_given_no_train_executor_then_the_train_task_uses_the_default_executor_else_the_named_one():

@@ -2,13 +2,17 @@
 process (also one with foreign top-level `models`/`features`/`pipeline` packages first on
 sys.path) and `mlflow models serve` give `clickstream score`'s scores; both input forms
 (sessions as in sequences/, raw events) and every timestamp form give the same scores; input
-the model cannot read is refused in one line."""
+the model cannot read is refused in one line. The model is logged as code with only the modules
+scoring runs (no orchestration, training, ingest or Airflow), its requirements pin what those
+import, and versions logged as a pickled object still load."""
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,17 +21,23 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import mlflow
+import mlflow.artifacts
 import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
 from fixtures import synthetic_sequences, write_sequences
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 
 from clickstream.features.sequences import build_sequences, read_sequences
 from clickstream.models.bundle import ModelBundle
-from clickstream.models.pyfunc import score_input
+from clickstream.models.pyfunc import BuyIntentModel, score_input
+from clickstream.models.registry import packaging
 from clickstream.models.registry.loading import load_model
+from clickstream.models.registry.packaging import MODEL_CODE, code_package, requirements, served_code
+from clickstream.models.registry.store import experiment_id, tracking_client
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.ingest.ingest import ingest_files
@@ -36,18 +46,34 @@ from clickstream.pipeline.synthetic.generate import generate_logs
 
 CHAMPION = "models:/clickstream-buy-intent@champion"
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+# modules that scoring never needs: a loaded model importing one ships or reaches too much
+NOT_SERVED = (
+    "airflow",
+    "clickstream.pipeline.orchestrate",
+    "clickstream.models.training",
+    "clickstream.pipeline.ingest",
+)
 _PREDICT = """
-import sys
+import json, sys
 import mlflow, mlflow.pyfunc, polars as pl
 mlflow.set_tracking_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
+pl.from_pandas(model.predict(pl.read_parquet(sys.argv[3]).to_pandas())).write_parquet(sys.argv[4])
+loaded = {name: getattr(module, "__file__", None) for name, module in sys.modules.items()}
 import clickstream.models.pyfunc
 try:
     import models
 except ImportError:
     models = None
-print(clickstream.models.pyfunc.__file__, getattr(models, "MARKER", None))
-pl.from_pandas(model.predict(pl.read_parquet(sys.argv[3]).to_pandas())).write_parquet(sys.argv[4])
+report = {
+    "pyfunc": clickstream.models.pyfunc.__file__,
+    "marker": getattr(models, "MARKER", None),
+    "flavor": model.metadata.flavors["python_function"],
+    "modules": {name: path for name, path in loaded.items() if name.startswith(("clickstream", "airflow"))},
+}
+with open(sys.argv[5], "w") as out:
+    json.dump(report, out)
 """
 
 
@@ -66,21 +92,24 @@ def champion(champion_settings: Settings) -> ModelBundle:
     return load_model(champion_settings, device="cpu")
 
 
-def _predict_in_fresh_process(settings: Settings, sessions: pl.DataFrame, tmp_path: Path, path: list[Path]) -> tuple:
-    """(the pyfunc's output for `sessions`, the subprocess's stdout) from a fresh Python with `path` first."""
-    files = ("sessions.parquet", "out.parquet")
+def _predict_in_fresh_process(
+    settings: Settings, uri: str, sessions: pl.DataFrame, tmp_path: Path, path: list[Path]
+) -> tuple[pl.DataFrame, dict]:
+    """(the output of the pyfunc at `uri` for `sessions`, what the process imported and loaded) from a
+    fresh Python with `path` first on sys.path."""
+    files = ("sessions.parquet", "out.parquet", "report.json")
     sessions.write_parquet(tmp_path / files[0])
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
     done = subprocess.run(
-        [sys.executable, "-c", _PREDICT, settings.tracking_uri, CHAMPION, *(str(tmp_path / n) for n in files)],
+        [sys.executable, "-c", _PREDICT, settings.tracking_uri, uri, *(str(tmp_path / n) for n in files)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return pl.read_parquet(tmp_path / "out.parquet"), done.stdout
+    return pl.read_parquet(tmp_path / files[1]), json.loads((tmp_path / files[2]).read_text())
 
 
 @pytest.mark.slow
@@ -89,7 +118,7 @@ def test_given_lake_sessions_when_predicted_by_the_pyfunc_in_a_fresh_process_the
 ) -> None:
     settings, sessions = lake_sessions
 
-    predicted, _ = _predict_in_fresh_process(settings, sessions.drop("score"), tmp_path, [])
+    predicted, _ = _predict_in_fresh_process(settings, CHAMPION, sessions.drop("score"), tmp_path, [])
 
     assert predicted.columns == ["session_id", "score"] and predicted.height == 1000
     assert predicted["session_id"].to_list() == sessions["session_id"].to_list()
@@ -107,11 +136,121 @@ def test_given_foreign_models_features_pipeline_packages_first_on_sys_path_then_
         (foreign / name / "__init__.py").write_text(f"MARKER = 'foreign {name}'\n")
     sample = sessions.head(200)
 
-    predicted, printed = _predict_in_fresh_process(settings, sample.drop("score"), tmp_path, [foreign])
+    predicted, loaded = _predict_in_fresh_process(settings, CHAMPION, sample.drop("score"), tmp_path, [foreign])
 
-    module, marker = printed.split()[-3], " ".join(printed.split()[-2:])
-    assert marker == "foreign models" and "/artifacts/code/clickstream/models/pyfunc.py" in module
+    assert loaded["marker"] == "foreign models"
+    assert "/artifacts/code/clickstream/models/pyfunc.py" in loaded["pyfunc"]
     np.testing.assert_allclose(predicted["score"].to_numpy(), sample["score"].to_numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_given_the_champion_loaded_in_a_fresh_process_then_it_runs_only_its_own_scoring_code_no_pickle(
+    lake_sessions: tuple[Settings, pl.DataFrame], tmp_path: Path
+) -> None:
+    settings, sessions = lake_sessions
+    sample = sessions.head(50)
+
+    predicted, loaded = _predict_in_fresh_process(settings, CHAMPION, sample.drop("score"), tmp_path, [])
+
+    flavor = loaded["flavor"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in flavor
+    assert Path(flavor["model_code_path"]).name == "pyfunc_code.py"
+    assert not [name for name in loaded["modules"] if name.startswith(NOT_SERVED)]
+    files = {name: path for name, path in loaded["modules"].items() if path is not None}
+    assert {"clickstream.models.pyfunc", "clickstream.models.bundle", "clickstream.features.sequences"} <= set(files)
+    outside = {name: path for name, path in files.items() if "/artifacts/code/clickstream/" not in path}
+    assert not outside, f"imported from outside the model's code: {outside}"
+    np.testing.assert_allclose(predicted["score"].to_numpy(), sample["score"].to_numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_given_a_version_logged_as_a_pickled_object_with_the_whole_project_then_it_still_loads_and_scores(
+    lake_sessions: tuple[Settings, pl.DataFrame], settings: Settings, tmp_path: Path
+) -> None:
+    champion_settings, sessions = lake_sessions
+    tracking_client(champion_settings)
+    local = Path(mlflow.artifacts.download_artifacts(CHAMPION, dst_path=str(tmp_path / "champion")))
+    specs = Model.load(str(local / "MLmodel")).flavors["python_function"]["artifacts"]
+    whole_project = tmp_path / "code" / "clickstream"  # the code paths of versions logged that way
+    for folder in ("pipeline", "features", "models"):
+        shutil.copytree(REPO / folder, whole_project / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    client = tracking_client(settings)
+    with mlflow.start_run(experiment_id=experiment_id(client, settings)):
+        legacy = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=BuyIntentModel(),
+            artifacts={name: str(local / spec["path"]) for name, spec in specs.items()},
+            code_paths=[str(whole_project)],
+            pip_requirements=["mlflow"],
+        )
+    sample = sessions.head(100)
+
+    predicted, loaded = _predict_in_fresh_process(settings, legacy.model_uri, sample.drop("score"), tmp_path, [])
+
+    assert loaded["flavor"]["loader_module"] == "mlflow.pyfunc.model" and "python_model" in loaded["flavor"]
+    np.testing.assert_allclose(predicted["score"].to_numpy(), sample["score"].to_numpy(), rtol=0, atol=1e-6)
+
+
+def test_given_the_model_code_then_its_code_paths_hold_the_scoring_modules_and_nothing_else(tmp_path: Path) -> None:
+    code = served_code()
+    package = code_package(code.keys() - {MODEL_CODE}, tmp_path)
+
+    assert MODEL_CODE in code
+    shipped = {path.relative_to(package).as_posix() for path in package.rglob("*.py")}
+    assert {"models/pyfunc.py", "models/bundle.py", "models/lstm.py", "features/sequences.py"} <= shipped
+    assert {"pipeline/core/config.py", "pipeline/core/schemas.py", "features/__init__.py"} <= shipped
+    others = ("pipeline/orchestrate/", "pipeline/ingest/", "pipeline/serve/", "pipeline/synthetic/", "models/training/")
+    assert not [path for path in shipped if path.startswith(others)]
+    assert not {"models/registry/__init__.py", "models/pyfunc_code.py"} & shipped
+    assert all((package / path).parent.joinpath("__init__.py").is_file() for path in shipped)
+    assert all((package / path).read_bytes() == (REPO / path).read_bytes() for path in shipped)
+
+
+def test_given_imports_of_every_kind_then_the_served_code_follows_exactly_those_that_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sources = {
+        "models/__init__.py": "",
+        "models/entry.py": "from clickstream.models import a\n",
+        "models/a.py": (
+            "from typing import TYPE_CHECKING\nimport numpy as np\nfrom . import b\n"
+            "if TYPE_CHECKING:\n    from clickstream.models import typed\nelse:\n    import clickstream.models.other\n"
+            "def later():\n    from ..pipeline.core.c import name\n"
+        ),
+        "models/b.py": "from clickstream.models.a import np\n",
+        "models/typed.py": "import airflow\n",
+        "models/other.py": "",
+        "models/unused.py": "import airflow\n",
+        "pipeline/__init__.py": "",
+        "pipeline/core/__init__.py": "",
+        "pipeline/core/c.py": "name = 1\n",
+    }
+    for path, text in sources.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    monkeypatch.setattr(packaging, "NAMESPACE_FOLDER", tmp_path)
+
+    code = served_code("clickstream.models.entry")
+
+    assert set(code) == {
+        "clickstream.models.entry",
+        "clickstream.models",
+        "clickstream.models.a",
+        "clickstream.models.b",
+        "clickstream.models.other",
+        "clickstream.pipeline",
+        "clickstream.pipeline.core",
+        "clickstream.pipeline.core.c",
+    }
+    assert requirements(code) == [f"numpy=={importlib.metadata.version('numpy')}"]
+
+
+def test_given_the_served_code_then_its_requirements_pin_each_package_it_imports_at_the_installed_version() -> None:
+    pins = dict(line.split("==") for line in requirements(served_code()))
+
+    assert {"torch", "polars", "polars-hash", "pyarrow", "numpy", "pandas", "scipy", "mlflow"} <= set(pins)
+    assert all(pins[name] == importlib.metadata.version(name).split("+")[0] for name in pins)
+    assert not {"apache-airflow-core", "scikit-learn", "lightgbm", "optuna", "mlflow-skinny"} & set(pins)
 
 
 @pytest.mark.slow

@@ -50,6 +50,7 @@ class Document(HTMLParser):
         self.open: list[str] = []
         self.unbalanced: list[str] = []
         self.images: list[str] = []
+        self.alts: list[str] = []
         self.headings: list[str] = []
         self._in_heading = False
         self.doctype = ""
@@ -60,6 +61,7 @@ class Document(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "img":
             self.images.append(dict(attrs)["src"] or "")
+            self.alts.append(dict(attrs)["alt"] or "")
         if tag not in VOID:
             self.open.append(tag)
         self._in_heading = tag in {"h1", "h2"}
@@ -114,7 +116,7 @@ def tie_allowance(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def reported_figure(text: str, name: str) -> float:
-    """The number the report prints after `name` (the first time)."""
+    """The number the report prints after `name` (the first time in `text`)."""
     found = re.search(rf"\b{name} ([0-9.]+[0-9])", text)
     assert found is not None, name
     return float(found.group(1))
@@ -138,7 +140,7 @@ def reported(tmp_path_factory: pytest.TempPathFactory, champion_home: Path) -> R
     score_dates(settings, days[0], days[-1])
     (root / "out").mkdir()
     out = root / "out" / "report.html"
-    return Reported(settings, days, out, write_report(settings, None, None, out))
+    return Reported(settings, days, out, str(write_report(settings, None, None, out)))
 
 
 def test_given_scored_days_when_reported_then_one_valid_html_file_with_embedded_png_plots(reported: Reported) -> None:
@@ -152,21 +154,39 @@ def test_given_scored_days_when_reported_then_one_valid_html_file_with_embedded_
     assert document.headings == [
         f"clickstream report {first}..{last}",
         "Volumes per day",
+        "Daily trend",
         "Score distribution",
-        "Lift by score decile",
-        "Champion on the latest labelled days",
+        "Score drift against the validation days",
+        "Validation: the champion at training time",
+        "Live: lift by score decile",
+        "Live: the champion after its training window",
+        "Top sessions",
         "Champion and challengers over time",
     ]
-    assert len(document.images) == 6  # volumes, distribution, lift, ROC, calibration, versions
+    validation = f"validation (held-out days {reported.days[2]}..{reported.days[2]}, at training time)"
+    live = f"live {reported.days[3]}..{reported.days[4]}"
+    assert document.alts == [
+        "sessions per day",  # the lake has no events nor quarantined rows: no empty panels
+        "mean score and buy rate per day",
+        "score distribution per model version",
+        "PSI per day against the validation days",
+        f"ROC, {validation}",
+        f"calibration, {validation}",
+        f"lift by score decile, {validation}",
+        f"lift by score decile, live ({reported.days[3]}..{reported.days[4]})",
+        f"ROC, {live}",
+        f"calibration, {live}",
+        "AUC at each champion decision",
+    ]
     for src in document.images:
         prefix, _, payload = src.partition(",")
         assert prefix == "data:image/png;base64"
         assert base64.b64decode(payload, validate=True).startswith(PNG_SIGNATURE)
     text = reported.out.read_text()
     assert "champion v1" in text and f"{MODEL_NAME}" in text
-    assert "src=\"http" not in text and "<script" not in text  # self-contained, nothing fetched
+    assert 'src="http' not in text and "<script" not in text  # self-contained, nothing fetched
     assert [p.name for p in reported.out.parent.iterdir()] == ["report.html"]  # atomic: no temporary left
-    assert reported.summary == f"report for {first}..{last}: 1,000 scored sessions, 6 plots -> {reported.out}"
+    assert reported.summary == f"report for {first}..{last}: 1,000 scored sessions, 11 plots -> {reported.out}"
 
 
 def test_given_labelled_scores_when_lift_is_computed_then_deciles_partition_sessions_and_rates_match(
@@ -198,7 +218,7 @@ def test_given_holdout_bins_when_the_champion_is_reported_then_its_figures_are_t
     after = scores.filter(pl.col("date") > trained_through)
     labels, values = after["label"].to_numpy(), after["score"].to_numpy()
     direct = evaluate(labels, values, after["n_events"].to_numpy())
-    text = html.unescape(reported.out.read_text())
+    text = html.unescape(reported.out.read_text()).partition("<h2>Live: the champion after its training window")[2]
 
     quality = binned_quality(bin_scores(after.lazy()).collect())
 
@@ -232,7 +252,7 @@ def test_given_days_inside_the_champions_training_window_when_reported_then_qual
     assert holdout.kept["date"].min() > trained_through and holdout.excluded == inside
     assert holdout.kept["sessions"].sum() == after.height
     assert holdout.sentence == (
-        f"Quality figures (lift, AUC, calibration) leave out {inside:,} labelled sessions of "
+        f"Live figures (lift, AUC, calibration) leave out {inside:,} labelled sessions of "
         f"{reported.days[0]}..{reported.days[2]} that fall within the training window of the model that scored them "
         f"(v1 saw sessions through {trained_through})."
     )

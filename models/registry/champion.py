@@ -19,12 +19,11 @@ import datetime as dt
 import getpass
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from clickstream.features.sequences import read_sequences
-from clickstream.features.tensor_loader import feature_schema
-from clickstream.models.bundle import ModelBundle
 from clickstream.models.registry.decision import (
     Candidate,
     Context,
@@ -48,6 +47,9 @@ from clickstream.models.registry.store import (
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ClickstreamError, ModelNotFoundError, NoDataError, PromotionError
 from clickstream.pipeline.core.lake import Lake
+
+if TYPE_CHECKING:
+    from clickstream.models.bundle import ModelBundle
 
 MAX_REASON = 500  # characters of a person's --reason
 DECISION_ATTEMPTS = 3  # readings of the history a decision is taken on before it gives up (DecisionConflict)
@@ -82,8 +84,7 @@ def gate_challenger(
     frame = frame.filter(frame["label"].is_not_null())
     if frame.is_empty():
         raise NoDataError(
-            f"no labelled sessions in sequences/ of lake {lake} between {start} and {end} "
-            "to compare models on"
+            f"no labelled sessions in sequences/ of lake {lake} between {start} and {end} to compare models on"
         )
     challenger = _scored(_load(settings, version), tags, frame)  # a challenger that cannot load is a plain error
     labels = frame["label"].to_numpy()
@@ -111,7 +112,7 @@ def promote_version(settings: Settings, version: str, reason: str, *, decided_by
 
     def decide(log: DecisionLog) -> Decision:
         context = _context(settings, decided_by)
-        return manual(candidate, log.champion, feature_schema(), reason, context, history=_decisions(log))
+        return manual(candidate, log.champion, _code_schema(), reason, context, history=_decisions(log))
 
     return _transact(settings, decide)
 
@@ -128,7 +129,7 @@ def rollback_champion(settings: Settings, reason: str, *, decided_by: str) -> De
         if target not in targets:
             targets[target] = _loadable(settings, target, version_tags(settings, target))
         context = _context(settings, decided_by)
-        return rollback(history, log.champion, targets[target], feature_schema(), reason, context)
+        return rollback(history, log.champion, targets[target], _code_schema(), reason, context)
 
     return _transact(settings, decide)
 
@@ -167,6 +168,14 @@ def _transact(settings: Settings, decide: Callable[[DecisionLog], Decision]) -> 
 
 def _context(settings: Settings, decided_by: str) -> Context:
     return Context(decided_by, dt.datetime.now(dt.UTC), settings.promotion_margin)
+
+
+def _code_schema() -> str:
+    """The feature schema this code builds. Its module loads torch, which only the moves that load a
+    model need: reading the history (`clickstream models`) imports this module without it."""
+    from clickstream.features.tensor_loader import feature_schema
+
+    return feature_schema()
 
 
 def _load(settings: Settings, version: str) -> ModelBundle:

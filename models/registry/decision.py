@@ -22,7 +22,6 @@ from enum import StrEnum
 
 import numpy as np
 
-from clickstream.models.evaluation import auc
 from clickstream.pipeline.core.errors import PromotionError
 
 
@@ -150,6 +149,8 @@ def gate(
     when the challenger already is the champion. PromotionError when the champion could not be
     loaded or was trained on another feature schema: the gate cannot judge, the champion stays.
     """
+    from clickstream.models.evaluation import auc  # sklearn and torch: a reader of the history never needs them
+
     if challenger.scores is None:
         raise PromotionError(f"challenger v{challenger.version} was not scored: {challenger.load_error}")
     challenger_auc = auc(labels, challenger.scores)

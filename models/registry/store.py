@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import os
 import random
 import re
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -46,7 +48,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 import mlflow.artifacts
-from mlflow.entities import Param
+from mlflow.entities import Param, ViewType
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -209,17 +211,57 @@ def registered_versions(settings: Settings) -> list[ModelVersion]:
     return sorted(found, key=lambda v: int(v.version))
 
 
+def version_aliases(settings: Settings) -> dict[str, list[str]]:
+    """The aliases of settings.model_name by the version they point at, each list sorted (a version
+    without any is absent; empty while the model is not registered): one read of the registered
+    model, where a version's own record carries none."""
+    try:
+        aliases = tracking_client(settings).get_registered_model(settings.model_name).aliases
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return {}
+    by_version: dict[str, list[str]] = {}
+    for alias, version in sorted(aliases.items()):
+        by_version.setdefault(str(version), []).append(alias)
+    return by_version
+
+
 def run_metrics(settings: Settings, run_ids: Iterable[str]) -> dict[str, dict[str, float]]:
-    """The final metrics of each run (the runs that trained registered versions), by run id: one
-    client for them all, so that listing every version costs one read per run."""
+    """The final metrics of each run (the runs that trained registered versions), by run id: one search
+    of the `clickstream` experiment for them all, and a read of its own for a run kept elsewhere."""
+    wanted = list(dict.fromkeys(run_ids))
     client = tracking_client(settings)
-    return {run_id: dict(client.get_run(run_id).data.metrics) for run_id in dict.fromkeys(run_ids)}
+    found = _searched_metrics(client, experiment_id(client, settings), wanted)
+    found |= {run_id: dict(client.get_run(run_id).data.metrics) for run_id in wanted if run_id not in found}
+    return {run_id: found[run_id] for run_id in wanted}
+
+
+def _searched_metrics(client: MlflowClient, experiment: str, run_ids: list[str]) -> dict[str, dict[str, float]]:
+    """The metrics of those of `run_ids` that are runs of `experiment` (deleted ones too), in one search."""
+    ids = ", ".join(f"'{run_id}'" for run_id in run_ids if _RUN_ID.match(run_id))
+    if not ids:
+        return {}
+    runs = _all_runs(client, experiment, f"attributes.run_id IN ({ids})", ViewType.ALL)
+    return {run.info.run_id: dict(run.data.metrics) for run in runs}
+
+
+# what mlflow.register_model prints at every registration, past any log level: the model created (or
+# found) and the version created, which the caller's own summary names
+REGISTRATION_NOTES = ("Successfully registered model ", "Registered model ", "Created version ")
 
 
 def register(model_uri: str, model_name: str, tags: dict[str, str]) -> str:
     """Register the logged model at `model_uri` as a new version of `model_name` with `tags`, in the
-    registry tracking_client last opened; returns the version."""
-    return str(mlflow.register_model(model_uri, model_name, tags=tags).version)
+    registry tracking_client last opened; returns the version. MLflow's REGISTRATION_NOTES are left
+    out of stderr, and whatever else it writes there meanwhile (a warning) still comes out."""
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            return str(mlflow.register_model(model_uri, model_name, tags=tags).version)
+    finally:
+        lines = held.getvalue().splitlines(keepends=True)
+        sys.stderr.write("".join(line for line in lines if not line.startswith(REGISTRATION_NOTES)))
 
 
 # ---- model URIs: what a load may read, resolved in the configured store only ----
@@ -547,15 +589,24 @@ def _settle_run(client: MlflowClient, name: str, run: Run) -> None:
 
 
 def _read_log(client: MlflowClient, name: str, experiment: str) -> DecisionLog:
-    records, token = [], None
+    runs = _all_runs(client, experiment, "attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"])
+    records = tuple(DecisionRecord(run.info.run_id, dict(run.data.params), run.info.start_time) for run in runs)
+    return DecisionLog(_alias(client, name, CHAMPION), records)
+
+
+def _all_runs(
+    client: MlflowClient,
+    experiment: str,
+    filter_string: str,
+    view: int = ViewType.ACTIVE_ONLY,
+    order_by: list[str] | None = None,
+) -> list[Run]:
+    """Every run of `experiment` that passes `filter_string`, all pages of the search."""
+    runs: list[Run] = []
+    token = None
     while True:
-        page = client.search_runs(
-            [experiment],
-            "attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time ASC"],
-            page_token=token,
-        )
-        records += [DecisionRecord(run.info.run_id, dict(run.data.params), run.info.start_time) for run in page]
+        page = client.search_runs([experiment], filter_string, run_view_type=view, order_by=order_by, page_token=token)
+        runs += page
         token = page.token
         if not token:
-            return DecisionLog(_alias(client, name, CHAMPION), tuple(records))
+            return runs

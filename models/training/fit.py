@@ -434,32 +434,32 @@ def fit(
 
     batch_size = epoch_batch_size(totals[0], config.batch_size, world)
     n_batches = math.ceil(train.n_sessions / batch_size)  # about: a buffer's last batch may be short
-    status = LiveStatus("training", total=config.epochs * n_batches) if lead else None
-    with float32_precision(tf32=config.tf32), cpu_threads(device, config.cpu_threads):
-        try:
-            for epoch in range(progress.epochs_done + 1, config.epochs + 1):
-                if progress.stopped:
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = epoch_learning_rate(config, progress.history)
-                loss, seconds, seen = _train_epoch(net, optimizer, train, config, epoch, batch_size, device, status)
-                val_auc, val_logloss = validation_metrics(model, val)
-                stats = EpochStats(epoch, loss, val_auc, val_logloss, seconds, seen / max(seconds, 1e-9))
-                progress.history.append(stats)
-                if val_auc > progress.best_val_auc:
-                    progress.best_epoch, progress.best_val_auc = epoch, val_auc
-                    progress.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                progress.stopped = epoch - progress.best_epoch >= config.patience
-                if lead:
-                    if checkpoint is not None:
-                        _save_checkpoint(checkpoint, model, optimizer, progress, fingerprint)
-                    if status is not None:
-                        status.update(0, loss=loss, val_auc=val_auc)
-                    if on_epoch is not None:
-                        on_epoch(stats)
-        finally:
-            if status is not None:
-                status.close()
+    status = LiveStatus("train", total=(config.epochs - resumed_epochs) * n_batches, unit="batches") if lead else None
+    with (
+        float32_precision(tf32=config.tf32),
+        cpu_threads(device, config.cpu_threads),
+        status or contextlib.nullcontext(),  # a failed fit's error says where it stopped
+    ):
+        for epoch in range(progress.epochs_done + 1, config.epochs + 1):
+            if progress.stopped:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_learning_rate(config, progress.history)
+            loss, seconds, seen = _train_epoch(net, optimizer, train, config, epoch, batch_size, device, status)
+            val_auc, val_logloss = validation_metrics(model, val)
+            stats = EpochStats(epoch, loss, val_auc, val_logloss, seconds, seen / max(seconds, 1e-9))
+            progress.history.append(stats)
+            if val_auc > progress.best_val_auc:
+                progress.best_epoch, progress.best_val_auc = epoch, val_auc
+                progress.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            progress.stopped = epoch - progress.best_epoch >= config.patience
+            if lead:
+                if checkpoint is not None:
+                    _save_checkpoint(checkpoint, model, optimizer, progress, fingerprint)
+                if status is not None:
+                    status.update(0, loss=loss, val_auc=val_auc)
+                if on_epoch is not None:
+                    on_epoch(stats)
 
     model.to("cpu")
     if progress.best_weights is not None:

@@ -51,7 +51,14 @@ from clickstream.features.tensor_loader import feature_schema, load_tensors
 from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.models.bundle import WEIGHTS_SHA256, ModelBundle
 from clickstream.models.calibration import logit
-from clickstream.models.evaluation import choose_calibration, evaluate, expected_calibration_error, write_plots
+from clickstream.models.evaluation import (
+    SCORE_HISTOGRAM,
+    choose_calibration,
+    evaluate,
+    expected_calibration_error,
+    score_histogram,
+    write_plots,
+)
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.predict import predict
 from clickstream.models.registry.champion import actor, gate_challenger
@@ -268,6 +275,7 @@ def _train_in_run(
         curves = {"LSTM": lstm_scores, "LSTM uncalibrated": scored.raw, "GBM": scored.gbm}
         write_plots(scored.labels, curves, plots)
         mlflow.log_artifacts(str(plots), "plots")
+        mlflow.log_dict(score_histogram(scored.labels, lstm_scores), f"plots/{SCORE_HISTOGRAM}")
         vocabulary.save(Path(tmp) / "vocabulary")
         mlflow.log_artifacts(str(Path(tmp) / "vocabulary"), "vocabulary")
     logged = log_model(bundle, scored.example)
@@ -338,6 +346,17 @@ def validation_pass(
 
 
 def _log_epoch(stats: EpochStats) -> None:
+    """An epoch's metrics in the run, and a line in the log: a training shows how it goes where no
+    terminal draws its bar (a task log, CI)."""
+    _log.info(
+        "train: epoch %d: loss %.4f, val AUC %.4f, val log loss %.4f, %s sessions/s, %.0f s",
+        stats.epoch,
+        stats.train_loss,
+        stats.val_auc,
+        stats.val_logloss,
+        f"{stats.sessions_per_s:,.0f}",
+        stats.seconds,
+    )
     mlflow.log_metrics(
         {
             f"epoch_{name}": float(getattr(stats, name))

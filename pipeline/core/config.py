@@ -22,6 +22,8 @@ Environment variables:
                                     when it fits, else streams  [half the GPU's memory, or of the host's per rank]
     CLICKSTREAM_BUCKETS   session-hash buckets of a new lake, 1..4096 (an existing lake keeps its own)  [1]
     CLICKSTREAM_TRAIN_EXECUTOR      the Airflow executor of the nightly's train task  [the default executor]
+    CLICKSTREAM_TUNE_STORAGE        where `tune` keeps its Optuna studies: a database URL or a journal file
+                                    [beside an SQL tracking store, else <lake>/_config/ or the home]
     AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL   an object-store endpoint; http:// allows plain HTTP  [AWS's]
 
 A malformed or out-of-range value is a SettingError naming the variable and its range.
@@ -119,6 +121,7 @@ class Settings:
     # sessions (2 days at YOOCHOOSE's volume): noise alone rarely promotes (docs/model.md)
     promotion_margin: float = 0.002
     checkpoint_root: str | None = None  # None: <lake>/_checkpoints
+    tune_storage: str | None = None  # None: beside the tracking store (models.training.tuning.study_storage)
     max_line_bytes: int = 1 << 20  # a longer raw line fails the ingest (bounds memory per line)
     max_file_bytes: int = 64 << 30  # decompressed
     max_gzip_ratio: int = 100  # decompressed / compressed size of a raw .gz: stops a gzip bomb early
@@ -170,6 +173,7 @@ def load_settings(
         bad_row_threshold=env_number(env, "CLICKSTREAM_BAD_ROW_THRESHOLD", 0.05, low=0.0, high=1.0),
         promotion_margin=env_number(env, "CLICKSTREAM_PROMOTION_MARGIN", 0.002, low=0.0, high=1.0, high_open=True),
         checkpoint_root=checkpoints,
+        tune_storage=env.get("CLICKSTREAM_TUNE_STORAGE") or None,
         sql_timeout_s=env_number(
             env, "CLICKSTREAM_SQL_TIMEOUT_S", 60.0, low=0.0, high=SQL_TIMEOUT_MAX_S, low_open=True
         ),

@@ -231,7 +231,7 @@ class Lake:
         delta = self.table(table, version)
         if delta is None:
             return {}
-        actions = pl.DataFrame(pa.table(delta.get_add_actions(flatten=True)))
+        actions = pl.DataFrame(delta.get_add_actions(flatten=True))  # Arrow C stream: pa.table would import pandas
         if bucket is not None and not actions.is_empty():
             actions = actions.filter(pl.col("partition.bucket").cast(pl.Int64) == bucket)
         if actions.is_empty():

@@ -53,6 +53,7 @@ from clickstream.pipeline.core.buckets import bucket_of
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import BadRowThresholdError, InputError
 from clickstream.pipeline.core.lake import Lake, batch_predicate
+from clickstream.pipeline.core.progress import LiveStatus
 from clickstream.pipeline.core.schemas import EVENTS, QUARANTINE, conform
 from clickstream.pipeline.ingest.formats import input_format
 from clickstream.pipeline.ingest.raw_fields import TimeWindow
@@ -285,19 +286,23 @@ def _stage(
     rows, bad_by_file, good_by_file, reasons_by_file = 0, Counter(), Counter(), {}
     (staging / _REJECTS).mkdir(parents=True)
     (staging / _KEYS).mkdir()
-    for number, (path, parsed) in enumerate(chunks):
-        rows += parsed.events.height
-        good_by_file[str(path)] += parsed.events.height
-        if parsed.rejects.height:
-            bad_by_file[str(path)] += parsed.rejects.height
-            counts = parsed.rejects.get_column("reason").value_counts()
-            reasons_by_file.setdefault(str(path), Counter()).update(dict(counts.iter_rows()))
-            rejects = conform(parsed.rejects.with_columns(file=pl.lit(str(path)), format=pl.lit(fmt)), QUARANTINE)
-            rank = names.index(str(path))
-            rejects.write_parquet(staging / _REJECTS / f"{rank:06d}-{number:06d}.parquet", compression="lz4")
-        if parsed.events.height:
-            _stage_events(parsed.events, staging, f"{number:06d}.arrow", buckets)
-            stage_keys(session_keys(parsed.events), staging / _KEYS, f"{number:06d}")
+    with LiveStatus("ingest", total=len(names), unit="files read") as status:
+        for number, (path, parsed) in enumerate(chunks):
+            rows += parsed.events.height
+            good_by_file[str(path)] += parsed.events.height
+            if parsed.rejects.height:
+                bad_by_file[str(path)] += parsed.rejects.height
+                counts = parsed.rejects.get_column("reason").value_counts()
+                reasons_by_file.setdefault(str(path), Counter()).update(dict(counts.iter_rows()))
+                rejects = conform(parsed.rejects.with_columns(file=pl.lit(str(path)), format=pl.lit(fmt)), QUARANTINE)
+                rank = names.index(str(path))
+                rejects.write_parquet(staging / _REJECTS / f"{rank:06d}-{number:06d}.parquet", compression="lz4")
+            if parsed.events.height:
+                _stage_events(parsed.events, staging, f"{number:06d}.arrow", buckets)
+                stage_keys(session_keys(parsed.events), staging / _KEYS, f"{number:06d}")
+            # chunks come file by file: the files before this chunk's are read whole
+            status.update(completed=len(good_by_file) - 1, rows=rows + bad_by_file.total())
+        status.update(completed=len(names))
     return _Staged(rows, bad_by_file.total(), bad_by_file, good_by_file, reasons_by_file)
 
 
@@ -378,18 +383,20 @@ def _commit_events(
 
     def frames() -> Iterator[pl.DataFrame]:
         nonlocal written
-        for day in days:
-            renamed_today = renamed.filter(pl.col("date") == day)
-            for folder in sorted((staging / _EVENTS / day.isoformat()).iterdir(), key=lambda path: int(path.name)):
-                varying, constants = _staged_events(folder, chunk_constants)
-                varying = _renamed(varying, constants, renamed_today)
-                # the constant columns take no part in the order, nor in telling duplicates apart
-                frame = _drop_repeats(sort_events(varying)).with_columns(
-                    pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in constants.items()
-                )
-                written += frame.height
-                yield frame.with_columns(batch=pl.lit(batch), bucket=pl.lit(int(folder.name)), date=pl.lit(day))
-                del varying, frame  # before the next bucket-day is read: memory holds one
+        with LiveStatus("ingest", total=len(days), unit="days written") as status:
+            for day in days:
+                renamed_today = renamed.filter(pl.col("date") == day)
+                for folder in sorted((staging / _EVENTS / day.isoformat()).iterdir(), key=lambda path: int(path.name)):
+                    varying, constants = _staged_events(folder, chunk_constants)
+                    varying = _renamed(varying, constants, renamed_today)
+                    # the constant columns take no part in the order, nor in telling duplicates apart
+                    frame = _drop_repeats(sort_events(varying)).with_columns(
+                        pl.lit(value, dtype=EVENTS[name]).alias(name) for name, value in constants.items()
+                    )
+                    written += frame.height
+                    yield frame.with_columns(batch=pl.lit(batch), bucket=pl.lit(int(folder.name)), date=pl.lit(day))
+                    del varying, frame  # before the next bucket-day is read: memory holds one
+                status.update(rows=written)
 
     meta = {"batch": batch, "rows_read": rows_read, "dates": len(days)}
     version = lake.commit("events", frames(), replace=batch_predicate(batch), stage="ingest", metadata=meta)

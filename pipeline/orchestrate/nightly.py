@@ -6,7 +6,8 @@ idempotent for its day: re-running it replaces the same lake partitions with the
 reuses the model version trained on the same window and data.
 
 "Nothing to do" (no landing files yet, too little history to train) is a `NoDataError`; the DAGs
-turn it into an Airflow skip with the error's one-line reason (`skip_when_no_data`).
+turn it into an Airflow skip with the error's one-line reason (`skip_when_no_data`), logged in the
+task's log. What each task reads and writes is declared as Airflow Assets (`lineage`).
 
 Schedule, window and resources live in ONE place: `NIGHTLY` (a `NightlyConfig`) below.
 """
@@ -17,15 +18,18 @@ import contextlib
 import datetime as dt
 import importlib.util
 import logging
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from clickstream.pipeline.core.config import CHAMPION, Settings, train_executor
+from clickstream.pipeline.core.config import CHALLENGER, CHAMPION, Settings, train_executor
 from clickstream.pipeline.core.errors import ClickstreamError, NoDataError
+from clickstream.pipeline.core.progress import quiet_libraries
 from clickstream.pipeline.ingest.formats import FORMATS
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +83,61 @@ class MaintenanceConfig:
 MAINTENANCE = MaintenanceConfig()
 NIGHTLY = NightlyConfig(train_executor=train_executor())
 
-# Asset names: clickstream_nightly publishes both; clickstream_rescore runs on a new champion.
-SCORES_ASSET = "clickstream-scores"
-CHAMPION_ASSET = "clickstream-champion"
+# The log record attribute holding a skipped task's reason (`skip`), for what reads task logs back.
+SKIP_REASON = "skip_reason"
+
+
+# ---- lineage: what each task reads and writes, as Airflow Assets ------------------------------------
+@dataclass(frozen=True)
+class Lineage:
+    """The data the DAGs move, as Airflow Assets for the tasks' inlets and outlets (the Assets view shows
+    them, and OpenLineage reports them wherever its provider is installed): the landing folder, each
+    lake table at its own URI, the registered model's two aliases, and the folder of the nightly reports.
+    A task that succeeds emits an event on each of its outlets; clickstream_rescore runs on `champion`."""
+
+    landing: Asset
+    events: Asset
+    quarantine: Asset
+    sequences: Asset
+    scores: Asset
+    cookie_intent: Asset
+    challenger: Asset
+    champion: Asset
+    reports: Asset
+
+
+def lineage(settings: Settings) -> Lineage:
+    """The Assets of `settings`' landing, lake, model and reports. A table is named by its URI,
+    `<lake URI>/<table>` (`file:///srv/lake/events`, `s3://bucket/lake/events`), as are the landing and
+    reports folders: a lake moved elsewhere is another Asset, which Airflow activates at once (an Asset's
+    name and URI must each be unique among the active ones). A model alias is `clickstream-<alias>` at
+    `models:/<model name>@<alias>`, MLflow's URI of that version."""
+    from airflow.sdk import Asset
+
+    def located(location: str) -> Asset:
+        uri = location_uri(location)
+        return Asset(name=uri, uri=uri)
+
+    def model(alias: str) -> Asset:
+        return Asset(name=f"clickstream-{alias}", uri=f"models:/{settings.model_name}@{alias}", group="model")
+
+    lake = location_uri(settings.lake)
+    return Lineage(
+        landing=located(settings.landing),
+        events=located(f"{lake}/events"),
+        quarantine=located(f"{lake}/quarantine"),
+        sequences=located(f"{lake}/sequences"),
+        scores=located(f"{lake}/scores"),
+        cookie_intent=located(f"{lake}/cookie_intent"),
+        challenger=model(CHALLENGER),
+        champion=model(CHAMPION),
+        reports=located(str(Path(settings.home) / "reports")),
+    )
+
+
+def location_uri(location: str) -> str:
+    """A path or URL as an Asset URI: a URL (`s3://bucket/lake`) as it is, a path as an absolute `file://` URI."""
+    return location.rstrip("/") if "://" in location else Path(location).absolute().as_uri()
 
 
 # ---- the day a run covers --------------------------------------------------------------------
@@ -452,20 +508,26 @@ def task_defaults(config: NightlyConfig = NIGHTLY) -> dict[str, Any]:
         ),
         "execution_timeout": config.task_timeout,
         "on_failure_callback": log_task_failure,
+        "on_execute_callback": quiet_libraries,  # third-party chatter off the task logs
     }
+
+
+def skip(reason: str) -> NoReturn:
+    """Skip the running task with `reason`, logged first (as `skipped: <reason>`, the record carrying it
+    as SKIP_REASON) so the task's log in the UI says why; the DAG's trigger rules skip what depends on it."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    log.warning("skipped: %s", reason, extra={SKIP_REASON: reason})
+    raise AirflowSkipException(reason)
 
 
 @contextlib.contextmanager
 def skip_when_no_data() -> Iterator[None]:
-    """Turn a NoDataError (nothing to do for this interval) into an Airflow skip with its reason;
-    the DAG's trigger rules then skip what depends on it."""
+    """Turn a NoDataError (nothing to do for this interval) into a `skip` with its reason."""
     try:
         yield
     except NoDataError as error:
-        from airflow.sdk.exceptions import AirflowSkipException
-
-        log.warning("skipped: %s", error)
-        raise AirflowSkipException(str(error)) from error
+        skip(str(error))
 
 
 def log_task_failure(context: Mapping[str, Any]) -> None:
@@ -491,11 +553,15 @@ async def alert_late_run(context: Mapping[str, Any] | None = None, **kwargs: Any
 
 def late_run_deadline(config: NightlyConfig = NIGHTLY) -> Any:
     """A DeadlineAlert calling `alert_late_run` for a run unfinished `late_after` after it was
-    queued; None under `airflow dags test`, whose in-memory run (Airflow 3.3.2) cannot be marked
-    finished when the DAG has a deadline. The scheduler evaluates it as usual."""
-    if sys.argv[1:3] == ["dags", "test"]:
+    queued. None where Airflow parses the DAG to run it whole in one process (`airflow dags test`:
+    its parsing context names the DAG and no task), since such a run (Airflow 3.3.2) cannot be
+    marked finished when the DAG has a deadline; the DAG processor, which hands the scheduler its
+    DAGs, parses without a context and keeps it."""
+    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference, get_parsing_context
+
+    context = get_parsing_context()
+    if context.dag_id is not None and context.task_id is None:
         return None
-    from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from clickstream.models.registry.loading import load_model
-from clickstream.pipeline.core.config import Settings
+from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.core.schemas import EVENT_TYPES, SCORES
+from clickstream.pipeline.core.tracking import require_store
 from clickstream.pipeline.serve.output import write_output
 
 if TYPE_CHECKING:
@@ -31,9 +32,11 @@ def query_scores(
     cookie: str | None = None,
     session: str | None = None,
 ) -> pl.DataFrame:
-    """Scored sessions of [start, end] (default: the latest scored date) passing every given
+    """Scored sessions of [start, end] (default: the latest date that holds scores, by the commit
+    log's row counts, so a day without scored sessions is never "the latest") passing every given
     filter, sorted by score descending then session_id; `top` keeps the first N of that order.
-    Columns: date, then the SCORES columns."""
+    Columns: date, then the SCORES columns; none when no date of the window was scored (the CLI
+    refuses such a window first, naming the scored days)."""
     lake = Lake(settings.lake, settings.buckets)
     scored = lake.require_dates("scores", None, None, "run `clickstream score` first")
     if start is None and end is None:
@@ -54,9 +57,9 @@ def query_scores(
 def explain_session(settings: Settings, session_id: str, model_uri: str | None = None) -> pl.DataFrame:
     """The session's input events in time order with the running buying intent after each,
     from `model_uri` (default the champion); see session_trace for the columns."""
-    return session_trace(
-        find_session(Lake(settings.lake, settings.buckets), session_id), load_model(settings, model_uri)
-    )
+    sequence = find_session(Lake(settings.lake, settings.buckets), session_id)
+    require_store(settings.tracking_uri, model_uri or f"models:/{settings.model_name}@{CHAMPION}")
+    return session_trace(sequence, load_model(settings, model_uri))
 
 
 def find_session(lake: Lake, session_id: str) -> pl.DataFrame:

@@ -1,9 +1,13 @@
-"""The registry as tables (`clickstream models`, the report): every model version with its aliases
-and the window it saw, and every champion decision in the order it was taken."""
+"""The registry as tables (`clickstream models`, the report, the `models` table of `clickstream sql`):
+every model version with its aliases, the days it trained and validated on and its validation AUCs,
+and every champion decision in the order it was taken.
+
+Listing the versions costs the same few registry reads whatever their number: one search for the
+versions, one read of the registered model for all its aliases, one search for the metrics of the
+runs that trained them (registry.store)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sys
 
@@ -16,26 +20,51 @@ from clickstream.models.registry.store import (
     FEATURE_SCHEMA_TAG,
     SEQUENCES_VERSION_TAG,
     VAL_END_TAG,
+    VAL_START_TAG,
     WINDOW_TAG,
-    alias_version,
     registered_versions,
     run_metrics,
+    version_aliases,
 )
-from clickstream.pipeline.core.config import CHALLENGER, CHAMPION, Settings
+from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.errors import ClickstreamError
 from clickstream.pipeline.serve.output import format_table
 
 VERSIONS = {
     "version": pl.String,
     "registered": pl.Datetime("us", "UTC"),
-    "aliases": pl.String,  # "champion", "challenger", both comma-separated, or ""
-    "window": pl.String,  # FIRST..LAST, the training window asked for
-    "trained_through": pl.Date,  # the last day of sessions the model saw (its last validation day)
-    "val_auc": pl.Float64,  # on its own validation days
-    "gbm_val_auc": pl.Float64,
+    "aliases": pl.List(pl.String),  # the registry's aliases pointing at it, sorted (empty: none)
+    "train_start": pl.Date,  # the training window asked for, first and last day (it holds the validation days)
+    "train_end": pl.Date,
+    "validation_start": pl.Date,  # its validation days: early stopping, val_auc and gbm_val_auc
+    "validation_end": pl.Date,
+    "trained_through": pl.Date,  # the last day of sessions the model saw: scores after it are live (serve.holdout)
+    "val_auc": pl.Float64,  # on its own validation days, held out of the training sessions
+    "gbm_val_auc": pl.Float64,  # the LightGBM baseline on the same sessions
     "feature_schema": pl.String,
     "sequences_version": pl.Int64,  # the `sequences` Delta version it learned from (`train --as-of`)
     "events_version": pl.Int64,  # the `events` version those sequences were built from
+}
+METRICS = ("val_auc", "gbm_val_auc")  # the training run's metrics a version shows
+_AUC_LABELS = {"val_auc": "LSTM", "gbm_val_auc": "GBM"}
+# what the JSON listing says of the champion on its own
+CHAMPION_FIELDS = ("version", "val_auc", "gbm_val_auc", "validation_start", "validation_end")
+# a version's tags, as text, by the column they are read into
+_TAGS = {
+    "window": WINDOW_TAG,  # FIRST..LAST
+    "validation_start": VAL_START_TAG,
+    "validation_end": VAL_END_TAG,
+    "feature_schema": FEATURE_SCHEMA_TAG,
+    "sequences_version": SEQUENCES_VERSION_TAG,
+    "events_version": EVENTS_VERSION_TAG,
+}
+# a version as the registry records it, before _typed: creation time in ms, tags as text, metrics
+_RECORDED = {
+    "version": pl.String,
+    "registered_ms": pl.Int64,
+    "aliases": pl.List(pl.String),
+    **dict.fromkeys(_TAGS, pl.String),
+    **dict.fromkeys(METRICS, pl.Float64),
 }
 DECISIONS = {
     "decided_at": pl.Datetime("us", "UTC"),
@@ -46,7 +75,8 @@ DECISIONS = {
     "champion_version": pl.String,  # the champion before the decision
     "champion_auc": pl.Float64,  # same sessions as challenger_auc
     "margin": pl.Float64,
-    "window": pl.String,  # the comparison's validation days
+    "validation_start": pl.Date,  # the labelled days both were scored on (null: nothing compared)
+    "validation_end": pl.Date,
     "sessions": pl.Int64,
     "champion_after": pl.String,
     "reason": pl.String,
@@ -56,33 +86,45 @@ DECISIONS = {
 
 def model_versions(settings: Settings) -> pl.DataFrame:
     """Every registered version, oldest first (VERSIONS columns; nulls where not recorded)."""
-    aliases = {alias: alias_version(settings, alias) for alias in (CHAMPION, CHALLENGER)}
     versions = registered_versions(settings)
-    trained = run_metrics(settings, [version.run_id for version in versions if version.run_id])
-    rows = []
-    for version in versions:
-        number, tags = str(version.version), version.tags
-        metrics = trained.get(version.run_id, {}) if version.run_id else {}
-        rows.append(
-            {
-                "version": number,
-                "registered": dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC),
-                "aliases": ", ".join(alias for alias, holder in aliases.items() if holder == number),
-                "window": tags.get(WINDOW_TAG),
-                "trained_through": dt.date.fromisoformat(tags[VAL_END_TAG]) if VAL_END_TAG in tags else None,
-                "val_auc": metrics.get("val_auc"),
-                "gbm_val_auc": metrics.get("gbm_val_auc"),
-                "feature_schema": tags.get(FEATURE_SCHEMA_TAG),
-                "sequences_version": _number(tags.get(SEQUENCES_VERSION_TAG)),
-                "events_version": _number(tags.get(EVENTS_VERSION_TAG)),
-            }
-        )
-    return pl.DataFrame(rows, schema=VERSIONS)
+    aliases = version_aliases(settings)
+    metrics = run_metrics(settings, [version.run_id for version in versions if version.run_id])
+    recorded = [
+        {
+            "version": str(version.version),
+            "registered_ms": version.creation_timestamp,
+            "aliases": aliases.get(str(version.version), []),
+            **{column: version.tags.get(tag) for column, tag in _TAGS.items()},
+            **{name: metrics.get(version.run_id, {}).get(name) for name in METRICS},
+        }
+        for version in versions
+    ]
+    return _typed(pl.DataFrame(recorded, schema=_RECORDED))
 
 
-def _number(tag: str | None) -> int | None:
-    """A version tag as a number (None where not recorded: versions trained before tables had versions)."""
-    return int(tag) if tag and tag.isdigit() else None
+def _typed(recorded: pl.DataFrame) -> pl.DataFrame:
+    """The registry's text as VERSIONS columns: dates and numbers (null where a tag does not parse),
+    the training window split into its first and last day."""
+    window = pl.col("window").str.split_exact("..", 1).struct
+
+    def day(text: pl.Expr) -> pl.Expr:
+        return text.str.to_date("%Y-%m-%d", strict=False)
+
+    return recorded.select(
+        "version",
+        registered=pl.from_epoch("registered_ms", time_unit="ms").dt.replace_time_zone("UTC"),
+        aliases="aliases",
+        train_start=day(window.field("field_0")),
+        train_end=day(window.field("field_1")),
+        validation_start=day(pl.col("validation_start")),
+        validation_end=day(pl.col("validation_end")),
+        trained_through=day(pl.col("validation_end")),
+        val_auc="val_auc",
+        gbm_val_auc="gbm_val_auc",
+        feature_schema="feature_schema",
+        sequences_version=pl.col("sequences_version").cast(pl.Int64, strict=False),
+        events_version=pl.col("events_version").cast(pl.Int64, strict=False),
+    ).cast(VERSIONS)
 
 
 def decisions(settings: Settings) -> pl.DataFrame:
@@ -101,7 +143,8 @@ def _decision_frame(history: list[Decision]) -> pl.DataFrame:
             "champion_version": d.champion_version,
             "champion_auc": d.champion_auc,
             "margin": d.margin,
-            "window": f"{d.window_start}..{d.window_end}" if d.window_start else None,
+            "validation_start": d.window_start,
+            "validation_end": d.window_end,
             "sessions": d.sessions,
             "champion_after": d.champion_after,
             "reason": d.reason,
@@ -115,31 +158,50 @@ def _decision_frame(history: list[Decision]) -> pl.DataFrame:
 
 def write_registry(settings: Settings, fmt: str) -> str:
     """`clickstream models`: the versions and the decisions as two aligned tables (then a one-line
-    summary) or one JSON object {"versions": [...], "decisions": [...]} on stdout (summary on stderr)."""
+    summary naming the champion and its validation AUCs) or one JSON object {"champion": {...} or
+    null, "versions": [...], "decisions": [...]} on stdout (summary on stderr)."""
     recorded = decision_history(settings)  # first: settles what a killed decision left
     versions, history = model_versions(settings), _decision_frame(recorded)
-    champion = versions.filter(pl.col("aliases").str.contains(CHAMPION))["version"].to_list()
+    found = versions.filter(pl.col("aliases").list.contains(CHAMPION)).head(1)
+    champion = found.row(0, named=True) if found.height else None
+    alias = champion["version"] if champion else None
     summary = (
-        f"{settings.model_name}: {versions.height} version(s), "
-        f"{'champion v' + champion[0] if champion else 'no champion'}, {history.height} decision(s)"
-        f"{_disagreement(champion[0] if champion else None, recorded_champion(recorded))}"
+        f"{settings.model_name}: {versions.height} version(s), {_champion_text(champion)}, "
+        f"{history.height} decision(s){_disagreement(alias, recorded_champion(recorded))}"
     )
     if fmt == "json":
-        document = {"versions": _records(versions), "decisions": _records(history)}
+        document = {
+            "champion": _records(found.select(CHAMPION_FIELDS))[0] if champion else None,
+            "versions": _records(versions),
+            "decisions": _records(history),
+        }
         sys.stdout.write(json.dumps(document, indent=1) + "\n")
         print(summary, file=sys.stderr)
         return ""
     if fmt != "table":
         raise ClickstreamError(f"unknown format {fmt!r}; expected table or json")
+    listed = versions.with_columns(pl.col("aliases").list.join(", "))
     sys.stdout.write(
-        f"model versions\n{format_table(versions)}\nchampion decisions, oldest first\n"
+        f"model versions\n{format_table(listed)}\nchampion decisions, oldest first\n"
         f"{format_table(history.drop('decision_id'))}\n"
     )
     return summary
 
 
+def _champion_text(champion: dict[str, object] | None) -> str:
+    """The champion for the summary: "champion v2 (validation AUC LSTM 0.7998, GBM 0.8174 on
+    2014-04-03..2014-04-04)", its figures left out where its run did not record them."""
+    if champion is None:
+        return "no champion"
+    figures = [f"{label} {champion[name]:.4f}" for name, label in _AUC_LABELS.items() if champion[name] is not None]
+    if not figures:
+        return f"champion v{champion['version']}"
+    days = f" on {champion['validation_start']}..{champion['validation_end']}" if champion["validation_start"] else ""
+    return f"champion v{champion['version']} (validation AUC {', '.join(figures)}{days})"
+
+
 def _disagreement(champion: str | None, recorded: str | None) -> str:
-    """"" when the alias and the history name the same champion, else what is off and the command
+    """ "" when the alias and the history name the same champion, else what is off and the command
     that records it (a person moved the alias outside clickstream, or deleted it)."""
     if champion == recorded:
         return ""

@@ -4,10 +4,14 @@ history.model_versions). A session inside that window would flatter it; one scor
 whose window is not recorded cannot be told apart, so it is left out as well.
 
 The rule needs only a session's date and model version, so it applies as well to aggregates keyed
-by both (the report's score bins) as to single sessions: the report never holds the sessions."""
+by both (the report's score bins) as to single sessions: the report never holds the sessions.
+
+A new champion has usually seen every day scored so far, so "live" figures (on days it never saw)
+start empty; waiting_for_live says why and when they appear, instead of a blank section."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import polars as pl
@@ -49,8 +53,36 @@ def after_training(rows: pl.DataFrame, versions: pl.DataFrame) -> Holdout:
     )
     first, last = left_out["date"].min(), left_out["date"].max()
     sentence = (
-        f"Quality figures (lift, AUC, calibration) leave out {excluded:,} labelled sessions of "
+        f"Live figures (lift, AUC, calibration) leave out {excluded:,} labelled sessions of "
         f"{first}..{last} that fall within the training window of the model that scored them "
         f"({'; '.join(per_version)})."
     )
     return Holdout(kept, excluded, sentence)
+
+
+def waiting_for_live(kept: pl.DataFrame, champion: str | None, trained_through: dt.date | None) -> str:
+    """One sentence on why the champion has no live figures yet and when they will appear, or ""
+    when it has labelled sessions after its training window. `kept`: Holdout.kept; `trained_through`:
+    the champion's last training day (None when not recorded)."""
+    if champion is None:
+        return (
+            "No champion is registered yet: live figures appear once a promoted model scores days after its "
+            "training window."
+        )
+    if trained_through is None:
+        return (
+            f"Champion v{champion} has no recorded training window, so its scores cannot be told apart from the days "
+            "it learned from: live figures appear once a newly trained champion scores days after its window."
+        )
+    mine = kept.filter(pl.col("model_version") == champion)
+    if mine.height == 0:
+        return (
+            f"No scored day after {trained_through} yet: live figures appear once days after the training window "
+            f"of champion v{champion} are scored."
+        )
+    if mine["labelled"].sum() == 0:
+        return (
+            f"The days after {trained_through} that champion v{champion} scored have no known outcomes yet: "
+            "live figures appear once their sessions' outcomes are ingested."
+        )
+    return ""

@@ -1,12 +1,18 @@
 """Frames out to analysts: an aligned text table, spreadsheet-safe CSV, JSON records or Parquet,
-to stdout or to a file written atomically (temporary name, then moved into place)."""
+to stdout or to a file written atomically (temporary name, then moved into place); and a stage's
+summary as JSON, and a list of days as short text, for the command line."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import json
+import math
 import os
 import sys
 import uuid
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 
 import polars as pl
@@ -17,6 +23,7 @@ FORMATS = ("table", "csv", "json", "parquet")
 TABLE_DECIMALS = 4
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 FORMULA_START = r"^[=+\-@\t\r]"
+DAY_RUNS_SHOWN = 3  # runs of consecutive days named at each end of format_days' text
 
 
 def write_output(frame: pl.DataFrame, fmt: str, out: Path | None, *, lake: str | None = None) -> str:
@@ -118,6 +125,56 @@ def _fixed(value: pl.Expr, decimals: int) -> pl.Expr:
     fraction = (scaled.abs() % 10**decimals).cast(pl.String).str.pad_start(decimals, "0")
     sign = pl.when(scaled < 0).then(pl.lit("-")).otherwise(pl.lit(""))
     return pl.concat_str([sign, whole, pl.lit("."), fraction])
+
+
+def summary_json(summary: object) -> str:
+    """A stage's summary dataclass as one JSON object: its fields (nested summaries as objects), its
+    properties and its one-line text as `summary`, so a script reads the same facts as a person."""
+    return json.dumps({**_record(summary), "summary": str(summary)}, allow_nan=False)
+
+
+def _record(value: object) -> object:
+    """`value` as JSON data: dataclasses as objects of their fields and properties, dates as ISO
+    text, paths as text, enums as their values and a NaN or infinity (nothing compared) as null."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = [field.name for field in dataclasses.fields(value)]
+        names += [name for name, attr in vars(type(value)).items() if isinstance(attr, property)]
+        return {name: _record(getattr(value, name)) for name in names}
+    if isinstance(value, dict):
+        return {str(key): _record(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_record(item) for item in value]
+    if isinstance(value, Enum):
+        return _record(value.value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def format_days(days: list[dt.date]) -> str:
+    """Days as runs of consecutive days with their count, e.g. "2014-04-01..2014-04-03, 2014-04-08
+    (4 days)", so an error can say in one line what a table holds (the middle runs of a very gappy
+    table as "...")."""
+    if not days:
+        return "no days"
+    series = pl.Series("day", sorted(days), dtype=pl.Date)
+    first, last = pl.col("first").cast(pl.String), pl.col("last").cast(pl.String)
+    runs = (
+        series.to_frame()
+        .with_columns(run=(series.diff().dt.total_days() != 1).fill_null(True).cum_sum())
+        .group_by("run", maintain_order=True)
+        .agg(first=pl.col("day").first(), last=pl.col("day").last())
+        .select(pl.when(first == last).then(first).otherwise(pl.concat_str(first, pl.lit(".."), last)))
+        .to_series()
+        .to_list()
+    )
+    if len(runs) > 2 * DAY_RUNS_SHOWN:
+        runs = [*runs[:DAY_RUNS_SHOWN], "...", *runs[-DAY_RUNS_SHOWN:]]
+    return f"{', '.join(runs)} ({series.len():,} day{'' if series.len() == 1 else 's'})"
 
 
 def check_out(out: Path, lake: str | None) -> None:

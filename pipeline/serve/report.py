@@ -1,6 +1,7 @@
-"""One self-contained HTML report for analysts: volumes per day, the score distribution,
-lift by score decile against actual buy rates, ROC and calibration of the champion on the
-latest labelled days, and the champion decisions over time.
+"""One self-contained HTML report for analysts: volumes per day, the daily mean score and buy
+rate, the score distribution and its drift, the champion's figures on its held-out validation days
+(as its training run logged them), lift, ROC and calibration on the days scored after the training
+window ("live"), the top sessions of the latest day, and the champion decisions over time.
 
 Every score figure comes from small aggregates, never from the scored sessions themselves: per
 day, model version and score bin (SCORE_BINS equal-width bins of [0, 1]) the number of sessions,
@@ -11,12 +12,17 @@ whole bins (sessions tied within a bin stay together), medians are interpolated 
 AUC and PR-AUC treat the sessions of one bin as tied; means, buy rates, log loss and calibration
 error are exact.
 
-Quality figures (lift, AUC, calibration) use only sessions that start after the training window
-of the model that scored them (pipeline.serve.holdout); when the report's days overlap it, one
-sentence under the title says how many labelled sessions were left out and why.
+Two kinds of quality figures, each labelled with its days. Validation: what the champion's
+training run measured on the days it held out (its metrics beside the GBM baseline's, its logged
+ROC and calibration plots, and lift from its logged score histogram), read with one run fetch;
+these exist from the first champion on. Live: lift, AUC and calibration on sessions that start
+after the training window of the model that scored them (pipeline.serve.holdout); until such days
+are scored, one sentence says why there are none and when they appear. The validation histogram is
+also the reference the drift section compares each scored day with (population stability index).
 
 Plots are PNGs embedded as base64 (matplotlib's Agg backend), so the one
-file opens anywhere offline. A section without data says so instead of failing the report.
+file opens anywhere offline. A section without data says so instead of failing the report, and
+draws no empty plot.
 """
 
 from __future__ import annotations
@@ -25,21 +31,30 @@ import base64
 import datetime as dt
 import html
 import io
+import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.pyplot as plt
+import mlflow.artifacts
 import numpy as np
 import polars as pl
+from mlflow.exceptions import MlflowException
 
-from clickstream.models.evaluation import CALIBRATION_BINS
+from clickstream.models.evaluation import CALIBRATION_BINS, SCORE_BINS, SCORE_HISTOGRAM
+from clickstream.models.registry.store import model_version, tracking_client
 from clickstream.pipeline.core.config import CHAMPION, Settings
+from clickstream.pipeline.core.errors import ClickstreamError
 from clickstream.pipeline.core.lake import Lake
+from clickstream.pipeline.core.progress import track
+from clickstream.pipeline.core.tracking import redacted
+from clickstream.pipeline.serve.analytics import query_scores
 from clickstream.pipeline.serve.history import decisions, model_versions
-from clickstream.pipeline.serve.holdout import after_training
+from clickstream.pipeline.serve.holdout import after_training, waiting_for_live
 from clickstream.pipeline.serve.output import check_out, format_cells, replace_file
 
 if TYPE_CHECKING:
@@ -47,10 +62,22 @@ if TYPE_CHECKING:
 
 LABELLED_DAYS = 7  # ROC and calibration use the latest days with known outcomes, at most this many
 DECILES = 10
-SCORE_BINS = 1000  # equal-width score bins of [0, 1]: every score figure is computed from them
+# every score figure is computed from SCORE_BINS equal-width score bins of [0, 1] (models.evaluation,
+# where the training run's validation histogram is counted in the same bins)
 HISTOGRAM_BINS = 50  # bars of the distribution plot, SCORE_BINS // HISTOGRAM_BINS score bins each
 SESSIONS_PER_PART = 1_000_000  # a day's scores meet their labels at most about this many at a time
 LOG_LOSS_CLIP = 1e-7  # scores are clipped to [c, 1 - c] for log loss, as models.evaluation does
+PSI_THRESHOLD = 0.2  # a day whose scores' PSI against the validation days passes this is flagged as drifted
+PSI_BUCKETS = 10  # PSI compares shares of sessions in buckets that split the validation sessions evenly
+PSI_FLOOR = 1e-4  # the share an empty bucket counts as, so that PSI stays finite
+TOP_SESSIONS = 20
+VALIDATION_METRICS = (  # (shown as, run metric name after `val_` / `gbm_val_`)
+    ("AUC", "auc"),
+    ("PR-AUC", "pr_auc"),
+    ("log loss", "logloss"),
+    ("calibration error", "calibration_error"),
+    ("buy rate", "positive_rate"),
+)
 
 # score_bins: one row per date, model version and score bin
 BIN_SCHEMA = pl.Schema(
@@ -70,18 +97,55 @@ _SUMS = [name for name in BIN_SCHEMA.names() if name not in ("date", "model_vers
 
 
 @dataclass(frozen=True)
+class ReportSummary:
+    """What one `write_report` call wrote; str() is the CLI's one-line summary."""
+
+    first: dt.date
+    last: dt.date
+    sessions: int
+    plots: int
+    out: Path
+
+    def __str__(self) -> str:
+        return (
+            f"report for {self.first}..{self.last}: {self.sessions:,} scored sessions, {self.plots} plots -> {self.out}"
+        )
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One embedded image: what it shows (its alt text) and the PNG, base64."""
+
+    alt: str
+    png: str
+
+
+@dataclass(frozen=True)
 class Section:
-    """One titled part of the report: a note, then any images (base64 PNG) and an HTML table."""
+    """One titled part of the report: a note, then any plots and HTML tables."""
 
     title: str
     note: str
-    images: tuple[str, ...] = ()
+    images: tuple[Plot, ...] = ()
     table: str = ""
 
 
-def write_report(settings: Settings, start: dt.date | None, end: dt.date | None, out: Path) -> str:
+@dataclass(frozen=True)
+class TrainingRun:
+    """What the champion's training run recorded of its held-out validation days."""
+
+    version: str
+    run_id: str
+    link: str  # HTML: the run's page in the MLflow UI, or its id where the store has no UI
+    label: str  # "validation (held-out days FIRST..LAST, at training time)"
+    metrics: dict[str, float]
+    plots: dict[str, bytes]  # the logged `plots/` files by name
+    histogram: pl.DataFrame | None  # validation scores per score bin (validation_bins); None when not logged
+
+
+def write_report(settings: Settings, start: dt.date | None, end: dt.date | None, out: Path) -> ReportSummary:
     """Write the HTML report for scored dates in [start, end] (default: every scored date) to
-    `out` atomically; returns a one-line summary. NoDataError when no date in the window was scored."""
+    `out` atomically; returns what it wrote. NoDataError when no date in the window was scored."""
     check_out(out, settings.lake)  # before the work, not after it
     lake = Lake(settings.lake, settings.buckets)
     scored_days = lake.require_dates("scores", start, end, "run `clickstream score` first")
@@ -90,21 +154,27 @@ def write_report(settings: Settings, start: dt.date | None, end: dt.date | None,
     versions = model_versions(settings)
     champion_row = next((v for v in versions.iter_rows(named=True) if CHAMPION in v["aliases"]), None)
     champion = champion_row["version"] if champion_row else None
+    run, unread = champion_run(settings, champion)
     holdout = after_training(bins, versions)
+    waiting = waiting_for_live(holdout.kept, champion, champion_row["trained_through"] if champion_row else None)
     sections = [
         volume_section(lake, first, last),
+        trend_section(bins),
         distribution_section(bins),
-        lift_section(holdout.kept),
-        champion_section(holdout.kept, champion),
+        drift_section(bins, champion, run),
+        validation_section(run, unread),
+        lift_section(holdout.kept, waiting),
+        champion_section(holdout.kept, champion, waiting),
+        top_sessions_section(settings, last),
         timeline_section(decisions(settings), champion),
     ]
     title = f"clickstream report {first}..{last}"
     learned = _data_versions(champion_row)
-    document = render(title, sections, settings.model_name, champion, holdout.sentence, learned)
+    link = run.link if run else ""
+    document = render(title, sections, settings.model_name, champion, holdout.sentence, learned, link)
     replace_file(Path(out), lambda tmp: Path(tmp).write_text(document, encoding="utf-8"), lake=settings.lake)
     plots = sum(len(s.images) for s in sections)
-    sessions = int(bins["sessions"].sum())
-    return f"report for {first}..{last}: {sessions:,} scored sessions, {plots} plots -> {out}"
+    return ReportSummary(first, last, int(bins["sessions"].sum()), plots, Path(out))
 
 
 def score_bins(lake: Lake, start: dt.date, end: dt.date) -> pl.DataFrame:
@@ -117,11 +187,10 @@ def score_bins(lake: Lake, start: dt.date, end: dt.date) -> pl.DataFrame:
     the hash of session_id, so the join holds one part's keys at a time. Both tables are read at
     the versions current when this starts, so a commit meanwhile cannot mix two states."""
     scores_version, labels_version = lake.version("scores"), lake.version("sequences")
-    rows = lake.rows_per_date("scores", scores_version)
+    rows = {day: count for day, count in lake.rows_per_date("scores", scores_version).items() if start <= day <= end}
     frames = [
         _day_bins(lake, day, -(-count // SESSIONS_PER_PART), scores_version, labels_version)
-        for day, count in rows.items()
-        if start <= day <= end
+        for day, count in track(rows.items(), "report", total=len(rows), unit="days")
     ]
     return pl.concat([pl.DataFrame(schema=BIN_SCHEMA), *frames]).sort("date", "model_version", "bin")
 
@@ -184,21 +253,87 @@ def _day_bins(
     )
 
 
+def champion_run(settings: Settings, champion: str | None) -> tuple[TrainingRun | None, str]:
+    """The champion's training run, and why there is none ("" when it was read): without a champion,
+    or with a tracking store that cannot give the run, the report still comes out, saying so."""
+    if champion is None:
+        return None, "No champion is registered yet, so there are no validation figures: `clickstream train --promote`."
+    try:
+        return read_training_run(settings, champion), ""
+    except (ClickstreamError, MlflowException, OSError, KeyError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None, f"The training run of champion v{champion} cannot be read ({reason}): no validation figures."
+
+
+def read_training_run(settings: Settings, version: str) -> TrainingRun:
+    """The training run of registered `version`: one run fetch (params, metrics, where it lives) and
+    one download of its small `plots/` folder (ROC and calibration plots, the score histogram)."""
+    run = tracking_client(settings).get_run(model_version(settings, version).run_id)
+    with tempfile.TemporaryDirectory(prefix="clickstream-report-") as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{run.info.artifact_uri}/plots", dst_path=tmp))
+        plots = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    params = run.data.params
+    return TrainingRun(
+        version=version,
+        run_id=run.info.run_id,
+        link=run_link(settings.tracking_uri, run.info.experiment_id, run.info.run_id),
+        label=f"validation (held-out days {params['val_start']}..{params['val_end']}, at training time)",
+        metrics=dict(run.data.metrics),
+        plots=plots,
+        histogram=validation_bins(plots.get(SCORE_HISTOGRAM)),
+    )
+
+
+def validation_bins(document: bytes | None) -> pl.DataFrame | None:
+    """The logged validation histogram (models.evaluation.score_histogram) as score-bin rows (bin,
+    sessions, score_sum, buyers, and every session labelled); None when the run logged none or
+    counted other bins."""
+    if document is None:
+        return None
+    fields = json.loads(document)
+    if fields.get("bins") != SCORE_BINS:
+        return None
+    frame = pl.DataFrame(
+        {name: fields[name] for name in ("bin", "sessions", "score_sum", "buyers")},
+        schema={"bin": pl.Int32, "sessions": pl.Int64, "score_sum": pl.Float64, "buyers": pl.Int64},
+    )
+    return frame.with_columns(labelled=pl.col("sessions"), labelled_score_sum=pl.col("score_sum"))
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run as the report names it (HTML): a link to its page in the MLflow UI when the tracking
+    URI is a server, else its id (a SQLite or file store has no UI until `mlflow ui` serves one)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return f"MLflow run {html.escape(run_id)} (experiment {html.escape(experiment_id)})"
+    server = redacted(tracking_uri).partition("?")[0].partition("#")[0].rstrip("/")
+    url = f"{server}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f'<a href="{html.escape(url)}">MLflow run {html.escape(run_id)}</a>'
+
+
 def volume_section(lake: Lake, start: dt.date, end: dt.date) -> Section:
-    """Events, sessions and quarantined rows per day (from Parquet row counts, no data read)."""
+    """Events, sessions and quarantined rows per day (from Parquet row counts, no data read): a
+    panel per kind that has rows; the kinds without any are named in the note instead."""
     counts = pl.DataFrame(
         {
             "date": pl.date_range(start, end, "1d", eager=True),
             **{name: _rows_per_day(lake, table, start, end) for name, table in _VOLUME_TABLES.items()},
         }
     )
-    fig, axes = _figure(nrows=3, height=6.5, sharex=True)
-    for ax, name in zip(axes, _VOLUME_TABLES, strict=True):
+    note = "Rows per day: events by event date, sessions by start date, quarantined rows by ingestion date."
+    plotted = [name for name in _VOLUME_TABLES if counts[name].sum() > 0]
+    empty = [name.replace("_", " ") for name in _VOLUME_TABLES if name not in plotted]
+    if empty:
+        note += f" No {' and no '.join(empty)} on these days."
+    if not plotted:
+        return Section("Volumes per day", note, table=html_table(counts))
+    fig, axes = _figure(nrows=len(plotted), height=0.5 + 2 * len(plotted), sharex=True)
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, plotted, strict=True):
         ax.bar(counts["date"].cast(pl.String).to_list(), counts[name].to_list(), color="#4c72b0")
         ax.set_ylabel(name.replace("_", " "))
     axes[-1].tick_params(axis="x", labelrotation=45)
-    note = "Rows per day: events by event date, sessions by start date, quarantined rows by ingestion date."
-    return Section("Volumes per day", note, (_png(fig),), html_table(counts))
+    alt = f"{' and '.join(name.replace('_', ' ') for name in plotted)} per day"
+    return Section("Volumes per day", note, (Plot(alt, _png(fig)),), html_table(counts))
 
 
 _VOLUME_TABLES = {"events": "events", "sessions": "sequences", "quarantined_rows": "quarantine"}
@@ -247,7 +382,142 @@ def distribution_section(bins: pl.DataFrame) -> Section:
         f"{int(bins['sessions'].sum()):,} scored sessions. Medians are interpolated within "
         f"{1 / SCORE_BINS:g}-wide score bins."
     )
-    return Section("Score distribution", note, (_png(fig),), html_table(distribution_table(bins)))
+    plot = Plot("score distribution per model version", _png(fig))
+    return Section("Score distribution", note, (plot,), html_table(distribution_table(bins)))
+
+
+def trend_table(bins: pl.DataFrame) -> pl.DataFrame:
+    """Per day of `bins` (score_bins): sessions, mean score, labelled sessions and their buy rate
+    (null on a day without known outcomes), sorted by day."""
+    labelled = pl.col("labelled").sum()
+    return (
+        bins.group_by("date")
+        .agg(
+            sessions=pl.col("sessions").sum(),
+            mean_score=pl.col("score_sum").sum() / pl.col("sessions").sum(),
+            labelled=labelled,
+            buy_rate=pl.when(labelled > 0).then(pl.col("buyers").sum() / labelled),
+        )
+        .sort("date")
+    )
+
+
+def trend_section(bins: pl.DataFrame) -> Section:
+    """Mean score against actual buy rate per day: a calibrated model's two lines move together, so
+    a gap that opens is worth a look before any label-based figure can show it."""
+    table = trend_table(bins)
+    days = table["date"].cast(pl.String).to_list()
+    fig, ax = _figure()
+    ax.plot(days, table["mean_score"].to_list(), "o-", color="#4c72b0", label="mean score")
+    ax.plot(days, table["buy_rate"].to_list(), "s--", color="#55a868", label="actual buy rate")
+    ax.set(ylabel="share of sessions", title="Mean score and buy rate per day")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.legend()
+    note = "Every scored session of each day, whatever model scored it; the buy rate over those with a known outcome."
+    return Section("Daily trend", note, (Plot("mean score and buy rate per day", _png(fig)),), html_table(table))
+
+
+def psi_table(bins: pl.DataFrame, reference: np.ndarray) -> pl.DataFrame:
+    """Per day of `bins` (score_bins): sessions, the population stability index of its scores against
+    `reference` (sessions per score bin) and whether it passes PSI_THRESHOLD.
+
+    PSI = sum over buckets of (share - reference share) * ln(share / reference share), on
+    PSI_BUCKETS buckets of whole score bins that split the reference's sessions evenly (a bin goes to
+    the bucket of its lowest session's rank, as deciles do in lift_table); an empty bucket counts as
+    PSI_FLOOR of the sessions."""
+    before = np.cumsum(reference) - reference
+    bucket_of = np.minimum(before * PSI_BUCKETS // reference.sum(), PSI_BUCKETS - 1).astype(np.int32)
+    expected = np.maximum(np.bincount(bucket_of, reference, PSI_BUCKETS) / reference.sum(), PSI_FLOOR)
+    buckets = pl.DataFrame({"bucket": np.arange(PSI_BUCKETS, dtype=np.int32), "expected": expected})
+    bucketed = pl.DataFrame({"bin": np.arange(SCORE_BINS, dtype=np.int32), "bucket": bucket_of})
+    counted = bins.join(bucketed, on="bin").group_by("date", "bucket").agg(pl.col("sessions").sum())
+    share = pl.max_horizontal(pl.col("sessions") / pl.col("sessions").sum().over("date"), pl.lit(PSI_FLOOR))
+    return (
+        counted.select("date")
+        .unique()
+        .join(buckets, how="cross")
+        .join(counted, on=["date", "bucket"], how="left")
+        .with_columns(pl.col("sessions").fill_null(0))
+        .with_columns(share=share)
+        .group_by("date")
+        .agg(
+            sessions=pl.col("sessions").sum(),
+            psi=((pl.col("share") - pl.col("expected")) * (pl.col("share") / pl.col("expected")).log()).sum(),
+        )
+        .with_columns(drifted=pl.when(pl.col("psi") > PSI_THRESHOLD).then(pl.lit("drifted")).otherwise(pl.lit("")))
+        .sort("date")
+    )
+
+
+def drift_section(bins: pl.DataFrame, champion: str | None, run: TrainingRun | None) -> Section:
+    """Each day's champion scores against the champion's scores of its validation days, as PSI per
+    day, the days past PSI_THRESHOLD flagged: the inputs have moved away from what it was tried on."""
+    title = "Score drift against the validation days"
+    if run is None or run.histogram is None:
+        why = (
+            "the champion's training run is not at hand"
+            if run is None
+            else "its training run logged no score histogram"
+        )
+        return Section(title, f"No drift figures: {why}.")
+    mine = bins.filter(pl.col("model_version") == champion)
+    if mine.height == 0:
+        return Section(title, f"No day of this report was scored by the champion v{champion}.")
+    table = psi_table(mine, _per_bin(run.histogram, "sessions")[0])
+    flagged = table["drifted"] != ""
+    fig, ax = _figure()
+    days = table["date"].cast(pl.String).to_list()
+    colors = np.where(flagged.to_numpy(), "#c44e52", "#4c72b0").tolist()
+    ax.bar(days, table["psi"].to_list(), color=colors)
+    ax.axhline(PSI_THRESHOLD, linestyle="--", color="grey", label=f"threshold {PSI_THRESHOLD:g}")
+    ax.set(ylabel="PSI", title="Population stability index per day")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.legend()
+    note = (
+        f"PSI of each day's scores by champion v{champion} against its {run.label}, over {PSI_BUCKETS} "
+        f"buckets that split the validation sessions evenly; above {PSI_THRESHOLD:g} a day is flagged as "
+        f"drifted ({int(flagged.sum())} of {table.height} days): its sessions no longer look like those "
+        "the model was tried on."
+    )
+    return Section(title, note, (Plot("PSI per day against the validation days", _png(fig)),), html_table(table))
+
+
+_LOGGED_PLOTS = {"roc.png": "ROC", "calibration.png": "calibration"}  # models.evaluation.write_plots
+
+
+def validation_section(run: TrainingRun | None, unread: str) -> Section:
+    """The champion's figures on its held-out validation days, as its training run measured them:
+    each metric beside the GBM baseline's, the run's ROC and calibration plots, and lift by score
+    decile from its score histogram. These exist from the first champion on, live days or not."""
+    title = "Validation: the champion at training time"
+    if run is None:
+        return Section(title, unread)
+    lstm, gbm = run.metrics.get("val_auc"), run.metrics.get("gbm_val_auc")
+    note = (
+        f"Champion v{run.version}, {run.label}: AUC {_shown(lstm)} (GBM baseline {_shown(gbm)}), "
+        f"measured by its training run on days it did not fit on."
+    )
+    metrics = pl.DataFrame(
+        {
+            "metric": [shown for shown, _ in VALIDATION_METRICS],
+            "LSTM": [run.metrics.get(f"val_{name}") for _, name in VALIDATION_METRICS],
+            "GBM baseline": [run.metrics.get(f"gbm_val_{name}") for _, name in VALIDATION_METRICS],
+        },
+        schema={"metric": pl.String, "LSTM": pl.Float64, "GBM baseline": pl.Float64},
+    )
+    images = [
+        Plot(f"{shown}, {run.label}", base64.b64encode(run.plots[name]).decode("ascii"))
+        for name, shown in _LOGGED_PLOTS.items()
+        if name in run.plots
+    ]
+    tables = html_table(metrics)
+    if run.histogram is None:
+        note += " Its run logged no score histogram, so there is no lift by decile."
+    else:
+        lift = lift_table(run.histogram)
+        images.append(Plot(f"lift by score decile, {run.label}", _lift_png(lift, run.label)))
+        tables += html_table(lift)
+    return Section(title, note, tuple(images), tables)
 
 
 def lift_table(bins: pl.DataFrame) -> pl.DataFrame:
@@ -284,27 +554,35 @@ def lift_table(bins: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def lift_section(bins: pl.DataFrame) -> Section:
-    """Actual buy rate and lift per score decile, where labels are known."""
+def lift_section(bins: pl.DataFrame, waiting: str) -> Section:
+    """Live: actual buy rate and lift per score decile of the labelled sessions scored after their
+    model's training window (`bins`: holdout.after_training); `waiting` says why there are none."""
+    title = "Live: lift by score decile"
     table = lift_table(bins)
     if table.height == 0 or table["lift"].is_null().all():
         return Section(
-            "Lift by score decile",
-            "No scored session after its model's training window has a known outcome.",
+            title, waiting or "No labelled session scored after its model's training window has both outcomes yet."
         )
-    fig, ax = _figure()
-    ax.bar(table["decile"].to_list(), table["buy_rate"].to_list(), color="#55a868", label="actual buy rate")
-    ax.plot(table["decile"].to_list(), table["mean_score"].to_list(), "k.-", label="mean score")
-    ax.set(xlabel="score decile (10 = highest)", ylabel="buy rate", title="Buy rate by score decile")
-    ax.set_xticks(range(1, DECILES + 1))
-    ax.legend()
+    labelled = bins.filter(pl.col("labelled") > 0)
+    subset = f"live ({labelled['date'].min()}..{labelled['date'].max()})"
     top = table.filter(table["decile"] == table["decile"].max())["lift"][0]
     note = (
-        f"{table['sessions'].sum():,} labelled sessions after their model's training window; "
+        f"{subset}: {table['sessions'].sum():,} labelled sessions after their model's training window; "
         f"the top decile buys {top:.1f}x as often as average. Deciles are taken on "
         f"{1 / SCORE_BINS:g}-wide score bins, so sessions tied within a bin stay in one decile."
     )
-    return Section("Lift by score decile", note, (_png(fig),), html_table(table))
+    return Section(title, note, (Plot(f"lift by score decile, {subset}", _lift_png(table, subset)),), html_table(table))
+
+
+def _lift_png(table: pl.DataFrame, subset: str) -> str:
+    """Actual buy rate (bars) and mean score (line) per score decile of lift_table."""
+    fig, ax = _figure()
+    ax.bar(table["decile"].to_list(), table["buy_rate"].to_list(), color="#55a868", label="actual buy rate")
+    ax.plot(table["decile"].to_list(), table["mean_score"].to_list(), "k.-", label="mean score")
+    ax.set(xlabel="score decile (10 = highest)", ylabel="buy rate", title=f"Buy rate by score decile, {subset}")
+    ax.set_xticks(range(1, DECILES + 1))
+    ax.legend()
+    return _png(fig)
 
 
 @dataclass(frozen=True)
@@ -386,13 +664,14 @@ def _per_bin(bins: pl.DataFrame, *columns: str) -> list[np.ndarray]:
     return arrays
 
 
-def champion_section(bins: pl.DataFrame, champion: str | None) -> Section:
-    """ROC and calibration of the champion's scores on the latest (up to LABELLED_DAYS) days that
-    have both outcomes; without a registered champion, of the most recent model version scored.
-    `bins`: score_bins rows after their model's training window (holdout.after_training)."""
-    title = "Champion on the latest labelled days"
+def champion_section(bins: pl.DataFrame, champion: str | None, waiting: str) -> Section:
+    """Live: ROC and calibration of the champion's scores on the latest (up to LABELLED_DAYS) days
+    that have both outcomes; without a registered champion, of the most recent model version scored.
+    `bins`: score_bins rows after their model's training window (holdout.after_training); `waiting`
+    says why the champion has no such day yet ("" when it has labelled ones)."""
+    title = "Live: the champion after its training window"
     if bins.height == 0 and champion is None:
-        return Section(title, "No scored session falls after the training window of the model that scored it.")
+        return Section(title, waiting)
     version = champion if champion is not None else _latest_version(bins)
     mine = bins.filter((pl.col("model_version") == version) & (pl.col("labelled") > 0))
     both = (
@@ -403,14 +682,19 @@ def champion_section(bins: pl.DataFrame, champion: str | None) -> Section:
     days = both["date"].sort().tail(LABELLED_DAYS).to_list()
     if not days:
         return Section(
-            title, f"No day scored by v{version} after its training window has both buyers and non-buyers yet."
+            title,
+            waiting or f"No day scored by v{version} after its training window has both buyers and non-buyers yet.",
         )
     quality = binned_quality(mine.filter(pl.col("date").is_in(days)))
     window = f"{days[0]}..{days[-1]}"
-    images = (_roc_png(quality, f"v{version}", window), _calibration_png(quality, f"v{version}", window))
+    subset = f"live {window}"
+    images = (
+        Plot(f"ROC, {subset}", _roc_png(quality, f"v{version}", subset)),
+        Plot(f"calibration, {subset}", _calibration_png(quality, f"v{version}", subset)),
+    )
     who = "champion" if champion is not None else "latest scored model (no champion registered)"
     note = (
-        f"{who} v{version} on {quality.sessions:,} labelled sessions of {window}, all after its training window: "
+        f"Live: {who} v{version} on {quality.sessions:,} labelled sessions of {window}, all after its training window: "
         f"AUC {quality.auc:.3f}, "
         f"PR-AUC {quality.pr_auc:.3f}, log loss {quality.logloss:.3f}, "
         f"calibration error {quality.calibration_error:.3f}. "
@@ -448,6 +732,21 @@ def _calibration_png(quality: BinnedQuality, name: str, subset: str) -> str:
     ax.set(xlabel="mean predicted buy probability", ylabel="observed buy rate", title=f"Calibration, {subset}")
     ax.legend(loc="upper left")
     return _png(fig)
+
+
+def top_sessions(settings: Settings, day: dt.date) -> pl.DataFrame:
+    """The TOP_SESSIONS highest-scored sessions of `day`, ties by session id: session_id, score, events."""
+    top = query_scores(settings, day, day, top=TOP_SESSIONS)
+    return top.select("session_id", "score", events="n_events")
+
+
+def top_sessions_section(settings: Settings, day: dt.date) -> Section:
+    """The sessions most likely to buy on the report's latest day, for a look at what they did."""
+    note = (
+        f"The {TOP_SESSIONS} highest scores of {day}, the report's latest day (ties by session id); "
+        "`clickstream session ID` shows where a session's intent rose."
+    )
+    return Section("Top sessions", note, table=html_table(top_sessions(settings, day)))
 
 
 def timeline_section(history: pl.DataFrame, champion: str | None) -> Section:
@@ -496,8 +795,31 @@ def timeline_section(history: pl.DataFrame, champion: str | None) -> Section:
         "the challenger is promoted only when its AUC beats the champion's by more than the margin. "
         "Promotions by hand and rollbacks carry a person's reason instead."
     )
-    table = history.drop("decision_id", "champion_after")
-    return Section(title, note, (_png(fig),), html_table(table))
+    return Section(
+        title, note, (Plot("AUC at each champion decision", _png(fig)),), html_table(decision_table(history))
+    )
+
+
+def decision_table(history: pl.DataFrame) -> pl.DataFrame:
+    """The decision history (history.DECISIONS) in 9 short columns that fit the page: each version
+    with its AUC in one cell, the time to the minute."""
+    return history.select(
+        pl.col("decided_at").dt.strftime("%Y-%m-%d %H:%M").alias("decided (UTC)"),
+        pl.col("decided_by").alias("by"),
+        "action",
+        _version_with_auc("challenger_version", "challenger_auc").alias("challenger (AUC)"),
+        _version_with_auc("champion_version", "champion_auc").alias("champion (AUC)"),
+        "margin",
+        pl.format("{}..{}", "validation_start", "validation_end").alias("days"),
+        "sessions",
+        "reason",
+    )
+
+
+def _version_with_auc(version: str, auc: str) -> pl.Expr:
+    """ "v3 (0.8123)", "v3" without an AUC, null without a version."""
+    with_auc = pl.format("v{} ({})", version, pl.col(auc).round(4).cast(pl.String))
+    return pl.when(pl.col(auc).is_not_null()).then(with_auc).otherwise(pl.format("v{}", version))
 
 
 _ACTION_MARKERS = (
@@ -538,25 +860,28 @@ def render(
     champion: str | None,
     caveat: str = "",
     learned: str = "",
+    run_link: str = "",
 ) -> str:
-    """The whole HTML document: head with inline CSS, a header line (the champion and the data
-    versions it learned from), the caveat on the quality figures (if any), then each section."""
+    """The whole HTML document: head with inline CSS, a header line (the champion, the data
+    versions it learned from and its training run, `run_link` being HTML), the caveat on the live
+    figures (if any), then each section."""
     made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     model = f"{model_name}, champion v{champion}{learned}" if champion else f"{model_name}, no champion registered"
+    trained = f" Trained in {run_link}." if run_link else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="meta">{html.escape(model)}; generated {made}.</p>',
+        f'<p class="meta">{html.escape(model)}; generated {made}.{trained}</p>',
     ]
     if caveat:
         parts.append(f'<p class="caveat">{html.escape(caveat)}</p>')
     for section in sections:
         parts.append(f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.note)}</p>")
         parts.extend(
-            f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{image}">' for image in section.images
+            f'<img alt="{html.escape(plot.alt)}" src="data:image/png;base64,{plot.png}">' for plot in section.images
         )
         parts.append(f"{section.table}</section>")
     parts.append("</body></html>\n")
@@ -568,9 +893,15 @@ _CSS = (
     "h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em}.meta{color:#666}"
     ".caveat{border-left:3px solid #dd8452;padding-left:.6em}"
     "img{display:block;max-width:100%;margin:1em 0}"
-    "table{border-collapse:collapse;font-size:.9em}th,td{padding:.2em .8em;border-bottom:1px solid #eee}"
-    "td{text-align:right;font-variant-numeric:tabular-nums}"
+    "table{border-collapse:collapse;font-size:.9em;display:block;max-width:100%;overflow-x:auto;margin:1em 0}"
+    "th,td{padding:.2em .6em;border-bottom:1px solid #eee;vertical-align:top}"
+    "th{text-align:left}td{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}"
 )
+
+
+def _shown(value: float | None) -> str:
+    """A metric to 3 decimals, or "not logged"."""
+    return "not logged" if value is None else f"{value:.3f}"
 
 
 def _rows_per_day(lake: Lake, table: str, start: dt.date, end: dt.date) -> list[int]:

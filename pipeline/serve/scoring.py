@@ -27,6 +27,7 @@ from clickstream.pipeline.core.buckets import BUCKET
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import LakeConflictError
 from clickstream.pipeline.core.lake import Lake, dates_predicate, partitions_predicate
+from clickstream.pipeline.core.progress import LiveStatus
 from clickstream.pipeline.core.schemas import COOKIE_INTENT, SCORES, conform
 
 if TYPE_CHECKING:
@@ -107,14 +108,17 @@ def score_with(settings: Settings, scorer: Scorer, days: list[dt.date], bucket: 
 
     def frames() -> Iterator[pl.DataFrame]:
         nonlocal sessions
-        for part in buckets:
-            for day in days:
-                sequences = read_sequences(lake, day, day, version=sequences_version, bucket=part)
-                frame = score_frame(sequences, scorer, scored_at)
-                sessions += frame.height
-                yield frame.with_columns(date=pl.lit(day), bucket=pl.lit(part))
-                del sequences, frame
-                release_freed_memory()
+        todo = lake.rows_per_date("sequences", sequences_version, bucket)
+        with LiveStatus("score", total=sum(todo.get(day, 0) for day in days), unit="sessions") as status:
+            for part in buckets:
+                for day in days:
+                    sequences = read_sequences(lake, day, day, version=sequences_version, bucket=part)
+                    frame = score_frame(sequences, scorer, scored_at)
+                    sessions += frame.height
+                    yield frame.with_columns(date=pl.lit(day), bucket=pl.lit(part))
+                    status.update(completed=sessions)
+                    del sequences, frame
+                    release_freed_memory()
 
     meta = {
         "sequences_version": sequences_version,
