@@ -149,7 +149,7 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     labels, lengths = test["label"].to_numpy(), test["n_events"].to_numpy()
     scorer = load_model(settings, f"models:/{settings.model_name}/{summary.version}")
     scores = scorer.score(test)
-    raw = dataclasses.replace(scorer.bundle, calibration=UNCALIBRATED).score(test)
+    raw = dataclasses.replace(scorer, calibration=UNCALIBRATED).score(test)
     return WorldResult(
         world=world,
         lstm=evaluate(labels, scores, lengths),
