@@ -37,6 +37,7 @@ from clickstream.models.training.fit import EpochStats, FitResult
 from clickstream.models.training.job import Job, train_rank, weights_digest
 from clickstream.models.training.nodes import Nodes
 from clickstream.pipeline.core.errors import ClickstreamError, TrainingError
+from clickstream.pipeline.core.progress import log_to_stderr
 
 JOB = "job.pkl"
 RESULT = "result.pt"
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("job", type=Path, nargs="?")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="nccl on cuda, gloo on cpu")
     args = parser.parse_args(argv)
+    log_to_stderr()  # each rank's progress and epoch lines, as the launching command shows its own
 
     device = args.device
     if device == "cuda":
