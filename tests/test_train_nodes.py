@@ -157,9 +157,12 @@ def test_given_a_forty_character_name_when_rendered_then_it_is_accepted():
     assert service["metadata"]["name"] == job["metadata"]["name"] == name
 
 
-def _fake_kubectl(folder: Path, monkeypatch: pytest.MonkeyPatch, *, fail_on: str | None = None) -> Path:
+def _fake_kubectl(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, *, fail_on: str | None = None, reaches: str = "complete"
+) -> Path:
     """A kubectl that appends its argv to <log>/argv, keeps the apply's stdin in <log>/stdin, and
-    exits 1 with two stderr lines when its first argument is `fail_on`."""
+    exits 1 with two stderr lines when its first argument is `fail_on`. A wait for a condition other
+    than `reaches` never ends by itself (the Job never gets there)."""
     bin_dir, log = folder / "bin", folder / "log"
     bin_dir.mkdir()
     log.mkdir()
@@ -173,12 +176,14 @@ def _fake_kubectl(folder: Path, monkeypatch: pytest.MonkeyPatch, *, fail_on: str
         '  echo "error: the server refused $1" >&2\n'
         "  exit 1\n"
         "fi\n"
+        'if [ "$1" = wait ] && [ "$2" != "--for=condition=$KUBE_REACHES" ]; then exec sleep 600; fi\n'
         "exit 0\n"
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("KUBE_LOG", str(log))
     monkeypatch.setenv("KUBE_FAIL", fail_on or "-")
+    monkeypatch.setenv("KUBE_REACHES", reaches)
     return log
 
 
@@ -208,8 +213,20 @@ def test_given_kubectl_when_submitted_then_it_applies_the_manifest_from_stdin_an
 
     submit_training(manifest, name=NAME, timeout_s=900)
 
-    assert _calls(log) == ["apply -f -", f"wait --for=condition=complete job/{NAME} --timeout=900s"]
-    assert (log / "stdin").read_text() == manifest
+    calls = _calls(log)
+    assert calls[0] == "apply -f -" and (log / "stdin").read_text() == manifest
+    waits = [f"wait --for=condition={c} job/{NAME} --timeout=900s" for c in ("complete", "failed")]
+    assert waits[0] in calls[1:] and set(calls[1:]) <= set(waits)  # the failed-wait may be stopped before it logs
+
+
+def test_given_a_job_that_fails_when_submitted_then_a_one_line_error_at_once_not_at_the_timeout(tmp_path, monkeypatch):
+    _fake_kubectl(tmp_path, monkeypatch, reaches="failed")
+
+    with pytest.raises(TrainingError) as raised:
+        submit_training(_render(), name=NAME, timeout_s=86_400)  # the complete-wait would outlive the test
+
+    message = str(raised.value)
+    assert message == f"training job {NAME} failed: see `kubectl logs job/{NAME}` and its pods' events"
 
 
 def test_given_a_refused_apply_when_submitted_then_the_error_is_kubectls_last_line_and_nothing_is_awaited(
@@ -239,4 +256,5 @@ def test_given_a_job_that_does_not_complete_when_submitted_then_the_error_names_
     assert "\n" not in message
     assert NAME in message
     assert "error: the server refused wait" in message
-    assert len(_calls(log)) == 2
+    calls = _calls(log)  # the apply, then a wait for each outcome (the second may be stopped before it logs)
+    assert calls[0] == "apply -f -" and 2 <= len(calls) <= 3 and all(c.startswith("wait ") for c in calls[1:])

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
 from string import Template
@@ -94,27 +95,61 @@ def _kubectl(kubectl: str, args: list[str], *, stdin: str | None, timeout_s: int
     except subprocess.TimeoutExpired:
         raise TrainingError(f"{what}: kubectl did not answer within {timeout_s}s") from None
     if result.returncode != 0:
-        lines = result.stderr.strip().splitlines()
-        reason = lines[-1].strip() if lines else f"kubectl exited with code {result.returncode}"
-        raise TrainingError(f"{what}: {reason}")
+        raise TrainingError(f"{what}: {_last_line(result.stderr, result.returncode)}")
+
+
+def _last_line(stderr: str, code: int) -> str:
+    """kubectl's reason for failing: its last line on stderr (earlier ones are warnings)."""
+    lines = stderr.strip().splitlines()
+    return lines[-1].strip() if lines else f"kubectl exited with code {code}"
 
 
 def submit_training(manifest: str, *, name: str, timeout_s: int) -> None:
-    """Apply `manifest` to the current kubectl context and wait up to `timeout_s` for Job `name`
-    to complete. TrainingError (one line) when kubectl is missing, the apply is refused, or the Job
-    does not complete in time; a Job that fails (backoffLimit 0) never completes, so the wait
-    reports it when timeout_s ends."""
+    """Apply `manifest` to the current kubectl context and wait up to `timeout_s` for Job `name` to
+    complete or fail, whichever comes first. TrainingError (one line) when kubectl is missing, the
+    apply is refused, the Job fails (its pods' logs say why) or it does not finish in time."""
     if timeout_s < 1:
         raise SettingError(f"timeout_s must be at least 1, not {timeout_s}")
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         raise TrainingError("kubectl is not installed (not on PATH): it submits the multi-node training")
     _kubectl(kubectl, ["apply", "-f", "-"], stdin=manifest, timeout_s=APPLY_TIMEOUT_S, what="kubectl apply failed")
-    _kubectl(
-        kubectl,
-        ["wait", "--for=condition=complete", f"job/{name}", f"--timeout={timeout_s}s"],
-        stdin=None,
-        # kubectl ends the wait itself at timeout_s; the margin covers its start and last request.
-        timeout_s=timeout_s + 60,
-        what=f"training job {name} did not complete",
-    )
+    outcome = _first_condition(kubectl, name, ("complete", "failed"), timeout_s)
+    if outcome == "failed":
+        raise TrainingError(f"training job {name} failed: see `kubectl logs job/{name}` and its pods' events")
+
+
+def _first_condition(kubectl: str, name: str, conditions: tuple[str, ...], timeout_s: int) -> str:
+    """The first of `conditions` Job `name` reaches: one `kubectl wait` per condition, at once (a
+    wait takes one condition); the others are stopped. TrainingError with kubectl's last line when
+    the first wait to end fails (a timeout, an unreachable server)."""
+    waits = {
+        condition: subprocess.Popen(
+            [kubectl, "wait", f"--for=condition={condition}", f"job/{name}", f"--timeout={timeout_s}s"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for condition in conditions
+    }
+    try:
+        with ThreadPoolExecutor(len(waits)) as pool:
+            # kubectl ends each wait itself at timeout_s; the margin covers its start and last request.
+            ended = {pool.submit(wait.communicate, timeout=timeout_s + 60): c for c, wait in waits.items()}
+            first = next(as_completed(ended))
+            for wait in waits.values():
+                if wait.poll() is None:
+                    wait.kill()
+            condition = ended[first]
+            try:
+                _, stderr = first.result()
+            except subprocess.TimeoutExpired:
+                raise TrainingError(f"training job {name} did not finish: kubectl did not answer") from None
+    finally:
+        for wait in waits.values():
+            if wait.poll() is None:
+                wait.kill()
+    code = waits[condition].returncode
+    if code != 0:
+        raise TrainingError(f"training job {name} did not finish: {_last_line(stderr, code)}")
+    return condition
