@@ -54,6 +54,10 @@ def test_given_a_fresh_state_when_the_demo_runs_twice_then_both_report_the_same_
     assert (held_out["train"], held_out["score[0]"]) == ("skipped", "success")  # scored, not trained on
     assert first["held_out"] == first["days"][-1]["day"]
     assert first["champion"] is not None and not math.isnan(first["lstm_auc"]) and not math.isnan(first["gbm_auc"])
+    report = (settings.home / "reports" / f"clickstream-{first['held_out']}.html").read_text()
+    assert "Validation: the champion at training time" in report  # the held-out figures of its training run
+    assert "Live: the champion after its training window" in report  # the held-out last day, scored after it
+    assert "all after its training window" in report and "No scored day after" not in report
     assert [(d["events"], d["sessions"], d["quarantined"]) for d in second["days"]] == [
         (d["events"], d["sessions"], d["quarantined"]) for d in first["days"]
     ]
