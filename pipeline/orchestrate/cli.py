@@ -608,7 +608,9 @@ def main() -> None:
             typer.echo(ctx.get_help())
             sys.exit(0)
         command = f" {ctx.command_path}" if ctx is not None else ""
-        _fail(f"{error.format_message()} (see{command} --help)")
+        # Typer converts values through pydantic, whose messages begin "Value error, "
+        message = error.format_message().replace(": Value error, ", ": ")
+        _fail(f"{message} (see{command} --help)")
     except KeyboardInterrupt:
         _fail("interrupted", code=130)
     except Exception as error:  # a full or read-only disk is the machine's state, not a bug
