@@ -1,7 +1,7 @@
 """Model quality on the generator's planted signals: LSTM vs LightGBM vs the truth, per world.
 
     python -m benchmarks.quality [--world W | --worlds all] [--sessions N] [--days D] [--test-days T]
-                                 [--epochs E] [--device auto|cpu|cuda] [--seed S]
+                                 [--epochs E] [--device auto|cpu|cuda] [--seed S] [--seeds K]
                                  [--set train.batch_size=1024 --set model.dropout=0.3 ...]
 
 For each world (pipeline.synthetic.sessions.WORLDS: default, counts, appeal, order) generates N
@@ -11,7 +11,9 @@ early-stop), then scores the last T days, never seen in training or validation, 
 registered LSTM, with the LightGBM baseline refitted on the same split, and with the
 generator's true probabilities (truth.parquet p_buy). Reports test AUC and expected
 calibration error (ECE) of each (the LSTM's also before its calibration), the LSTM's mean score
-against the buy rate, and the validation AUCs the defaults are chosen on.
+against the buy rate, and the validation AUCs the defaults are chosen on. With --seeds K, each
+world runs K times, each seed giving both the data and the model's seed; the summary line is the
+worst case (the smallest LSTM - GBM margin, the mean score furthest from the buy rate).
 Targets: LSTM test AUC above the GBM's in every world, within 0.02 of the truth's on average.
 """
 
@@ -75,46 +77,61 @@ def main() -> None:
         help="override a setting, e.g. train.batch_size=1024 or model.dropout=0.3 (repeatable)",
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="seeds --seed, --seed + 1, ...: each one the data's and the model's"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
 
     from benchmarks.results import peak_rss_gb, record
     from clickstream.pipeline.core.config import load_settings
+    from clickstream.pipeline.core.progress import quiet_libraries
+
+    quiet_libraries()  # as the CLI does: MLflow's bars and INFO lines would bury the table
 
     names = list(WORLDS) if args.worlds else [args.world]
     results, settings = [], None
-    for name in names:
+    seeds = range(args.seed, args.seed + args.seeds)
+    for name, seed in ((name, seed) for name in names for seed in seeds):
         with tempfile.TemporaryDirectory(prefix=f"clickstream-quality-{name}-") as tmp:
             settings = _with_overrides(load_settings(lake=str(Path(tmp) / "lake"), home=Path(tmp) / "state"), args.set)
-            results.append(run_world(settings, Path(tmp), name, args))
+            if args.seeds > 1:  # the model's seed moves with the data's
+                settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, seed=seed))
+            results.append(run_world(settings, Path(tmp), name, args, seed))
             print(_row(results[-1]), flush=True)
 
     assert settings is not None
     epochs = args.epochs or settings.train.epochs
     mean_gap = sum(r.truth.auc - r.lstm.auc for r in results) / len(results)
     wins = sum(r.lstm.auc > r.gbm.auc for r in results)
+    worst_margin = min(results, key=lambda r: r.lstm.auc - r.gbm.auc)
+    worst_mean = max(results, key=lambda r: abs(r.lstm_mean / r.lstm.positive_rate - 1))
     body = f"""
 `python -m benchmarks.quality {"--worlds all" if args.worlds else f"--world {args.world}"} --sessions {args.sessions}`:
-per world {args.sessions:,} generated sessions over {args.days} days (seed {args.seed}); trained on the first
-{args.days - args.test_days} days (the last {settings.train.validation_days} of them validate and early-stop),
-tested on the last {args.test_days} days (never seen in training or validation).
+per world {args.sessions:,} generated sessions over {args.days} days (seeds {seeds.start}..{seeds.stop - 1});
+trained on the first {args.days - args.test_days} days (the last {settings.train.validation_days} of them validate and
+early-stop), tested on the last {args.test_days} days (never seen in training or validation).
 
 {HEADER}
 {chr(10).join(_row(r) for r in results)}
 
-**LSTM above GBM in {wins} of {len(results)} worlds; mean gap to truth {mean_gap:.4f}.**
+**Worst case: LSTM - GBM {worst_margin.lstm.auc - worst_margin.gbm.auc:+.4f} ({worst_margin.world}); mean score
+{worst_mean.lstm_mean / worst_mean.lstm.positive_rate - 1:+.1%} off the buy rate ({worst_mean.world}). LSTM above GBM in
+{wins} of {len(results)} runs; mean gap to truth {mean_gap:.4f}.**
 
 Model {settings.model}; training {dataclasses.asdict(dataclasses.replace(settings.train, epochs=epochs))}
 (device {args.device}, data budget {settings.train.memory_mb or "default"} MiB). Peak RSS {peak_rss_gb():.1f} GiB.
 """
     section = "quality (worlds)" if args.worlds else f"quality ({args.world}, {args.sessions:,})"
+    if args.seeds > 1:
+        section = f"{section[:-1]}, {args.seeds} seeds)" if not args.worlds else f"quality (worlds, {args.seeds} seeds)"
     if settings.train.memory_mb is not None:  # CLICKSTREAM_TRAIN_MEMORY_MB: the streamed path's figures
         section = f"{section[:-1]}, {settings.train.memory_mb} MiB data budget)"
     record(section, body)
     print(body)
 
 
-def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespace) -> WorldResult:
+def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespace, seed: int) -> WorldResult:
     """Generate, ingest, build sequences, train and score one world in `root`."""
     import polars as pl
 
@@ -129,7 +146,7 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     from clickstream.pipeline.synthetic.generate import generate_logs
 
     raw = root / "raw"
-    generate_logs(raw, sessions=args.sessions, days=args.days, start_date=START, seed=args.seed, world=world)
+    generate_logs(raw, sessions=args.sessions, days=args.days, start_date=START, seed=seed, world=world)
     ingest_files(settings, "yoochoose", [raw / "yoochoose-clicks.dat"], [raw / "yoochoose-buys.dat"])
     build_sequences(settings, None, None)
 
@@ -151,7 +168,7 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     scores = scorer.score(test)
     raw = dataclasses.replace(scorer, calibration=UNCALIBRATED).score(test)
     return WorldResult(
-        world=world,
+        world=world if args.seeds == 1 else f"{world}, seed {seed}",
         lstm=evaluate(labels, scores, lengths),
         lstm_raw=evaluate(labels, raw, lengths),
         lstm_mean=float(scores.mean()),
