@@ -107,7 +107,8 @@ def main() -> None:
     worst_margin = min(results, key=lambda r: r.lstm.auc - r.gbm.auc)
     worst_mean = max(results, key=lambda r: abs(r.lstm_mean / r.lstm.positive_rate - 1))
     body = f"""
-`python -m benchmarks.quality {"--worlds all" if args.worlds else f"--world {args.world}"} --sessions {args.sessions}`:
+`python -m benchmarks.quality {"--worlds all" if args.worlds else f"--world {args.world}"} --sessions {args.sessions}\
+{f" --seeds {args.seeds}" if args.seeds > 1 else ""}`:
 per world {args.sessions:,} generated sessions over {args.days} days (seeds {seeds.start}..{seeds.stop - 1});
 trained on the first {args.days - args.test_days} days (the last {settings.train.validation_days} of them validate and
 early-stop), tested on the last {args.test_days} days (never seen in training or validation).
