@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clickstream.pipeline.core.config import CHAMPION, Settings
+from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import ModelNotFoundError
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ def load_model(settings: Settings, uri: str | None = None, *, device: str = "aut
     registered SHA-256."""
     from clickstream.models.registry.store import resolve_model
 
-    uri = uri or f"models:/{settings.model_name}@{CHAMPION}"
+    uri = uri or settings.champion_uri
     model = resolve_model(settings, uri)
     with tempfile.TemporaryDirectory(prefix="clickstream-model-") as tmp:
         bundle = _downloaded_bundle(model, uri, Path(tmp), device)

@@ -137,6 +137,11 @@ class Settings:
         """Where training checkpoints go: storage every worker sees (a retry may run elsewhere)."""
         return self.checkpoint_root or f"{self.lake}/_checkpoints"
 
+    @property
+    def champion_uri(self) -> str:
+        """The registered champion's model URI: what scoring and tracing load unless told otherwise."""
+        return f"models:/{self.model_name}@{CHAMPION}"
+
     def with_overrides(self, **changes: object) -> Settings:
         """A copy with the given fields replaced (None values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

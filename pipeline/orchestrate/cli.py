@@ -23,7 +23,6 @@ from typing import Annotated, Any
 import typer
 
 from clickstream.pipeline.core.config import (
-    CHAMPION,
     SQL_MEMORY_MAX_MB,
     SQL_MEMORY_MIN_MB,
     SQL_TIMEOUT_MAX_S,
@@ -176,7 +175,7 @@ def _require_model(settings: Settings, model: str | None) -> None:
     """Fail in a second, before MLflow loads (or creates a store), when no model can be there."""
     from clickstream.pipeline.core.tracking import require_store
 
-    require_store(settings.tracking_uri, model or f"models:/{settings.model_name}@{CHAMPION}")
+    require_store(settings.tracking_uri, model or settings.champion_uri)
 
 
 def _done(summary: object, as_json: bool = False) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from clickstream.models.registry.loading import load_model
-from clickstream.pipeline.core.config import CHAMPION, Settings
+from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import NoDataError
 from clickstream.pipeline.core.lake import Lake
 from clickstream.pipeline.core.schemas import EVENT_TYPES, SCORES
@@ -58,7 +58,7 @@ def explain_session(settings: Settings, session_id: str, model_uri: str | None =
     """The session's input events in time order with the running buying intent after each,
     from `model_uri` (default the champion); see session_trace for the columns."""
     sequence = find_session(Lake(settings.lake, settings.buckets), session_id)
-    require_store(settings.tracking_uri, model_uri or f"models:/{settings.model_name}@{CHAMPION}")
+    require_store(settings.tracking_uri, model_uri or settings.champion_uri)
     return session_trace(sequence, load_model(settings, model_uri))
 
 
