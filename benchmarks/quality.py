@@ -11,7 +11,9 @@ early-stop), then scores the last T days, never seen in training or validation, 
 registered LSTM, with the LightGBM baseline refitted on the same split, and with the
 generator's true probabilities (truth.parquet p_buy). Reports test AUC and expected
 calibration error (ECE) of each (the LSTM's also before its calibration), the LSTM's mean score
-against the buy rate, and the validation AUCs the defaults are chosen on. With --seeds K, each
+against the buy rate, and the validation AUCs the defaults are chosen on. A second table splits the
+test sessions by how many training sessions hold the item each ends on: how far each model is from
+the truth where an item's appeal is well measured and where it rests on a handful of sessions. With --seeds K, each
 world runs K times, each seed giving both the data and the model's seed; the summary line is the
 worst case (the smallest LSTM - GBM margin, the mean score furthest from the buy rate).
 Targets: LSTM test AUC above the GBM's in every world, within 0.02 of the truth's on average.
@@ -28,7 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
+    import polars as pl
+
     from clickstream.models.evaluation import Evaluation
     from clickstream.pipeline.core.config import Settings
 
@@ -39,6 +45,29 @@ HEADER = (
     "| train s |\n"
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
 )
+
+# Test sessions by the training sessions that hold the item they end on: [low, high)
+EVIDENCE_BUCKETS = (
+    ("under 10", 0, 10),
+    ("10 to 99", 10, 100),
+    ("100 to 999", 100, 1000),
+    ("1,000 or more", 1000, None),
+)
+EVIDENCE_HEADER = (
+    "| world | last item in training sessions | test sessions | truth - LSTM | truth - GBM | LSTM - GBM |\n"
+    "| --- | --- | ---: | ---: | ---: | ---: |"
+)
+
+
+@dataclass(frozen=True)
+class EvidenceGap:
+    """AUCs on the test sessions whose last item is held by `low`..`high` training sessions."""
+
+    bucket: str
+    sessions: int
+    lstm: float
+    gbm: float
+    truth: float
 
 
 @dataclass(frozen=True)
@@ -56,6 +85,7 @@ class WorldResult:
     best_epoch: int
     test_sessions: int
     seconds: float
+    by_evidence: tuple[EvidenceGap, ...]
 
 
 def main() -> None:
@@ -116,6 +146,9 @@ early-stop), tested on the last {args.test_days} days (never seen in training or
 {HEADER}
 {chr(10).join(_row(r) for r in results)}
 
+{EVIDENCE_HEADER}
+{chr(10).join(_evidence_row(r, gap) for r in results for gap in r.by_evidence)}
+
 **Worst case: LSTM - GBM {worst_margin.lstm.auc - worst_margin.gbm.auc:+.4f} ({worst_margin.world}); mean score
 {worst_mean.lstm_mean / worst_mean.lstm.positive_rate - 1:+.1%} off the buy rate ({worst_mean.world}). LSTM above GBM in
 {wins} of {len(results)} runs; mean gap to truth {mean_gap:.4f}.**
@@ -123,9 +156,12 @@ early-stop), tested on the last {args.test_days} days (never seen in training or
 Model {settings.model}; training {dataclasses.asdict(dataclasses.replace(settings.train, epochs=epochs))}
 (device {args.device}, data budget {settings.train.memory_mb or "default"} MiB). Peak RSS {peak_rss_gb():.1f} GiB.
 """
-    section = "quality (worlds)" if args.worlds else f"quality ({args.world}, {args.sessions:,})"
+    # "quality (worlds)" is the run at 300,000 sessions per world; other sizes and single worlds name theirs
+    section = "quality (worlds)" if args.worlds else f"quality ({args.world})"
+    if not (args.worlds and args.sessions == 300_000):
+        section = f"{section[:-1]}, {args.sessions:,})"
     if args.seeds > 1:
-        section = f"{section[:-1]}, {args.seeds} seeds)" if not args.worlds else f"quality (worlds, {args.seeds} seeds)"
+        section = f"{section[:-1]}, {args.seeds} seeds)"
     if settings.train.memory_mb is not None:  # CLICKSTREAM_TRAIN_MEMORY_MB: the streamed path's figures
         section = f"{section[:-1]}, {settings.train.memory_mb} MiB data budget)"
     record(section, body)
@@ -168,19 +204,43 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     scorer = load_model(settings, f"models:/{settings.model_name}/{summary.version}")
     scores = scorer.score(test)
     raw = dataclasses.replace(scorer, calibration=UNCALIBRATED).score(test)
+    gbm = fit_baseline(train, val, seed=settings.train.seed).predict(test)
+    p_buy = test["p_buy"].fill_null(test["label"].mean()).to_numpy()
     return WorldResult(
         world=world if args.seeds == 1 else f"{world}, seed {seed}",
         lstm=evaluate(labels, scores, lengths),
         lstm_raw=evaluate(labels, raw, lengths),
         lstm_mean=float(scores.mean()),
-        gbm=evaluate(labels, fit_baseline(train, val, seed=settings.train.seed).predict(test), lengths),
-        truth=evaluate(labels, test["p_buy"].fill_null(test["label"].mean()).to_numpy(), lengths),
+        gbm=evaluate(labels, gbm, lengths),
+        truth=evaluate(labels, p_buy, lengths),
         val_auc=summary.val_auc,
         gbm_val_auc=summary.gbm_val_auc,
         best_epoch=summary.best_epoch,
         test_sessions=test.height,
         seconds=seconds,
+        by_evidence=_by_evidence(train, test, labels, {"lstm": scores, "gbm": gbm, "truth": p_buy}),
     )
+
+
+def _by_evidence(
+    train: pl.DataFrame, test: pl.DataFrame, labels: np.ndarray, scores: dict[str, np.ndarray]
+) -> tuple[EvidenceGap, ...]:
+    """The AUC of each of `scores` on the test sessions of each EVIDENCE_BUCKETS bucket."""
+    import polars as pl
+
+    from clickstream.models.evaluation import auc
+
+    held = (
+        train.select(pl.col("item_id").list.unique().alias("item")).explode("item").group_by("item").len("held")
+    )
+    last = test.select(pl.col("item_id").list.last().alias("item")).with_row_index("row")
+    evidence = last.join(held, on="item", how="left").sort("row")["held"].fill_null(0).to_numpy()
+    gaps = []
+    for bucket, low, high in EVIDENCE_BUCKETS:
+        inside = (evidence >= low) & (evidence < (high if high is not None else np.inf))
+        aucs = {name: auc(labels[inside], values[inside]) for name, values in scores.items()}
+        gaps.append(EvidenceGap(bucket, int(inside.sum()), **aucs))
+    return tuple(gaps)
 
 
 def _row(r: WorldResult) -> str:
@@ -190,6 +250,13 @@ def _row(r: WorldResult) -> str:
         f"({r.lstm_raw.calibration_error:.4f}) | {r.gbm.calibration_error:.4f} | {r.truth.calibration_error:.4f} | "
         f"{r.lstm_mean:.4f} / {r.lstm.positive_rate:.4f} | {r.val_auc:.4f} / {r.gbm_val_auc:.4f} | "
         f"{r.best_epoch} | {r.seconds:.0f} |"
+    )
+
+
+def _evidence_row(r: WorldResult, gap: EvidenceGap) -> str:
+    return (
+        f"| {r.world} | {gap.bucket} | {gap.sessions:,} | {gap.truth - gap.lstm:.4f} | {gap.truth - gap.gbm:.4f} | "
+        f"{gap.lstm - gap.gbm:+.4f} |"
     )
 
 
