@@ -43,6 +43,8 @@ ARTIFACTS = {
     "calibration": "calibration.json",
     "sequences": "sequences.json",
 }
+# ModelConfig fields added after versions had been registered, at the value those versions were built with
+CONFIG_BEFORE_FIELDS = {"head_linear": False}
 # the SHA-256 (hex) of the weights file: a key of network.json, of the MLmodel's metadata and a registered-version tag
 WEIGHTS_SHA256 = "weights_sha256"
 
@@ -130,7 +132,7 @@ class ModelBundle:
         if network["n_event_types"] != len(EVENT_TYPES) + 1:
             raise ValueError("the model was trained on other event types than this code knows")
         model = BuyIntentLSTM(
-            ModelConfig(**network["config"]),
+            ModelConfig(**{**CONFIG_BEFORE_FIELDS, **network["config"]}),
             network["n_items"],
             network["n_categories"],
             network["n_event_types"],

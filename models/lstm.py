@@ -7,8 +7,10 @@ continuous features (`SequenceTensors.continuous`, derived per batch on the batc
 run through the LSTM. The head reads each session's final hidden state, beside (by
 `ModelConfig`) the element-wise max of the LSTM's outputs over the session's steps and a few
 session-level aggregates of the inputs (`SESSION_INPUTS`: counts, duration, shares of
-revisits, mean buy rates) and the last event's own inputs, wide-and-deep style, through a
-small MLP: what the session ends on reaches the head without passing through the recurrence.
+revisits, mean buy rates) and the last event's own inputs, wide-and-deep style: a small MLP plus
+a linear map of the same inputs. What the session ends on reaches the head without passing through
+the recurrence, and the linear part keeps the logit rising with the evidence where every unit of
+the MLP is off (without it, models fitted on small windows gave their top sessions one shared score).
 `forward_padded` is the textbook path (pad, embed every slot, pack_padded_sequence,
 pad_packed_sequence) kept as the reference the packed path is tested against and the naive
 benchmark runs.
@@ -137,6 +139,8 @@ class BuyIntentLSTM(nn.Module):
             if config.head_hidden
             else nn.Linear(head_inputs, 1)
         )
+        # the wide part beside the MLP: where every ReLU unit is off the logit still follows the inputs
+        self.head_linear = nn.Linear(head_inputs, 1) if config.head_linear and config.head_hidden else None
 
     def _event_features(
         self, item: torch.Tensor, category: torch.Tensor, event_type: torch.Tensor, continuous: torch.Tensor
@@ -159,7 +163,11 @@ class BuyIntentLSTM(nn.Module):
             parts.append(session_inputs(sums))
         if self.config.last_event:
             parts.append(last)
-        return self.head(self.head_dropout(torch.cat(parts, dim=-1))).squeeze(-1)
+        inputs = self.head_dropout(torch.cat(parts, dim=-1))
+        logits = self.head(inputs)
+        if self.head_linear is not None:
+            logits = logits + self.head_linear(inputs)
+        return logits.squeeze(-1)
 
     def _run_packed(
         self, batch: SequenceTensors

@@ -45,6 +45,7 @@ def test_given_any_sessions_when_scored_packed_then_equal_to_the_padded_referenc
         {"max_pool": True, "session_inputs": False, "last_event": False, "head_hidden": 0},
         {"max_pool": False, "session_inputs": True, "last_event": False, "head_hidden": 8},
         {"max_pool": False, "session_inputs": False, "last_event": True, "head_hidden": 0},
+        {"max_pool": True, "session_inputs": True, "last_event": True, "head_hidden": 8, "head_linear": False},
     ],
 )
 def test_given_each_head_when_scored_packed_then_equal_to_the_padded_reference_and_the_last_step(head):
@@ -113,6 +114,17 @@ def test_given_step_logits_then_an_events_logit_reads_no_later_event_but_its_own
     assert not torch.isclose(steps[changed], other_steps[changed])
 
 
+@pytest.mark.parametrize("head_linear", [True, False])
+def test_given_every_hidden_unit_of_the_head_off_then_only_the_linear_part_tells_sessions_apart(head_linear):
+    """Where the MLP's ReLU units are all off its output is one constant: without the linear part
+    every session there gets the same score (the top sessions of models fitted on small windows)."""
+    model = tiny_model(1, head_hidden=8, head_linear=head_linear)
+    with torch.no_grad():
+        model.head[0].bias.fill_(-1e6)
+        logits = model(sessions([3, 1, 5, 2]))
+    assert (logits.unique().numel() == 4) is head_linear
+
+
 def test_given_an_empty_session_then_it_scores_from_a_zero_state_and_leaves_the_others_alone():
     model = tiny_model()
     batch = sessions([0, 3, 0, 2])
@@ -120,7 +132,8 @@ def test_given_an_empty_session_then_it_scores_from_a_zero_state_and_leaves_the_
         logits = model(batch)
         others = model(batch.select(torch.tensor([1, 3])))
     torch.testing.assert_close(logits[[1, 3]], others)
-    expected = model.head(torch.zeros(2, model.head[0].in_features)).squeeze(-1)
+    zeros = torch.zeros(2, model.head[0].in_features)  # the head's inputs of an empty session
+    expected = (model.head(zeros) + model.head_linear(zeros)).squeeze(-1)
     torch.testing.assert_close(logits[[0, 2]], expected)
 
 

@@ -3,12 +3,17 @@ and one-line errors for everything else."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from fixtures import labelled_lake
 
 from clickstream.features.sequences import read_sequences
 from clickstream.models.bundle import ModelBundle
+from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.registry.loading import load_model
 from clickstream.models.registry.store import tracking_client
 from clickstream.models.training.train import TrainSummary, train_and_register
@@ -126,3 +131,23 @@ def test_given_a_registered_model_without_a_vocabulary_then_it_is_refused_in_one
     with pytest.raises(ModelNotFoundError, match="not a clickstream model") as error:
         load_model(settings, f"models:/{settings.model_name}/{foreign.version}")
     assert "\n" not in str(error.value)
+
+
+def test_given_a_version_saved_before_the_heads_linear_part_existed_then_it_loads_without_one_and_scores_alike(
+    registry: tuple[Settings, TrainSummary], champion: ModelBundle, tmp_path: Path
+) -> None:
+    network = champion.model
+    config = dataclasses.replace(network.config, head_linear=False)
+    sizes = (network.item.num_embeddings, network.category.num_embeddings, network.event_type.num_embeddings)
+    older = BuyIntentLSTM(config, *sizes, network.n_continuous)
+    older.load_state_dict({k: v for k, v in network.state_dict().items() if not k.startswith("head_linear.")})
+    paths = dataclasses.replace(champion, model=older.eval()).save(tmp_path)
+    saved = json.loads(paths["network"].read_text())
+    del saved["config"]["head_linear"]  # as network.json was written then
+    paths["network"].write_text(json.dumps(saved))
+
+    loaded = ModelBundle.load({name: str(path) for name, path in paths.items()})
+
+    assert loaded.model.head_linear is None and champion.model.head_linear is not None
+    frame = read_sequences(Lake(registry[0].lake), None, None).head(300)
+    np.testing.assert_array_equal(loaded.score(frame), dataclasses.replace(champion, model=older.eval()).score(frame))

@@ -36,6 +36,7 @@ Search space (SEARCH_SPACE; `choice` values, `float` uniform bounds, `log` log-u
     model.item_dim       choice  0, 8, 16          (0: no learned item embedding)
     model.max_pool       choice  true, false
     model.last_event     choice  true, false
+    model.head_linear    choice  true, false
 Epochs, patience, seed and validation days stay as configured; batch size is left out because
 training sets below about 2M sessions use smaller batches anyway (models.training.fit.epoch_batch_size).
 """
@@ -90,6 +91,7 @@ SEARCH_SPACE: dict[str, tuple[str, tuple[Any, ...]]] = {
     "model.item_dim": ("choice", (0, 8, 16)),
     "model.max_pool": ("choice", (True, False)),
     "model.last_event": ("choice", (True, False)),
+    "model.head_linear": ("choice", (True, False)),
 }
 FLOAT_STEP = 0.1  # a "float" parameter's neighbours: +- this
 LOG_FACTOR = 3.0  # a "log" parameter's neighbours: x and / this

@@ -78,6 +78,7 @@ class ModelConfig:
     session_inputs: bool = True  # ... and session aggregates of the inputs (models.lstm.SESSION_INPUTS)
     last_event: bool = True  # ... and the last event's own inputs (embeddings and continuous features)
     head_hidden: int = 32  # units of the head's hidden layer; 0: a linear head
+    head_linear: bool = True  # ... plus a linear map of the head's inputs (the wide part; models.lstm)
 
 
 @dataclass(frozen=True)
