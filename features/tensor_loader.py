@@ -120,6 +120,7 @@ class _BlockLoader:
             "item_repeat": ~items.first_sighting,
             "same_item_as_previous": items.same_as_previous(session_start),
             "same_category_as_previous": categories.same_as_previous(session_start),
+            "category_repeat": ~categories.first_sighting & (categories.code != categories.missing),
         }
         packed = tensors.flags.numpy()[first:end]
         packed[:] = 0

@@ -41,6 +41,8 @@ CONTINUOUS_FEATURES: tuple[str, ...] = (
     "category_evidence",  # the same for category_buy_logit
     "item_end_buy_logit",  # smoothed buy log-odds of the training sessions that end on the item
     "item_end_evidence",  # log1p(labelled training sessions that end on the item)
+    # Later inputs go last: a model keeps the ones it was trained on, a prefix of these (models.bundle)
+    "category_repeat",  # 1.0 where the event's category occurred earlier in the session (none never does)
 )
 
 # Those of CONTINUOUS_FEATURES that need the ids or the buy-rate tables, computed once by
@@ -55,7 +57,12 @@ STORED_FEATURES: tuple[str, ...] = (
     "item_end_buy_logit",
     "item_end_evidence",
 )
-FLAG_FEATURES: tuple[str, ...] = ("item_repeat", "same_item_as_previous", "same_category_as_previous")
+FLAG_FEATURES: tuple[str, ...] = (
+    "item_repeat",
+    "same_item_as_previous",
+    "same_category_as_previous",
+    "category_repeat",
+)
 
 
 

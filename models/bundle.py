@@ -106,7 +106,7 @@ class ModelBundle:
             "n_items": self.model.item.num_embeddings,
             "n_categories": self.model.category.num_embeddings,
             "n_event_types": self.model.event_type.num_embeddings,
-            "continuous_features": list(CONTINUOUS_FEATURES),
+            "continuous_features": list(CONTINUOUS_FEATURES[: self.model.n_continuous]),
             WEIGHTS_SHA256: file_sha256(paths["weights"]),
         }
         paths["network"].write_text(json.dumps(network, indent=2))
@@ -127,7 +127,8 @@ class ModelBundle:
         paths = {name: Path(artifacts[name]) for name in ARTIFACTS}
         network = json.loads(paths["network"].read_text())
         _check_weights(paths["weights"], {"network.json": network.get(WEIGHTS_SHA256), "the registry": weights_sha256})
-        if tuple(network["continuous_features"]) != CONTINUOUS_FEATURES:
+        trained_on = tuple(network["continuous_features"])
+        if trained_on != CONTINUOUS_FEATURES[: len(trained_on)]:
             raise ValueError("the model was trained on other continuous features than this code computes")
         if network["n_event_types"] != len(EVENT_TYPES) + 1:
             raise ValueError("the model was trained on other event types than this code knows")
@@ -136,7 +137,7 @@ class ModelBundle:
             network["n_items"],
             network["n_categories"],
             network["n_event_types"],
-            len(CONTINUOUS_FEATURES),
+            len(trained_on),
         )
         model.load_state_dict(torch.load(paths["weights"], map_location="cpu", weights_only=True))
         vocabulary = Vocabulary.load(paths["vocabulary"])

@@ -142,6 +142,11 @@ class BuyIntentLSTM(nn.Module):
         # the wide part beside the MLP: where every ReLU unit is off the logit still follows the inputs
         self.head_linear = nn.Linear(head_inputs, 1) if config.head_linear and config.head_hidden else None
 
+    def _continuous(self, batch: SequenceTensors, session: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """The continuous inputs of the events at (`session`, `step`) this network was built for: the first
+        `n_continuous` of CONTINUOUS_FEATURES (inputs added later come last, so older versions still score)."""
+        return batch.continuous(session, step)[:, : self.n_continuous]
+
     def _event_features(
         self, item: torch.Tensor, category: torch.Tensor, event_type: torch.Tensor, continuous: torch.Tensor
     ) -> torch.Tensor:
@@ -177,7 +182,7 @@ class BuyIntentLSTM(nn.Module):
         in packed order); zero hidden states for empty sessions."""
         layout = PackedLayout(batch.offsets)
         rows = layout.packed_rows
-        continuous = batch.continuous(layout.session_of_event, layout.step)
+        continuous = self._continuous(batch, layout.session_of_event, layout.step)
         x = self._event_features(batch.item[rows], batch.category[rows], batch.event_type[rows], continuous[rows])
         hidden = x.new_zeros(batch.n_sessions, self.config.hidden_size)
         summands = event_summands(continuous)
@@ -200,7 +205,7 @@ class BuyIntentLSTM(nn.Module):
         of the whole batch at every step (over half of a CPU training step, torch.profiler)."""
         n_events = int(batch.offsets[-1])
         session_of_event, step = session_positions(batch.offsets, n_events)
-        continuous = batch.continuous(session_of_event, step)
+        continuous = self._continuous(batch, session_of_event, step)
         x = self._event_features(batch.item, batch.category, batch.event_type, continuous)
         hidden = x.new_zeros(batch.n_sessions, self.config.hidden_size)
         pooled = torch.zeros_like(hidden)
@@ -262,7 +267,7 @@ class BuyIntentLSTM(nn.Module):
             grid[slot] = flat
             padded[name] = grid
         continuous = batch.stored.new_zeros(n, width, self.n_continuous)
-        continuous[slot] = batch.continuous(*slot)
+        continuous[slot] = self._continuous(batch, *slot)
         x = self._event_features(padded["item"], padded["category"], padded["event_type"], continuous)
         packed = pack_padded_sequence(x, layout.lengths_cpu, batch_first=True, enforce_sorted=False)
         output, (h_n, _) = self.lstm(packed)

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fixtures import labelled_lake
 
 from clickstream.features.sequences import read_sequences
+from clickstream.features.tensors import CONTINUOUS_FEATURES
 from clickstream.models.bundle import ModelBundle
 from clickstream.models.lstm import BuyIntentLSTM
 from clickstream.models.registry.loading import load_model
@@ -151,3 +153,33 @@ def test_given_a_version_saved_before_the_heads_linear_part_existed_then_it_load
     assert loaded.model.head_linear is None and champion.model.head_linear is not None
     frame = read_sequences(Lake(registry[0].lake), None, None).head(300)
     np.testing.assert_array_equal(loaded.score(frame), dataclasses.replace(champion, model=older.eval()).score(frame))
+
+
+def test_given_a_version_trained_before_the_last_input_was_added_then_it_loads_and_scores_on_the_inputs_it_knows(
+    registry: tuple[Settings, TrainSummary], champion: ModelBundle, tmp_path: Path
+) -> None:
+    network = champion.model
+    sizes = (network.item.num_embeddings, network.category.num_embeddings, network.event_type.num_embeddings)
+    torch.manual_seed(3)
+    older = BuyIntentLSTM(network.config, *sizes, len(CONTINUOUS_FEATURES) - 1).eval()
+    bundle = dataclasses.replace(champion, model=older)
+    paths = bundle.save(tmp_path)
+    assert json.loads(paths["network"].read_text())["continuous_features"] == list(CONTINUOUS_FEATURES[:-1])
+
+    loaded = ModelBundle.load({name: str(path) for name, path in paths.items()})
+
+    frame = read_sequences(Lake(registry[0].lake), None, None).head(300)
+    assert loaded.model.n_continuous == len(CONTINUOUS_FEATURES) - 1
+    np.testing.assert_array_equal(loaded.score(frame), bundle.score(frame))
+
+
+def test_given_a_version_whose_inputs_are_not_a_prefix_of_this_codes_then_loading_refuses_it(
+    champion: ModelBundle, tmp_path: Path
+) -> None:
+    paths = champion.save(tmp_path)
+    saved = json.loads(paths["network"].read_text())
+    saved["continuous_features"][0], saved["continuous_features"][1] = saved["continuous_features"][1::-1]
+    paths["network"].write_text(json.dumps(saved))
+
+    with pytest.raises(ValueError, match="other continuous features"):
+        ModelBundle.load({name: str(path) for name, path in paths.items()})

@@ -88,15 +88,19 @@ def test_property_flat_tensors_and_offsets_match_the_list_columns_exactly(rows):
     angle = [hour * 2 * math.pi / 24 for hour, n in starts for _ in range(n)]
     assert column["start_hour_sin"] == pytest.approx([math.sin(a) for a in angle], abs=1e-6)
     assert column["start_hour_cos"] == pytest.approx([math.cos(a) for a in angle], abs=1e-6)
-    revisits, same_item, same_category = [], [], []
+    revisits, same_item, same_category, category_returns = [], [], [], []
     for session_items, session_categories in zip(frame["item_id"], frame["category"], strict=True):
         session_items, session_categories = session_items.to_list(), session_categories.to_list()
         revisits += [float(item in session_items[:n]) for n, item in enumerate(session_items)]
         same_item += [float(n > 0 and item == session_items[n - 1]) for n, item in enumerate(session_items)]
         same_category += [float(n > 0 and c == session_categories[n - 1]) for n, c in enumerate(session_categories)]
+        category_returns += [
+            float(c is not None and c in session_categories[:n]) for n, c in enumerate(session_categories)
+        ]
     assert column["item_repeat"] == revisits
     assert column["same_item_as_previous"] == same_item
     assert column["same_category_as_previous"] == same_category
+    assert column["category_repeat"] == category_returns
     labelled = frame.filter(pl.col("label").is_not_null())
     for key, name in (("item_id", "item_evidence"), ("category", "category_evidence")):
         holding = [sum(value in ids for ids in labelled[key].to_list()) for value in frame[key].explode().to_list()]
