@@ -332,16 +332,20 @@ class ValidationScores:
 def validation_pass(
     window: TrainingWindow, vocabulary: Vocabulary, model: BuyIntentLSTM, baseline: Baseline, device: str
 ) -> ValidationScores:
-    """Score the window's validation sessions with the model and the baseline, a unit at a time."""
+    """Score the window's validation sessions with the model and the baseline, a unit at a time; the
+    scores come back in (session_start, session_id) order, however the sessions are bucketed, so
+    that what is fitted on them (the calibration's interleaved halves) is the same for any bucketing."""
     parts: dict[str, list[np.ndarray]] = {"labels": [], "lengths": [], "raw": [], "gbm": []}
-    example = None
+    keys, example = [], None
     for frame in read_units(window.open(), window.val.units):
         example = frame.head(EXAMPLE_SESSIONS) if example is None else example
+        keys.append(frame.select("session_start", "session_id"))
         parts["labels"].append(frame.get_column("label").cast(pl.Float32).to_numpy())
         parts["lengths"].append(frame.get_column("n_events").to_numpy())
         parts["raw"].append(predict(model, load_tensors(frame, vocabulary), device=device))
         parts["gbm"].append(baseline.predict(frame))
-    joined = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    order = pl.concat(keys).select(pl.arg_sort_by("session_start", "session_id")).to_series().to_numpy()
+    joined = {name: np.concatenate(arrays)[order] for name, arrays in parts.items()}
     return ValidationScores(**joined, example=example)
 
 
