@@ -52,7 +52,7 @@ EVIDENCE_BUCKETS = (
     ("under 10", 0, 10),
     ("10 to 99", 10, 100),
     ("100 to 999", 100, 1000),
-    ("1,000 or more", 1000, None),
+    ("1,000 or more", 1000, np.inf),
 )
 EVIDENCE_HEADER = (
     "| world | last item in training sessions | test sessions | truth - LSTM | truth - GBM | LSTM - GBM |\n"
@@ -62,7 +62,7 @@ EVIDENCE_HEADER = (
 
 @dataclass(frozen=True)
 class EvidenceGap:
-    """AUCs on the test sessions whose last item is held by `low`..`high` training sessions."""
+    """AUCs on the test sessions of one EVIDENCE_BUCKETS bucket, and how many there are."""
 
     bucket: str
     sessions: int
@@ -238,7 +238,7 @@ def _by_evidence(
     evidence = last.join(held, on="item", how="left").sort("row")["held"].fill_null(0).to_numpy()
     gaps = []
     for bucket, low, high in EVIDENCE_BUCKETS:
-        inside = (evidence >= low) & (evidence < (high if high is not None else np.inf))
+        inside = (evidence >= low) & (evidence < high)
         aucs = {name: auc(labels[inside], values[inside]) for name, values in scores.items()}
         gaps.append(EvidenceGap(bucket, int(inside.sum()), **aucs))
     return tuple(gaps)

@@ -143,7 +143,8 @@ def test_given_a_version_saved_before_the_heads_linear_part_existed_then_it_load
     sizes = (network.item.num_embeddings, network.category.num_embeddings, network.event_type.num_embeddings)
     older = BuyIntentLSTM(config, *sizes, network.n_continuous)
     older.load_state_dict({k: v for k, v in network.state_dict().items() if not k.startswith("head_linear.")})
-    paths = dataclasses.replace(champion, model=older.eval()).save(tmp_path)
+    bundle = dataclasses.replace(champion, model=older.eval())
+    paths = bundle.save(tmp_path)
     saved = json.loads(paths["network"].read_text())
     del saved["config"]["head_linear"]  # as network.json was written then
     paths["network"].write_text(json.dumps(saved))
@@ -152,7 +153,7 @@ def test_given_a_version_saved_before_the_heads_linear_part_existed_then_it_load
 
     assert loaded.model.head_linear is None and champion.model.head_linear is not None
     frame = read_sequences(Lake(registry[0].lake), None, None).head(300)
-    np.testing.assert_array_equal(loaded.score(frame), dataclasses.replace(champion, model=older.eval()).score(frame))
+    np.testing.assert_array_equal(loaded.score(frame), bundle.score(frame))
 
 
 def test_given_a_version_trained_before_the_last_input_was_added_then_it_loads_and_scores_on_the_inputs_it_knows(
