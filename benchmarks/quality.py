@@ -9,13 +9,16 @@ YOOCHOOSE sessions over D days, runs the real stages (ingest, sequences), trains
 `train_challenger` on the first D - T days (its last `validation_days` validate and
 early-stop), then scores the last T days, never seen in training or validation, with the
 registered LSTM, with the LightGBM baseline refitted on the same split, and with the
-generator's true probabilities (truth.parquet p_buy). Reports test AUC and expected
-calibration error (ECE) of each (the LSTM's also before its calibration), the LSTM's mean score
-against the buy rate, and the validation AUCs the defaults are chosen on. A second table splits the
-test sessions by how many training sessions hold the item each ends on: how far each model is from
-the truth where an item's appeal is well measured and where it rests on a handful of sessions. With --seeds K, each
-world runs K times, each seed giving both the data and the model's seed; the summary line is the
-worst case (the smallest LSTM - GBM margin, the mean score furthest from the buy rate).
+generator's true probabilities (truth.parquet p_buy), and with the data-limited ceiling
+(benchmarks.ceiling: the true rule with each item's propensity estimated from the days before the
+test days, the best any model of those days can expect). Reports test AUC and expected calibration
+error (ECE) of each (the LSTM's also before its calibration), the LSTM's mean score against the buy
+rate, and the validation AUCs the defaults are chosen on. A second table splits the test sessions by
+how many training sessions hold the item each ends on: where an item's appeal is well measured and
+where it rests on a handful of sessions, how far the ceiling is from the truth and each model from
+the ceiling. With --seeds K, each world runs K times, each seed giving both the data and the model's
+seed; the summary line is the worst case (the smallest LSTM - GBM margin, the mean score furthest
+from the buy rate).
 Targets: the LSTM's test AUC above its GBM's by at least 0.003 in every world and seed, at most 0.010
 under the truth's on average, and its mean score within 5% of the buy rate on the test days.
 """
@@ -41,10 +44,10 @@ if TYPE_CHECKING:
 
 START = dt.date(2014, 4, 1)
 HEADER = (
-    "| world | test sessions | LSTM AUC | GBM AUC | truth AUC | LSTM - GBM | truth - LSTM "
-    "| LSTM ECE (raw) | GBM ECE | truth ECE | LSTM mean score / buy rate | val AUC LSTM / GBM | best epoch "
-    "| train s |\n"
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
+    "| world | test sessions | LSTM AUC | GBM AUC | ceiling AUC | truth AUC | LSTM - GBM | ceiling - LSTM "
+    "| truth - LSTM | LSTM ECE (raw) | GBM ECE | truth ECE | LSTM mean score / buy rate | val AUC LSTM / GBM "
+    "| best epoch | train s |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
 )
 
 # Test sessions by the training sessions that hold the item they end on: [low, high)
@@ -55,8 +58,9 @@ EVIDENCE_BUCKETS = (
     ("1,000 or more", 1000, np.inf),
 )
 EVIDENCE_HEADER = (
-    "| world | last item in training sessions | test sessions | truth - LSTM | truth - GBM | LSTM - GBM |\n"
-    "| --- | --- | ---: | ---: | ---: | ---: |"
+    "| world | last item in training sessions | test sessions | truth - ceiling | ceiling - LSTM | ceiling - GBM "
+    "| LSTM - GBM |\n"
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
 )
 
 
@@ -68,6 +72,7 @@ class EvidenceGap:
     sessions: int
     lstm: float
     gbm: float
+    ceiling: float
     truth: float
 
 
@@ -80,6 +85,7 @@ class WorldResult:
     lstm_raw: Evaluation  # the same LSTM before its calibration
     lstm_mean: float  # its mean (calibrated) score
     gbm: Evaluation
+    ceiling: Evaluation  # benchmarks.ceiling
     truth: Evaluation
     val_auc: float
     gbm_val_auc: float
@@ -134,6 +140,8 @@ def main() -> None:
     assert settings is not None
     epochs = args.epochs or settings.train.epochs
     mean_gap = sum(r.truth.auc - r.lstm.auc for r in results) / len(results)
+    mean_ceiling_gap = sum(r.ceiling.auc - r.lstm.auc for r in results) / len(results)
+    mean_data_gap = sum(r.truth.auc - r.ceiling.auc for r in results) / len(results)
     wins = sum(r.lstm.auc > r.gbm.auc for r in results)
     worst_margin = min(results, key=lambda r: r.lstm.auc - r.gbm.auc)
     worst_mean = max(results, key=lambda r: abs(r.lstm_mean / r.lstm.positive_rate - 1))
@@ -152,7 +160,8 @@ early-stop), tested on the last {args.test_days} days (never seen in training or
 
 **Worst case: LSTM - GBM {worst_margin.lstm.auc - worst_margin.gbm.auc:+.4f} ({worst_margin.world}); mean score
 {worst_mean.lstm_mean / worst_mean.lstm.positive_rate - 1:+.1%} off the buy rate ({worst_mean.world}). LSTM above GBM in
-{wins} of {len(results)} runs; mean gap to truth {mean_gap:.4f}.**
+{wins} of {len(results)} runs; mean gap to truth {mean_gap:.4f}, of which the data leaves {mean_data_gap:.4f} (truth -
+ceiling) and {mean_ceiling_gap:.4f} is the LSTM's to the ceiling.**
 
 Model {settings.model}; training {dataclasses.asdict(dataclasses.replace(settings.train, epochs=epochs))}
 (device {args.device}, data budget {settings.train.memory_mb or "default"} MiB). Peak RSS {peak_rss_gb():.1f} GiB.
@@ -173,6 +182,7 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     """Generate, ingest, build sequences, train and score one world in `root`."""
     import polars as pl
 
+    from benchmarks.ceiling import ceiling_scores
     from clickstream.features.sequences import build_sequences, read_sequences
     from clickstream.models.calibration import UNCALIBRATED
     from clickstream.models.evaluation import evaluate
@@ -199,7 +209,12 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     val = read_sequences(lake, *summary.validation).filter(labelled)
     test = read_sequences(lake, window_end + dt.timedelta(days=1), None).filter(labelled)
     truth = pl.read_parquet(raw / "truth.parquet").select("session_id", "p_buy")
-    test = test.join(truth, on="session_id", how="left").sort("session_start", "session_id")
+    test_from = window_end + dt.timedelta(days=1)
+    ceiling = ceiling_scores(
+        world, sessions=args.sessions, days=args.days, start_date=START, seed=seed, test_from=test_from
+    )
+    test = test.join(truth, on="session_id", how="left").join(ceiling, on="session_id", how="left")
+    test = test.sort("session_start", "session_id")
 
     labels, lengths = test["label"].to_numpy(), test["n_events"].to_numpy()
     scorer = load_model(settings, f"models:/{settings.model_name}/{summary.version}")
@@ -207,19 +222,21 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     raw = dataclasses.replace(scorer, calibration=UNCALIBRATED).score(test)
     gbm = fit_baseline(train, val, seed=settings.train.seed).predict(test)
     p_buy = test["p_buy"].fill_null(test["label"].mean()).to_numpy()
+    best = test["ceiling"].fill_null(test["label"].mean()).to_numpy()
     return WorldResult(
         world=world if args.seeds == 1 else f"{world}, seed {seed}",
         lstm=evaluate(labels, scores, lengths),
         lstm_raw=evaluate(labels, raw, lengths),
         lstm_mean=float(scores.mean()),
         gbm=evaluate(labels, gbm, lengths),
+        ceiling=evaluate(labels, best, lengths),
         truth=evaluate(labels, p_buy, lengths),
         val_auc=summary.val_auc,
         gbm_val_auc=summary.gbm_val_auc,
         best_epoch=summary.best_epoch,
         test_sessions=test.height,
         seconds=seconds,
-        by_evidence=_by_evidence(train, test, labels, {"lstm": scores, "gbm": gbm, "truth": p_buy}),
+        by_evidence=_by_evidence(train, test, labels, {"lstm": scores, "gbm": gbm, "ceiling": best, "truth": p_buy}),
     )
 
 
@@ -246,8 +263,9 @@ def _by_evidence(
 
 def _row(r: WorldResult) -> str:
     return (
-        f"| {r.world} | {r.test_sessions:,} | {r.lstm.auc:.4f} | {r.gbm.auc:.4f} | {r.truth.auc:.4f} | "
-        f"{r.lstm.auc - r.gbm.auc:+.4f} | {r.truth.auc - r.lstm.auc:.4f} | {r.lstm.calibration_error:.4f} "
+        f"| {r.world} | {r.test_sessions:,} | {r.lstm.auc:.4f} | {r.gbm.auc:.4f} | {r.ceiling.auc:.4f} | "
+        f"{r.truth.auc:.4f} | {r.lstm.auc - r.gbm.auc:+.4f} | {r.ceiling.auc - r.lstm.auc:.4f} | "
+        f"{r.truth.auc - r.lstm.auc:.4f} | {r.lstm.calibration_error:.4f} "
         f"({r.lstm_raw.calibration_error:.4f}) | {r.gbm.calibration_error:.4f} | {r.truth.calibration_error:.4f} | "
         f"{r.lstm_mean:.4f} / {r.lstm.positive_rate:.4f} | {r.val_auc:.4f} / {r.gbm_val_auc:.4f} | "
         f"{r.best_epoch} | {r.seconds:.0f} |"
@@ -256,8 +274,8 @@ def _row(r: WorldResult) -> str:
 
 def _evidence_row(r: WorldResult, gap: EvidenceGap) -> str:
     return (
-        f"| {r.world} | {gap.bucket} | {gap.sessions:,} | {gap.truth - gap.lstm:.4f} | {gap.truth - gap.gbm:.4f} | "
-        f"{gap.lstm - gap.gbm:+.4f} |"
+        f"| {r.world} | {gap.bucket} | {gap.sessions:,} | {gap.truth - gap.ceiling:.4f} | "
+        f"{gap.ceiling - gap.lstm:.4f} | {gap.ceiling - gap.gbm:.4f} | {gap.lstm - gap.gbm:+.4f} |"
     )
 
 

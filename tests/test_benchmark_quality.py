@@ -14,7 +14,12 @@ def test_given_test_sessions_then_each_counts_in_the_bucket_of_its_last_items_tr
     train = pl.DataFrame({"item_id": [["a", "a"], ["b", "a"]] + [["a"]] * 10 + [["x"]] * 100})
     test = pl.DataFrame({"item_id": [["b", "a"], ["a", "c"], ["a"], ["x", "b"], ["a", "x"], ["c", "x"]]})
     labels = np.array([1, 0, 0, 1, 1, 0], dtype=bool)
-    scores = {"lstm": np.array([0.9, 0.1, 0.2, 0.3, 0.8, 0.4]), "gbm": np.full(6, 0.5), "truth": np.arange(6.0)}
+    scores = {
+        "lstm": np.array([0.9, 0.1, 0.2, 0.3, 0.8, 0.4]),
+        "gbm": np.full(6, 0.5),
+        "ceiling": np.arange(6.0)[::-1],
+        "truth": np.arange(6.0),
+    }
 
     gaps = {gap.bucket: gap for gap in _by_evidence(train, test, labels, scores)}
 
@@ -25,3 +30,4 @@ def test_given_test_sessions_then_each_counts_in_the_bucket_of_its_last_items_tr
     at_least_100 = np.array([False, False, False, False, True, True])  # ends on "x"
     assert gaps["100 to 999"].lstm == auc(labels[at_least_100], scores["lstm"][at_least_100]) == 1.0
     assert gaps["10 to 99"].gbm == 0.5
+    assert gaps["under 10"].ceiling == 1.0 - gaps["under 10"].truth  # the reversed ranking

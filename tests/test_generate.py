@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
 from clickstream.pipeline.core.errors import ClickstreamError
+from clickstream.pipeline.synthetic import generate
 from clickstream.pipeline.synthetic.generate import (
     BUYS_FILE,
     CLICKS_FILE,
@@ -330,3 +331,26 @@ def test_given_a_world_when_clicks_are_shuffled_then_p_buy_moves_as_its_rule_say
         np.testing.assert_allclose(before, after, rtol=1e-9)
     else:
         assert (moved > 0.1).mean() > order_matters
+
+
+def test_given_blocks_simulated_in_memory_then_they_are_the_sessions_generate_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(generate, "BLOCK_SESSIONS", 700)  # three blocks, the last one short
+    generate_logs(tmp_path, sessions=1_900, days=2, start_date=START, seed=4, world="appeal")
+    shop = WORLDS["appeal"]
+    catalogue = generate.world_catalogue(shop, sessions=1_900, seed=4)
+    blocks = list(generate.simulate_blocks(catalogue, shop, sessions=1_900, days=2, start_date=START, seed=4))
+
+    assert [len(block.ids) for block in blocks] == [700, 700, 500]
+    truth = pl.read_parquet(tmp_path / TRUTH_FILE).sort("session_id")
+    simulated = pl.DataFrame(
+        {
+            "session_id": np.concatenate([block.ids for block in blocks]).astype(str),
+            "p_buy": np.concatenate([block.p_buy for block in blocks]),
+            "label": np.concatenate([block.label for block in blocks]),
+        }
+    ).sort("session_id")
+    assert truth.select("session_id", "p_buy", "label").equals(simulated)
+    clicks = read_headerless(tmp_path / CLICKS_FILE, CLICK_COLUMNS)
+    assert clicks.height == sum(len(block.clicks.item) for block in blocks)

@@ -77,6 +77,7 @@ import datetime as dt
 import io
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -170,20 +171,12 @@ def generate_logs(
             f"--start-date {start_date} with --days {days:,} falls outside the days generate writes, {FIRST_DAY} "
             f"to {LAST_DAY} (the last day is the start + days - 1)"
         )
-    catalogue = make_catalogue(
-        np.random.default_rng([seed, _CATALOGUE_STREAM]),
-        catalogue_size(sessions, shop.items_per_root),
-        category_scale=shop.category_scale,
-        item_sd=shop.item_sd,
-    )
+    catalogue = world_catalogue(shop, sessions=sessions, seed=seed)
     writer = _LandingWriter(Path(out_dir), fmt, by_day)
     totals = np.zeros(3, dtype=np.int64)  # events, buys, buying sessions
     try:
-        starts, ids = _session_schedule(seed, sessions, days, start_date)
-        for block, first in enumerate(range(0, sessions, BLOCK_SESSIONS)):
-            rng = np.random.default_rng([seed, start_date.toordinal(), block + 1])
-            part = slice(first, first + BLOCK_SESSIONS)
-            totals += _write_block(writer, rng, catalogue, shop, ids[part], starts[part])
+        for block in simulate_blocks(catalogue, shop, sessions=sessions, days=days, start_date=start_date, seed=seed):
+            totals += _write_block(writer, catalogue, block)
         files = writer.commit()
     except BaseException:
         writer.abort()
@@ -195,6 +188,43 @@ def generate_logs(
         buyer_share=float(totals[2]) / sessions,
         files=files,
     )
+
+
+def world_catalogue(shop: World, *, sessions: int, seed: int) -> Catalogue:
+    """The catalogue `generate_logs` draws for `sessions` sessions of world `shop` and `seed`."""
+    return make_catalogue(
+        np.random.default_rng([seed, _CATALOGUE_STREAM]),
+        catalogue_size(sessions, shop.items_per_root),
+        category_scale=shop.category_scale,
+        item_sd=shop.item_sd,
+    )
+
+
+@dataclass(frozen=True)
+class SimulatedBlock:
+    """Up to BLOCK_SESSIONS sessions as simulated, before they are written: what `generate_logs`
+    writes, in memory (benchmarks.ceiling reads the clicks and labels without parsing files)."""
+
+    rng: np.random.Generator  # the block's stream, positioned after the labels: the buys draw from it next
+    ids: np.ndarray  # int64 session ids
+    starts: np.ndarray  # int64 epoch ms
+    clicks: Clicks
+    p_buy: np.ndarray  # float64, the true buying probability
+    label: np.ndarray  # bool, drawn from p_buy
+
+
+def simulate_blocks(
+    catalogue: Catalogue, shop: World, *, sessions: int, days: int, start_date: dt.date, seed: int
+) -> Iterator[SimulatedBlock]:
+    """The sessions of `generate_logs` with the same arguments, block by block (bounded memory)."""
+    starts, ids = _session_schedule(seed, sessions, days, start_date)
+    for block, first in enumerate(range(0, sessions, BLOCK_SESSIONS)):
+        rng = np.random.default_rng([seed, start_date.toordinal(), block + 1])
+        part = slice(first, first + BLOCK_SESSIONS)
+        clicks = simulate_clicks(rng, catalogue, starts[part], shop)
+        p_buy = buy_probability(clicks, catalogue, shop)
+        label = rng.random(len(ids[part])) < p_buy
+        yield SimulatedBlock(rng, ids[part], starts[part], clicks, p_buy, label)
 
 
 def _session_schedule(seed: int, sessions: int, days: int, start_date: dt.date) -> tuple[np.ndarray, np.ndarray]:
@@ -221,25 +251,16 @@ class _Buys:
     quantity: np.ndarray  # int64, 0 = unknown
 
 
-def _write_block(
-    writer: _LandingWriter,
-    rng: np.random.Generator,
-    catalogue: Catalogue,
-    world: World,
-    ids: np.ndarray,
-    starts: np.ndarray,
-) -> np.ndarray:
-    clicks = simulate_clicks(rng, catalogue, starts, world)
-    p_buy = buy_probability(clicks, catalogue, world)
-    label = rng.random(len(ids)) < p_buy
-    buys = _simulate_buys(rng, clicks, catalogue, label)
+def _write_block(writer: _LandingWriter, catalogue: Catalogue, block: SimulatedBlock) -> np.ndarray:
+    rng, ids, clicks = block.rng, block.ids, block.clicks
+    buys = _simulate_buys(rng, clicks, catalogue, block.label)
     if writer.fmt == "yoochoose":
         n_events = _write_yoochoose(writer, catalogue, ids, clicks, buys)
         cookies = None
     else:
         n_events, cookies = _write_event_log(writer, rng, catalogue, ids, clicks, buys)
-    writer.add_truth(_truth_frame(ids, cookies, starts, p_buy, label), starts)
-    return np.array([n_events, len(buys.item), int(label.sum())], dtype=np.int64)
+    writer.add_truth(_truth_frame(ids, cookies, block.starts, block.p_buy, block.label), block.starts)
+    return np.array([n_events, len(buys.item), int(block.label.sum())], dtype=np.int64)
 
 
 def _simulate_buys(rng: np.random.Generator, clicks: Clicks, catalogue: Catalogue, label: np.ndarray) -> _Buys:

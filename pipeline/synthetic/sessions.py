@@ -219,12 +219,7 @@ def _default_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
     item = clicks.item
     lengths, n, session, last, from_end = _layout(clicks)
 
-    # interest_k = (1 - a_k) * interest_{k-1} + a_k * propensity(i_k), a_k = dwell_k / (dwell_k + 40 s):
-    # a long look at an item pulls the interest towards what that item sells like.
-    dwell_s = _dwell_s(clicks, last)
-    keep = np.cumsum(np.log(DWELL_MEDIAN_S / (dwell_s + DWELL_MEDIAN_S)))
-    pull = dwell_s / (dwell_s + DWELL_MEDIAN_S) * np.exp(keep[last][session] - keep)
-    interest = np.bincount(session, weights=pull * catalogue.propensity[item], minlength=n)
+    interest = np.bincount(session, weights=_interest_pull(clicks) * catalogue.propensity[item], minlength=n)
 
     seen_before = (item == item[last][session]) & (from_end >= 2)
     returned = np.bincount(session, weights=seen_before, minlength=n) > 0
@@ -244,6 +239,18 @@ def _default_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
         + W_FOCUS * focused
         + W_LINGER * linger
     )
+
+
+def _interest_pull(clicks: Clicks) -> np.ndarray:
+    """float64 per click: its weight in the default world's interest, the session's last interest.
+
+    interest_k = (1 - a_k) * interest_{k-1} + a_k * propensity(i_k), a_k = dwell_k / (dwell_k + 40 s):
+    a long look at an item pulls the interest towards what that item sells like.
+    """
+    _, _, session, last, _ = _layout(clicks)
+    dwell_s = _dwell_s(clicks, last)
+    keep = np.cumsum(np.log(DWELL_MEDIAN_S / (dwell_s + DWELL_MEDIAN_S)))
+    return dwell_s / (dwell_s + DWELL_MEDIAN_S) * np.exp(keep[last][session] - keep)
 
 
 def _layout(clicks: Clicks) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]:
@@ -289,7 +296,7 @@ def _counts_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
         - 1.2 * distinct / lengths
         + 0.45 * np.clip(np.log1p(duration_s / 120.0), 0, 4)
         + 0.35 * np.clip(mean_log_dwell, -2, 2)
-        + 0.8 * mean_propensity
+        + COUNTS_W_PROPENSITY * mean_propensity
     )
 
 
@@ -302,8 +309,8 @@ def _appeal_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
     return (
         APPEAL_BASE_LOGIT
         + 0.3 * np.log(lengths)
-        + 1.3 * appeal[last]
-        + 0.5 * best
+        + APPEAL_W_LAST * appeal[last]
+        + APPEAL_W_BEST * best
         + 0.8 * (last_item_views >= 2)
         + 0.2 * _linger(clicks, lengths, last)
     )
@@ -336,11 +343,42 @@ def _order_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class PropensityUse:
+    """Where a buying rule reads the item propensities: its logit is a part that does not, plus
+    the sum over clicks of `click_weight` * the propensity of the click's item, plus `best_weight`
+    * the highest propensity of the session. What a model must estimate per item, and how much
+    each click's estimate counts (benchmarks.ceiling fits the propensities through it)."""
+
+    click_weight: np.ndarray  # float64 [n_clicks]
+    best_weight: float = 0.0
+
+
+def _default_use(clicks: Clicks) -> PropensityUse:
+    return PropensityUse(W_INTEREST * _interest_pull(clicks))
+
+
+def _counts_use(clicks: Clicks) -> PropensityUse:
+    lengths = clicks.lengths
+    return PropensityUse(np.repeat(COUNTS_W_PROPENSITY / lengths, lengths))
+
+
+def _appeal_use(clicks: Clicks) -> PropensityUse:
+    weight = np.zeros(len(clicks.item))
+    weight[clicks.offsets[1:] - 1] = APPEAL_W_LAST
+    return PropensityUse(weight, APPEAL_W_BEST)
+
+
+def _order_use(clicks: Clicks) -> PropensityUse:
+    return PropensityUse(np.zeros(len(clicks.item)))
+
+
+@dataclass(frozen=True)
 class World:
     """One kind of shop: its shoppers' session lengths, its catalogue and its buying rule."""
 
     name: str
     rule: Callable[[Clicks, Catalogue], np.ndarray]  # one buy logit per session
+    propensity_use: Callable[[Clicks], PropensityUse]  # where `rule` reads the item propensities
     mean_short: float = 2.9  # session_lengths
     tail_share: float = 0.15
     tail_exponent: float = 1.2
@@ -350,17 +388,23 @@ class World:
 
 
 COUNTS_BASE_LOGIT = -3.97
+COUNTS_W_PROPENSITY = 0.8  # * the mean propensity of the session's clicks
 APPEAL_BASE_LOGIT = -4.35
+APPEAL_W_LAST = 1.3  # * the propensity of the item the session ends on
+APPEAL_W_BEST = 0.5  # * the highest propensity of the session
 ORDER_BASE_LOGIT = -4.4
-DEFAULT_WORLD = World("default", _default_logit)
+DEFAULT_WORLD = World("default", _default_logit, _default_use)
 WORLDS: dict[str, World] = {
     world.name: world
     for world in (
         DEFAULT_WORLD,
-        World("counts", _counts_logit, mean_short=4.5, tail_share=0.2, tail_exponent=1.1, items_per_root=8.0),
+        World(
+            "counts", _counts_logit, _counts_use, mean_short=4.5, tail_share=0.2, tail_exponent=1.1, items_per_root=8.0
+        ),
         World(
             "appeal",
             _appeal_logit,
+            _appeal_use,
             mean_short=2.2,
             tail_share=0.1,
             tail_exponent=1.4,
@@ -368,7 +412,9 @@ WORLDS: dict[str, World] = {
             category_scale=0.4,
             item_sd=0.9,
         ),
-        World("order", _order_logit, mean_short=3.5, tail_share=0.2, tail_exponent=1.0, items_per_root=12.0),
+        World(
+            "order", _order_logit, _order_use, mean_short=3.5, tail_share=0.2, tail_exponent=1.0, items_per_root=12.0
+        ),
     )
 }
 
