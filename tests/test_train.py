@@ -23,6 +23,7 @@ from clickstream.models.evaluation import auc, expected_calibration_error
 from clickstream.models.registry.loading import load_model
 from clickstream.models.registry.store import alias_version, tracking_client
 from clickstream.models.training import train as train_module
+from clickstream.models.training.fit import RESUME_OR_RESTART
 from clickstream.models.training.train import TrainSummary, code_version, train_and_register, train_challenger
 from clickstream.pipeline.core.config import Settings
 from clickstream.pipeline.core.errors import TrainingError
@@ -224,9 +225,38 @@ def test_given_a_running_run_of_a_live_process_when_the_window_is_trained_then_i
 
     resumed = train_module._end_abandoned_runs(client, "f" * 64, resume=False)
 
-    assert resumed is None
+    assert resumed == (None, False)
     assert client.get_run(live.info.run_id).info.status == "RUNNING"
     assert client.get_run(gone.info.run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("resume", [True, RESUME_OR_RESTART])
+def test_given_an_unfinished_run_of_other_code_when_resuming_then_a_new_run_trains_afresh_and_that_one_is_killed(
+    settings: Settings, resume: bool | str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = tracking_client(settings)
+    experiment = client.get_experiment_by_name("clickstream").experiment_id
+    tags = {"fingerprint": "e" * 64, "owner": f"{socket.gethostname()}:{2**22 + 12345}"}  # a process that is gone
+    older = client.create_run(experiment, tags=tags)
+    client.log_param(older.info.run_id, "code_version", code_version())
+    newest = client.create_run(experiment, tags=tags)
+    client.log_param(newest.info.run_id, "code_version", "0123456789ab")
+
+    resumed = train_module._end_abandoned_runs(client, "e" * 64, resume=resume)
+
+    assert resumed == (None, False)
+    assert {client.get_run(r.info.run_id).info.status for r in (older, newest)} == {"KILLED"}
+    assert f"run {newest.info.run_id} was trained by code 0123456789ab" in caplog.text
+
+
+def test_given_an_unfinished_run_of_this_code_when_resuming_then_it_is_continued(settings: Settings) -> None:
+    client = tracking_client(settings)
+    experiment = client.get_experiment_by_name("clickstream").experiment_id
+    failed = client.create_run(experiment, tags={"fingerprint": "d" * 64, "owner": owner()})
+    client.log_param(failed.info.run_id, "code_version", code_version())
+    client.set_terminated(failed.info.run_id, "FAILED")
+
+    assert train_module._end_abandoned_runs(client, "d" * 64, resume=True) == (failed.info.run_id, True)
 
 
 def _nan_features(frame: pl.DataFrame) -> pl.DataFrame:

@@ -204,7 +204,8 @@ def train_challenger(
         set_challenger(settings, started)
         return _summary(settings, client, started, reused=True)
 
-    with started as run, _heartbeat(client, run.info.run_id):
+    active, resume = started
+    with active as run, _heartbeat(client, run.info.run_id):
         try:
             version = _train_in_run(settings, config, window, resume, gpus, nodes)
         except TrainingError as error:
@@ -392,11 +393,12 @@ def _params(settings: Settings, config: TrainConfig, window: TrainingWindow) -> 
 
 def _start_run(
     settings: Settings, client: MlflowClient, data: TrainingWindow, resume: bool | str, device: str
-) -> str | ActiveRun:
+) -> str | tuple[ActiveRun, bool | str]:
     """The registered version of this window's fingerprint (a str) when there is one, else this
-    process's run of it, started. Under a claim on the experiment (store.training_claim), so that
-    two processes never both start the window: while another live process trains it, wait for that
-    run to end (TRAINING_POLL_S between looks), then re-use its version or, when it failed, train."""
+    process's run of it, started, and the `resume` to train it with (_end_abandoned_runs). Under a
+    claim on the experiment (store.training_claim), so that two processes never both start the
+    window: while another live process trains it, wait for that run to end (TRAINING_POLL_S between
+    looks), then re-use its version or, when it failed, train."""
     waited_for = None
     while True:
         with training_claim(settings, client):
@@ -405,8 +407,8 @@ def _start_run(
                 return str(existing.version)
             live = _live_runs(client, data.fingerprint)
             if not live:
-                resumed = _end_abandoned_runs(client, data.fingerprint, resume)
-                return mlflow.start_run(
+                resumed, resume = _end_abandoned_runs(client, data.fingerprint, resume)
+                run = mlflow.start_run(
                     run_id=resumed,
                     experiment_id=experiment_id(client),
                     run_name=f"train {data.span}",
@@ -418,6 +420,7 @@ def _start_run(
                     },
                     log_system_metrics=True,
                 )
+                return run, resume
         other = live[0]
         if other.info.run_id != waited_for:
             waited_for = other.info.run_id
@@ -447,9 +450,14 @@ def _is_live(run: Run) -> bool:
     return run.info.status == "RUNNING" and not _abandoned(run) and run.data.tags.get(OWNER_TAG) != owner()
 
 
-def _end_abandoned_runs(client: MlflowClient, fingerprint: str, resume: bool | str) -> str | None:
+def _end_abandoned_runs(
+    client: MlflowClient, fingerprint: str, resume: bool | str
+) -> tuple[str | None, bool | str]:
     """Mark this fingerprint's runs left RUNNING by a process that is gone as KILLED, then return the
-    run to continue: with `resume`, the newest one that did not finish (killed or failed), else None.
+    run to continue and the `resume` to train with: with `resume`, the newest run that did not finish
+    (killed or failed), else None. A run that other code trained (a deploy between an attempt and its
+    retry) is not continued, nor is its checkpoint: a run's parameters name the code of all of it, so
+    the window trains afresh in a new run (a warning says so) and `resume` comes back False.
     A run whose process still trains (on this host; on another, for STALE_AGE) is left alone."""
     runs = client.search_runs(
         [experiment_id(client)],
@@ -458,11 +466,19 @@ def _end_abandoned_runs(client: MlflowClient, fingerprint: str, resume: bool | s
     )
     dead = [run for run in runs if run.info.status != "RUNNING" or _abandoned(run)]
     resumed = dead[0].info.run_id if resume and dead else None
+    if resumed is not None and dead[0].data.params.get("code_version", code_version()) != code_version():
+        _log.warning(
+            "run %s was trained by code %s, this is %s: training the window afresh in a new run",
+            resumed,
+            dead[0].data.params["code_version"],
+            code_version(),
+        )
+        resumed, resume = None, False
     for run in dead:
         if run.info.status == "RUNNING" and run.info.run_id != resumed:
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             client.set_tag(run.info.run_id, "failure_reason", "its process ended without finishing the run")
-    return resumed
+    return resumed, resume
 
 
 def _abandoned(run: Run) -> bool:
