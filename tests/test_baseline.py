@@ -40,6 +40,13 @@ def test_given_the_same_data_and_seed_then_predictions_are_identical_and_follow_
     np.testing.assert_array_equal(first.predict(val.reverse()), scores[::-1])
 
 
+def test_given_the_same_sessions_in_another_row_order_then_the_model_is_the_same(split) -> None:
+    train, val = split
+    shuffled = fit_baseline(train.sample(fraction=1.0, shuffle=True, seed=5), val.reverse(), seed=1)
+
+    np.testing.assert_array_equal(shuffled.predict(val), fit_baseline(train, val, seed=1).predict(val))
+
+
 @pytest.mark.parametrize("out_of_fold", [True, False])
 def test_given_features_made_in_chunks_then_the_matrix_equals_the_whole_frames(split, out_of_fold) -> None:
     train, _ = split

@@ -88,7 +88,10 @@ class Baseline:
 
 
 def fit_baseline(train: pl.DataFrame, val: pl.DataFrame, *, seed: int = 7) -> Baseline:
-    """LightGBM fitted on labelled `train` sessions, early-stopped on validation AUC. Deterministic per seed."""
+    """LightGBM fitted on labelled `train` sessions, early-stopped on validation AUC. Deterministic per
+    seed and sessions, whatever their row order: bagging and binning draw rows by position, so the
+    sessions go in (session_start, session_id) order, and a lake of 1 or 16 buckets fits one model."""
+    train, val = (part.sort("session_start", "session_id") for part in (train, val))
     rates = buy_rates(train)
     names = session_features(val.head(0), rates, out_of_fold=False).columns
     train_set = lgb.Dataset(_chunked_matrix(train, rates, True), label=train["label"].to_numpy(), feature_name=names)
