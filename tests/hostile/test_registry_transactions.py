@@ -435,7 +435,7 @@ def test_given_running_runs_of_the_window_on_another_host_then_only_those_alive_
     alive, dead, unmarked = running(now), running(now - train.HEARTBEAT_EXPIRY), running(None)
 
     assert {run.info.run_id for run in train._live_runs(client, "f" * 64)} == {alive, unmarked}
-    assert train._end_abandoned_runs(client, "f" * 64, resume=True) == dead  # a retry on this host resumes it
+    assert train._end_abandoned_runs(client, "f" * 64, resume=True) == (dead, True)  # a retry on this host resumes it
     assert client.get_run(alive).info.status == client.get_run(unmarked).info.status == "RUNNING"
 
 
