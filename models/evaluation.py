@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -16,6 +17,9 @@ import torch
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
 
 from clickstream.models.calibration import METHODS, Calibration, fit_calibration, logit
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 # (metric suffix, shortest, longest) in events; None = no upper bound
 LENGTH_BUCKETS: tuple[tuple[str, int, int | None], ...] = (
@@ -120,32 +124,43 @@ def write_plots(
     roc_path, calibration_path = out_dir / "roc.png", out_dir / "calibration.png"
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    for name, values in scores.items():
-        fpr, tpr, _ = roc_curve(labels, values)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {auc(labels, values):.3f})")
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, {subset}")
-    ax.legend(loc="lower right")
+    curves = [
+        (*roc_curve(labels, values)[:2], f"{name} (AUC {auc(labels, values):.3f})") for name, values in scores.items()
+    ]
+    draw_roc(ax, curves, subset)
     fig.savefig(roc_path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 5))
+    bins = []
     for name, values in scores.items():
-        counts, predicted, observed = _calibration_bins(labels, values, CALIBRATION_BINS)
-        filled = counts > 0
         ece = expected_calibration_error(labels, values)
-        ax.plot(
-            predicted[filled] / counts[filled],
-            observed[filled] / counts[filled],
-            marker="o",
-            label=f"{name} (ECE {ece:.3f})",
-        )
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    ax.set(xlabel="mean predicted buy probability", ylabel="observed buy rate", title=f"Calibration, {subset}")
-    ax.legend(loc="upper left")
+        bins.append((*_calibration_bins(labels, values, CALIBRATION_BINS), f"{name} (ECE {ece:.3f})"))
+    draw_calibration(ax, bins, subset)
     fig.savefig(calibration_path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return [roc_path, calibration_path]
+
+
+def draw_roc(ax: Axes, curves: list[tuple[np.ndarray, np.ndarray, str]], subset: str) -> None:
+    """ROC curves, each (false positive rates, true positive rates, legend label), beside chance,
+    titled with the `subset` they are measured on: the run's plot and the analysts' report draw alike."""
+    for false_positive, true_positive, label in curves:
+        ax.plot(false_positive, true_positive, label=label)
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, {subset}")
+    ax.legend(loc="lower right")
+
+
+def draw_calibration(ax: Axes, curves: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]], subset: str) -> None:
+    """Calibration curves, each (sessions, score sums, buyers per score bin, legend label): mean score
+    against buy rate in every bin that holds sessions, beside the diagonal, titled with `subset`."""
+    for counts, predicted, observed, label in curves:
+        filled = counts > 0
+        ax.plot(predicted[filled] / counts[filled], observed[filled] / counts[filled], marker="o", label=label)
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="mean predicted buy probability", ylabel="observed buy rate", title=f"Calibration, {subset}")
+    ax.legend(loc="upper left")
 
 
 def score_histogram(labels: np.ndarray, scores: np.ndarray) -> dict[str, object]:

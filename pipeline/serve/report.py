@@ -45,7 +45,13 @@ import numpy as np
 import polars as pl
 from mlflow.exceptions import MlflowException
 
-from clickstream.models.evaluation import CALIBRATION_BINS, SCORE_BINS, SCORE_HISTOGRAM
+from clickstream.models.evaluation import (
+    CALIBRATION_BINS,
+    SCORE_BINS,
+    SCORE_HISTOGRAM,
+    draw_calibration,
+    draw_roc,
+)
 from clickstream.models.registry.store import model_version, tracking_client
 from clickstream.pipeline.core.config import CHAMPION, Settings
 from clickstream.pipeline.core.errors import ClickstreamError
@@ -709,28 +715,16 @@ def _roc_png(quality: BinnedQuality, name: str, subset: str) -> str:
     false_positive = np.concatenate([[0.0], np.cumsum(quality.negatives[::-1])])
     fig, ax = _figure(height=5, width=5)
     rates = false_positive / false_positive[-1], true_positive / true_positive[-1]
-    ax.plot(*rates, label=f"{name} (AUC {quality.auc:.3f})")
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, {subset}")
-    ax.legend(loc="lower right")
+    draw_roc(ax, [(*rates, f"{name} (AUC {quality.auc:.3f})")], subset)
     return _png(fig)
 
 
 def _calibration_png(quality: BinnedQuality, name: str, subset: str) -> str:
     """Mean score against buy rate per calibration bin that holds labelled sessions."""
     labelled = quality.positives + quality.negatives
-    counts, predicted, observed = _calibration(labelled, quality.score_sums, quality.positives)
-    filled = counts > 0
+    bins = _calibration(labelled, quality.score_sums, quality.positives)
     fig, ax = _figure(height=5, width=5)
-    ax.plot(
-        predicted[filled] / counts[filled],
-        observed[filled] / counts[filled],
-        marker="o",
-        label=f"{name} (ECE {quality.calibration_error:.3f})",
-    )
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
-    ax.set(xlabel="mean predicted buy probability", ylabel="observed buy rate", title=f"Calibration, {subset}")
-    ax.legend(loc="upper left")
+    draw_calibration(ax, [(*bins, f"{name} (ECE {quality.calibration_error:.3f})")], subset)
     return _png(fig)
 
 
