@@ -199,6 +199,7 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     build_sequences(settings, None, None)
 
     window_end = START + dt.timedelta(days=args.days - args.test_days - 1)
+    test_from = window_end + dt.timedelta(days=1)
     began = time.perf_counter()
     summary = train_challenger(settings, START, window_end, epochs=args.epochs, device=args.device)
     seconds = time.perf_counter() - began
@@ -207,9 +208,8 @@ def run_world(settings: Settings, root: Path, world: str, args: argparse.Namespa
     labelled = pl.col("label").is_not_null()
     train = read_sequences(lake, START, summary.validation[0] - dt.timedelta(days=1)).filter(labelled)
     val = read_sequences(lake, *summary.validation).filter(labelled)
-    test = read_sequences(lake, window_end + dt.timedelta(days=1), None).filter(labelled)
+    test = read_sequences(lake, test_from, None).filter(labelled)
     truth = pl.read_parquet(raw / "truth.parquet").select("session_id", "p_buy")
-    test_from = window_end + dt.timedelta(days=1)
     ceiling = ceiling_scores(
         world, sessions=args.sessions, days=args.days, start_date=START, seed=seed, test_from=test_from
     )

@@ -65,8 +65,6 @@ FLAG_FEATURES: tuple[str, ...] = (
 )
 
 
-
-
 def session_positions(offsets: torch.Tensor, n_events: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(session of each event, its position within the session), both int64 [n_events], on the
     device of `offsets`; `n_events` is offsets[-1], passed so that no device sync is needed."""

@@ -219,7 +219,8 @@ def _default_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
     item = clicks.item
     lengths, n, session, last, from_end = _layout(clicks)
 
-    interest = np.bincount(session, weights=_interest_pull(clicks) * catalogue.propensity[item], minlength=n)
+    pull = _interest_pull(clicks, session, last)
+    interest = np.bincount(session, weights=pull * catalogue.propensity[item], minlength=n)
 
     seen_before = (item == item[last][session]) & (from_end >= 2)
     returned = np.bincount(session, weights=seen_before, minlength=n) > 0
@@ -241,13 +242,13 @@ def _default_logit(clicks: Clicks, catalogue: Catalogue) -> np.ndarray:
     )
 
 
-def _interest_pull(clicks: Clicks) -> np.ndarray:
-    """float64 per click: its weight in the default world's interest, the session's last interest.
+def _interest_pull(clicks: Clicks, session: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """float64 per click: its weight in the default world's interest, the session's last interest
+    (`session`, `last`: _layout's session of each click and last click of each session).
 
     interest_k = (1 - a_k) * interest_{k-1} + a_k * propensity(i_k), a_k = dwell_k / (dwell_k + 40 s):
     a long look at an item pulls the interest towards what that item sells like.
     """
-    _, _, session, last, _ = _layout(clicks)
     dwell_s = _dwell_s(clicks, last)
     keep = np.cumsum(np.log(DWELL_MEDIAN_S / (dwell_s + DWELL_MEDIAN_S)))
     return dwell_s / (dwell_s + DWELL_MEDIAN_S) * np.exp(keep[last][session] - keep)
@@ -354,7 +355,8 @@ class PropensityUse:
 
 
 def _default_use(clicks: Clicks) -> PropensityUse:
-    return PropensityUse(W_INTEREST * _interest_pull(clicks))
+    _, _, session, last, _ = _layout(clicks)
+    return PropensityUse(W_INTEREST * _interest_pull(clicks, session, last))
 
 
 def _counts_use(clicks: Clicks) -> PropensityUse:
